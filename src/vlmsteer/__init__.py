@@ -1,0 +1,2 @@
+"""vlmsteer."""
+__version__ = "0.1.0"

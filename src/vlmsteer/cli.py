@@ -1,0 +1,198 @@
+"""``vlmsteer <command>``: thin wrappers that parse options and call the library.
+
+Every problem with the user's input ends with a one-line ``error: ...`` on stderr and exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlmsteer.errors import VlmsteerError
+
+app = typer.Typer(help="Concept-level analysis and training-free steering of multimodal LLMs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: generate the shapes world, check dataset files.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a model (optionally steered).", no_args_is_help=True)
+demo_app = typer.Typer(help="The end-to-end demo on the shipped shapes-llava model.", invoke_without_command=True)
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+app.add_typer(demo_app, name="demo")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto", device: str = "cpu",
+                trust_remote_code: bool = False):
+    _quiet_transformers()
+    from vlmsteer.model import VLM
+
+    return VLM.load(model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+# --------------------------------------------------------------------------- info
+@app.command()
+def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-llava."),
+         adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder."),
+         trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run.")):
+    """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
+    vlm = _load_model(model, adapter, trust_remote_code=trust_remote_code)
+    table = Table(show_header=False)
+    for k, v in vlm.describe().items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    out_console.print(table)
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("shapes")
+def data_shapes(out: Path = typer.Option(..., help="Output folder."),
+                n: int = typer.Option(1000, help="Number of scenes (images)."),
+                seed: int = typer.Option(0, help="World seed; the demo model was trained on seed 1000."),
+                split: str = typer.Option("val2014", help="Split name used in the file names."),
+                start: int = typer.Option(0, help="Index of the first scene.")):
+    """Generate shapes-world scenes in the official VQAv2 and COCO caption formats."""
+    from vlmsteer.data import shapes
+    from vlmsteer.progress import progress_bar
+
+    if n < 1:
+        raise VlmsteerError(f"--n must be >= 1, got {n}")
+    with progress_bar("rendering scenes", n) as advance:
+        paths = shapes.write_dataset(out, n=n, seed=seed, split=split, start=start, progress=advance)
+    for name, p in paths.items():
+        out_console.print(f"{name:12s} {p}")
+
+
+@data_app.command("check")
+def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco or jsonl."),
+               path: Path = typer.Argument(..., help="Dataset folder or file."),
+               split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+               limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0)):
+    """Load a dataset, check every selected image exists, and summarize it."""
+    from collections import Counter
+
+    from vlmsteer.data import load_samples
+
+    samples = load_samples(fmt, path, split=split, images=images, limit=limit, seed=seed)
+    types = Counter(s.answer_type for s in samples if s.answer_type)
+    out_console.print(f"{len(samples)} samples" + (f"; answer types: {dict(types)}" if types else ""))
+    if samples:
+        s = samples[0]
+        out_console.print(f"first: id={s.id} prompt={s.prompt!r} answer={s.answer!r} "
+                          f"captions={len(s.captions)} image={s.image_path}")
+
+
+# --------------------------------------------------------------------------- eval
+@eval_app.command("vqa")
+def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+             data: Path = typer.Option(..., help="VQAv2 folder (official layout)."),
+             split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+             out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
+             limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
+             seed: int = typer.Option(0), batch_size: int = typer.Option(32),
+             max_new_tokens: int = typer.Option(8), adapter: Optional[Path] = typer.Option(None),
+             dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
+    """Answer VQA questions greedily and report official VQAv2 accuracy per answer type."""
+    from vlmsteer.data import load_vqav2
+    from vlmsteer.evaluate.vqa_run import run_vqa, write_vqa_outputs
+    from vlmsteer.runinfo import write_run_json
+
+    samples = load_vqav2(data, split=split, images=images, limit=limit, seed=seed)
+    vlm = _load_model(model, adapter, dtype, device)
+    preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    write_vqa_outputs(out, samples, preds, report)
+    write_run_json(out, options=dict(model=model, data=data, split=split, limit=limit, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, adapter=adapter), seed=seed,
+                   model_id=model, revision=vlm.revision)
+    _print_vqa_table(report)
+    out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+
+
+def _print_vqa_table(report) -> None:
+    table = Table(title=f"VQA accuracy ({report.n} questions)")
+    table.add_column("answer type")
+    table.add_column("questions", justify="right")
+    table.add_column("accuracy", justify="right")
+    for t, acc in report.per_type.items():
+        table.add_row(t, str(report.counts_per_type[t]), f"{acc:.2f}")
+    table.add_row("overall (micro)", str(report.n), f"{report.micro:.2f}")
+    table.add_row("overall (macro)", "", f"{report.macro:.2f}")
+    out_console.print(table)
+
+
+# --------------------------------------------------------------------------- demo
+@demo_app.callback()
+def demo(ctx: typer.Context,
+         out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
+         n_scenes: int = typer.Option(400, help="Held-out scenes to generate (about 9 questions each)."),
+         seed: int = typer.Option(7, help="Seed of the held-out world (the model was trained on 1000)."),
+         batch_size: int = typer.Option(64)):
+    """Run the whole story on the shipped model and write one HTML page linking every report."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vlmsteer.demo.run import run_demo
+
+    page = run_demo(out, n_scenes=n_scenes, seed=seed, batch_size=batch_size)
+    out_console.print(f"demo page: {page}")
+
+
+@demo_app.command("train")
+def demo_train(out: Path = typer.Option(..., help="Folder to save the trained model in."),
+               seed: int = typer.Option(0), samples: int = typer.Option(320_000, help="Training samples."),
+               threads: int = typer.Option(2, help="Torch CPU threads (2 on the 2-core reference machine)."),
+               batch_size: int = typer.Option(32)):
+    """Train shapes-llava from scratch on the shapes world (CPU is fine: ~30 minutes)."""
+    from vlmsteer.demo.train import TrainConfig, train_demo_model
+
+    _quiet_transformers()
+    cfg = TrainConfig(seed=seed, samples=samples, threads=threads, batch_size=batch_size)
+    record = train_demo_model(out, cfg, log=lambda line: out_console.print(line, highlight=False))
+    out_console.print(f"trained in {record['train_seconds']:.0f} s; saved to {out}")
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become ``error: ...`` and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
+    except VlmsteerError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,76 @@
+"""COCO captions: the official ``captions_<split>.json`` and Karpathy's ``dataset_coco.json``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from vlmsteer.data.io import read_json, require_keys
+from vlmsteer.data.sample import Sample, subsample
+from vlmsteer.errors import input_error
+
+DEFAULT_CAPTION_PROMPT = "Describe the image."
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
+
+
+def load_coco_captions(path: str | Path, split: str = "val2014", images: str | Path | None = None,
+                       limit: int | None = None, seed: int = 0, prompt: str = DEFAULT_CAPTION_PROMPT,
+                       check_images: bool = True) -> list[Sample]:
+    """Read either format. ``path`` is a JSON file or a folder holding ``captions_<split>.json``
+    (official) or ``dataset_coco.json`` (Karpathy; ``split`` is then train/restval/val/test)."""
+    path = Path(path)
+    if path.is_dir():
+        official = path / f"captions_{split}.json"
+        if not official.exists():
+            official = path / "annotations" / f"captions_{split}.json"
+        karpathy = path / "dataset_coco.json"
+        if official.exists():
+            return _official(official, split, images or path / split, limit, seed, prompt, check_images)
+        if karpathy.exists():
+            return _karpathy(karpathy, split, images or path, limit, seed, prompt, check_images)
+        raise input_error(path / f"captions_{split}.json", f"no COCO captions file for split {split!r}")
+    data = read_json(path, "COCO captions file")
+    if isinstance(data, dict) and "annotations" in data:
+        return _official(path, split, images or path.parent / split, limit, seed, prompt, check_images, data)
+    return _karpathy(path, split, images or path.parent, limit, seed, prompt, check_images, data)
+
+
+def _official(path, split, image_dir, limit, seed, prompt, check_images, data=None) -> list[Sample]:
+    data = data if data is not None else read_json(path, "COCO captions file")
+    require_keys(data, ["images", "annotations"], path)
+    caps = defaultdict(list)
+    styles = defaultdict(list)
+    for i, ann in enumerate(data["annotations"]):
+        require_keys(ann, ["image_id", "caption"], path, f"annotations[{i}]")
+        caps[ann["image_id"]].append(ann["caption"])
+        styles[ann["image_id"]].append(ann.get("style"))
+    samples = []
+    for img in subsample(data["images"], limit, seed):
+        require_keys(img, ["id", "file_name"], path, "images[]")
+        image = Path(image_dir) / img["file_name"]
+        if check_images and not image.exists():
+            raise input_error(image, f"image {img['id']} not found")
+        meta = {"image_id": img["id"], "split": split}
+        if any(s is not None for s in styles[img["id"]]):
+            meta["caption_styles"] = styles[img["id"]]
+        samples.append(Sample(id=str(img["id"]), image=image, prompt=prompt, captions=caps[img["id"]], meta=meta))
+    return samples
+
+
+def _karpathy(path, split, image_root, limit, seed, prompt, check_images, data=None) -> list[Sample]:
+    data = data if data is not None else read_json(path, "Karpathy COCO file")
+    require_keys(data, ["images"], path)
+    if split not in KARPATHY_SPLITS:
+        raise input_error(path, f"unknown Karpathy split {split!r}; choose one of: {', '.join(KARPATHY_SPLITS)}")
+    chosen = [im for im in data["images"] if im.get("split") == split]
+    samples = []
+    for im in subsample(chosen, limit, seed):
+        require_keys(im, ["filename", "sentences"], path, "images[]")
+        image = Path(image_root) / im.get("filepath", "") / im["filename"]
+        if check_images and not image.exists():
+            raise input_error(image, "image not found")
+        image_id = im.get("cocoid", im.get("imgid"))
+        captions = [s["raw"] if isinstance(s, dict) else str(s) for s in im["sentences"]]
+        samples.append(Sample(id=str(image_id), image=image, prompt=prompt, captions=captions,
+                              meta={"image_id": image_id, "split": split}))
+    return samples

@@ -1,0 +1,90 @@
+"""VQAv2 in its official layout.
+
+``root`` holds ``v2_OpenEnded_mscoco_<split>_questions.json`` and
+``v2_mscoco_<split>_annotations.json`` (directly or in ``Questions/`` and
+``Annotations/``), and images named ``COCO_<split>_<image_id:012d>.jpg`` (or ``.png``) in
+``root/<split>/`` or a given image folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmsteer.data.io import read_json, require_keys
+from vlmsteer.data.sample import Sample, subsample
+from vlmsteer.errors import VlmsteerError, input_error
+
+
+def _find(root: Path, sub: str, name: str) -> Path | None:
+    for cand in (root / name, root / sub / name):
+        if cand.exists():
+            return cand
+    return None
+
+
+def coco_image_path(folder: Path, split: str, image_id: int) -> Path:
+    """The image of ``image_id`` under COCO naming; ``.jpg`` first, then ``.png``."""
+    stem = f"COCO_{split}_{int(image_id):012d}"
+    for ext in (".jpg", ".png", ".jpeg"):
+        p = folder / (stem + ext)
+        if p.exists():
+            return p
+    return folder / (stem + ".jpg")
+
+
+def available_splits(root: Path) -> list[str]:
+    found = set()
+    for p in list(root.glob("v2_OpenEnded_mscoco_*_questions.json")) + list(
+            root.glob("Questions/v2_OpenEnded_mscoco_*_questions.json")):
+        found.add(p.name[len("v2_OpenEnded_mscoco_"):-len("_questions.json")])
+    return sorted(found)
+
+
+def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | None = None,
+               limit: int | None = None, seed: int = 0, prompt_template: str = "{question}",
+               check_images: bool = True) -> list[Sample]:
+    root = Path(root)
+    if not root.is_dir():
+        raise input_error(root, "VQAv2 folder not found")
+    qname = f"v2_OpenEnded_mscoco_{split}_questions.json"
+    aname = f"v2_mscoco_{split}_annotations.json"
+    qpath = _find(root, "Questions", qname)
+    if qpath is None:
+        splits = available_splits(root)
+        hint = f"; splits found: {', '.join(splits)}" if splits else ""
+        raise input_error(root / qname, f"no questions file for split {split!r}{hint}")
+    apath = _find(root, "Annotations", aname)
+    if apath is None:
+        raise input_error(root / aname, f"no annotations file for split {split!r}")
+    qdata = read_json(qpath, "questions file")
+    require_keys(qdata, ["questions"], qpath)
+    adata = read_json(apath, "annotations file")
+    require_keys(adata, ["annotations"], apath)
+    annotations = {}
+    for i, ann in enumerate(adata["annotations"]):
+        require_keys(ann, ["question_id", "answers"], apath, f"annotations[{i}]")
+        annotations[ann["question_id"]] = ann
+    image_dir = Path(images) if images is not None else root / split
+    questions = qdata["questions"]
+    for i, q in enumerate(questions):
+        require_keys(q, ["question_id", "image_id", "question"], qpath, f"questions[{i}]")
+    samples = []
+    for q in subsample(questions, limit, seed):
+        ann = annotations.get(q["question_id"])
+        if ann is None:
+            raise input_error(apath, f"no annotation for question {q['question_id']} of {qpath.name}")
+        image = coco_image_path(image_dir, split, q["image_id"])
+        if check_images and not image.exists():
+            raise input_error(image, f"image of question {q['question_id']} not found")
+        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in ann["answers"]]
+        meta = {"image_id": q["image_id"], "question_id": q["question_id"], "split": split}
+        if "multiple_choice_answer" in ann:
+            meta["multiple_choice_answer"] = ann["multiple_choice_answer"]
+        samples.append(Sample(
+            id=str(q["question_id"]), image=image, prompt=prompt_template.format(question=q["question"]),
+            answers=answers, answer_type=ann.get("answer_type"), question_type=ann.get("question_type"),
+            meta=meta,
+        ))
+    if not samples and questions:
+        raise VlmsteerError(f"{qpath}: no samples selected")
+    return samples

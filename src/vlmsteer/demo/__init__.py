@@ -1,0 +1,1 @@
+"""The shipped demo model (``shapes-llava``): its construction, training and location."""

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (a missing file, malformed JSON, a layer out of
+range, ...) is raised as a :class:`VlmsteerError` with a one-line message that names the
+thing at fault. The CLI prints the message and exits with code 2; the Python API lets it
+propagate so callers can catch it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VlmsteerError(Exception):
+    """A problem with the user's input, explained in one line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def input_error(path: str | Path, problem: str) -> VlmsteerError:
+    """An error about a file: ``<path>: <problem>``."""
+    return VlmsteerError(f"{path}: {problem}")

@@ -1,0 +1,1 @@
+"""Metrics: VQA accuracy (official VQAv2 algorithm), caption metrics, bias and safety."""

@@ -1,0 +1,46 @@
+"""``vlmsteer eval vqa``: generate answers for VQA samples and score them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from vlmsteer.data.sample import Sample
+from vlmsteer.evaluate.vqa import VQAReport, evaluate_vqa
+from vlmsteer.model import VLM
+from vlmsteer.runner import generate_responses
+
+
+def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 8,
+            context: Callable | None = None, progress: bool = True) -> tuple[list[str], VQAReport]:
+    from vlmsteer.errors import VlmsteerError
+
+    missing = [s.id for s in samples if not s.answers]
+    if missing:
+        raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
+    responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   context=context, progress=progress, description="answering")
+    preds = [r.text for r in responses]
+    report = evaluate_vqa(preds, [s.answers for s in samples], [s.answer_type for s in samples])
+    return preds, report
+
+
+def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
+                      extra: dict | None = None) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w") as f:
+        for s, p, acc in zip(samples, predictions, report.per_sample):
+            f.write(json.dumps({"id": s.id, "prompt": s.prompt, "prediction": p, "answer": s.answer,
+                                "answer_type": s.answer_type, "accuracy": acc, "image": s.image_path}) + "\n")
+    metrics = report.to_dict()
+    if extra:
+        metrics.update(extra)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    from vlmsteer.data.io import read_jsonl
+
+    return read_jsonl(path)

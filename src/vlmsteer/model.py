@@ -1,0 +1,469 @@
+"""One wrapper for every Hugging Face image-text-to-text model (and for custom VLMs).
+
+``VLM.load("llava-hf/llava-1.5-7b-hf")``, ``VLM.load("path/to/folder")`` and
+``VLM.load("shapes-llava")`` (the shipped demo model) all give the same object. The
+wrapper never hard-codes module paths: decoder layers and the final norm come from
+``model.get_decoder()``, the unembedding from ``model.get_output_embeddings()``.
+
+A model that is not an HF image-text-to-text class plugs in through
+:meth:`VLM.from_parts`, by naming its decoder layers, final norm, unembedding and an input
+preparation function (see ``docs/custom-models.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.regions import TokenRegions
+
+DEMO_MODEL_NAMES = {"shapes-llava", "vlmsteer/shapes-llava", "shapes_llava"}
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+Images = Sequence[Image.Image | str | Path | None]
+
+
+def demo_model_path() -> Path:
+    """Folder of the shipped demo model (``shapes-llava``)."""
+    return Path(__file__).parent / "assets" / "shapes-llava"
+
+
+def resolve_model_id(name: str | Path) -> str:
+    """Map the demo model's names to its folder; anything else is returned unchanged."""
+    if str(name).lower() in DEMO_MODEL_NAMES:
+        path = demo_model_path()
+        if not (path / "config.json").exists():
+            raise VlmsteerError(f"{path}: the shipped demo model is missing from this installation")
+        return str(path)
+    return str(name)
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise VlmsteerError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_image(image: Image.Image | str | Path) -> Image.Image:
+    """An RGB PIL image from a PIL image or a path; a one-line error if it cannot be read."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.exists():
+        raise VlmsteerError(f"{path}: image not found")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises several types for corrupt files
+        raise VlmsteerError(f"{path}: cannot read image ({type(exc).__name__})") from None
+
+
+def _image_only_processor_class(cls):
+    """``cls`` without its video part, for processors whose video half needs torchvision."""
+
+    class ImageOnlyProcessor(cls):
+        @classmethod
+        def get_attributes(klass):
+            return [a for a in super().get_attributes() if "video" not in a]
+
+    ImageOnlyProcessor.__name__ = cls.__name__
+    ImageOnlyProcessor.__qualname__ = cls.__qualname__
+    return ImageOnlyProcessor
+
+
+def load_processor(path: str, trust_remote_code: bool = False, revision: str | None = None):
+    """``AutoProcessor``, or the same processor class built without its video processor when
+    that part cannot be built (no torchvision)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    except (ImportError, ValueError, TypeError, AttributeError, OSError) as first:
+        cls_name = _processor_class_name(path)
+        if cls_name is None:
+            raise VlmsteerError(f"{path}: cannot load a processor ({first})") from None
+        import transformers
+
+        cls = getattr(transformers, cls_name, None)
+        if cls is None or "video_processor" not in cls.get_attributes():
+            raise VlmsteerError(f"{path}: cannot load processor {cls_name} ({first})") from None
+        return _image_only_processor_class(cls).from_pretrained(
+            path, trust_remote_code=trust_remote_code, revision=revision
+        )
+
+
+def _processor_class_name(path: str) -> str | None:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        f = Path(path) / name
+        if f.exists():
+            try:
+                cls = json.loads(f.read_text()).get("processor_class")
+            except json.JSONDecodeError:
+                continue
+            if cls:
+                return cls
+    return None
+
+
+@dataclass
+class Batch:
+    """A prepared, left-padded batch plus the facts later stages need about it."""
+
+    inputs: dict[str, torch.Tensor]
+    regions: TokenRegions
+    prompt_length: int
+    # For teacher-forced batches: per row, the (start, end) span of the answer tokens.
+    answer_spans: list[tuple[int, int]] | None = None
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.inputs["attention_mask"]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class VLM:
+    """A vision-language model with generic access to its residual stream.
+
+    Build it with :meth:`load` (any HF image-text-to-text model) or :meth:`from_parts`.
+    """
+
+    model: torch.nn.Module
+    processor: Any
+    model_id: str
+    layers: torch.nn.ModuleList
+    norm: torch.nn.Module
+    unembed: torch.nn.Module
+    image_token_ids: frozenset[int]
+    prepare_fn: Callable[..., dict[str, torch.Tensor]] | None = None
+    format_prompt: Callable[[str, bool], str] | None = None
+    revision: str | None = None
+    info: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, model_id: str | Path, *, adapter: str | Path | None = None, dtype: str | torch.dtype = "auto",
+             device: str = "cpu", trust_remote_code: bool = False, revision: str | None = None) -> "VLM":
+        """Load from a hub id, a local folder or ``shapes-llava``; optionally add a LoRA adapter."""
+        from transformers import AutoModelForImageTextToText
+
+        path = resolve_model_id(model_id)
+        if Path(path).exists() and not (Path(path) / "config.json").exists():
+            raise VlmsteerError(f"{path}: not a model folder (no config.json)")
+        torch_dtype = parse_dtype(dtype)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=torch_dtype if torch_dtype is not None else "auto",
+                trust_remote_code=trust_remote_code, revision=revision,
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise VlmsteerError(f"{model_id}: cannot load model ({str(exc).splitlines()[0]})") from None
+        if adapter is not None:
+            model = _attach_adapter(model, adapter)
+        model.to(device).eval()
+        processor = load_processor(path, trust_remote_code=trust_remote_code, revision=revision)
+        return cls.from_hf(model, processor, model_id=str(model_id), revision=revision)
+
+    @classmethod
+    def from_hf(cls, model, processor, model_id: str = "model", revision: str | None = None) -> "VLM":
+        """Wrap an already-built HF image-text-to-text model and its processor."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        decoder = base.get_decoder()
+        layers = getattr(decoder, "layers", None)
+        norm = getattr(decoder, "norm", None)
+        if layers is None or norm is None:
+            raise VlmsteerError(
+                f"{model_id}: get_decoder() has no .layers/.norm; use VLM.from_parts to name them"
+            )
+        unembed = base.get_output_embeddings()
+        return cls(model=model, processor=processor, model_id=model_id, layers=layers, norm=norm,
+                   unembed=unembed, image_token_ids=frozenset(_image_token_ids(base, processor)),
+                   revision=revision)
+
+    @classmethod
+    def from_parts(cls, model: torch.nn.Module, processor: Any, *, layers: torch.nn.ModuleList,
+                   norm: torch.nn.Module, unembed: torch.nn.Module, image_token_ids: Sequence[int],
+                   prepare: Callable[..., dict[str, torch.Tensor]],
+                   format_prompt: Callable[[str, bool], str] | None = None,
+                   model_id: str = "custom") -> "VLM":
+        """Plug in a model that is not an HF image-text-to-text class.
+
+        ``prepare(images, texts)`` must return a dict with at least ``input_ids`` and
+        ``attention_mask`` (left padded) plus whatever else ``model(**inputs)`` needs; the
+        model's forward must return an object with ``.logits`` and accept
+        ``output_hidden_states``. ``format_prompt(text, has_image)`` turns a user prompt into
+        the model's prompt string (default: the processor's chat template).
+        """
+        return cls(model=model, processor=processor, model_id=model_id, layers=layers, norm=norm,
+                   unembed=unembed, image_token_ids=frozenset(image_token_ids), prepare_fn=prepare,
+                   format_prompt=format_prompt)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.unembed.weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.unembed.weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def architecture(self) -> str:
+        cfg = getattr(self.model, "config", None)
+        archs = getattr(cfg, "architectures", None)
+        return archs[0] if archs else type(self.model).__name__
+
+    def layer_index(self, layer: int) -> int:
+        """Normalize a layer index (negative counts from the end); error if out of range."""
+        n = self.num_layers
+        if not -n <= int(layer) < n:
+            raise VlmsteerError(f"layer {layer} is out of range for {self.model_id} ({n} layers: 0..{n - 1})")
+        return int(layer) % n
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, then unembedding (and the model's logit soft-capping, if any)."""
+        logits = self.unembed(self.norm(hidden))
+        cap = getattr(self._text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _text_config(self):
+        cfg = getattr(self.model, "config", None)
+        if cfg is None:
+            return None
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    # ------------------------------------------------------------------ prompts and batches
+    def build_prompt(self, text: str, image: bool = True, answer: str | None = None) -> str:
+        """The chat-template prompt for one (image, text) pair; with ``answer``, the full turn."""
+        if self.format_prompt is not None:
+            prompt = self.format_prompt(text, image)
+        else:
+            content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+            messages = [{"role": "user", "content": content}]
+            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        if answer is None:
+            return prompt
+        return prompt + " " + answer if not prompt.endswith((" ", "\n")) else prompt + answer
+
+    def prepare(self, images: Images, prompts: Sequence[str], answers: Sequence[str] | None = None) -> Batch:
+        """Left-padded model inputs for (image, prompt) pairs.
+
+        With ``answers`` the batch is teacher-forced: each row holds prompt + answer and
+        ``answer_spans`` says where each answer's tokens are.
+        """
+        if len(images) != len(prompts):
+            raise VlmsteerError(f"{len(images)} images but {len(prompts)} prompts")
+        pil = [load_image(im) if im is not None else None for im in images]
+        has_image = [im is not None for im in pil]
+        texts = [self.build_prompt(p, image=h) for p, h in zip(prompts, has_image)]
+        prompt_inputs = self._encode(pil, texts)
+        prompt_regions = TokenRegions.from_batch(
+            prompt_inputs["input_ids"], prompt_inputs["attention_mask"], self.image_token_ids
+        )
+        if answers is None:
+            return Batch(inputs=prompt_inputs, regions=prompt_regions,
+                         prompt_length=prompt_inputs["input_ids"].shape[1])
+        full_texts = [self.build_prompt(p, image=h, answer=a) for p, h, a in zip(prompts, has_image, answers)]
+        inputs = self._encode(pil, full_texts)
+        prompt_lens = prompt_inputs["attention_mask"].sum(1)
+        full_lens = inputs["attention_mask"].sum(1)
+        width = inputs["input_ids"].shape[1]
+        spans = []
+        for i in range(len(full_texts)):
+            start = width - int(full_lens[i]) + int(prompt_lens[i])
+            spans.append((start, width))
+        regions = TokenRegions.from_batch(inputs["input_ids"], inputs["attention_mask"], self.image_token_ids)
+        return Batch(inputs=inputs, regions=regions, prompt_length=width, answer_spans=spans)
+
+    def _encode(self, images: list[Image.Image | None], texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.prepare_fn is not None:
+            out = self.prepare_fn(images, texts)
+        else:
+            tok = self.tokenizer
+            old_side = tok.padding_side
+            tok.padding_side = "left"
+            try:
+                kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+                present = [im for im in images if im is not None]
+                if present:
+                    if len(present) != len(images):
+                        raise VlmsteerError("a batch must have an image for every prompt or for none")
+                    kwargs["images"] = [[im] for im in images]  # one list of images per prompt
+                out = dict(self.processor(**kwargs))
+            finally:
+                tok.padding_side = old_side
+        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+    def regions(self, batch: Batch | dict[str, torch.Tensor]) -> TokenRegions:
+        if isinstance(batch, Batch):
+            return batch.regions
+        return TokenRegions.from_batch(batch["input_ids"], batch["attention_mask"], self.image_token_ids)
+
+    # ------------------------------------------------------------------ running
+    def model_inputs(self, batch: Batch) -> dict[str, Any]:
+        """Forward arguments, with position ids derived from the attention mask so that
+        left padding does not change any row's result."""
+        inputs = dict(batch.inputs)
+        if self.prepare_fn is None and "position_ids" not in inputs and not _has_own_rope_index(self.model):
+            mask = inputs["attention_mask"]
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return inputs
+
+    @torch.no_grad()
+    def forward(self, batch: Batch, **kwargs) -> Any:
+        return self.model(**self.model_inputs(batch), **kwargs)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int = 16, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, use_cache: bool = True,
+                 **kwargs) -> "Generation":
+        """Generate a response for every row; returns new token ids and decoded text."""
+        tok = self.tokenizer
+        eos = _eos_ids(self)
+        if hasattr(self.model, "generate") and self.prepare_fn is None:
+            gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+                              pad_token_id=tok.pad_token_id, eos_token_id=eos or None)
+            if do_sample:
+                gen_kwargs.update(temperature=temperature, top_p=top_p)
+            else:
+                gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+            seqs = self.model.generate(**batch.inputs, **gen_kwargs, **kwargs)
+            new = seqs[:, batch.prompt_length:]
+        else:
+            new = self._greedy_loop(batch, max_new_tokens, eos)
+        return Generation.from_tokens(new, tok, eos)
+
+    def _greedy_loop(self, batch: Batch, max_new_tokens: int, eos: list[int]) -> torch.Tensor:
+        """Greedy decoding without a KV cache, for custom models that lack ``generate``."""
+        inputs = dict(batch.inputs)
+        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        pad = self.tokenizer.pad_token_id or 0
+        out = []
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            logits = self.model(input_ids=ids, attention_mask=mask, **inputs).logits[:, -1]
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            out.append(nxt)
+            done |= torch.isin(nxt, torch.tensor(eos, device=nxt.device)) if eos else done
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, (~done | torch.isin(nxt, torch.tensor(eos or [-1], device=nxt.device)))
+                              .long()[:, None]], 1)
+            if bool(done.all()):
+                break
+        return torch.stack(out, 1) if out else ids[:, :0]
+
+    def describe(self) -> dict:
+        """Architecture facts, as ``vlmsteer info`` prints them."""
+        return {
+            "model": self.model_id,
+            "architecture": self.architecture,
+            "layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "image_tokens": self.image_token_count(),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+        }
+
+    def image_token_count(self, image: Image.Image | None = None) -> int:
+        """Image tokens the processor inserts for one image (a blank 224x224 image by default)."""
+        image = image or _blank_image(self)
+        batch = self.prepare([image], ["describe the image ."])
+        return int(batch.regions.image.sum())
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (batch, new) token ids, padded after the end token
+    texts: list[str]
+    lengths: list[int]  # number of response tokens before the end token
+
+    @classmethod
+    def from_tokens(cls, tokens: torch.Tensor, tokenizer, eos: list[int]) -> "Generation":
+        texts, lengths = [], []
+        for row in tokens.tolist():
+            n = len(row)
+            for j, t in enumerate(row):
+                if t in eos:
+                    n = j
+                    break
+            lengths.append(n)
+            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+        return cls(tokens=tokens, texts=texts, lengths=lengths)
+
+
+def _eos_ids(vlm: VLM) -> list[int]:
+    ids: set[int] = set()
+    gc = getattr(vlm.model, "generation_config", None)
+    e = getattr(gc, "eos_token_id", None)
+    if isinstance(e, int):
+        ids.add(e)
+    elif e:
+        ids.update(e)
+    if vlm.tokenizer.eos_token_id is not None:
+        ids.add(vlm.tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _image_token_ids(model, processor) -> set[int]:
+    """Token ids whose positions the model fills with image features: the config's image token
+    (the ground truth), else the processor's."""
+    cfg = model.config
+    for name in ("image_token_id", "image_token_index"):
+        tid = getattr(cfg, name, None)
+        if isinstance(tid, int):
+            return {tid}
+    ids: set[int] = set()
+    for obj in (getattr(processor, "tokenizer", None), processor):
+        tid = getattr(obj, "image_token_id", None)
+        if isinstance(tid, int):
+            return {tid}
+    return ids
+
+
+def _has_own_rope_index(model) -> bool:
+    inner = getattr(model, "model", model)
+    return hasattr(inner, "get_rope_index") or hasattr(model, "get_rope_index")
+
+
+def _blank_image(vlm: VLM) -> Image.Image:
+    return Image.new("RGB", (224, 224), (127, 127, 127))
+
+
+def _attach_adapter(model, adapter: str | Path):
+    from peft import PeftModel
+
+    path = Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise VlmsteerError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(path))

@@ -1,0 +1,43 @@
+"""Running a model over samples in batches (greedy generation), with a progress bar."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Sequence
+
+from vlmsteer.data.sample import Sample
+from vlmsteer.model import Batch, VLM
+from vlmsteer.progress import progress_bar
+
+
+@dataclass
+class Response:
+    sample_id: str
+    text: str
+    n_tokens: int
+
+
+def batches(samples: Sequence[Sample], batch_size: int):
+    if batch_size < 1:
+        from vlmsteer.errors import VlmsteerError
+
+        raise VlmsteerError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, len(samples), batch_size):
+        yield samples[start:start + batch_size]
+
+
+def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
+                       context: Callable[[Batch], ContextManager] | None = None, progress: bool = True,
+                       description: str = "generating") -> list[Response]:
+    """Greedy responses for every sample. ``context(batch)`` wraps each ``generate`` call
+    (steering uses it to add its vectors)."""
+    out: list[Response] = []
+    with progress_bar(description, len(samples), enabled=progress) as advance:
+        for chunk in batches(samples, batch_size):
+            batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
+            with (context(batch) if context else nullcontext()):
+                gen = vlm.generate(batch, max_new_tokens=max_new_tokens)
+            out.extend(Response(s.id, t, n) for s, t, n in zip(chunk, gen.texts, gen.lengths))
+            advance(len(chunk))
+    return out

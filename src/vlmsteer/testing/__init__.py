@@ -1,0 +1,1 @@
+"""Offline builders of tiny models, shared by the tests and the benchmarks."""

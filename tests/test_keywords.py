@@ -1,0 +1,22 @@
+from vlmsteer.data.keywords import COLORS, GENDER, PLACES, filter_samples, keyword_set
+from vlmsteer.data.sample import Sample
+
+
+def test_whole_word_matching():
+    assert COLORS.find("A Red car and a reddish one") == ["red"]
+    assert COLORS.find("redder than red-ish") == []
+    assert GENDER.find("a woman and a man, not a human or manager") == ["woman", "man"]
+    assert not GENDER.matches("shepherd")
+
+
+def test_multi_word_terms():
+    assert PLACES.find("waiting at the Bus Stop near the bus-stop") == ["bus stop", "bus stop"]
+    assert PLACES.find("a bus stopped") == []
+    assert PLACES.find("the living room") == ["living room"]
+
+
+def test_subset_filter_keeps_matching_captions():
+    samples = [Sample("1", None, "p", captions=["a red bus", "a bus"]), Sample("2", None, "p", captions=["a bus"])]
+    sub = filter_samples(samples, keyword_set("colors"))
+    assert [s.id for s in sub] == ["1"] and sub[0].captions == ["a red bus"]
+    assert samples[0].captions == ["a red bus", "a bus"]  # the input is not modified
