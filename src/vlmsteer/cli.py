@@ -137,6 +137,72 @@ def _print_vqa_table(report) -> None:
     out_console.print(table)
 
 
+# --------------------------------------------------------------------------- extract
+def _parse_layers(values: list[str]) -> list[int]:
+    layers = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                layers.append(int(part))
+            except ValueError:
+                raise VlmsteerError(f"--layer expects integers, got {part!r}") from None
+    if not layers:
+        raise VlmsteerError("give at least one --layer")
+    return layers
+
+
+@app.command()
+def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+            data: Path = typer.Option(..., help="Dataset folder or file."),
+            fmt: str = typer.Option("vqav2", "--format", help="vqav2, coco or jsonl."),
+            out: Path = typer.Option(..., help="Store folder (rerun the same command to resume)."),
+            layer: list[str] = typer.Option(..., help="Decoder layer(s); negative counts from the end; "
+                                                      "repeat or comma-separate."),
+            selector: str = typer.Option("last_prompt", help="last_prompt, word, mean_response, mean_image, "
+                                                             "mean_text."),
+            word: Optional[str] = typer.Option(None, help="Word of interest (word selector); whole-word match."),
+            word_source: str = typer.Option("response", help="Find the word in the response or the prompt."),
+            word_position: str = typer.Option("predicts", help="'predicts': the position whose next token is "
+                                                               "the word (default); 'of': the word's own last token."),
+            mode: str = typer.Option("teacher", help="teacher (reference answer/caption) or generate."),
+            target: str = typer.Option("auto", help="Teacher-forced text: auto, answer or caption."),
+            split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+            limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
+            batch_size: int = typer.Option(16), shard_size: int = typer.Option(256),
+            store_dtype: str = typer.Option("float32", help="float32 or float16 features on disk."),
+            max_new_tokens: int = typer.Option(32), prompt: Optional[str] = typer.Option(None),
+            adapter: Optional[Path] = typer.Option(None), dtype: str = typer.Option("auto"),
+            device: str = typer.Option("cpu")):
+    """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
+    from vlmsteer.data import load_samples
+    from vlmsteer.extract import ExtractConfig, Mode, Target
+    from vlmsteer.extract import extract as run_extract
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.selectors import Selector
+
+    sel = Selector(kind=selector, word=word, source=word_source, position=word_position)
+    try:
+        cfg = ExtractConfig(layers=_parse_layers(layer), selector=sel, mode=Mode(mode), target=Target(target),
+                            batch_size=batch_size, shard_size=shard_size, dtype=store_dtype,
+                            max_new_tokens=max_new_tokens)
+    except ValueError as exc:
+        raise VlmsteerError(str(exc)) from None
+    samples = load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt)
+    vlm = _load_model(model, adapter, dtype, device)
+    dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt}
+    store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset)
+    if resumed:
+        out_console.print(f"resumed from {resumed} samples already in {out}")
+    write_run_json(out, options=dict(model=model, data=data, format=fmt, layers=cfg.layers, selector=sel.to_dict(),
+                                     mode=mode, target=target, batch_size=batch_size, shard_size=shard_size),
+                   seed=seed, model_id=model, revision=vlm.revision)
+    found = int(len(store.select()))
+    out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
+
+
 # --------------------------------------------------------------------------- demo
 @demo_app.callback()
 def demo(ctx: typer.Context,

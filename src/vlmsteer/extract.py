@@ -1,0 +1,209 @@
+"""Batched extraction: samples -> model -> hooks -> token selector -> feature store.
+
+Two modes: ``teacher`` (prompt + the sample's reference answer or caption, one forward
+pass) and ``generate`` (the model's own greedy response, then one forward pass over prompt
++ response). In both, the response tokens are appended to the left-padded prompt batch as
+token ids, so the response spans are exact whatever the tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from vlmsteer.data.sample import Sample
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.hooks import capture_residual
+from vlmsteer.model import Batch, VLM
+from vlmsteer.progress import progress_bar
+from vlmsteer.selectors import Selector, SelectorKind, WordPosition, WordSource, word_token_indices
+from vlmsteer.store import FeatureStore, StoreWriter
+
+STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class Mode(str, Enum):
+    TEACHER = "teacher"
+    GENERATE = "generate"
+
+
+class Target(str, Enum):
+    """Which reference text is teacher-forced."""
+
+    AUTO = "auto"  # the answer when the sample has answers, else its first caption
+    ANSWER = "answer"
+    CAPTION = "caption"
+
+
+@dataclass
+class ExtractConfig:
+    layers: list[int]
+    selector: Selector = field(default_factory=Selector)
+    mode: Mode = Mode.TEACHER
+    target: Target = Target.AUTO
+    batch_size: int = 16
+    shard_size: int = 256
+    dtype: str = "float32"
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        self.mode = Mode(self.mode)
+        self.target = Target(self.target)
+        if self.dtype not in STORE_DTYPES:
+            raise VlmsteerError(f"unknown store dtype {self.dtype!r}; choose float32 or float16")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise VlmsteerError("batch size and shard size must be >= 1")
+
+
+def target_text(sample: Sample, target: Target) -> str:
+    if target in (Target.AUTO, Target.ANSWER) and sample.answer is not None:
+        return sample.answer
+    if target in (Target.AUTO, Target.CAPTION) and sample.captions:
+        return sample.captions[0]
+    raise VlmsteerError(f"sample {sample.id} has no {target.value if target is not Target.AUTO else 'answer or caption'}"
+                        " to teacher-force")
+
+
+def response_ids(vlm: VLM, prompt_text: str, response: str) -> list[int]:
+    """Token ids of ``response`` as it follows the prompt (same separator as ``build_prompt``)."""
+    sep = "" if prompt_text.endswith((" ", "\n")) else " "
+    return vlm.tokenizer(sep + response, add_special_tokens=False)["input_ids"]
+
+
+def append_responses(vlm: VLM, batch: Batch, responses: Sequence[Sequence[int]]) -> Batch:
+    """Prompt batch (left padded) + each row's response ids (right padded): one batch whose
+    prompt part is unchanged, with ``answer_spans`` marking the responses."""
+    n = len(batch)
+    width = max((len(r) for r in responses), default=0)
+    pad = vlm.tokenizer.pad_token_id or 0
+    dev = batch.input_ids.device
+    ids = torch.full((n, width), pad, dtype=batch.input_ids.dtype, device=dev)
+    mask = torch.zeros((n, width), dtype=batch.attention_mask.dtype, device=dev)
+    for i, r in enumerate(responses):
+        if len(r):
+            ids[i, :len(r)] = torch.tensor(list(r), dtype=ids.dtype)
+            mask[i, :len(r)] = 1
+    inputs = {}
+    for k, v in batch.inputs.items():
+        if k == "input_ids":
+            inputs[k] = torch.cat([v, ids], 1)
+        elif k == "attention_mask":
+            inputs[k] = torch.cat([v, mask], 1)
+        elif isinstance(v, torch.Tensor) and v.shape[:2] == batch.input_ids.shape and v.dim() == 2:
+            inputs[k] = torch.cat([v, torch.zeros((n, width), dtype=v.dtype, device=dev)], 1)
+        else:
+            inputs[k] = v
+    p = batch.prompt_length
+    spans = [(p, p + len(r)) for r in responses]
+    return Batch(inputs=inputs, regions=batch.regions, prompt_length=p, answer_spans=spans)
+
+
+def select_positions(vlm: VLM, full: Batch, selector: Selector, row: int,
+                     response: Sequence[int]) -> list[int]:
+    """Absolute positions (in ``full``) whose features are averaged for ``row``; [] if none."""
+    p = full.prompt_length
+    kind = selector.kind
+    if kind is SelectorKind.LAST_PROMPT:
+        return [p - 1]
+    if kind is SelectorKind.MEAN_RESPONSE:
+        return list(range(p, p + len(response)))
+    if kind is SelectorKind.MEAN_IMAGE:
+        return torch.nonzero(full.regions.image[row]).flatten().tolist()
+    if kind is SelectorKind.MEAN_TEXT:
+        return torch.nonzero(full.regions.text[row]).flatten().tolist()
+    # a word of interest
+    if selector.source is WordSource.RESPONSE:
+        ids, offset = list(response), p
+    else:
+        keep = ~full.regions.padding[row]
+        start = int(torch.nonzero(keep).flatten()[0]) if keep.any() else p
+        ids, offset = full.input_ids[row, start:p].tolist(), start
+    idx = word_token_indices(vlm.tokenizer, ids, selector.word)
+    if idx is None:
+        return []
+    if selector.position is WordPosition.OF:
+        return [offset + idx[-1]]
+    return [offset + idx[0] - 1]
+
+
+def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: ExtractConfig,
+            dataset: dict | None = None, progress: bool = True) -> tuple[FeatureStore, int]:
+    """Extract features of ``samples`` into the store at ``out``; resumes a partial store.
+
+    Returns the store and the number of samples resumed from.
+    """
+    layers = sorted({vlm.layer_index(layer) for layer in config.layers})
+    if not samples:
+        raise VlmsteerError("no samples to extract")
+    header = {
+        "model_id": vlm.model_id, "model_revision": vlm.revision, "architecture": vlm.architecture,
+        "hidden_size": vlm.hidden_size, "num_layers": vlm.num_layers, "layers": layers,
+        "selector": config.selector.to_dict(), "selector_description": config.selector.describe(),
+        "mode": config.mode.value, "target": config.target.value, "dtype": config.dtype,
+        "shard_size": config.shard_size, "max_new_tokens": config.max_new_tokens,
+        "dataset": dataset or {}, "n_samples": len(samples),
+        "sample_ids_sha1": hashlib.sha1("\n".join(s.id for s in samples).encode()).hexdigest(),
+    }
+    writer = StoreWriter(out, header)
+    resumed = writer.samples_done
+    np_dtype = STORE_DTYPES[config.dtype]
+    todo = list(samples[resumed:])
+    with progress_bar("extracting", len(samples), enabled=progress) as advance:
+        advance(resumed)
+        for start in range(0, len(todo), config.shard_size):
+            shard = todo[start:start + config.shard_size]
+            feats = {layer: np.zeros((len(shard), vlm.hidden_size), dtype=np_dtype) for layer in layers}
+            records: list[dict] = []
+            for b0 in range(0, len(shard), config.batch_size):
+                chunk = shard[b0:b0 + config.batch_size]
+                rows = _extract_batch(vlm, chunk, layers, config)
+                for j, (record, vectors) in enumerate(rows):
+                    records.append(record)
+                    for layer in layers:
+                        feats[layer][b0 + j] = vectors[layer]
+                advance(len(chunk))
+            writer.write_shard(records, feats)
+    store = FeatureStore.open(out)
+    found = sum(1 for r in store.records if r["found"])
+    writer.finish(found=found, total=len(store))
+    if found == 0:
+        what = f"the word {config.selector.word!r}" if config.selector.word else "a selected token"
+        raise VlmsteerError(f"{out}: empty selection: no sample contains {what} (the store is written and readable)")
+    return FeatureStore.open(out), resumed
+
+
+@torch.no_grad()
+def _extract_batch(vlm: VLM, chunk: Sequence[Sample], layers: list[int], config: ExtractConfig):
+    prompt_batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
+    if config.mode is Mode.GENERATE:
+        gen = vlm.generate(prompt_batch, max_new_tokens=config.max_new_tokens)
+        responses = [gen.tokens[i, :gen.lengths[i]].tolist() for i in range(len(chunk))]
+        texts = gen.texts
+    else:
+        texts = [target_text(s, config.target) for s in chunk]
+        prompts = [vlm.build_prompt(s.prompt, image=s.image is not None) for s in chunk]
+        responses = [response_ids(vlm, p, t) for p, t in zip(prompts, texts)]
+    full = append_responses(vlm, prompt_batch, responses)
+    with capture_residual(vlm.layers, layers) as captured:
+        vlm.forward(full)
+    hidden = {layer: captured[layer][0] for layer in layers}
+    out = []
+    for i, s in enumerate(chunk):
+        positions = select_positions(vlm, full, config.selector, i, responses[i])
+        found = bool(positions) and min(positions) >= 0
+        vectors = {layer: (hidden[layer][i, positions].float().mean(0).cpu().numpy() if found
+                           else np.zeros(vlm.hidden_size, np.float32)) for layer in layers}
+        record = {"id": s.id, "prompt": s.prompt, "response": texts[i], "answers": s.answers,
+                  "answer": s.answer, "answer_type": s.answer_type, "question_type": s.question_type,
+                  "image": s.image_path, "found": found, "positions": positions,
+                  "n_response_tokens": len(responses[i])}
+        if s.captions:
+            record["captions"] = s.captions
+        out.append((record, vectors))
+    return out

@@ -1,0 +1,118 @@
+"""Token selectors: which position(s) of a (prompt + response) sequence give a sample's feature.
+
+Typed options, never substrings. For a word of interest the store records whether the
+feature is the position **of** the word (its last sub-token: the model has read the whole
+word) or the position that **predicts** it (the token before its first sub-token: the
+state from which the model produced the word). The default is ``predicts``; for a one-word
+VQA answer that is the last prompt position, where steering vectors act.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+from vlmsteer.errors import VlmsteerError
+
+
+class SelectorKind(str, Enum):
+    LAST_PROMPT = "last_prompt"
+    WORD = "word"
+    MEAN_RESPONSE = "mean_response"  # mean over response tokens (before the end token)
+    MEAN_IMAGE = "mean_image"
+    MEAN_TEXT = "mean_text"  # mean over text prompt tokens
+
+
+class WordSource(str, Enum):
+    RESPONSE = "response"
+    PROMPT = "prompt"
+
+
+class WordPosition(str, Enum):
+    OF = "of"
+    PREDICTS = "predicts"
+
+
+@dataclass(frozen=True)
+class Selector:
+    kind: SelectorKind = SelectorKind.LAST_PROMPT
+    word: str | None = None
+    source: WordSource = WordSource.RESPONSE
+    position: WordPosition = WordPosition.PREDICTS
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", _enum(SelectorKind, self.kind, "selector"))
+        object.__setattr__(self, "source", _enum(WordSource, self.source, "word source"))
+        object.__setattr__(self, "position", _enum(WordPosition, self.position, "word position"))
+        if self.kind is SelectorKind.WORD and not (self.word and self.word.strip()):
+            raise VlmsteerError("the word selector needs a word (--word)")
+        if self.kind is not SelectorKind.WORD and self.word:
+            raise VlmsteerError(f"--word is only used with the word selector, not {self.kind.value}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Selector":
+        return cls(**d)
+
+    def describe(self) -> str:
+        if self.kind is SelectorKind.WORD:
+            return f"position that {self.position.value} the word {self.word!r} in the {self.source.value}" \
+                if self.position is WordPosition.PREDICTS else \
+                f"position of the word {self.word!r} in the {self.source.value}"
+        return self.kind.value.replace("_", " ")
+
+
+def _enum(cls, value, what):
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).lower().replace("-", "_"))
+    except ValueError:
+        raise VlmsteerError(f"unknown {what} {value!r}; choose one of: {', '.join(v.value for v in cls)}") from None
+
+
+def word_spans(text: str, word: str) -> list[tuple[int, int]]:
+    """Character spans of ``word`` in ``text`` as a whole word, case-insensitive.
+
+    "no" does not match "none" or "no-one"; multi-word terms allow any whitespace.
+    """
+    parts = [re.escape(p) for p in word.strip().split()]
+    pattern = re.compile(r"(?<![\w'-])" + r"\s+".join(parts) + r"(?![\w'-])", re.IGNORECASE)
+    return [m.span() for m in pattern.finditer(text)]
+
+
+def token_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decoded text of ``ids`` and each token's character span in it (incremental decoding,
+    so it is exact for any tokenizer, whatever its spacing rules)."""
+    spans = []
+    prev = ""
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        start = len(prev) if text.startswith(prev) else _common_prefix(prev, text)
+        spans.append((start, len(text)))
+        prev = text
+    return prev, spans
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def word_token_indices(tokenizer, ids: list[int], word: str) -> list[int] | None:
+    """Indices (into ``ids``) of the sub-tokens of the first whole-word occurrence of ``word``."""
+    text, spans = token_offsets(tokenizer, ids)
+    found = word_spans(text, word)
+    if not found:
+        return None
+    s, e = found[0]
+    idx = [i for i, (a, b) in enumerate(spans) if b > a and a < e and b > s]
+    return idx or None
