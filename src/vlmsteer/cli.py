@@ -23,9 +23,11 @@ app = typer.Typer(help="Concept-level analysis and training-free steering of mul
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: generate the shapes world, check dataset files.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a model (optionally steered).", no_args_is_help=True)
+vectors_app = typer.Typer(help="Build steering vectors from feature stores.", no_args_is_help=True)
 demo_app = typer.Typer(help="The end-to-end demo on the shipped shapes-llava model.", invoke_without_command=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+app.add_typer(vectors_app, name="vectors")
 app.add_typer(demo_app, name="demo")
 
 out_console = Console()
@@ -108,20 +110,44 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
              seed: int = typer.Option(0), batch_size: int = typer.Option(32),
              max_new_tokens: int = typer.Option(8), adapter: Optional[Path] = typer.Option(None),
+             vector: Optional[Path] = typer.Option(None, help="Steering vector file (.safetensors)."),
+             name: Optional[str] = typer.Option(None, help="Vector name, for files holding several."),
+             alpha: float = typer.Option(1.0, help="Steering strength."),
+             layer: Optional[list[str]] = typer.Option(None, help="Layer(s) to steer (default: the vector's)."),
+             region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
+             baseline: Optional[Path] = typer.Option(None, help="Unsteered run folder to compare against."),
+             source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
+             target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
              dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
-    """Answer VQA questions greedily and report official VQAv2 accuracy per answer type."""
+    """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
     from vlmsteer.data import load_vqav2
-    from vlmsteer.evaluate.vqa_run import run_vqa, write_vqa_outputs
+    from vlmsteer.evaluate.vqa_run import compare_to_baseline, run_vqa, write_vqa_outputs
+    from vlmsteer.regions import Region
     from vlmsteer.runinfo import write_run_json
 
+    region_ = Region.parse(region)
     samples = load_vqav2(data, split=split, images=images, limit=limit, seed=seed)
     vlm = _load_model(model, adapter, dtype, device)
-    preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    write_vqa_outputs(out, samples, preds, report)
+    context = None
+    if vector is not None:
+        from vlmsteer.steer import steer
+        from vlmsteer.steer.vector import load_vector
+
+        vec = load_vector(vector, name, vlm)
+        layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
+        context = lambda batch: steer(vlm, vec, batch, alpha=alpha, layers=layers, region=region_)  # noqa: E731
+    preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, context=context)
+    extra = {}
+    if baseline is not None:
+        extra["vs_baseline"] = compare_to_baseline(baseline, samples, preds, report, source=source, target=target)
+    write_vqa_outputs(out, samples, preds, report, extra=extra)
     write_run_json(out, options=dict(model=model, data=data, split=split, limit=limit, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens, adapter=adapter), seed=seed,
+                                     max_new_tokens=max_new_tokens, adapter=adapter, vector=vector, name=name,
+                                     alpha=alpha, layer=layer, region=region), seed=seed,
                    model_id=model, revision=vlm.revision)
     _print_vqa_table(report)
+    if extra:
+        out_console.print_json(json.dumps(extra["vs_baseline"]))
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
 
@@ -201,6 +227,32 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                    seed=seed, model_id=model, revision=vlm.revision)
     found = int(len(store.select()))
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
+
+
+# --------------------------------------------------------------------------- vectors
+@vectors_app.command("coarse")
+def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, and target unless --target-store)."),
+                   out: Path = typer.Option(..., help="Output .safetensors file."),
+                   source: Optional[str] = typer.Option(None, help="Source filter, e.g. 'response=yes'."),
+                   target: Optional[str] = typer.Option(None, help="Target filter, e.g. 'response=no'."),
+                   target_store: Optional[Path] = typer.Option(None, help="A second store for the target."),
+                   layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
+                   max_samples: Optional[int] = typer.Option(None, help="Use at most this many per side."),
+                   seed: int = typer.Option(0), name: str = typer.Option("vector")):
+    """Coarse vector: mean(target features) - mean(source features)."""
+    from vlmsteer.steer.builders import coarse_vector, parse_filter
+    from vlmsteer.store import FeatureStore
+
+    a = FeatureStore.open(store)
+    b = FeatureStore.open(target_store) if target_store else None
+    layers = _parse_layers(layer) if layer else None
+    if layers is not None:
+        layers = [l if l >= 0 else a.header["num_layers"] + l for l in layers]
+    vec = coarse_vector(a, parse_filter(source) if source else None, b, parse_filter(target) if target else None,
+                        layers=layers, max_samples=max_samples, seed=seed)
+    vec.save(out, name=name)
+    out_console.print(f"{vec.method} vector {vec.source!r} -> {vec.target!r} from {vec.n_source} + {vec.n_target} "
+                      f"samples, layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
 
 
 # --------------------------------------------------------------------------- demo

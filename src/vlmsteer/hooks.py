@@ -80,3 +80,27 @@ def capture_layer_inputs(module: torch.nn.Module) -> Iterator[list[tuple]]:
         yield seen
     finally:
         h.remove()
+
+
+class PositionTracker:
+    """Absolute position (index into the left-padded sequence) of the first token of the
+    current forward call: 0 without a KV cache, the cache length with one."""
+
+    def __init__(self):
+        self.offset = 0
+
+
+@contextmanager
+def track_positions(first_layer: torch.nn.Module) -> Iterator[PositionTracker]:
+    """Keep ``tracker.offset`` current, read from the KV cache before the first decoder layer runs."""
+    tracker = PositionTracker()
+
+    def pre(module, args, kwargs):
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        tracker.offset = int(cache.get_seq_length()) if cache is not None else 0
+
+    h = first_layer.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield tracker
+    finally:
+        h.remove()

@@ -44,3 +44,26 @@ def read_predictions(path: str | Path) -> list[dict]:
     from vlmsteer.data.io import read_jsonl
 
     return read_jsonl(path)
+
+
+def compare_to_baseline(baseline: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
+                        source: str | None = None, target: str | None = None) -> dict:
+    """Answers changed, source/target count changes and per-type accuracy deltas vs a baseline run."""
+    from vlmsteer.errors import VlmsteerError, input_error
+    from vlmsteer.evaluate.vqa import compare_runs
+
+    base = Path(baseline)
+    rows = read_predictions(base / "predictions.jsonl")
+    by_id = {r["id"]: r for r in rows}
+    missing = [s.id for s in samples if s.id not in by_id]
+    if missing:
+        raise input_error(base / "predictions.jsonl", f"baseline lacks {len(missing)} of these questions "
+                                                      f"(first: {missing[0]})")
+    base_preds = [by_id[s.id]["prediction"] for s in samples]
+    base_report = evaluate_vqa(base_preds, [s.answers for s in samples], [s.answer_type for s in samples])
+    if not samples:
+        raise VlmsteerError("no samples")
+    out = compare_runs(base_preds, predictions, source=source, target=target)
+    out["accuracy_delta"] = {t: report.per_type[t] - base_report.per_type.get(t, 0.0) for t in report.per_type}
+    out["baseline_accuracy"] = base_report.per_type
+    return out

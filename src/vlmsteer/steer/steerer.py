@@ -1,0 +1,84 @@
+"""The steerer: ``with steer(vlm, vector, batch, alpha, layers, region): vlm.generate(batch)``.
+
+Adds ``alpha * v`` to the residual stream after each chosen decoder layer, at the chosen
+token region. Positions are absolute indices into the left-padded sequence, read from the
+KV cache length at every forward call, so steering with and without the cache, and for
+left-padded batches, gives the same tokens. An optional ``condition`` decides per sample,
+from its feature at the steering layer at the last prompt position (before steering),
+whether to steer it at all (fine-grained, concept-conditioned application).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.hooks import edit_residual, track_positions
+from vlmsteer.model import Batch, VLM
+from vlmsteer.regions import Region
+from vlmsteer.steer.vector import SteeringVector
+
+Condition = Callable[[torch.Tensor], torch.Tensor]  # (batch, hidden) -> (batch,) bool
+
+
+def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.Tensor:
+    """(batch, len(positions)) bool: which of these absolute positions belong to ``region``."""
+    p = batch.prompt_length
+    prompt_mask = batch.regions.mask(region)  # (batch, p)
+    in_prompt = positions < p
+    gen_value = region in (Region.GENERATED, Region.ALL)
+    cols = []
+    for j, a in enumerate(positions.tolist()):
+        if a < p:
+            cols.append(prompt_mask[:, a])
+        else:
+            cols.append(torch.full((prompt_mask.shape[0],), gen_value, dtype=torch.bool, device=prompt_mask.device))
+    del in_prompt
+    return torch.stack(cols, 1) if cols else prompt_mask[:, :0]
+
+
+@contextmanager
+def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
+          layers: Sequence[int] | None = None, region: Region | str = Region.PROMPT,
+          condition: Condition | None = None) -> Iterator[dict]:
+    """Steer every forward call on ``batch`` inside the block; hooks are removed on exit.
+
+    Yields a dict that records, once known, which rows were steered (``"rows"``).
+    """
+    region = Region.parse(region)
+    chosen = vector.check_model(vlm, list(layers) if layers is not None else None)
+    state: dict = {"rows": None}
+    if alpha == 0 or all(float(vector.at(l).abs().max()) == 0 for l in chosen):
+        yield state  # nothing to add: leave the model untouched, bit for bit
+        return
+    if batch.answer_spans is not None and region in (Region.GENERATED, Region.ALL):
+        raise VlmsteerError("teacher-forced batches have no generated region; steer the prompt instead")
+    with ExitStack() as stack:
+        tracker = stack.enter_context(track_positions(vlm.layers[0]))
+
+        def make_edit(layer: int):
+            direction = vector.at(layer)
+
+            def edit(hidden: torch.Tensor, kwargs: dict):
+                t = hidden.shape[1]
+                positions = torch.arange(tracker.offset, tracker.offset + t)
+                mask = region_mask(batch, region, positions).to(hidden.device)
+                if condition is not None:
+                    if state["rows"] is None:
+                        last = batch.prompt_length - 1
+                        if tracker.offset > last or tracker.offset + t <= last:
+                            raise VlmsteerError("the steering condition needs the prompt pass first")
+                        state["rows"] = condition(hidden[:, last - tracker.offset].float()).to(torch.bool)
+                    mask = mask & state["rows"].to(hidden.device)[:, None]
+                if not bool(mask.any()):
+                    return None
+                add = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
+                return hidden + mask[..., None].to(hidden.dtype) * add
+
+            return edit
+
+        stack.enter_context(edit_residual(vlm.layers, {layer: make_edit(layer) for layer in chosen}))
+        yield state

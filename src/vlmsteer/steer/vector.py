@@ -1,0 +1,181 @@
+"""``SteeringVector``: one direction per layer plus metadata; values you can add and scale.
+
+Saved as safetensors (tensors ``<name>/layer_<l>``) with the metadata as JSON in the
+safetensors header, so one file can hold many named vectors (e.g. all concept pairs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vlmsteer.errors import VlmsteerError, input_error
+
+
+@dataclass
+class SteeringVector:
+    vectors: dict[int, torch.Tensor]  # layer -> (hidden,) float32
+    model_id: str | None = None
+    hidden_size: int | None = None
+    method: str = "custom"
+    source: str | None = None  # what the vector moves away from, e.g. 'answer "yes"'
+    target: str | None = None  # what it moves toward
+    n_source: int | None = None
+    n_target: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.vectors:
+            raise VlmsteerError("a steering vector needs at least one layer")
+        self.vectors = {int(k): v.detach().to(torch.float32).reshape(-1).cpu() for k, v in self.vectors.items()}
+        sizes = {v.numel() for v in self.vectors.values()}
+        if len(sizes) != 1:
+            raise VlmsteerError(f"layers of one steering vector differ in size: {sorted(sizes)}")
+        size = sizes.pop()
+        if self.hidden_size is None:
+            self.hidden_size = size
+        elif self.hidden_size != size:
+            raise VlmsteerError(f"vector size {size} does not match hidden_size {self.hidden_size}")
+
+    # ------------------------------------------------------------------ values
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.vectors)
+
+    def norm(self, layer: int | None = None) -> float:
+        layer = self.layers[0] if layer is None else layer
+        return float(self.vectors[layer].norm())
+
+    def _meta(self, **changes) -> dict:
+        base = dict(model_id=self.model_id, hidden_size=self.hidden_size, method=self.method, source=self.source,
+                    target=self.target, n_source=self.n_source, n_target=self.n_target, options=dict(self.options))
+        base.update(changes)
+        return base
+
+    def _combine(self, other: "SteeringVector", op, symbol: str) -> "SteeringVector":
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if self.hidden_size != other.hidden_size:
+            raise VlmsteerError(f"cannot combine vectors of sizes {self.hidden_size} and {other.hidden_size}")
+        layers = sorted(set(self.vectors) | set(other.vectors))
+        zero = torch.zeros(self.hidden_size)
+        vecs = {l: op(self.vectors.get(l, zero), other.vectors.get(l, zero)) for l in layers}
+        return SteeringVector(vecs, **self._meta(method=f"({self.method} {symbol} {other.method})",
+                                                 source=None, target=None, n_source=None, n_target=None))
+
+    def __add__(self, other):
+        return self._combine(other, torch.add, "+")
+
+    def __sub__(self, other):
+        return self._combine(other, torch.sub, "-")
+
+    def __mul__(self, k: float):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return SteeringVector({l: v * float(k) for l, v in self.vectors.items()}, **self._meta())
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k: float):
+        return self * (1.0 / k)
+
+    def __neg__(self):
+        return SteeringVector({l: -v for l, v in self.vectors.items()},
+                              **self._meta(source=self.target, target=self.source))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return self.layers == other.layers and all(torch.equal(self.vectors[l], other.vectors[l]) for l in self.layers) \
+            and self._meta() == other._meta()
+
+    # ------------------------------------------------------------------ checks
+    def check_model(self, vlm, layers: list[int] | None = None) -> list[int]:
+        """Check hidden size and layer range against ``vlm``; return the absolute layers to use."""
+        if self.hidden_size != vlm.hidden_size:
+            raise VlmsteerError(f"steering vector has size {self.hidden_size} but {vlm.model_id} has hidden size "
+                                f"{vlm.hidden_size}")
+        for l in self.layers:
+            if not 0 <= l < vlm.num_layers:
+                raise VlmsteerError(f"steering vector layer {l} is out of range for {vlm.model_id} "
+                                    f"({vlm.num_layers} layers)")
+        if layers is None:
+            return self.layers
+        chosen = [vlm.layer_index(l) for l in layers]
+        missing = [l for l in chosen if l not in self.vectors]
+        if missing:
+            if len(self.layers) == 1:  # one direction, applied at other layers on request
+                return chosen
+            raise VlmsteerError(f"steering vector has no direction for layer(s) {missing} (has {self.layers})")
+        return chosen
+
+    def at(self, layer: int) -> torch.Tensor:
+        if layer in self.vectors:
+            return self.vectors[layer]
+        if len(self.vectors) == 1:
+            return next(iter(self.vectors.values()))
+        raise VlmsteerError(f"steering vector has no direction for layer {layer} (has {self.layers})")
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, name: str = "vector") -> Path:
+        return save_vectors(path, {name: self})
+
+
+def save_vectors(path: str | Path, vectors: dict[str, SteeringVector]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors, meta = {}, {}
+    for name, v in vectors.items():
+        if "/" in name:
+            raise VlmsteerError(f"vector name {name!r} may not contain '/'")
+        for l, t in v.vectors.items():
+            tensors[f"{name}/layer_{l}"] = t.contiguous()
+        meta[name] = v._meta()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"vlmsteer": json.dumps({"format_version": 1, "vectors": meta})})
+    tmp.replace(path)
+    return path
+
+
+def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "steering vector file not found")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("vlmsteer", "null"))
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as exc:
+        raise input_error(path, f"not a readable steering vector file ({str(exc).splitlines()[0]})") from None
+    if not header or "vectors" not in header:
+        raise input_error(path, "safetensors file without vlmsteer metadata")
+    out = {}
+    for name, meta in header["vectors"].items():
+        vecs = {int(k.split("/layer_")[1]): t for k, t in tensors.items() if k.startswith(name + "/layer_")}
+        out[name] = SteeringVector(vecs, **meta)
+    return out
+
+
+def load_vector(path: str | Path, name: str | None = None, vlm=None) -> SteeringVector:
+    """One vector from a file (the only one, or ``name``); checked against ``vlm`` if given."""
+    vectors = load_vectors(path)
+    if name is None:
+        if len(vectors) != 1:
+            raise input_error(path, f"holds {len(vectors)} vectors; name one with --name "
+                                    f"(e.g. {', '.join(list(vectors)[:3])})")
+        vec = next(iter(vectors.values()))
+    elif name not in vectors:
+        raise input_error(path, f"no vector named {name!r}")
+    else:
+        vec = vectors[name]
+    if vlm is not None:
+        vec.check_model(vlm)
+    return vec

@@ -1,0 +1,143 @@
+"""Steering invariants: alpha=0 is a no-op, the context restores the model, and steered
+generation with the KV cache equals generation without it for every region, batched and
+left padded. Plus vector values, files and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmsteer.cli import main
+from vlmsteer.data import shapes
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.regions import Region
+from vlmsteer.steer import SteeringVector, steer
+from vlmsteer.steer.builders import all_concept_shifts, concept_shift
+from vlmsteer.steer.vector import load_vector, load_vectors, save_vectors
+
+PROMPTS = ["is there a red circle ?", "where is this ?", "how many shapes are there in this scene with many shapes ?"]
+
+
+def _batch(vlm):
+    images = [shapes.render(shapes.make_scene(9, i)) for i in range(3)]
+    return vlm.prepare(images, PROMPTS)
+
+
+def _vector(vlm, scale=4.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector({vlm.num_layers // 2: torch.randn(vlm.hidden_size, generator=g) * scale},
+                          model_id=vlm.model_id)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_alpha_zero_and_zero_vector_are_bit_identical(arch, tiny_vlm):
+    vlm = tiny_vlm(arch)
+    batch = _batch(vlm)
+    ref = vlm.forward(batch).logits
+    with steer(vlm, _vector(vlm), batch, alpha=0.0):
+        assert torch.equal(vlm.forward(batch).logits, ref)
+    zero = SteeringVector({1: torch.zeros(vlm.hidden_size)})
+    with steer(vlm, zero, batch, alpha=3.0):
+        assert torch.equal(vlm.forward(batch).logits, ref)
+
+
+def test_context_restores_model_even_after_an_exception(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    ref = vlm.forward(batch).logits
+    with steer(vlm, _vector(vlm), batch, alpha=1.0):
+        steered = vlm.forward(batch).logits
+    assert not torch.equal(steered, ref)
+    assert torch.equal(vlm.forward(batch).logits, ref)
+    with pytest.raises(RuntimeError):
+        with steer(vlm, _vector(vlm), batch, alpha=1.0):
+            raise RuntimeError("generation failed")
+    assert torch.equal(vlm.forward(batch).logits, ref)
+    assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in vlm.layers)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "idefics3", "gemma3"])
+@pytest.mark.parametrize("region", [r.value for r in Region])
+def test_kv_cache_equals_no_cache(arch, region, tiny_vlm):
+    vlm = tiny_vlm(arch)
+    batch = _batch(vlm)
+    assert batch.attention_mask[:, 0].min() == 0  # left padded
+    vec = _vector(vlm, scale=6.0)
+    with steer(vlm, vec, batch, alpha=1.0, region=region):
+        cached = vlm.generate(batch, max_new_tokens=6, use_cache=True).tokens
+    with steer(vlm, vec, batch, alpha=1.0, region=region):
+        uncached = vlm.generate(batch, max_new_tokens=6, use_cache=False).tokens
+    assert torch.equal(cached, uncached)
+
+
+def test_region_changes_only_its_positions(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    from vlmsteer.hooks import capture_residual
+
+    layer = vlm.num_layers // 2
+    vec = _vector(vlm)
+    with capture_residual(vlm.layers, [layer]) as base:
+        vlm.forward(batch)
+    for region in (Region.IMAGE, Region.TEXT, Region.LAST_PROMPT, Region.PROMPT):
+        with steer(vlm, vec, batch, alpha=1.0, region=region), capture_residual(vlm.layers, [layer]) as got:
+            vlm.forward(batch)
+        diff = got[layer][0] - base[layer][0]
+        changed = diff.abs().sum(-1) > 0
+        assert torch.equal(changed, batch.regions.mask(region)), region
+        torch.testing.assert_close(diff[changed], vec.at(layer).expand(int(changed.sum()), -1))
+
+
+def test_condition_selects_rows(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    ref = vlm.forward(batch).logits
+    only_first = lambda feats: torch.tensor([True, False, False])  # noqa: E731
+    with steer(vlm, _vector(vlm), batch, alpha=1.0, condition=only_first) as state:
+        out = vlm.forward(batch).logits
+    assert state["rows"].tolist() == [True, False, False]
+    assert not torch.equal(out[0], ref[0]) and torch.equal(out[1:], ref[1:])
+
+
+def test_vector_arithmetic_and_files(tmp_path):
+    a = SteeringVector({2: torch.ones(4)}, model_id="m", source="yes", target="no")
+    b = SteeringVector({2: torch.arange(4.0)}, model_id="m")
+    assert torch.equal((a + b).at(2), torch.tensor([1.0, 2, 3, 4]))
+    assert torch.equal((a - b).at(2), torch.tensor([1.0, 0, -1, -2]))
+    assert torch.equal((2 * a).at(2), 2 * torch.ones(4)) and torch.equal((a * 2).at(2), 2 * torch.ones(4))
+    neg = -a
+    assert torch.equal(neg.at(2), -torch.ones(4)) and (neg.source, neg.target) == ("no", "yes")
+    a.save(tmp_path / "a.safetensors")
+    assert load_vector(tmp_path / "a.safetensors") == a
+    with pytest.raises(VlmsteerError, match="differ in size|combine"):
+        a + SteeringVector({2: torch.ones(5)})
+
+
+def test_concept_shift_sign_convention(tmp_path):
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    v = concept_shift(u, 0, 2, layer=1)
+    assert torch.equal(v.at(1), u[2] - u[0])  # from concept 0 to concept 2: u_to - u_from
+    assert torch.equal(u[0] + v.at(1), u[2])
+    pairs = all_concept_shifts(u, layer=1)
+    assert len(pairs) == 3 * 2 and torch.equal(pairs["1->0"].at(1), u[0] - u[1])
+    save_vectors(tmp_path / "pairs.safetensors", pairs)
+    assert set(load_vectors(tmp_path / "pairs.safetensors")) == set(pairs)
+
+
+def test_bad_vectors_and_options_exit_2(tiny_folder, tmp_path, capsys):
+    folder = tiny_folder("llava")
+    data = tmp_path / "d"
+    shapes.write_dataset(data, 2, seed=1)
+    SteeringVector({1: torch.ones(7)}).save(tmp_path / "wrong.safetensors")
+    SteeringVector({1: torch.ones(32)}).save(tmp_path / "ok.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    base = ["eval", "vqa", "--model", str(folder), "--data", str(data), "--out", str(tmp_path / "o")]
+    cases = [(["--vector", str(tmp_path / "wrong.safetensors")], "size 7"),
+             (["--vector", str(tmp_path / "ok.safetensors"), "--layer", "5"], "layer 5 is out of range"),
+             (["--vector", str(tmp_path / "ok.safetensors"), "--region", "middle"], "unknown region"),
+             (["--vector", str(tmp_path / "junk.safetensors")], "not a readable steering vector file")]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], err
