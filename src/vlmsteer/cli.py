@@ -261,13 +261,14 @@ def demo(ctx: typer.Context,
          out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
          n_scenes: int = typer.Option(400, help="Held-out scenes to generate (about 9 questions each)."),
          seed: int = typer.Option(7, help="Seed of the held-out world (the model was trained on 1000)."),
-         batch_size: int = typer.Option(64)):
+         batch_size: int = typer.Option(64), model: str = typer.Option("shapes-llava", help="Model to demo.")):
     """Run the whole story on the shipped model and write one HTML page linking every report."""
     if ctx.invoked_subcommand is not None:
         return
-    from vlmsteer.demo.run import run_demo
+    from vlmsteer.demo.run import DemoSettings, run_demo
 
-    page = run_demo(out, n_scenes=n_scenes, seed=seed, batch_size=batch_size)
+    _quiet_transformers()
+    page = run_demo(out, DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size))
     out_console.print(f"demo page: {page}")
 
 

@@ -1,0 +1,42 @@
+"""Caption checks that only the shapes world allows: every shape mentioned, exact matches,
+and the share of captions in each style."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlmsteer.data import shapes
+from vlmsteer.data.keywords import COLORS, PLACES, SENTIMENTS, KeywordSet
+
+STYLE_KEYWORDS: dict[str, KeywordSet] = {"colors": COLORS, "places": PLACES, "sentiments": SENTIMENTS}
+
+
+def load_scenes(root: str | Path, split: str = "val2014") -> dict[int, dict]:
+    data = json.loads((Path(root) / f"scenes_{split}.json").read_text())
+    return {s["image_id"]: s for s in data["scenes"]}
+
+
+def mentions_every_shape(caption: str, scene: dict) -> bool:
+    words = set(caption.lower().split())
+    return all(s["kind"] in words or shapes.PLURALS[s["kind"]] in words for s in scene["shapes"])
+
+
+def style_shares(captions: list[str]) -> dict[str, float]:
+    n = max(1, len(captions))
+    return {name: 100.0 * kw.count(captions) / n for name, kw in STYLE_KEYWORDS.items()}
+
+
+def caption_report(captions: list[str], scenes: list[dict], references: list[list[str]]) -> dict:
+    n = max(1, len(captions))
+    return {
+        "n": len(captions),
+        "mentions_every_shape": 100.0 * sum(mentions_every_shape(c, s) for c, s in zip(captions, scenes)) / n,
+        "exact_reference_match": 100.0 * sum(_norm(c) in {_norm(r) for r in refs}
+                                             for c, refs in zip(captions, references)) / n,
+        "style_share": style_shares(captions),
+    }
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().replace(" .", ".").replace(" ,", ",").split())
