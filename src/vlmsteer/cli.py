@@ -274,10 +274,10 @@ def demo(ctx: typer.Context,
 
 @demo_app.command("train")
 def demo_train(out: Path = typer.Option(..., help="Folder to save the trained model in."),
-               seed: int = typer.Option(0), samples: int = typer.Option(320_000, help="Training samples."),
+               seed: int = typer.Option(0), samples: int = typer.Option(480_000, help="Training samples."),
                threads: int = typer.Option(2, help="Torch CPU threads (2 on the 2-core reference machine)."),
                batch_size: int = typer.Option(32)):
-    """Train shapes-llava from scratch on the shapes world (CPU is fine: ~30 minutes)."""
+    """Train shapes-llava from scratch on the shapes world (CPU only; about 40 minutes on 2 cores)."""
     from vlmsteer.demo.train import TrainConfig, train_demo_model
 
     _quiet_transformers()

@@ -205,5 +205,7 @@ def _extract_batch(vlm: VLM, chunk: Sequence[Sample], layers: list[int], config:
                   "n_response_tokens": len(responses[i])}
         if s.captions:
             record["captions"] = s.captions
+        if s.meta:
+            record["meta"] = s.meta
         out.append((record, vectors))
     return out

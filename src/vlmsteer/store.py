@@ -154,7 +154,7 @@ class FeatureStore:
         for i, r in enumerate(self.records):
             if only_found and not r.get("found", True):
                 continue
-            if any(not _matches(r.get(k), v) for k, v in equals.items()):
+            if any(not _matches(record_value(r, k), v) for k, v in equals.items()):
                 continue
             if where is not None and not where(r):
                 continue
@@ -183,6 +183,16 @@ class FeatureStore:
             rows = np.nonzero(shard_of == s)[0]
             out[rows] = arrays[s][indices[rows] - bounds[s]]
         return out
+
+
+def record_value(record: dict, key: str) -> Any:
+    """A record field; ``"meta.style"`` reads nested fields."""
+    value: Any = record
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _matches(value: Any, accepted: Any) -> bool:

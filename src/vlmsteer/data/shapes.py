@@ -225,7 +225,6 @@ def unsafe_prompts(scene: Scene) -> list[tuple[str, str, bool]]:
 def questions(scene: Scene, rng: random.Random) -> list[Question]:
     """A balanced set of questions about ``scene``: 4 yes/no, 2 number, 3 other."""
     kinds_present = sorted({s.kind for s in scene.shapes})
-    kinds_absent = [k for k in SHAPES if k not in kinds_present]
     colors_present = sorted(scene.colors())
     colors_absent = [c for c in COLORS if c not in colors_present]
     pairs = {(s.color, s.kind) for s in scene.shapes}
@@ -251,11 +250,8 @@ def questions(scene: Scene, rng: random.Random) -> list[Question]:
         Question(f"is this the {place} ?", "yes" if place == scene.place else "no", "yes/no", "is this the")
     )
 
-    # number
-    if rng.random() < 0.8 or not kinds_absent:
-        kind = rng.choice(kinds_present)
-    else:
-        kind = rng.choice(kinds_absent)
+    # number: any kind, present or not, so that every count (0 included) is common
+    kind = rng.choice(SHAPES)
     qs.append(Question(f"how many {PLURALS[kind]} are there ?", str(scene.count(kind)), "number", "how many"))
     qs.append(Question("how many shapes are there ?", str(scene.count()), "number", "how many"))
 

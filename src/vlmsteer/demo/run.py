@@ -35,6 +35,7 @@ from vlmsteer.runner import generate_responses
 from vlmsteer.selectors import Selector
 from vlmsteer.steer import steer
 from vlmsteer.steer.builders import coarse_vector
+from vlmsteer.steer.conditions import NearestConceptCondition
 
 
 @dataclass
@@ -43,13 +44,14 @@ class DemoSettings:
     n_scenes: int = 400  # held-out scenes (about 9 questions each)
     seed: int = 7  # held-out world seed (training used 1000)
     vector_scenes: int = 120  # scenes used to build vectors (seed + 1)
+    vector_samples: int = 500  # questions used to build the Yes->No vector and its concepts
     batch_size: int = 64
     yes_no_alpha: float = 1.0
     yes_no_region: str = "last_prompt"
     style: str = "colors"
     style_layer: int = 2
     style_alpha: float = 4.0
-    style_region: str = "all"
+    style_region: str = "generated"
     caption_tokens: int = 32
     timings: dict = field(default_factory=dict)
 
@@ -57,18 +59,6 @@ class DemoSettings:
 def _stage(settings: DemoSettings, name: str, t0: float) -> None:
     settings.timings[name] = round(time.perf_counter() - t0, 1)
     console.print(f"[green]done[/green] {name} ({settings.timings[name]} s)")
-
-
-def style_samples(captions: list[Sample], style: str) -> list[Sample]:
-    """One sample per image whose teacher-forced caption is its reference in ``style``."""
-    out = []
-    for s in captions:
-        styles = s.meta.get("caption_styles") or []
-        if style in styles:
-            text = s.captions[styles.index(style)]
-            out.append(Sample(id=f"{s.id}-{style}", image=s.image, prompt=s.prompt, captions=[text],
-                              meta={"style": style}))
-    return out
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> Path:
@@ -108,37 +98,45 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
                  [{"id": c.id, "caption": t, "image": c.image_path} for c, t in zip(caps, base_caps)])
     _stage(s, "baseline captions", t0)
 
-    # -- Yes -> No
+    # -- Yes -> No (fine-grained: applied only where the "yes" concept is active)
     t0 = time.perf_counter()
-    yes_no = [q for q in load_vqav2(build) if q.answer_type == "yes/no"][:500]
-    store, _ = extract(vlm, yes_no, out / "features-yes-no",
+    build_questions = load_vqav2(build)[:s.vector_samples]
+    store, _ = extract(vlm, build_questions, out / "features-questions",
                        ExtractConfig(layers=[last], selector=Selector("last_prompt"), batch_size=s.batch_size),
                        dataset={"format": "vqav2", "path": str(build)}, progress=progress)
     vec = coarse_vector(store, {"answer": "yes"}, target={"answer": "no"}, layers=[last])
     vec.save(out / "vectors" / "yes-to-no.safetensors")
+    condition = NearestConceptCondition.from_store(store, last, field="answer", active_values=["yes"])
     region = Region.parse(s.yes_no_region)
-    steered_preds, steered_report = run_vqa(
-        vlm, questions, batch_size=s.batch_size, max_new_tokens=3, progress=progress,
-        context=lambda b: steer(vlm, vec, b, alpha=s.yes_no_alpha, region=region))
-    yes_no_result = compare_runs(base_preds, steered_preds, source="yes", target="no")
-    yes_no_result.update({
-        "alpha": s.yes_no_alpha, "layer": last, "region": region.value, "vector_samples": vec.n_source + vec.n_target,
-        "accuracy_before": base_report.per_type, "accuracy_after": steered_report.per_type,
-        "accuracy_delta": {t: steered_report.per_type[t] - base_report.per_type[t] for t in base_report.per_type},
-    })
-    write_vqa_outputs(out / "vqa-yes-to-no", questions, steered_preds, steered_report, extra={"vs_baseline": yes_no_result})
-    write_run_json(out / "vqa-yes-to-no", options={"stage": "yes->no", "alpha": s.yes_no_alpha, "layer": last,
-                                                   "region": region.value}, seed=s.seed, model_id=s.model)
+    runs = {}
+    for name, cond in (("coarse", None), ("fine-grained", condition)):
+        preds, rep = run_vqa(vlm, questions, batch_size=s.batch_size, max_new_tokens=3, progress=progress,
+                             context=lambda b, c=cond: steer(vlm, vec, b, alpha=s.yes_no_alpha, region=region,
+                                                             condition=c))
+        result = compare_runs(base_preds, preds, source="yes", target="no")
+        result.update({"accuracy_after": rep.per_type,
+                       "accuracy_delta": {t: rep.per_type[t] - base_report.per_type[t] for t in base_report.per_type}})
+        runs[name] = (preds, rep, result)
+        write_vqa_outputs(out / f"vqa-yes-to-no-{name}", questions, preds, rep, extra={"vs_baseline": result})
+        write_run_json(out / f"vqa-yes-to-no-{name}", options={"stage": f"yes->no {name}", "alpha": s.yes_no_alpha,
+                                                                "layer": last, "region": region.value},
+                       seed=s.seed, model_id=s.model)
+    steered_preds = runs["fine-grained"][0]
+    yes_no_result = {"alpha": s.yes_no_alpha, "layer": last, "region": region.value,
+                     "vector_samples": vec.n_source + vec.n_target, "condition_samples": len(store.select()),
+                     "concepts": condition.labels, "accuracy_before": base_report.per_type,
+                     "coarse": runs["coarse"][2], "fine_grained": runs["fine-grained"][2]}
     _stage(s, "Yes->No steering", t0)
 
-    # -- caption style
+    # -- caption style: vector from the model's own captions when asked for a style vs plain captions
     t0 = time.perf_counter()
     build_caps = load_coco_captions(build, prompt=shapes.CAPTION_PROMPT)
-    styled = style_samples(build_caps, s.style) + style_samples(build_caps, "plain")
-    cfg = ExtractConfig(layers=[s.style_layer], selector=Selector("mean_response"), batch_size=s.batch_size)
+    styled = [Sample(f"{c.id}-{st}", c.image, shapes.STYLE_PROMPTS[st], meta={"style": st})
+              for c in build_caps for st in (s.style, "plain")]
+    cfg = ExtractConfig(layers=[s.style_layer], selector=Selector("mean_response"), mode="generate",
+                        max_new_tokens=s.caption_tokens, batch_size=s.batch_size)
     style_store, _ = extract(vlm, styled, out / f"features-{s.style}-vs-plain", cfg, progress=progress)
-    style_vec = coarse_vector(style_store, {"id": [x.id for x in styled if x.meta["style"] == "plain"]},
-                              target={"id": [x.id for x in styled if x.meta["style"] == s.style]},
+    style_vec = coarse_vector(style_store, {"meta.style": "plain"}, target={"meta.style": s.style},
                               layers=[s.style_layer])
     style_vec.source, style_vec.target = "plain captions", f"{s.style} captions"
     style_vec.save(out / "vectors" / f"plain-to-{s.style}.safetensors")
@@ -149,6 +147,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         context=lambda b: steer(vlm, style_vec, b, alpha=s.style_alpha, region=style_region))]
     caption_steered = caption_report(steered_caps, cap_scenes, [c.captions for c in caps])
     style_result = {"style": s.style, "alpha": s.style_alpha, "layer": s.style_layer, "region": style_region.value,
+                    "vector_samples": style_vec.n_source + style_vec.n_target,
                     "before": caption_base, "after": caption_steered,
                     "captions_changed": sum(a != b for a, b in zip(base_caps, steered_caps))}
     _write_json(out / "captions-style" / "metrics.json", style_result)

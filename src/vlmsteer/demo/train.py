@@ -25,7 +25,7 @@ from vlmsteer.demo.build import DemoArchitecture, build_model, build_processor
 @dataclass
 class TrainConfig:
     seed: int = 0
-    samples: int = 300_000
+    samples: int = 480_000
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -39,7 +39,7 @@ class TrainConfig:
     threads: int = 1
     # share of each task in the training mix
     mix: dict[str, float] = field(default_factory=lambda: {
-        "vqa": 0.55, "caption": 0.15, "style_caption": 0.10, "list": 0.15, "unsafe": 0.05,
+        "vqa": 0.60, "caption": 0.12, "style_caption": 0.10, "list": 0.13, "unsafe": 0.05,
     })
     arch: DemoArchitecture = field(default_factory=DemoArchitecture)
 

@@ -17,7 +17,7 @@ import torch
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.vqa import normalize_answer
 from vlmsteer.steer.vector import SteeringVector
-from vlmsteer.store import FeatureStore
+from vlmsteer.store import FeatureStore, record_value
 
 
 def parse_filter(text: str) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def _select(store: FeatureStore, flt: dict[str, Any]) -> np.ndarray:
         return value
 
     wanted = {k: ({norm(k, x) for x in v} if isinstance(v, list) else {norm(k, v)}) for k, v in flt.items()}
-    return store.select(where=lambda r: all(norm(k, r.get(k)) in vals for k, vals in wanted.items()))
+    return store.select(where=lambda r: all(norm(k, record_value(r, k)) in vals for k, vals in wanted.items()))
 
 
 def describe_filter(flt: dict[str, Any]) -> str:

@@ -28,16 +28,11 @@ def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.
     """(batch, len(positions)) bool: which of these absolute positions belong to ``region``."""
     p = batch.prompt_length
     prompt_mask = batch.regions.mask(region)  # (batch, p)
+    positions = positions.to(prompt_mask.device)
     in_prompt = positions < p
-    gen_value = region in (Region.GENERATED, Region.ALL)
-    cols = []
-    for j, a in enumerate(positions.tolist()):
-        if a < p:
-            cols.append(prompt_mask[:, a])
-        else:
-            cols.append(torch.full((prompt_mask.shape[0],), gen_value, dtype=torch.bool, device=prompt_mask.device))
-    del in_prompt
-    return torch.stack(cols, 1) if cols else prompt_mask[:, :0]
+    from_prompt = prompt_mask[:, positions.clamp(max=p - 1)]
+    generated = region in (Region.GENERATED, Region.ALL)
+    return torch.where(in_prompt[None, :], from_prompt, torch.full_like(from_prompt, generated))
 
 
 @contextmanager

@@ -1,0 +1,59 @@
+"""Conditions for fine-grained steering: steer a sample only where a concept is active.
+
+A condition maps features at the steering layer (last prompt position, before steering) to
+a per-sample yes/no. :class:`NearestConceptCondition` assigns each feature to its nearest
+concept (a centroid: a K-Means concept, or the mean feature of a group of samples) and
+steers the samples assigned to one of the ``active`` concepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.evaluate.vqa import normalize_answer
+from vlmsteer.store import FeatureStore
+
+
+@dataclass
+class NearestConceptCondition:
+    centroids: torch.Tensor  # (K, hidden)
+    active: list[int]
+    labels: list[str] | None = None
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        c = self.centroids.to(device=features.device, dtype=torch.float32)
+        nearest = torch.cdist(features.float(), c).argmin(dim=1)
+        return torch.isin(nearest, torch.tensor(self.active, device=features.device))
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, layer: int, field: str = "answer",
+                   active_values: Sequence[str] = ("yes",), min_count: int = 5) -> "NearestConceptCondition":
+        """One concept per value of ``field`` (answers normalized) with at least ``min_count``
+        samples; the centroid is the mean feature of its samples."""
+        idx = store.select()
+        groups: dict[str, list[int]] = {}
+        for i in idx:
+            value = store.records[i].get(field)
+            if value is None:
+                continue
+            key = normalize_answer(str(value)) if field in ("answer", "response") else str(value)
+            groups.setdefault(key, []).append(int(i))
+        groups = {k: v for k, v in sorted(groups.items()) if len(v) >= min_count}
+        wanted = [normalize_answer(v) if field in ("answer", "response") else v for v in active_values]
+        missing = [v for v in wanted if v not in groups]
+        if missing:
+            raise VlmsteerError(f"{store.path}: no group of at least {min_count} samples with {field} = "
+                                f"{', '.join(missing)}")
+        labels = list(groups)
+        feats = store.features(layer, indices=np.concatenate([groups[k] for k in labels]), dtype=np.float64)
+        cents, start = [], 0
+        for k in labels:
+            n = len(groups[k])
+            cents.append(feats[start:start + n].mean(0))
+            start += n
+        return cls(torch.tensor(np.stack(cents), dtype=torch.float32), [labels.index(v) for v in wanted], labels)

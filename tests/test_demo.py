@@ -1,0 +1,46 @@
+"""The shipped model and a reduced demo, end to end on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmsteer.model import VLM, demo_model_path
+
+pytestmark = pytest.mark.skipif(not (demo_model_path() / "config.json").exists(),
+                                reason="the shipped demo model is not in this checkout")
+
+
+def test_shipped_model_resolves_and_answers():
+    from vlmsteer.data import shapes
+    from vlmsteer.data.sample import Sample
+    from vlmsteer.evaluate.vqa_run import run_vqa
+    import random
+
+    vlm = VLM.load("shapes-llava")
+    assert vlm.architecture == "LlavaForConditionalGeneration"
+    assert VLM.load("vlmsteer/shapes-llava").num_layers == vlm.num_layers
+    rng = random.Random(0)
+    samples = []
+    for i in range(40):
+        scene = shapes.make_scene(31337, i)
+        for q in shapes.questions(scene, rng):
+            samples.append(Sample(f"{i}-{len(samples)}", shapes.render(scene), q.text, [q.answer] * 10, q.answer_type))
+    _, report = run_vqa(vlm, samples, batch_size=64, max_new_tokens=3, progress=False)
+    assert report.micro >= 85.0, report.per_type
+
+
+def test_reduced_demo_writes_the_page(tmp_path):
+    from vlmsteer.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-scenes", "30"]) == 0
+    page = (out / "index.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    for section in ("Baseline VQA accuracy", "Baseline captions", "Yes → No", "Steering captions"):
+        assert section in page
+    assert summary["vqa"]["n"] > 200
+    assert summary["yes_to_no"]["source"]["before"] > 0
+    assert (out / "vectors" / "yes-to-no.safetensors").exists()
+    assert json.loads((out / "run.json").read_text())["model_id"] == "shapes-llava"
