@@ -121,7 +121,7 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     regions: TokenRegions
     prompt_length: int
-    # For teacher-forced batches: per row, the (start, end) span of the answer tokens.
+    # For teacher-forced batches: per row, the (start, end) span of the response tokens.
     answer_spans: list[tuple[int, int]] | None = None
 
     @property
@@ -274,35 +274,19 @@ class VLM:
             return prompt
         return prompt + " " + answer if not prompt.endswith((" ", "\n")) else prompt + answer
 
-    def prepare(self, images: Images, prompts: Sequence[str], answers: Sequence[str] | None = None) -> Batch:
-        """Left-padded model inputs for (image, prompt) pairs.
+    def prepare(self, images: Images, prompts: Sequence[str]) -> Batch:
+        """Left-padded model inputs for (image, prompt) pairs (``None`` images: text only).
 
-        With ``answers`` the batch is teacher-forced: each row holds prompt + answer and
-        ``answer_spans`` says where each answer's tokens are.
+        Teacher-forced batches append response token ids to this batch
+        (:func:`vlmsteer.extract.append_responses`), so response spans are exact.
         """
         if len(images) != len(prompts):
             raise VlmsteerError(f"{len(images)} images but {len(prompts)} prompts")
         pil = [load_image(im) if im is not None else None for im in images]
-        has_image = [im is not None for im in pil]
-        texts = [self.build_prompt(p, image=h) for p, h in zip(prompts, has_image)]
-        prompt_inputs = self._encode(pil, texts)
-        prompt_regions = TokenRegions.from_batch(
-            prompt_inputs["input_ids"], prompt_inputs["attention_mask"], self.image_token_ids
-        )
-        if answers is None:
-            return Batch(inputs=prompt_inputs, regions=prompt_regions,
-                         prompt_length=prompt_inputs["input_ids"].shape[1])
-        full_texts = [self.build_prompt(p, image=h, answer=a) for p, h, a in zip(prompts, has_image, answers)]
-        inputs = self._encode(pil, full_texts)
-        prompt_lens = prompt_inputs["attention_mask"].sum(1)
-        full_lens = inputs["attention_mask"].sum(1)
-        width = inputs["input_ids"].shape[1]
-        spans = []
-        for i in range(len(full_texts)):
-            start = width - int(full_lens[i]) + int(prompt_lens[i])
-            spans.append((start, width))
+        texts = [self.build_prompt(p, image=im is not None) for p, im in zip(prompts, pil)]
+        inputs = self._encode(pil, texts)
         regions = TokenRegions.from_batch(inputs["input_ids"], inputs["attention_mask"], self.image_token_ids)
-        return Batch(inputs=inputs, regions=regions, prompt_length=width, answer_spans=spans)
+        return Batch(inputs=inputs, regions=regions, prompt_length=inputs["input_ids"].shape[1])
 
     def _encode(self, images: list[Image.Image | None], texts: list[str]) -> dict[str, torch.Tensor]:
         if self.prepare_fn is not None:
@@ -367,17 +351,16 @@ class VLM:
         inputs = dict(batch.inputs)
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         pad = self.tokenizer.pad_token_id or 0
-        out = []
+        eos_ids = torch.tensor(eos or [-1], device=ids.device)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        out = []
         for _ in range(max_new_tokens):
             logits = self.model(input_ids=ids, attention_mask=mask, **inputs).logits[:, -1]
-            nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            nxt = torch.where(done, torch.full_like(done, pad, dtype=ids.dtype), logits.argmax(-1))
             out.append(nxt)
-            done |= torch.isin(nxt, torch.tensor(eos, device=nxt.device)) if eos else done
+            mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], 1)  # the end token counts, pads after do not
             ids = torch.cat([ids, nxt[:, None]], 1)
-            mask = torch.cat([mask, (~done | torch.isin(nxt, torch.tensor(eos or [-1], device=nxt.device)))
-                              .long()[:, None]], 1)
+            done = done | torch.isin(nxt, eos_ids)
             if bool(done.all()):
                 break
         return torch.stack(out, 1) if out else ids[:, :0]

@@ -133,7 +133,8 @@ def prompt_token_ids(processor, question: str) -> list[int]:
     return list(processor(text=text, images=Image.fromarray(blank))["input_ids"][0])
 
 
-def quick_vqa_accuracy(model, processor, scenes: list[shapes.Scene], seed: int) -> dict[str, float]:
+def quick_vqa_accuracy(model, processor, scenes: list[shapes.Scene], seed: int,
+                       prompt_ids) -> dict[str, float]:
     """First-token accuracy of greedy answers on held-out questions (every VQA answer is one token)."""
     rng = random.Random(f"quick-eval-{seed}")
     items = [(s, q) for s in scenes for q in shapes.questions(s, rng)]
@@ -143,7 +144,7 @@ def quick_vqa_accuracy(model, processor, scenes: list[shapes.Scene], seed: int) 
     with torch.no_grad():
         for start in range(0, len(items), 256):
             chunk = items[start:start + 256]
-            ids = [prompt_token_ids_cached(processor, q.text) for _, q in chunk]
+            ids = [prompt_ids(q.text) for _, q in chunk]
             width = max(map(len, ids))
             input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
             mask = (input_ids != tok.pad_token_id).long()
@@ -157,16 +158,6 @@ def quick_vqa_accuracy(model, processor, scenes: list[shapes.Scene], seed: int) 
     acc = {k: float(np.mean(v)) for k, v in sorted(correct.items())}
     acc["overall"] = float(np.mean([x for v in correct.values() for x in v]))
     return acc
-
-
-_PROMPT_CACHE: dict[tuple[int, str], list[int]] = {}
-
-
-def prompt_token_ids_cached(processor, question: str) -> list[int]:
-    key = (id(processor), question)
-    if key not in _PROMPT_CACHE:
-        _PROMPT_CACHE[key] = prompt_token_ids(processor, question)
-    return _PROMPT_CACHE[key]
 
 
 def train_demo_model(out: str | Path, cfg: TrainConfig | None = None, log=print) -> dict:
@@ -211,7 +202,7 @@ def train_demo_model(out: str | Path, cfg: TrainConfig | None = None, log=print)
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
-            acc = quick_vqa_accuracy(model, processor, eval_scenes, cfg.seed)
+            acc = quick_vqa_accuracy(model, processor, eval_scenes, cfg.seed, items.prompt_ids)
             elapsed = time.perf_counter() - t0
             rec = {"step": step + 1, "samples": (step + 1) * cfg.batch_size, "seconds": round(elapsed, 1),
                    "loss": round(running, 4), "quick_accuracy": {k: round(v, 4) for k, v in acc.items()}}

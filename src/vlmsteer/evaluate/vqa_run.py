@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
 from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.vqa import VQAReport, evaluate_vqa
