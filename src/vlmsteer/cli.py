@@ -200,6 +200,8 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             batch_size: int = typer.Option(16), shard_size: int = typer.Option(256),
             store_dtype: str = typer.Option("float32", help="float32 or float16 features on disk."),
             max_new_tokens: int = typer.Option(32), prompt: Optional[str] = typer.Option(None),
+            where: Optional[str] = typer.Option(None, help="Keep samples whose fields match, e.g. "
+                                                           "'question_type=what color is the' or 'answer=yes|no'."),
             adapter: Optional[Path] = typer.Option(None), dtype: str = typer.Option("auto"),
             device: str = typer.Option("cpu")):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
@@ -216,9 +218,18 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                             max_new_tokens=max_new_tokens)
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
-    samples = load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt)
+    samples = load_samples(fmt, data, split=split, images=images, limit=None if where else limit, seed=seed,
+                           prompt=prompt)
+    if where:
+        from vlmsteer.data.sample import filter_by_fields, subsample
+        from vlmsteer.steer.builders import parse_filter
+
+        samples = subsample(filter_by_fields(samples, parse_filter(where)), limit, seed)
+        if not samples:
+            raise VlmsteerError(f"no sample matches --where {where!r}")
     vlm = _load_model(model, adapter, dtype, device)
-    dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt}
+    dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
+               "where": where}
     store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset)
     if resumed:
         out_console.print(f"resumed from {resumed} samples already in {out}")
@@ -227,6 +238,41 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                    seed=seed, model_id=model, revision=vlm.revision)
     found = int(len(store.select()))
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
+
+
+# --------------------------------------------------------------------------- concepts
+@app.command()
+def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
+             out: Path = typer.Option(..., help="Output folder."),
+             method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
+             k: int = typer.Option(20, "-k", "--k", help="Number of concepts."),
+             layer: int = typer.Option(-1, help="Layer of the store to use (negative counts from the end)."),
+             model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
+             no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
+             top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0)):
+    """Learn concepts from stored features; ground them in words and images; write an HTML report."""
+    from vlmsteer.concepts.report import ConceptRun, run_concepts
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.store import FeatureStore
+
+    st = FeatureStore.open(store)
+    n_layers = int(st.header["num_layers"])
+    absolute = layer if layer >= 0 else n_layers + layer
+    if absolute not in st.layers:
+        raise VlmsteerError(f"{store}: layer {layer} not in this store (layers: {', '.join(map(str, st.layers))})")
+    vlm = None if no_words else _load_model(model or st.header["model_id"])
+    result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
+                                             top_images=top_images), vlm=vlm)
+    write_run_json(out, options=dict(store=store, method=method, k=k, layer=absolute), seed=seed,
+                   model_id=st.header.get("model_id"))
+    table = Table(title=f"{k} {method} concepts, layer {absolute}")
+    table.add_column("#", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("words")
+    for c in result["concepts"]:
+        table.add_row(str(c["index"]), str(c["size"]), ", ".join(c["words"][:8]))
+    out_console.print(table)
+    out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors")
 
 
 # --------------------------------------------------------------------------- vectors

@@ -44,3 +44,20 @@ def subsample(items: Sequence, limit: int | None, seed: int = 0) -> list:
         raise ValueError("limit must be >= 0")
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
+
+
+def filter_by_fields(samples: Sequence[Sample], fields: dict[str, Any]) -> list[Sample]:
+    """Samples whose attributes (or ``meta`` entries) equal the given values; a list value
+    accepts any of its items. ``answer`` compares VQA-normalized answers."""
+    from vlmsteer.evaluate.vqa import normalize_answer
+
+    def value(s: Sample, key: str):
+        v = getattr(s, key) if hasattr(s, key) else s.meta.get(key)
+        return normalize_answer(v) if key == "answer" and v is not None else v
+
+    def accepted(key: str, want) -> set:
+        items = want if isinstance(want, list) else [want]
+        return {normalize_answer(x) for x in items} if key == "answer" else set(items)
+
+    wanted = {k: accepted(k, v) for k, v in fields.items()}
+    return [s for s in samples if all(value(s, k) in vals for k, vals in wanted.items())]

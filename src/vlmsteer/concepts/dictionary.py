@@ -1,0 +1,260 @@
+"""Dictionary learning behind one contract: ``Z ≈ V·U`` with K concepts (rows of
+``components_``, each a D-vector) and activations ``V``.
+
+Every method has ``fit(Z)``, ``encode(Z) -> V``, ``decode(V) -> Z``, ``components_`` and
+``save``/``load`` (safetensors + JSON). Fitted attributes end in ``_``, as in scikit-learn.
+Seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from vlmsteer.errors import VlmsteerError, input_error
+
+
+def check_features(z: np.ndarray, k: int) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2:
+        raise VlmsteerError(f"features must be a 2-D (samples, dims) array, got shape {z.shape}")
+    if not np.isfinite(z).all():
+        bad = int((~np.isfinite(z)).any(axis=1).sum())
+        raise VlmsteerError(f"features contain NaN or infinite values ({bad} of {len(z)} samples)")
+    if k < 1:
+        raise VlmsteerError(f"the number of concepts must be >= 1, got {k}")
+    if len(z) < k:
+        raise VlmsteerError(f"{len(z)} samples are fewer than the {k} concepts asked for")
+    return z
+
+
+class ConceptDictionary(ABC):
+    method: ClassVar[str]
+
+    def __init__(self, k: int = 20, seed: int = 0):
+        self.k = int(k)
+        self.seed = int(seed)
+
+    # -- the contract
+    @abstractmethod
+    def fit(self, features: np.ndarray) -> "ConceptDictionary": ...
+
+    @abstractmethod
+    def encode(self, features: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, activations: np.ndarray) -> np.ndarray:
+        return np.asarray(activations, dtype=np.float64) @ self.components_
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """The most active concept of each sample."""
+        return self.encode(features).argmax(axis=1)
+
+    def fit_encode(self, features: np.ndarray) -> np.ndarray:
+        return self.fit(features).encode(features)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "components_"):
+            raise VlmsteerError(f"{type(self).__name__} is not fitted yet")
+
+    # -- files
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "seed": self.seed}
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"components_": self.components_}
+
+    def save(self, path: str | Path, **meta: Any) -> Path:
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"method": self.method, "params": self.params(), "meta": meta}
+        save_file({k: np.ascontiguousarray(v) for k, v in self.state().items()}, str(path),
+                  metadata={"vlmsteer_dictionary": json.dumps(header)})
+        return path
+
+
+class KMeansConcepts(ConceptDictionary):
+    """K-Means: concepts are centroids; activation ``1 / (1 + distance)`` or one-hot (``hard``)."""
+
+    method = "kmeans"
+
+    def __init__(self, k: int = 20, seed: int = 0, hard: bool = False, n_init: int = 10):
+        super().__init__(k, seed)
+        self.hard = hard
+        self.n_init = n_init
+
+    def fit(self, features):
+        from sklearn.cluster import KMeans
+
+        z = check_features(features, self.k)
+        km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=self.n_init).fit(z)
+        self.components_ = km.cluster_centers_.astype(np.float64)
+        self.labels_ = km.labels_
+        self.inertia_ = float(km.inertia_)
+        return self
+
+    def encode(self, features):
+        self._check_fitted()
+        z = np.asarray(features, dtype=np.float64)
+        d = np.sqrt(((z[:, None, :] - self.components_[None]) ** 2).sum(-1))
+        if self.hard:
+            out = np.zeros_like(d)
+            out[np.arange(len(d)), d.argmin(1)] = 1.0
+            return out
+        return 1.0 / (1.0 + d)
+
+    def assign(self, features):
+        self._check_fitted()
+        z = np.asarray(features, dtype=np.float64)
+        return np.sqrt(((z[:, None, :] - self.components_[None]) ** 2).sum(-1)).argmin(1)
+
+    def decode(self, activations):
+        a = np.asarray(activations, dtype=np.float64)
+        onehot = np.zeros_like(a)
+        onehot[np.arange(len(a)), a.argmax(1)] = 1.0
+        return onehot @ self.components_
+
+    def params(self):
+        return {**super().params(), "hard": self.hard, "n_init": self.n_init}
+
+
+class PCAConcepts(ConceptDictionary):
+    """PCA: concepts are the principal directions; activations are centred projections."""
+
+    method = "pca"
+
+    def fit(self, features):
+        z = check_features(features, self.k)
+        self.mean_ = z.mean(0)
+        _, s, vt = np.linalg.svd(z - self.mean_, full_matrices=False)
+        # deterministic sign: the largest-magnitude entry of each component is positive
+        signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+        self.components_ = (vt * signs[:, None])[:self.k]
+        self.explained_variance_ = (s[:self.k] ** 2) / max(1, len(z) - 1)
+        return self
+
+    def encode(self, features):
+        self._check_fitted()
+        return (np.asarray(features, dtype=np.float64) - self.mean_) @ self.components_.T
+
+    def decode(self, activations):
+        return np.asarray(activations, dtype=np.float64) @ self.components_ + self.mean_
+
+    def state(self):
+        return {"components_": self.components_, "mean_": self.mean_}
+
+
+class SemiNMFConcepts(ConceptDictionary):
+    """Semi-NMF (Ding, Li & Jordan 2010): ``Z ≈ V·U`` with ``V >= 0`` and ``U`` real-valued,
+    by multiplicative updates from a K-Means start."""
+
+    method = "semi_nmf"
+
+    def __init__(self, k: int = 20, seed: int = 0, n_iter: int = 200, tol: float = 1e-6):
+        super().__init__(k, seed)
+        self.n_iter = n_iter
+        self.tol = tol
+
+    @staticmethod
+    def _update_codes(z, u, v, n_iter, tol=0.0):
+        eps = 1e-12
+        uut = u @ u.T
+        uut_p, uut_n = (np.abs(uut) + uut) / 2, (np.abs(uut) - uut) / 2
+        zu = z @ u.T
+        zu_p, zu_n = (np.abs(zu) + zu) / 2, (np.abs(zu) - zu) / 2
+        for _ in range(n_iter):
+            new = v * np.sqrt((zu_p + v @ uut_n + eps) / (zu_n + v @ uut_p + eps))
+            done = np.abs(new - v).max() <= tol
+            v = new
+            if done:
+                break
+        return v
+
+    def fit(self, features):
+        z = check_features(features, self.k)
+        km = KMeansConcepts(self.k, self.seed, hard=True).fit(z)
+        v = km.encode(z) + 0.2
+        prev = np.inf
+        for _ in range(self.n_iter):
+            u = np.linalg.lstsq(v, z, rcond=None)[0]
+            v = self._update_codes(z, u, v, 1)
+            err = float(np.linalg.norm(z - v @ u))
+            if abs(prev - err) <= self.tol * max(1.0, err):
+                break
+            prev = err
+        self.components_ = np.linalg.lstsq(v, z, rcond=None)[0]
+        self.reconstruction_err_ = float(np.linalg.norm(z - v @ self.components_))
+        return self
+
+    def encode(self, features):
+        self._check_fitted()
+        z = np.asarray(features, dtype=np.float64)
+        v = np.full((len(z), self.k), 1.0 / self.k)
+        return self._update_codes(z, self.components_, v, 500, tol=1e-9)
+
+    def params(self):
+        return {**super().params(), "n_iter": self.n_iter, "tol": self.tol}
+
+
+class NMFConcepts(ConceptDictionary):
+    """NMF (scikit-learn): only for non-negative features."""
+
+    method = "nmf"
+
+    def fit(self, features):
+        from sklearn.decomposition import NMF
+
+        z = check_features(features, self.k)
+        if (z < 0).any():
+            raise VlmsteerError("NMF needs non-negative features; residual-stream features have negative "
+                                "values — use kmeans, pca or semi_nmf")
+        self._nmf = NMF(n_components=self.k, random_state=self.seed, init="nndsvda", max_iter=500).fit(z)
+        self.components_ = self._nmf.components_.astype(np.float64)
+        self.reconstruction_err_ = float(self._nmf.reconstruction_err_)
+        return self
+
+    def encode(self, features):
+        self._check_fitted()
+        from sklearn.decomposition import non_negative_factorization
+
+        z = np.asarray(features, dtype=np.float64)
+        if (z < 0).any():
+            raise VlmsteerError("NMF needs non-negative features")
+        w, _, _ = non_negative_factorization(z, H=self.components_, n_components=self.k, init="custom",
+                                             update_H=False, max_iter=500, random_state=self.seed)
+        return w
+
+
+METHODS: dict[str, type[ConceptDictionary]] = {c.method: c for c in
+                                               (KMeansConcepts, PCAConcepts, SemiNMFConcepts, NMFConcepts)}
+
+
+def make_dictionary(method: str, k: int, seed: int = 0, **options: Any) -> ConceptDictionary:
+    key = method.lower().replace("-", "_")
+    if key not in METHODS:
+        raise VlmsteerError(f"unknown concept method {method!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[key](k=k, seed=seed, **options)
+
+
+def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
+    """A saved dictionary and the metadata saved with it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "dictionary file not found")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = json.loads((f.metadata() or {})["vlmsteer_dictionary"])
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
+        raise input_error(path, f"not a vlmsteer dictionary ({type(exc).__name__})") from None
+    d = make_dictionary(header["method"], **header["params"])
+    for k, v in state.items():
+        setattr(d, k, v.astype(np.float64))
+    return d, header.get("meta", {})

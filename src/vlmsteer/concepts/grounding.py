@@ -1,0 +1,113 @@
+"""Grounding concepts in words (final norm + unembedding, real words only) and in images
+(the most activating samples); T-Overlap between groundings; cosine similarity."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from vlmsteer.concepts.dictionary import ConceptDictionary
+from vlmsteer.store import FeatureStore
+
+_WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$|^[a-z]$")
+_SPACE_MARKERS = ("Ġ", "▁", " ")
+
+
+@dataclass
+class TextGrounding:
+    words: list[str]
+    logits: list[float]
+
+
+@dataclass
+class ImageGrounding:
+    samples: list[dict] = field(default_factory=list)  # records with "activation"
+
+
+@lru_cache(maxsize=8)
+def _word_mask(tokenizer) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Which vocabulary entries are real words (no fragments, stopwords, punctuation)."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    marked = any(str(t).startswith(_SPACE_MARKERS) for t in vocab if t)
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    keep = np.zeros(len(vocab), dtype=bool)
+    words = []
+    for i, tok in enumerate(vocab):
+        tok = str(tok) if tok is not None else ""
+        word = tok
+        if marked:
+            if not tok.startswith(_SPACE_MARKERS):
+                words.append("")
+                continue  # a continuation fragment
+            word = tok.lstrip("".join(_SPACE_MARKERS))
+        word = word.lower()
+        ok = tok not in special and bool(_WORD.match(word)) and word not in ENGLISH_STOP_WORDS and len(word) > 1
+        keep[i] = ok
+        words.append(word if ok else "")
+    return keep, tuple(words)
+
+
+@torch.no_grad()
+def ground_text(vlm, dictionary: ConceptDictionary | np.ndarray, top_n: int = 15) -> list[TextGrounding]:
+    """Per concept, the top ``top_n`` real words of ``unembed(norm(u_k))`` with their logits."""
+    comps = dictionary.components_ if isinstance(dictionary, ConceptDictionary) else np.asarray(dictionary)
+    param = next(vlm.unembed.parameters())
+    u = torch.as_tensor(np.asarray(comps), dtype=param.dtype, device=param.device)
+    logits = vlm.logits_from_hidden(u).float().cpu().numpy()
+    keep, words = _word_mask(vlm.tokenizer)
+    keep = keep[:logits.shape[1]]
+    out = []
+    for row in logits:
+        masked = np.where(keep, row[:len(keep)], -np.inf)
+        order = np.argsort(-masked, kind="stable")
+        chosen, seen = [], set()
+        for i in order:
+            if not np.isfinite(masked[i]) or len(chosen) >= top_n:
+                break
+            if words[i] in seen:
+                continue
+            seen.add(words[i])
+            chosen.append((words[i], float(row[i])))
+        out.append(TextGrounding([w for w, _ in chosen], [v for _, v in chosen]))
+    return out
+
+
+def ground_images(dictionary: ConceptDictionary, store: FeatureStore, layer: int, top_n: int = 8,
+                  indices: np.ndarray | None = None) -> list[ImageGrounding]:
+    """Per concept, the ``top_n`` samples (store records) with the highest activation."""
+    idx = store.select() if indices is None else np.asarray(indices)
+    acts = dictionary.encode(store.features(layer, indices=idx))
+    out = []
+    for k in range(acts.shape[1]):
+        best = np.argsort(-acts[:, k], kind="stable")[:top_n]
+        out.append(ImageGrounding([{**store.records[int(idx[b])], "activation": float(acts[b, k])} for b in best]))
+    return out
+
+
+def t_overlap(words_a: list[str], words_b: list[str]) -> float:
+    """T-Overlap(u, u') = 100 · |T(u) ∩ T(u')| / |T(u)|."""
+    if not words_a:
+        return 0.0
+    return 100.0 * len(set(words_a) & set(words_b)) / len(set(words_a))
+
+
+def mean_pairwise_overlap(groundings: list[TextGrounding]) -> float:
+    """Mean T-Overlap over ordered pairs of different concepts (lower = more diverse)."""
+    k = len(groundings)
+    if k < 2:
+        return 0.0
+    vals = [t_overlap(groundings[i].words, groundings[j].words) for i in range(k) for j in range(k) if i != j]
+    return float(np.mean(vals))
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = a if b is None else np.asarray(b, dtype=np.float64)
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return an @ bn.T

@@ -1,0 +1,84 @@
+"""``vlmsteer concepts``: fit a dictionary on a store, ground it, and write JSON, a PCA plot
+and an HTML report (one card per concept: words + most activating images)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlmsteer.concepts.dictionary import make_dictionary
+from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.report import image_data_uri, render
+from vlmsteer.store import FeatureStore
+
+
+@dataclass
+class ConceptRun:
+    method: str = "kmeans"
+    k: int = 20
+    layer: int = -1
+    seed: int = 0
+    top_words: int = 15
+    top_images: int = 8
+
+
+def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centred = features - features.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=8)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title)
+    fig.colorbar(sc, ax=ax, label="concept")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None) -> dict:
+    """Fit, ground and report; ``vlm`` (for word grounding) may be None to skip words."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    layer = cfg.layer if cfg.layer >= 0 else int(store.header["num_layers"]) + cfg.layer
+    idx = store.select()
+    feats = store.features(layer, indices=idx)
+    if len(idx) == 0:
+        raise VlmsteerError(f"{store.path}: no samples with the selected token")
+    dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(feats)
+    dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path),
+                    model_id=store.header.get("model_id"))
+    assign = dictionary.assign(feats)
+    words = ground_text(vlm, dictionary, top_n=cfg.top_words) if vlm is not None else None
+    images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx)
+    concepts = []
+    for k in range(cfg.k):
+        concepts.append({
+            "index": k,
+            "size": int((assign == k).sum()),
+            "words": words[k].words if words else [],
+            "logits": words[k].logits if words else [],
+            "top_samples": [{"id": r["id"], "activation": r["activation"], "response": r.get("response"),
+                             "image": r.get("image"), "prompt": r.get("prompt")} for r in images[k].samples],
+        })
+    result = {"method": cfg.method, "k": cfg.k, "layer": layer, "seed": cfg.seed, "n_samples": int(len(idx)),
+              "store": str(store.path), "model_id": store.header.get("model_id"),
+              "selector": store.header.get("selector_description"),
+              "mean_pairwise_t_overlap": mean_pairwise_overlap(words) if words else None, "concepts": concepts}
+    (out / "concepts.json").write_text(json.dumps(result, indent=2))
+    pca_plot(feats, assign, out / "pca.png", f"{cfg.method} concepts, layer {layer}")
+    cards = [{**c, "samples": [{**s, "img": image_data_uri(s["image"])} for s in c["top_samples"]]}
+             for c in concepts]
+    (out / "report.html").write_text(render("concepts.html.j2", r=result, cards=cards))
+    return result

@@ -1,0 +1,108 @@
+"""Concept dictionaries on planted structure; text grounding; T-Overlap; files and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlmsteer.concepts import (KMeansConcepts, NMFConcepts, PCAConcepts, SemiNMFConcepts, ground_text,
+                               load_dictionary, make_dictionary, mean_pairwise_overlap, t_overlap)
+from vlmsteer.concepts.grounding import TextGrounding, cosine_matrix
+from vlmsteer.errors import VlmsteerError
+
+
+def _blobs(k=5, n=60, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 10
+    labels = np.repeat(np.arange(k), n)
+    return centers[labels] + rng.normal(size=(k * n, d)), labels, centers
+
+
+def test_kmeans_recovers_planted_clusters():
+    z, labels, centers = _blobs()
+    d = KMeansConcepts(k=5, seed=0).fit(z)
+    sim = cosine_matrix(d.components_, centers)
+    assert (sim.max(1) > 0.99).all() and len(set(sim.argmax(1))) == 5
+    assign = d.assign(z)
+    # each planted cluster maps to exactly one concept
+    assert all(len(set(assign[labels == c])) == 1 for c in range(5))
+    hard = KMeansConcepts(k=5, seed=0, hard=True).fit(z).encode(z)
+    assert set(np.unique(hard)) == {0.0, 1.0} and (hard.sum(1) == 1).all()
+    soft = d.encode(z)
+    assert ((soft > 0) & (soft <= 1)).all() and (soft.argmax(1) == assign).all()
+
+
+def test_pca_matches_numpy_svd():
+    z, _, _ = _blobs(d=8)
+    d = PCAConcepts(k=3).fit(z)
+    _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    for i in range(3):
+        assert abs(abs(float(d.components_[i] @ vt[i])) - 1) < 1e-8
+    np.testing.assert_allclose(d.decode(d.encode(z)), d.mean_ + (z - d.mean_) @ vt[:3].T @ vt[:3], atol=1e-8)
+
+
+def test_semi_nmf_codes_nonnegative_and_error_falls_with_k():
+    z, _, _ = _blobs(k=4)
+    errors = []
+    for k in (1, 2, 4, 6):
+        d = SemiNMFConcepts(k=k, seed=0).fit(z)
+        codes = d.encode(z)
+        assert (codes >= 0).all()
+        errors.append(d.reconstruction_err_)
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert (d.components_ < 0).any()  # the dictionary itself is real-valued
+
+
+def test_nmf_needs_nonnegative_features():
+    z = np.abs(_blobs()[0])
+    codes = NMFConcepts(k=3).fit(z).encode(z)
+    assert (codes >= 0).all()
+    with pytest.raises(VlmsteerError, match="non-negative"):
+        NMFConcepts(k=3).fit(_blobs()[0])
+
+
+@pytest.mark.parametrize("method", ["kmeans", "pca", "semi_nmf"])
+def test_deterministic_and_saved(method, tmp_path):
+    z, _, _ = _blobs()
+    a = make_dictionary(method, 4, seed=3).fit(z)
+    b = make_dictionary(method, 4, seed=3).fit(z)
+    assert np.array_equal(a.components_, b.components_)
+    a.save(tmp_path / "d.safetensors", layer=2)
+    c, meta = load_dictionary(tmp_path / "d.safetensors")
+    assert meta == {"layer": 2} and np.array_equal(c.components_, a.components_)
+    np.testing.assert_allclose(c.encode(z[:10]), a.encode(z[:10]))
+
+
+def test_bad_features():
+    with pytest.raises(VlmsteerError, match="fewer than"):
+        KMeansConcepts(k=10).fit(np.zeros((5, 3)))
+    z = np.ones((20, 3))
+    z[4, 1] = np.nan
+    with pytest.raises(VlmsteerError, match="NaN"):
+        KMeansConcepts(k=2).fit(z)
+    with pytest.raises(VlmsteerError, match="unknown concept method"):
+        make_dictionary("ica", 3)
+
+
+def test_text_grounding_finds_the_planted_word(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    tok = vlm.tokenizer
+    w = vlm.unembed.weight.detach()
+    gain = vlm.norm.weight.detach()
+    comps = []
+    for word in ("circle", "yellow", "beach"):
+        row = w[tok.convert_tokens_to_ids(word)]
+        comps.append((row / gain).numpy())  # invert the norm's gain so norm(u) points along the row
+    groundings = ground_text(vlm, np.stack(comps), top_n=5)
+    assert [g.words[0] for g in groundings] == ["circle", "yellow", "beach"]
+    for g in groundings:
+        assert len(g.words) == 5 and g.logits == sorted(g.logits, reverse=True)
+        assert not {"the", "a", "?", ",", "<image>"} & set(g.words)
+
+
+def test_t_overlap():
+    assert t_overlap(["red", "blue"], ["blue", "green", "x"]) == 50.0
+    assert t_overlap([], ["a"]) == 0.0
+    gs = [TextGrounding(["a", "b"], [1, 0]), TextGrounding(["b", "c"], [1, 0])]
+    assert mean_pairwise_overlap(gs) == 50.0
