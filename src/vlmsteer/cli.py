@@ -301,6 +301,79 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                       f"samples, layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
 
 
+@vectors_app.command("concepts")
+def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safetensors from vlmsteer concepts."),
+                     out: Path = typer.Option(..., help="Output .safetensors file with all K·(K−1) vectors."),
+                     layer: Optional[int] = typer.Option(None, help="Layer to steer (default: the dictionary's).")):
+    """Fine-grained vectors between concepts: 'i->j' = u_j − u_i for every ordered pair."""
+    from vlmsteer.concepts import load_dictionary
+    from vlmsteer.steer.builders import all_concept_shifts
+    from vlmsteer.steer.vector import save_vectors
+
+    d, meta = load_dictionary(dictionary)
+    layer = layer if layer is not None else meta.get("layer")
+    if layer is None:
+        raise VlmsteerError(f"{dictionary}: no layer recorded; pass --layer")
+    labels = None
+    cj = dictionary.parent / "concepts.json"
+    if cj.exists():
+        labels = [f"{c['index']}:{(c['words'] or ['?'])[0]}" for c in json.loads(cj.read_text())["concepts"]]
+    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=labels)
+    save_vectors(out, vecs)
+    out_console.print(f"{len(vecs)} concept-pair vectors (layer {layer}) -> {out}")
+
+
+@app.command()
+def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+           data: Path = typer.Option(..., help="VQAv2 folder."),
+           vectors: Path = typer.Option(..., help="File of candidate vectors (e.g. from vectors concepts)."),
+           out: Path = typer.Option(Path("runs/select"), help="Output folder."),
+           alpha: float = typer.Option(1.0), region: str = typer.Option("last_prompt"),
+           top_n: int = typer.Option(5, help="Answers kept per vector before the 2-means split."),
+           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
+           seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15)):
+    """Rank candidate steering vectors with the paper's selection metric."""
+    from vlmsteer.data import load_vqav2
+    from vlmsteer.progress import progress_bar
+    from vlmsteer.regions import Region
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.runner import generate_responses
+    from vlmsteer.steer import steer
+    from vlmsteer.steer.selection import rank, selection_score
+    from vlmsteer.steer.vector import load_vectors
+
+    region_ = Region.parse(region)
+    candidates = load_vectors(vectors)
+    samples = load_vqav2(data, split=split, limit=limit, seed=seed)
+    vlm = _load_model(model)
+    for v in candidates.values():
+        v.check_model(vlm)
+    base = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=3,
+                                               description="baseline")]
+    selections = []
+    with progress_bar("candidates", len(candidates)) as advance:
+        for name, vec in candidates.items():
+            steered = [r.text for r in generate_responses(
+                vlm, samples, batch_size=batch_size, max_new_tokens=3, progress=False,
+                context=lambda b, v=vec: steer(vlm, v, b, alpha=alpha, region=region_))]
+            selections.append(selection_score(base, steered, top_n=top_n, name=name))
+            advance(1)
+    results = [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
+               for s in rank(selections)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.json").write_text(json.dumps({"alpha": alpha, "region": region_.value, "n": len(samples),
+                                                    "ranking": results}, indent=2))
+    write_run_json(out, options=dict(model=model, data=data, vectors=vectors, alpha=alpha, region=region,
+                                     top_n=top_n, limit=limit), seed=seed, model_id=model)
+    table = Table(title=f"{len(results)} vectors ranked by the selection metric")
+    for col in ("rank", "vector", "from", "to", "score", "primary answers"):
+        table.add_column(col)
+    for i, r in enumerate(results[:show], 1):
+        table.add_row(str(i), r["name"], str(r["source"]), str(r["target"]), f"{r['score']:.2f}",
+                      ", ".join(r["primary"]))
+    out_console.print(table)
+
+
 # --------------------------------------------------------------------------- demo
 @demo_app.callback()
 def demo(ctx: typer.Context,

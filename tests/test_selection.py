@@ -1,0 +1,55 @@
+import torch
+
+from vlmsteer.cli import main
+from vlmsteer.steer.selection import rank, selection_score, two_means_1d
+
+
+def test_two_means_is_the_best_split():
+    high, low = two_means_1d([10.0, 0.1, 9.0, 0.0, 0.2])
+    assert sorted(high) == [0, 2] and sorted(low) == [1, 3, 4]
+
+
+def test_selection_finds_one_target_answer():
+    base = ["yes"] * 50 + ["no"] * 50 + ["red"] * 10
+    steered = ["no"] * 90 + ["yes"] * 10 + ["red"] * 10
+    sel = selection_score(base, steered, top_n=5)
+    assert sel.primary == ["no"] and sel.score > 0.5
+    assert sel.counts["no"] == (50, 90)
+
+
+def test_selection_finds_several_targets_and_ranks():
+    base = ["1"] * 40 + ["2"] * 40 + ["3"] * 2 + ["4"] * 2
+    steered = ["1"] * 20 + ["2"] * 20 + ["3"] * 22 + ["4"] * 22
+    multi = selection_score(base, steered, name="multi")
+    assert sorted(multi.primary) == ["3", "4"]
+    noop = selection_score(base, base, name="noop")
+    assert noop.score == 0.0
+    assert [s.name for s in rank([noop, multi])] == ["multi", "noop"]
+
+
+def test_vectors_concepts_and_select_cli(tiny_vlm, tiny_folder, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from vlmsteer.concepts import KMeansConcepts
+    from vlmsteer.data import shapes
+
+    vlm = tiny_vlm("llava")
+    rng = np.random.default_rng(0)
+    d = KMeansConcepts(k=3).fit(rng.normal(size=(30, vlm.hidden_size)) * 5)
+    d.save(tmp_path / "dictionary.safetensors", layer=2, model_id="tiny")
+    assert main(["vectors", "concepts", "--dictionary", str(tmp_path / "dictionary.safetensors"),
+                 "--out", str(tmp_path / "pairs.safetensors")]) == 0
+    from vlmsteer.steer.vector import load_vectors
+
+    pairs = load_vectors(tmp_path / "pairs.safetensors")
+    assert len(pairs) == 6 and torch.allclose(pairs["0->1"].at(2), torch.tensor(d.components_[1] - d.components_[0],
+                                                                                   dtype=torch.float32))
+    data = tmp_path / "data"
+    shapes.write_dataset(data, 4, seed=2)
+    assert main(["select", "--model", str(tiny_folder("llava")), "--data", str(data), "--vectors",
+                 str(tmp_path / "pairs.safetensors"), "--out", str(tmp_path / "sel"), "--limit", "20",
+                 "--alpha", "3"]) == 0
+    ranking = json.loads((tmp_path / "sel" / "selection.json").read_text())["ranking"]
+    assert len(ranking) == 6 and [r["score"] for r in ranking] == sorted([r["score"] for r in ranking], reverse=True)
