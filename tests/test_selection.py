@@ -53,3 +53,23 @@ def test_vectors_concepts_and_select_cli(tiny_vlm, tiny_folder, tmp_path, capsys
                  "--alpha", "3"]) == 0
     ranking = json.loads((tmp_path / "sel" / "selection.json").read_text())["ranking"]
     assert len(ranking) == 6 and [r["score"] for r in ranking] == sorted([r["score"] for r in ranking], reverse=True)
+
+
+def test_sweep_cli(tiny_folder, tmp_path):
+    import json
+
+    from vlmsteer.data import shapes
+
+    data = tmp_path / "data"
+    shapes.write_dataset(data, 6, seed=3)
+    folder = str(tiny_folder("llava"))
+    assert main(["extract", "--model", folder, "--data", str(data), "--layer", "1,2", "--out",
+                 str(tmp_path / "store")]) == 0
+    assert main(["sweep", "--model", folder, "--data", str(data), "--store", str(tmp_path / "store"),
+                 "--source", "answer=yes", "--target", "answer=no", "--layers", "1,2", "--alphas", "1,4",
+                 "--regions", "last_prompt,prompt", "--n-samples", "2,all", "--limit", "20",
+                 "--out", str(tmp_path / "sweep")]) == 0
+    result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert len(result["rows"]) == 2 * 2 * 2 * 2
+    assert {r["vector_samples"] for r in result["rows"] if r["n_samples"] == 2} == {4}
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000

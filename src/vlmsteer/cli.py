@@ -374,6 +374,59 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     out_console.print(table)
 
 
+@app.command()
+def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+          data: Path = typer.Option(..., help="VQAv2 folder with held-out questions."),
+          store: Path = typer.Option(..., help="Feature store to build the coarse vector from."),
+          source: str = typer.Option(..., help="Source filter, e.g. 'answer=yes'."),
+          target: str = typer.Option(..., help="Target filter, e.g. 'answer=no'."),
+          out: Path = typer.Option(Path("runs/sweep")),
+          layers: str = typer.Option("-1", help="Comma-separated layers."),
+          alphas: str = typer.Option("0.5,1,2", help="Comma-separated alphas."),
+          regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
+          n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
+          split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
+          seed: int = typer.Option(0), batch_size: int = typer.Option(64)):
+    """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
+    from vlmsteer.data import load_vqav2
+    from vlmsteer.regions import Region
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.steer.builders import parse_filter
+    from vlmsteer.steer.sweep import SweepGrid, run_sweep, write_sweep
+    from vlmsteer.store import FeatureStore
+
+    st = FeatureStore.open(store)
+    vlm = _load_model(model)
+    try:
+        grid = SweepGrid(layers=[vlm.layer_index(int(x)) for x in layers.split(",")],
+                         alphas=[float(x) for x in alphas.split(",")],
+                         regions=[Region.parse(x) for x in regions.split(",")],
+                         n_samples=[None if x.strip() == "all" else int(x) for x in n_samples.split(",")])
+    except ValueError as exc:
+        raise VlmsteerError(f"bad sweep values ({exc})") from None
+    missing = [l for l in grid.layers if l not in st.layers]
+    if missing:
+        raise VlmsteerError(f"{store}: layers {missing} not in this store (has {st.layers})")
+    src, tgt = parse_filter(source), parse_filter(target)
+    samples = load_vqav2(data, split=split, limit=limit, seed=seed)
+    result = run_sweep(vlm, st, src, tgt, samples, grid, source_answer=src.get("answer"),
+                       target_answer=tgt.get("answer"), batch_size=batch_size, seed=seed)
+    write_sweep(result, out)
+    write_run_json(out, options=dict(model=model, data=data, store=store, source=source, target=target,
+                                     layers=layers, alphas=alphas, regions=regions, n_samples=n_samples), seed=seed,
+                   model_id=model)
+    types = list(result["baseline_accuracy"])
+    table = Table(title=f"sweep: {source} -> {target} ({result['n']} questions)")
+    for col in ["layer", "alpha", "region", "samples", "moved", "changed"] + [f"Δ {t}" for t in types]:
+        table.add_column(col)
+    for r in result["rows"]:
+        moved = "" if r["moved_fraction"] is None else f"{100 * r['moved_fraction']:.1f} %"
+        table.add_row(str(r["layer"]), str(r["alpha"]), r["region"], str(r["vector_samples"]), moved,
+                      str(r["changed"]), *[f"{r['accuracy_delta'][t]:+.2f}" for t in types])
+    out_console.print(table)
+    out_console.print(f"wrote {out}/sweep.json, {out}/sweep.png")
+
+
 # --------------------------------------------------------------------------- demo
 @demo_app.callback()
 def demo(ctx: typer.Context,
