@@ -275,6 +275,42 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
     out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors")
 
 
+# --------------------------------------------------------------------------- finetune
+@app.command()
+def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+             data: Path = typer.Option(..., help="Dataset folder or file."),
+             out: Path = typer.Option(..., help="Output folder (adapters, loss.jsonl, merged/)."),
+             fmt: str = typer.Option("coco", "--format", help="vqav2, coco or jsonl."),
+             keywords: Optional[str] = typer.Option(None, help="Keep only texts with these keywords: colors, "
+                                                               "places, sentiments, gender."),
+             steps: int = typer.Option(300), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),
+             rank: int = typer.Option(8), save_every: int = typer.Option(100),
+             merge: bool = typer.Option(False, help="Also write a merged model folder."),
+             target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
+             split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None),
+             prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0)):
+    """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
+    from vlmsteer.data import load_samples
+    from vlmsteer.data.keywords import filter_samples, keyword_set
+    from vlmsteer.finetune import FinetuneConfig
+    from vlmsteer.finetune import finetune as run_finetune
+    from vlmsteer.runinfo import write_run_json
+
+    samples = load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt)
+    if keywords:
+        samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
+        if not samples:
+            raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
+    vlm = _load_model(model)
+    cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
+                         target=target)
+    summary = run_finetune(vlm, samples, out, cfg, merge=merge)
+    write_run_json(out, options=dict(model=model, data=data, format=fmt, keywords=keywords, steps=steps,
+                                     batch_size=batch_size, lr=lr, rank=rank, merge=merge), seed=seed, model_id=model)
+    out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
+                      f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
+
+
 # --------------------------------------------------------------------------- vectors
 @vectors_app.command("coarse")
 def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, and target unless --target-store)."),
