@@ -84,3 +84,31 @@ def test_alignment_errors(tmp_path):
         aligned_features(a, _store(tmp_path / "c", ["1"], 5), 0)
     with pytest.raises(VlmsteerError, match="no common samples"):
         aligned_features(a, _store(tmp_path / "d", ["7"], 4), 0)
+
+
+def test_shift_cli_end_to_end(tmp_path, capsys):
+    import json
+
+    from vlmsteer.cli import main
+    from vlmsteer.store import StoreWriter
+
+    a, b, labels, planted = _planted(k=3, n=20, d=8)
+    for name, arr in (("a", a), ("b", b), ("c", a + 0.5 * (b - a))):
+        w = StoreWriter(tmp_path / name, {"hidden_size": 8, "layers": [1], "num_layers": 2, "model_id": "x"})
+        w.write_shard([{"id": str(i), "found": True} for i in range(len(arr))], {1: arr.astype(np.float32)})
+        w.finish()
+    assert main(["shift", "--original", str(tmp_path / "a"), "--finetuned", str(tmp_path / "b"), "-k", "3",
+                 "--no-words", "--checkpoint", f"5={tmp_path / 'c'}", "--checkpoint", f"10={tmp_path / 'b'}",
+                 "--ks", "2,3", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "shift.json").read_text())
+    assert result["main"]["mean_recovery_alpha1"] == pytest.approx(1.0)
+    assert result["main"]["mean_recovery_alpha0"] < 1.0
+    assert [r["step"] for r in result["evolution"]] == [5, 10] and len(result["ks"]) == 2
+    for name in ("report.html", "recovery_vs_alpha.png", "magnitude_consistency.png", "evolution.png"):
+        assert (tmp_path / "out" / name).exists()
+    capsys.readouterr()
+    w = StoreWriter(tmp_path / "wide", {"hidden_size": 9, "layers": [1], "num_layers": 2})
+    w.write_shard([{"id": "0", "found": True}], {1: np.ones((1, 9), np.float32)})
+    assert main(["shift", "--original", str(tmp_path / "a"), "--finetuned", str(tmp_path / "wide"), "-k", "3",
+                 "--no-words", "--out", str(tmp_path / "o2")]) == 2
+    assert "different hidden sizes" in capsys.readouterr().err

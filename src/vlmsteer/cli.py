@@ -311,6 +311,50 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
                       f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
 
 
+# --------------------------------------------------------------------------- shift
+@app.command()
+def shift(original: Path = typer.Option(..., help="Store extracted from the original model."),
+          finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
+          out: Path = typer.Option(Path("runs/shift")), layer: int = typer.Option(-1),
+          k: int = typer.Option(10, "-k", "--k"), method: str = typer.Option("kmeans"),
+          matching: str = typer.Option("hungarian", help="hungarian or ot."),
+          checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
+          ks: Optional[str] = typer.Option(None, help="Ablation over K, e.g. '5,10,20'."),
+          layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
+          keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
+          model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
+          no_words: bool = typer.Option(False), seed: int = typer.Option(0)):
+    """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""
+    from vlmsteer.data.keywords import keyword_set
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.shift_report import ShiftConfig, run_shift
+    from vlmsteer.store import FeatureStore
+
+    a, b = FeatureStore.open(original), FeatureStore.open(finetuned)
+    n_layers = int(a.header["num_layers"])
+    absolute = layer if layer >= 0 else n_layers + layer
+    for st in (a, b):
+        if absolute not in st.layers:
+            raise VlmsteerError(f"{st.path}: layer {layer} not in this store (layers: {st.layers})")
+    checkpoints = {}
+    for item in checkpoint or []:
+        step, _, path = item.partition("=")
+        if not step.strip().isdigit() or not path:
+            raise VlmsteerError(f"--checkpoint expects STEP=STORE, got {item!r}")
+        checkpoints[int(step)] = FeatureStore.open(path)
+    cfg = ShiftConfig(layer=absolute, k=k, method=method, matching=matching, seed=seed,
+                      keywords=keyword_set(keywords) if keywords else None)
+    vlm = None if no_words else _load_model(model or a.header["model_id"])
+    parse = (lambda text: [int(x) for x in text.split(",")] if text else [])
+    result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=parse(ks),
+                       layers=[l if l >= 0 else n_layers + l for l in parse(layers)])
+    write_run_json(out, options=dict(original=original, finetuned=finetuned, layer=absolute, k=k, method=method,
+                                     matching=matching, keywords=keywords), seed=seed, model_id=a.header.get("model_id"))
+    m = result["main"]
+    out_console.print(f"mean recovery cosine: alpha 0 = {m['mean_recovery_alpha0']:.3f}, "
+                      f"alpha 1 = {m['mean_recovery_alpha1']:.3f}; wrote {out}/shift.json, {out}/report.html")
+
+
 # --------------------------------------------------------------------------- vectors
 @vectors_app.command("coarse")
 def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, and target unless --target-store)."),

@@ -1,0 +1,190 @@
+"""``vlmsteer shift``: the full fine-tuning shift analysis on two (or more) feature stores,
+with plots and an HTML report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vlmsteer.concepts import make_dictionary
+from vlmsteer.concepts.grounding import ground_text, t_overlap
+from vlmsteer.data.keywords import KeywordSet
+from vlmsteer.report import render
+from vlmsteer.shift import (aligned_features, consistency, correlations, match_concepts, recovery_cosine,
+                            shift_vectors)
+from vlmsteer.store import FeatureStore
+
+DEFAULT_ALPHAS = tuple(np.round(np.arange(0, 2.01, 0.25), 2).tolist())
+
+
+@dataclass
+class ShiftConfig:
+    layer: int
+    k: int = 10
+    method: str = "kmeans"
+    matching: str = "hungarian"
+    alphas: Sequence[float] = DEFAULT_ALPHAS
+    seed: int = 0
+    top_words: int = 15
+    keywords: KeywordSet | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def analyse(store_a: FeatureStore, store_b: FeatureStore, cfg: ShiftConfig, vlm=None) -> dict:
+    """One layer, one K: dictionaries, matching, shift vectors, recovery over alphas."""
+    a, b, common = aligned_features(store_a, store_b, cfg.layer)
+    da = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(a)
+    db = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(b)
+    matching = match_concepts(da.components_, db.components_, cfg.matching)
+    assign = da.assign(a)
+    delta = shift_vectors(a, b, assign, cfg.k)
+    magnitude = np.linalg.norm(delta, axis=1)
+    consist = consistency(a, b, assign, delta)
+    words_a = words_b = None
+    if vlm is not None:
+        words_a = [g.words for g in ground_text(vlm, da, cfg.top_words)]
+        words_b = [g.words for g in ground_text(vlm, db, cfg.top_words)]
+    recovery = []
+    for alpha in cfg.alphas:
+        cos = recovery_cosine(da.components_, delta, db.components_, matching, alpha)
+        row = {"alpha": alpha, "cosine": cos.tolist(), "mean_cosine": float(cos.mean())}
+        if vlm is not None:
+            shifted = [g.words for g in ground_text(vlm, da.components_ + alpha * delta, cfg.top_words)]
+            ov = [t_overlap(shifted[i], words_b[j]) for i, j in matching.pairs]
+            row.update({"t_overlap": ov, "mean_t_overlap": float(np.mean(ov)), "shifted_words": shifted})
+            if cfg.keywords is not None:
+                kw = [100.0 * sum(cfg.keywords.matches(w) for w in ws) / max(1, len(ws)) for ws in shifted]
+                row["keyword_share"] = float(np.mean(kw))
+        recovery.append(row)
+    at1 = next((r for r in recovery if abs(r["alpha"] - 1.0) < 1e-9), recovery[-1])
+    at0 = next((r for r in recovery if abs(r["alpha"]) < 1e-9), recovery[0])
+    gain = np.asarray(at1["cosine"]) - np.asarray(at0["cosine"])
+    concepts = []
+    target = matching.target_of()
+    for i in range(cfg.k):
+        c = {"index": i, "matched": target.get(i), "size": int((assign == i).sum()),
+             "magnitude": float(magnitude[i]), "consistency": float(consist[i]),
+             "recovery_cosine_alpha0": at0["cosine"][i], "recovery_cosine_alpha1": at1["cosine"][i]}
+        if words_a is not None:
+            c.update({"words": words_a[i], "matched_words": words_b[target[i]] if i in target else [],
+                      "shifted_words": at1["shifted_words"][i],
+                      "t_overlap_matched": t_overlap(words_a[i], words_b[target[i]]) if i in target else None})
+        concepts.append(c)
+    return {
+        "layer": cfg.layer, "k": cfg.k, "method": cfg.method, "matching": cfg.matching, "n_common": len(common),
+        "matched_cosine": matching.cosine, "concepts": concepts,
+        "recovery": [{k: v for k, v in r.items() if k != "shifted_words"} for r in recovery],
+        "mean_recovery_alpha0": at0["mean_cosine"], "mean_recovery_alpha1": at1["mean_cosine"],
+        "correlation_magnitude_vs_gain": correlations(magnitude, gain),
+        "correlation_consistency_vs_gain": correlations(consist, gain),
+        "keyword_share_original": (float(np.mean([100.0 * sum(cfg.keywords.matches(w) for w in ws) / max(1, len(ws))
+                                                  for ws in words_a])) if (words_a and cfg.keywords) else None),
+    }
+
+
+def evolution(store_a: FeatureStore, checkpoints: dict[int, FeatureStore], cfg: ShiftConfig, vlm=None) -> list[dict]:
+    """Matched-concept cosine and T-Overlap of the original vs each checkpoint, by step."""
+    rows = []
+    for step, st in sorted(checkpoints.items()):
+        a, b, _ = aligned_features(store_a, st, cfg.layer)
+        da = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(a)
+        db = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(b)
+        m = match_concepts(da.components_, db.components_, cfg.matching)
+        row = {"step": step, "cosine": m.cosine, "mean_cosine": float(np.mean(m.cosine))}
+        if vlm is not None:
+            wa = [g.words for g in ground_text(vlm, da, cfg.top_words)]
+            wb = [g.words for g in ground_text(vlm, db, cfg.top_words)]
+            ov = [t_overlap(wa[i], wb[j]) for i, j in m.pairs]
+            row.update({"t_overlap": ov, "mean_t_overlap": float(np.mean(ov))})
+        rows.append(row)
+    return rows
+
+
+def plots(result: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    main = result["main"]
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+    alphas = [r["alpha"] for r in main["recovery"]]
+    ax.plot(alphas, [r["mean_cosine"] for r in main["recovery"]], marker="o", label="cosine to matched fine-tuned")
+    if "mean_t_overlap" in main["recovery"][0]:
+        ax2 = ax.twinx()
+        ax2.plot(alphas, [r["mean_t_overlap"] for r in main["recovery"]], marker="s", color="C1", label="T-Overlap")
+        ax2.set_ylabel("T-Overlap")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("mean recovery cosine")
+    ax.set_title("recovery of fine-tuned concepts vs alpha")
+    fig.tight_layout()
+    fig.savefig(out / "recovery_vs_alpha.png")
+    plt.close(fig)
+    made.append("recovery_vs_alpha.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    gain = [c["recovery_cosine_alpha1"] - c["recovery_cosine_alpha0"] for c in main["concepts"]]
+    axes[0].scatter([c["magnitude"] for c in main["concepts"]], gain)
+    axes[0].set_xlabel("shift magnitude ‖Δ_k‖")
+    axes[0].set_ylabel("recovery gain (cos at α=1 − α=0)")
+    axes[1].scatter([c["consistency"] for c in main["concepts"]], gain)
+    axes[1].set_xlabel("shift consistency")
+    fig.tight_layout()
+    fig.savefig(out / "magnitude_consistency.png")
+    plt.close(fig)
+    made.append("magnitude_consistency.png")
+
+    if result.get("evolution"):
+        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+        steps = [r["step"] for r in result["evolution"]]
+        key = "mean_t_overlap" if "mean_t_overlap" in result["evolution"][0] else "mean_cosine"
+        ax.plot(steps, [r[key] for r in result["evolution"]], marker="o")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title("matched concepts: original vs checkpoint")
+        fig.tight_layout()
+        fig.savefig(out / "evolution.png")
+        plt.close(fig)
+        made.append("evolution.png")
+    if result.get("layers"):
+        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+        rows = result["layers"]
+        ax.plot([r["layer"] for r in rows], [r["mean_recovery_alpha1"] for r in rows], marker="o", label="α = 1")
+        ax.plot([r["layer"] for r in rows], [r["mean_recovery_alpha0"] for r in rows], marker="s", label="α = 0")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("mean recovery cosine")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "layers.png")
+        plt.close(fig)
+        made.append("layers.png")
+    return made
+
+
+def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg: ShiftConfig, vlm=None,
+              checkpoints: dict[int, FeatureStore] | None = None, ks: Sequence[int] = (),
+              layers: Sequence[int] = ()) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"original": str(store_a.path), "finetuned": str(store_b.path), "main": analyse(store_a, store_b, cfg, vlm)}
+    if checkpoints:
+        result["evolution"] = evolution(store_a, checkpoints, cfg, vlm)
+    if ks:
+        result["ks"] = [{k: v for k, v in analyse(store_a, store_b, _with(cfg, k=k), None).items()
+                         if k not in ("concepts", "recovery")} for k in ks]
+    if layers:
+        result["layers"] = [{k: v for k, v in analyse(store_a, store_b, _with(cfg, layer=l), None).items()
+                             if k not in ("concepts", "recovery")} for l in layers]
+    result["plots"] = plots(result, out)
+    (out / "shift.json").write_text(json.dumps(result, indent=2))
+    (out / "report.html").write_text(render("shift.html.j2", r=result))
+    return result
+
+
+def _with(cfg: ShiftConfig, **changes) -> ShiftConfig:
+    return ShiftConfig(**{**cfg.__dict__, **changes})
