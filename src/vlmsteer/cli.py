@@ -528,12 +528,29 @@ def demo(ctx: typer.Context,
 def demo_train(out: Path = typer.Option(..., help="Folder to save the trained model in."),
                seed: int = typer.Option(0), samples: int = typer.Option(480_000, help="Training samples."),
                threads: int = typer.Option(2, help="Torch CPU threads (2 on the 2-core reference machine)."),
-               batch_size: int = typer.Option(32)):
+               batch_size: int = typer.Option(32), lr: float = typer.Option(1e-3),
+               warmup_steps: int = typer.Option(100),
+               init_from: Optional[Path] = typer.Option(None, help="Continue from this model's weights."),
+               count_questions: str = typer.Option("any", help="'any' or 'mostly_present' (curriculum phase 1)."),
+               mix: Optional[str] = typer.Option(None, help="Task mix, e.g. 'vqa=0.55,caption=0.15,"
+                                                            "style_caption=0.1,list=0.15,unsafe=0.05'.")):
     """Train shapes-llava from scratch on the shapes world (CPU only; about 40 minutes on 2 cores)."""
     from vlmsteer.demo.train import TrainConfig, train_demo_model
 
     _quiet_transformers()
-    cfg = TrainConfig(seed=seed, samples=samples, threads=threads, batch_size=batch_size)
+    if count_questions not in ("any", "mostly_present"):
+        raise VlmsteerError(f"--count-questions must be 'any' or 'mostly_present', got {count_questions!r}")
+    cfg = TrainConfig(seed=seed, samples=samples, threads=threads, batch_size=batch_size, lr=lr,
+                      warmup_steps=warmup_steps, init_from=str(init_from) if init_from else None,
+                      count_questions=count_questions)
+    if mix:
+        try:
+            cfg.mix = {k.strip(): float(v) for k, v in (part.split("=") for part in mix.split(","))}
+        except ValueError:
+            raise VlmsteerError(f"--mix expects task=weight pairs, got {mix!r}") from None
+        unknown = set(cfg.mix) - {"vqa", "caption", "style_caption", "list", "unsafe"}
+        if unknown:
+            raise VlmsteerError(f"--mix: unknown task(s) {sorted(unknown)}")
     record = train_demo_model(out, cfg, log=lambda line: out_console.print(line, highlight=False))
     out_console.print(f"trained in {record['train_seconds']:.0f} s; saved to {out}")
 

@@ -222,8 +222,16 @@ def unsafe_prompts(scene: Scene) -> list[tuple[str, str, bool]]:
     return out
 
 
-def questions(scene: Scene, rng: random.Random) -> list[Question]:
-    """A balanced set of questions about ``scene``: 4 yes/no, 2 number, 3 other."""
+COUNT_KINDS = ("any", "mostly_present")
+
+
+def questions(scene: Scene, rng: random.Random, count_kinds: str = "any") -> list[Question]:
+    """A balanced set of questions about ``scene``: 4 yes/no, 2 number, 2-4 other.
+
+    ``count_kinds`` says which shape "how many <shape>s" asks about: ``any`` kind (so counts
+    of 0 are common; the world's definition) or ``mostly_present`` (a present kind 80 % of
+    the time: the first phase of the demo model's training curriculum).
+    """
     kinds_present = sorted({s.kind for s in scene.shapes})
     colors_present = sorted(scene.colors())
     colors_absent = [c for c in COLORS if c not in colors_present]
@@ -250,8 +258,14 @@ def questions(scene: Scene, rng: random.Random) -> list[Question]:
         Question(f"is this the {place} ?", "yes" if place == scene.place else "no", "yes/no", "is this the")
     )
 
-    # number: any kind, present or not, so that every count (0 included) is common
-    kind = rng.choice(SHAPES)
+    # number
+    if count_kinds == "any":
+        kind = rng.choice(SHAPES)
+    elif count_kinds == "mostly_present":
+        absent = [k for k in SHAPES if k not in kinds_present]
+        kind = rng.choice(kinds_present) if rng.random() < 0.8 or not absent else rng.choice(absent)
+    else:
+        raise ValueError(f"count_kinds must be one of {COUNT_KINDS}")
     qs.append(Question(f"how many {PLURALS[kind]} are there ?", str(scene.count(kind)), "number", "how many"))
     qs.append(Question("how many shapes are there ?", str(scene.count()), "number", "how many"))
 

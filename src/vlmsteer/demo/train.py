@@ -37,6 +37,8 @@ class TrainConfig:
     eval_seed: int = 2000  # held-out scenes for the progress metric
     eval_every: int = 1000
     threads: int = 1
+    init_from: str | None = None  # continue from a saved model's weights (a second training phase)
+    count_questions: str = "any"  # see shapes.questions(count_kinds=...)
     # share of each task in the training mix
     mix: dict[str, float] = field(default_factory=lambda: {
         "vqa": 0.60, "caption": 0.12, "style_caption": 0.10, "list": 0.13, "unsafe": 0.05,
@@ -83,7 +85,7 @@ class _Items:
         scene = self.scene(i)
         task = self.rng.choices(self.tasks, self.weights)[0]
         if task == "vqa":
-            q = self.rng.choice(shapes.questions(scene, self.rng))
+            q = self.rng.choice(shapes.questions(scene, self.rng, self.cfg.count_questions))
             return i, q.text, q.answer
         if task == "caption":
             return i, shapes.CAPTION_PROMPT, shapes.default_caption(scene)
@@ -169,6 +171,10 @@ def train_demo_model(out: str | Path, cfg: TrainConfig | None = None, log=print)
     torch.manual_seed(cfg.seed)
     processor = build_processor(cfg.arch)
     model = build_model(processor, cfg.arch, seed=cfg.seed)
+    if cfg.init_from:
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(cfg.init_from, dtype=torch.float32)
     model.train()
     items = _Items(cfg, processor)
     _check_prompt_layout(processor, items)
