@@ -41,6 +41,7 @@ def test_reduced_demo_writes_the_page(tmp_path):
     for section in ("Baseline VQA accuracy", "Baseline captions", "Yes → No", "Steering captions"):
         assert section in page
     assert summary["vqa"]["n"] > 200
-    assert summary["yes_to_no"]["source"]["before"] > 0
+    assert summary["yes_to_no"]["fine_grained"]["source"]["before"] > 0
+    assert summary["caption_style"]["before"]["n"] == 30
     assert (out / "vectors" / "yes-to-no.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["model_id"] == "shapes-llava"
