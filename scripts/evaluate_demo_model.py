@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--n-scenes", type=int, default=400)
-    ap.add_argument("--card", help="write the model card with this training command")
+    ap.add_argument("--card", action="append", help="training command of each phase, in order (writes the card)")
     args = ap.parse_args()
     result = evaluate(args.model, args.seed, args.n_scenes)
     result["vqa"].pop("answer_counts", None)

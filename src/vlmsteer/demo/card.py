@@ -7,15 +7,25 @@ import json
 from pathlib import Path
 
 
-def write_model_card(folder: str | Path, evaluation: dict, command: str) -> Path:
+def write_model_card(folder: str | Path, evaluation: dict, commands: list[str]) -> Path:
+    """``commands``: the training commands in order; phase records are ``train_phase1.json``
+    (if present) and ``train.json`` (the final phase)."""
     folder = Path(folder)
-    train = json.loads((folder / "train.json").read_text())
-    cfg = train["config"]
+    phases = [json.loads(p.read_text()) for p in (folder / "train_phase1.json", folder / "train.json") if p.exists()]
+    train = phases[-1]
+    cfg = phases[0]["config"]
     arch = cfg["arch"]
     vqa = evaluation["vqa"]
     caps = evaluation["captions"]
     rows = "\n".join(f"| {t} | {vqa['questions_per_type'][t]} | {vqa['accuracy'][t]:.2f} |"
                      for t in vqa["questions_per_type"])
+    phase_lines = "\n".join(
+        f"- Phase {i + 1}: `{cmd}` — {ph['config']['samples']:,} samples, lr {ph['config']['lr']}, "
+        f"{ph['config']['warmup_steps']} warm-up steps, count questions `{ph['config'].get('count_questions', 'any')}`, "
+        f"mix {ph['config']['mix']}; {ph['train_seconds'] / 60:.1f} min on {ph['config']['threads']} CPU thread(s); "
+        f"last quick held-out accuracy {ph['history'][-1]['quick_accuracy']}"
+        for i, (cmd, ph) in enumerate(zip(commands, phases)))
+    total_minutes = sum(ph["train_seconds"] for ph in phases) / 60
     text = f"""# shapes-llava
 
 A small but real LLaVA-architecture vision-language model, trained from scratch by
@@ -34,14 +44,16 @@ name `shapes-llava` to this folder.
 - {train['parameters']:,} parameters, stored in float32 safetensors.
 
 ## Training
-- Command: `{command}`
-- Data: shapes world seed {cfg['world_seed']} ({cfg['n_scenes']:,} scenes), {cfg['samples']:,} samples drawn with seed
-  {cfg['seed']}; task mix {cfg['mix']}; loss on answer tokens only.
-- Optimiser: AdamW lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}, batch {cfg['batch_size']},
-  {cfg['warmup_steps']} warm-up steps then cosine, gradient clip {cfg['grad_clip']}; initialisation scale
-  {arch['initializer_range']}.
-- Time: {train['train_seconds'] / 60:.1f} minutes on {train['hardware']['torch_threads']} CPU threads
-  ({train['hardware']['machine']}, torch {train['hardware']['torch']}), no GPU.
+A two-phase curriculum, each phase one command (deterministic for a seed and thread count):
+{phase_lines}
+
+- Data: shapes world seed {cfg['world_seed']} ({cfg['n_scenes']:,} scenes); loss on answer tokens only.
+  Phase 1 asks "how many <shape>s" mostly about shapes that are present; phase 2 about any
+  shape (counts of 0 become common), at a lower learning rate, starting from phase 1.
+- Optimiser: AdamW, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}, batch {cfg['batch_size']},
+  warm-up then cosine, gradient clip {cfg['grad_clip']}; initialisation scale {arch['initializer_range']}.
+- Total time: {total_minutes:.1f} minutes on a 2-core CPU ({train['hardware']['machine']},
+  torch {train['hardware']['torch']}), no GPU.
 
 ## Held-out evaluation
 World seed {evaluation['seed']} (never seen in training), {evaluation['n_scenes']} scenes; greedy decoding.
