@@ -128,14 +128,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     region_ = Region.parse(region)
     samples = load_vqav2(data, split=split, images=images, limit=limit, seed=seed)
     vlm = _load_model(model, adapter, dtype, device)
-    context = None
-    if vector is not None:
-        from vlmsteer.steer import steer
-        from vlmsteer.steer.vector import load_vector
-
-        vec = load_vector(vector, name, vlm)
-        layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
-        context = lambda batch: steer(vlm, vec, batch, alpha=alpha, layers=layers, region=region_)  # noqa: E731
+    context = _steering_context(vlm, vector, name, alpha, layer, region_)
     preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, context=context)
     extra = {}
     if baseline is not None:
@@ -148,6 +141,77 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     _print_vqa_table(report)
     if extra:
         out_console.print_json(json.dumps(extra["vs_baseline"]))
+    out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+
+
+def _steering_context(vlm, vector: Optional[Path], name: Optional[str], alpha: float,
+                      layer: Optional[list[str]], region):
+    """A per-batch ``steer`` context for ``vector`` (None without a vector), checked against the model."""
+    if vector is None:
+        return None
+    from vlmsteer.steer import steer
+    from vlmsteer.steer.vector import load_vector
+
+    vec = load_vector(vector, name, vlm)
+    layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
+    return lambda batch: steer(vlm, vec, batch, alpha=alpha, layers=layers, region=region)
+
+
+@eval_app.command("captions")
+def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+                  data: Path = typer.Option(..., help="COCO captions folder or file (official or Karpathy)."),
+                  split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+                  prompt: Optional[str] = typer.Option(None, help="Caption prompt (default: the loader's)."),
+                  out: Path = typer.Option(Path("runs/eval-captions"), help="Output folder."),
+                  limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
+                  seed: int = typer.Option(0), batch_size: int = typer.Option(32),
+                  max_new_tokens: int = typer.Option(32), adapter: Optional[Path] = typer.Option(None),
+                  vector: Optional[Path] = typer.Option(None, help="Steering vector file (.safetensors)."),
+                  name: Optional[str] = typer.Option(None, help="Vector name, for files holding several."),
+                  alpha: float = typer.Option(1.0, help="Steering strength."),
+                  layer: Optional[list[str]] = typer.Option(None, help="Layer(s) to steer (default: the vector's)."),
+                  region: str = typer.Option("generated", help="prompt, image, text, last_prompt, generated or all."),
+                  baseline: Optional[Path] = typer.Option(None, help="Unsteered run folder to compare against."),
+                  tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
+                                                             "installed), java or python."),
+                  dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
+    """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
+    from vlmsteer.data import load_coco_captions
+    from vlmsteer.evaluate.captions import (compare_caption_runs, evaluate_captions, read_baseline_captions,
+                                            run_captions, write_caption_outputs)
+    from vlmsteer.evaluate.cider import resolve_tokenizer
+    from vlmsteer.regions import Region
+    from vlmsteer.runinfo import write_run_json
+
+    region_ = Region.parse(region)
+    resolve_tokenizer(tokenizer)  # fail before generating
+    kwargs = {"prompt": prompt} if prompt else {}
+    samples = load_coco_captions(data, split=split, images=images, limit=limit, seed=seed, **kwargs)
+    base_caps = read_baseline_captions(baseline, samples) if baseline is not None else None
+    vlm = _load_model(model, adapter, dtype, device)
+    context = _steering_context(vlm, vector, name, alpha, layer, region_)
+    caps = run_captions(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, context=context)
+    report = evaluate_captions(samples, caps, tokenizer=tokenizer)
+    extra = {}
+    if base_caps is not None:
+        extra["vs_baseline"] = compare_caption_runs(base_caps, caps, evaluate_captions(samples, base_caps,
+                                                                                        tokenizer=tokenizer), report)
+    write_caption_outputs(out, samples, caps, report, extra=extra)
+    write_run_json(out, options=dict(model=model, data=data, split=split, limit=limit, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, adapter=adapter, vector=vector, name=name,
+                                     alpha=alpha, layer=layer, region=region, prompt=prompt, tokenizer=tokenizer),
+                   seed=seed, model_id=model, revision=vlm.revision)
+    table = Table(title=f"captions ({report.n} images)")
+    for col in ("metric", "value", "vs baseline"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    vs = extra.get("vs_baseline")
+    table.add_row("CIDEr", "—" if report.cider is None else f"{report.cider:.3f}",
+                  "" if not vs or vs["cider_delta"] is None else f"{vs['cider_delta']:+.3f}")
+    for st, share in report.style_share.items():
+        table.add_row(f"{st} share %", f"{share:.1f}", f"{vs['styles'][st]['share_delta']:+.1f}" if vs else "")
+    if vs:
+        table.add_row("captions changed", str(vs["captions_changed"]), "")
+    out_console.print(table)
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
 

@@ -1,0 +1,109 @@
+"""``vlmsteer eval captions``: generate captions, score them (CIDEr, style keywords), compare runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from vlmsteer.data.keywords import COLORS, GENDER, PLACES, SENTIMENTS, KeywordSet
+from vlmsteer.data.sample import Sample
+from vlmsteer.errors import VlmsteerError, input_error
+from vlmsteer.evaluate.cider import Tokenizer, cider
+from vlmsteer.model import VLM
+from vlmsteer.runner import generate_responses
+
+CAPTION_STYLES: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}
+
+
+@dataclass
+class CaptionReport:
+    n: int
+    cider: float | None  # None when the samples carry no reference captions
+    style_counts: dict[str, int]  # captions containing at least one keyword of the style
+    style_share: dict[str, float]  # the same in % of captions
+    keyword_counts: dict[str, int]  # keyword occurrences per style (a caption may have several)
+    per_sample_cider: list[float | None]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("per_sample_cider")
+        return d
+
+
+def evaluate_captions(samples: list[Sample], captions: list[str], styles: dict[str, KeywordSet] | None = None,
+                      tokenizer: Tokenizer = "auto") -> CaptionReport:
+    styles = CAPTION_STYLES if styles is None else styles
+    if len(samples) != len(captions):
+        raise VlmsteerError(f"{len(captions)} captions for {len(samples)} samples")
+    score, per = None, [None] * len(captions)
+    if samples and all(s.captions for s in samples):
+        keys = [str(i) for i in range(len(samples))]
+        score, per_image = cider(dict(zip(keys, captions)), {k: s.captions for k, s in zip(keys, samples)},
+                                 tokenizer)
+        per = [per_image[k] for k in keys]
+    n = len(captions)
+    counts = {name: kw.count(captions) for name, kw in styles.items()}
+    return CaptionReport(
+        n=n, cider=score, style_counts=counts,
+        style_share={name: 100.0 * c / max(1, n) for name, c in counts.items()},
+        keyword_counts={name: sum(len(kw.find(c)) for c in captions) for name, kw in styles.items()},
+        per_sample_cider=per)
+
+
+def compare_caption_runs(baseline: list[str], steered: list[str], base_report: CaptionReport,
+                         report: CaptionReport, styles: dict[str, KeywordSet] | None = None) -> dict:
+    """Captions changed, captions gaining / losing each style, keyword and CIDEr deltas."""
+    styles = CAPTION_STYLES if styles is None else styles
+    if len(baseline) != len(steered):
+        raise VlmsteerError(f"baseline has {len(baseline)} captions, steered run {len(steered)}")
+    per_style = {}
+    for name, kw in styles.items():
+        before = [kw.matches(c) for c in baseline]
+        after = [kw.matches(c) for c in steered]
+        per_style[name] = {
+            "gained": sum(a and not b for a, b in zip(after, before)),
+            "lost": sum(b and not a for a, b in zip(after, before)),
+            "share_before": base_report.style_share[name], "share_after": report.style_share[name],
+            "share_delta": report.style_share[name] - base_report.style_share[name],
+            "keywords_before": base_report.keyword_counts[name], "keywords_after": report.keyword_counts[name],
+        }
+    cider_delta = None
+    if report.cider is not None and base_report.cider is not None:
+        cider_delta = report.cider - base_report.cider
+    return {"n": len(steered), "captions_changed": sum(a != b for a, b in zip(baseline, steered)),
+            "styles": per_style, "cider_before": base_report.cider, "cider_after": report.cider,
+            "cider_delta": cider_delta}
+
+
+def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 32,
+                 context: Callable | None = None, progress: bool = True) -> list[str]:
+    responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   context=context, progress=progress, description="captioning")
+    return [r.text for r in responses]
+
+
+def write_caption_outputs(out: str | Path, samples: list[Sample], captions: list[str], report: CaptionReport,
+                          extra: dict | None = None) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w") as f:
+        for s, c, sc in zip(samples, captions, report.per_sample_cider):
+            f.write(json.dumps({"id": s.id, "prompt": s.prompt, "prediction": c, "cider": sc,
+                                "image": s.image_path}) + "\n")
+    metrics = report.to_dict()
+    if extra:
+        metrics.update(extra)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def read_baseline_captions(baseline: str | Path, samples: list[Sample]) -> list[str]:
+    from vlmsteer.data.io import read_jsonl
+
+    path = Path(baseline) / "predictions.jsonl"
+    by_id = {r["id"]: r["prediction"] for r in read_jsonl(path)}
+    missing = [s.id for s in samples if s.id not in by_id]
+    if missing:
+        raise input_error(path, f"baseline lacks {len(missing)} of these images (first: {missing[0]})")
+    return [by_id[s.id] for s in samples]
