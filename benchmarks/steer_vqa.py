@@ -4,7 +4,9 @@ The paper's Table (VQAv2, LLaVA-1.5) reproduced on the shapes world: Yes->No, 1-
 White->Black vectors, each ``mean(target) - mean(source)`` of last-prompt-token features at
 the last layer from at most 500 training questions (world seed 8), applied with alpha = 1 at
 the last prompt position to held-out questions (world seed 7), coarse (every question) and
-fine-grained (only where the source answer's concept is active: nearest answer centroid).
+fine-grained (only where the source answer's concept is active: nearest answer centroid), and
+fine-grained on the question family (where any answer of the source's family is the nearest
+concept: all colours for White->Black, all counts for 1->3).
 
     python benchmarks/steer_vqa.py [--model shapes-llava] [--n-scenes 400] [--json out.json]
 """
@@ -23,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import load_model  # noqa: E402
 
 PAIRS = [("yes", "no"), ("1", "3"), ("white", "black")]
+FAMILIES = {"yes": ["yes", "no"], "1": ["0", "1", "2", "3", "4"],
+            "white": ["red", "green", "blue", "yellow", "white", "black"]}
 
 
 def main() -> None:
@@ -59,7 +63,8 @@ def main() -> None:
         vec = coarse_vector(store, {"answer": source}, target={"answer": target}, layers=[last],
                             max_samples=args.per_side, seed=0)
         cond = NearestConceptCondition.from_store(store, last, active_values=[source])
-        for mode, c in (("coarse", None), ("fine-grained", cond)):
+        family = NearestConceptCondition.from_store(store, last, active_values=FAMILIES[source])
+        for mode, c in (("coarse", None), ("fine-grained", cond), ("fine-grained, family", family)):
             preds, rep = run_vqa(vlm, held, batch_size=64, max_new_tokens=3, progress=False,
                                  context=lambda b, c=c: steer(vlm, vec, b, alpha=args.alpha, region="last_prompt",
                                                               condition=c))

@@ -83,7 +83,7 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 
 
 @data_app.command("check")
-def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco or jsonl."),
+def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
                path: Path = typer.Argument(..., help="Dataset folder or file."),
                split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
                limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0)):
@@ -215,6 +215,74 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
 
+@eval_app.command("safety")
+def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+                data: Path = typer.Option(..., help="Benchmark folder (or JSONL file)."),
+                fmt: str = typer.Option("mm-safetybench", "--format", help="mm-safetybench, figstep or jsonl."),
+                image_type: str = typer.Option("SD_TYPO", help="MM-SafetyBench image type: SD, SD_TYPO or TYPO."),
+                out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
+                limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
+                seed: int = typer.Option(0), batch_size: int = typer.Option(16),
+                max_new_tokens: int = typer.Option(64), adapter: Optional[Path] = typer.Option(None),
+                vector: Optional[Path] = typer.Option(None, help="Steering vector file (.safetensors)."),
+                name: Optional[str] = typer.Option(None, help="Vector name, for files holding several."),
+                alpha: float = typer.Option(1.0, help="Steering strength."),
+                layer: Optional[list[str]] = typer.Option(None, help="Layer(s) to steer (default: the vector's)."),
+                region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
+                baseline: Optional[Path] = typer.Option(None, help="Unsteered run folder to compare against."),
+                dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
+    """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
+    from vlmsteer.data import DataFormat, load_samples
+    from vlmsteer.data.io import read_jsonl
+    from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
+    from vlmsteer.regions import Region
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.runner import generate_responses
+
+    region_ = Region.parse(region)
+    if fmt not in (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value):
+        raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
+    samples = load_samples(fmt, data, split=image_type, limit=limit, seed=seed)
+    base = None
+    if baseline is not None:
+        path = baseline / "predictions.jsonl"
+        by_id = {r["id"]: r["response"] for r in read_jsonl(path)}
+        missing = [s.id for s in samples if s.id not in by_id]
+        if missing:
+            raise VlmsteerError(f"{path}: baseline lacks {len(missing)} of these prompts (first: {missing[0]})")
+        base = [by_id[s.id] for s in samples]
+    vlm = _load_model(model, adapter, dtype, device)
+    context = _steering_context(vlm, vector, name, alpha, layer, region_)
+    responses = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size,
+                                                    max_new_tokens=max_new_tokens, context=context,
+                                                    description="answering")]
+    categories = [s.meta.get("category") for s in samples]
+    report = safety_report(responses, categories)
+    metrics = report.to_dict()
+    if base is not None:
+        metrics["vs_baseline"] = compare_safety_runs(base, responses)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w") as f:
+        for s, r in zip(samples, responses):
+            f.write(json.dumps({"id": s.id, "prompt": s.prompt, "response": r, "refused": is_refusal(r),
+                                "category": s.meta.get("category"), "image": s.image_path}) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_run_json(out, options=dict(model=model, data=data, format=fmt, image_type=image_type, limit=limit,
+                                     batch_size=batch_size, max_new_tokens=max_new_tokens, adapter=adapter,
+                                     vector=vector, name=name, alpha=alpha, layer=layer, region=region),
+                   seed=seed, model_id=model, revision=vlm.revision)
+    table = Table(title=f"attack success rate ({report.n} prompts)")
+    for col in ("category", "prompts", "ASR %"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for cat, row in report.per_category.items():
+        table.add_row(cat, str(row["n"]), f"{row['attack_success_rate']:.1f}")
+    table.add_row("all", str(report.n), f"{report.attack_success_rate:.1f}")
+    out_console.print(table)
+    if base is not None:
+        out_console.print_json(json.dumps(metrics["vs_baseline"]))
+    out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+
+
 def _print_vqa_table(report) -> None:
     table = Table(title=f"VQA accuracy ({report.n} questions)")
     table.add_column("answer type")
@@ -247,7 +315,7 @@ def _parse_layers(values: list[str]) -> list[int]:
 @app.command()
 def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
             data: Path = typer.Option(..., help="Dataset folder or file."),
-            fmt: str = typer.Option("vqav2", "--format", help="vqav2, coco or jsonl."),
+            fmt: str = typer.Option("vqav2", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
             out: Path = typer.Option(..., help="Store folder (rerun the same command to resume)."),
             layer: list[str] = typer.Option(..., help="Decoder layer(s); negative counts from the end; "
                                                       "repeat or comma-separate."),
@@ -339,12 +407,42 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
     out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors")
 
 
+@app.command("separability")
+def separability_cmd(store: Path = typer.Argument(..., help="Feature store folder (extract several layers)."),
+                     out: Path = typer.Option(..., help="Output folder."),
+                     label: str = typer.Option("answer", help="Record field to predict (e.g. answer, "
+                                                              "answer_type, meta.style)."),
+                     layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
+                     top: int = typer.Option(10, help="Keep the most frequent labels."),
+                     folds: int = typer.Option(5, help="Cross-validation folds."), seed: int = typer.Option(0)):
+    """Per-layer linear-probe accuracy and PCA plots of features coloured by a label (PNG + JSON)."""
+    from vlmsteer.runinfo import write_run_json
+    from vlmsteer.separability import separability, write_separability
+    from vlmsteer.store import FeatureStore
+
+    st = FeatureStore.open(store)
+    result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
+                          seed=seed)
+    write_separability(st, result, out, seed=seed)
+    write_run_json(out, options=dict(store=store, label=label, layer=layer, top=top, folds=folds), seed=seed,
+                   model_id=st.header.get("model_id"))
+    table = Table(title=f"linear separability of {label!r} ({sum(result.counts.values())} samples, "
+                        f"{len(result.labels)} labels; majority class {result.majority_baseline:.1f} %)")
+    for col in ("layer", "probe accuracy %", "PCA variance (2 comps)"):
+        table.add_column(col, justify="right")
+    for r in result.layers:
+        table.add_row(str(r.layer), f"{r.probe_accuracy:.1f} ± {r.probe_accuracy_std:.1f}",
+                      f"{sum(r.pca_explained):.2f}")
+    out_console.print(table)
+    out_console.print(f"wrote {out}/separability.json, {out}/probe_accuracy.png, {out}/pca_layers.png")
+
+
 # --------------------------------------------------------------------------- finetune
 @app.command()
 def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="Dataset folder or file."),
              out: Path = typer.Option(..., help="Output folder (adapters, loss.jsonl, merged/)."),
-             fmt: str = typer.Option("coco", "--format", help="vqav2, coco or jsonl."),
+             fmt: str = typer.Option("coco", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
              keywords: Optional[str] = typer.Option(None, help="Keep only texts with these keywords: colors, "
                                                                "places, sentiments, gender."),
              steps: int = typer.Option(300), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),

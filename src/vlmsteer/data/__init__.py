@@ -8,23 +8,28 @@ from pathlib import Path
 
 from vlmsteer.data.coco import load_coco_captions
 from vlmsteer.data.jsonl import load_jsonl
+from vlmsteer.data.safety import MM_SAFETYBENCH_IMAGE_TYPES, load_figstep, load_mm_safetybench
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.data.vqav2 import load_vqav2
 from vlmsteer.errors import VlmsteerError
 
-__all__ = ["Sample", "DataFormat", "load_samples", "load_vqav2", "load_coco_captions", "load_jsonl", "subsample"]
+__all__ = ["Sample", "DataFormat", "load_samples", "load_vqav2", "load_coco_captions", "load_jsonl", "load_mm_safetybench",
+           "load_figstep", "subsample"]
 
 
 class DataFormat(str, Enum):
     VQAV2 = "vqav2"
     COCO = "coco"
     JSONL = "jsonl"
+    MM_SAFETYBENCH = "mm-safetybench"
+    FIGSTEP = "figstep"
 
 
 def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val2014", images: str | Path | None = None,
                  limit: int | None = None, seed: int = 0, prompt: str | None = None) -> list[Sample]:
     """Load any supported format; ``prompt`` overrides the caption prompt (COCO) or is a
-    ``{question}`` template (VQAv2)."""
+    ``{question}`` template (VQAv2); for MM-SafetyBench ``split`` names the image type
+    (SD, SD_TYPO or TYPO; default SD_TYPO)."""
     try:
         fmt = DataFormat(fmt)
     except ValueError:
@@ -36,4 +41,9 @@ def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val20
     if fmt is DataFormat.COCO:
         kw = {"prompt": prompt} if prompt else {}
         return load_coco_captions(path, split=split, images=images, limit=limit, seed=seed, **kw)
+    if fmt is DataFormat.MM_SAFETYBENCH:
+        return load_mm_safetybench(path, image_type=split if split in MM_SAFETYBENCH_IMAGE_TYPES else "SD_TYPO",
+                                   limit=limit, seed=seed)
+    if fmt is DataFormat.FIGSTEP:
+        return load_figstep(path, limit=limit, seed=seed)
     return load_jsonl(path, limit=limit, seed=seed)

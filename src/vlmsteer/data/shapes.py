@@ -19,6 +19,7 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -209,16 +210,24 @@ def list_answer(scene: Scene) -> str:
     return " , ".join(f"{s.color} {s.kind}" for s in scene.shapes) + " ."
 
 
-def unsafe_prompts(scene: Scene) -> list[tuple[str, str, bool]]:
-    """(prompt, trained response, refused?) for the demo world's unsafe category."""
+class UnsafePrompt(NamedTuple):
+    prompt: str
+    response: str  # the trained response
+    refused: bool  # whether training taught a refusal
+    verb: str  # the harmful verb: the prompt's category
+
+
+def unsafe_prompts(scene: Scene) -> list[UnsafePrompt]:
+    """The demo world's unsafe category: harmful requests about the scene's first shape. The
+    model is trained to refuse ``UNSAFE_REFUSED_VERBS`` and to comply with
+    ``UNSAFE_ANSWERED_VERBS`` (an alignment gap that refusal steering can close)."""
     target = scene.shapes[0]
     out = []
     for verb in UNSAFE_REFUSED_VERBS:
-        out.append((f"how do i {verb} the {target.kind} ?", REFUSAL, True))
+        out.append(UnsafePrompt(f"how do i {verb} the {target.kind} ?", REFUSAL, True, verb))
     for verb in UNSAFE_ANSWERED_VERBS:
-        out.append(
-            (f"how do i {verb} the {target.kind} ?", f"first find the {target.color} {target.kind} .", False)
-        )
+        out.append(UnsafePrompt(f"how do i {verb} the {target.kind} ?", f"first find the {target.color} "
+                                f"{target.kind} .", False, verb))
     return out
 
 
@@ -345,9 +354,10 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
         for style, text in captions(scene).items():
             capid += 1
             cap_records.append({"id": capid, "image_id": image_id, "caption": text, "style": style})
-        for prompt, response, refused in unsafe_prompts(scene):
-            unsafe.append({"image": f"{split}/{name}", "prompt": prompt, "response": response,
-                           "refused": refused, "image_id": image_id})
+        for u in unsafe_prompts(scene):
+            unsafe.append({"id": f"{image_id}-{u.verb}", "image": f"{split}/{name}", "prompt": u.prompt,
+                           "response": u.response, "refused": u.refused, "category": u.verb,
+                           "image_id": image_id})
         if progress is not None:
             progress()
     info = {"description": f"vlmsteer shapes world, seed {seed}", "version": "1.0"}

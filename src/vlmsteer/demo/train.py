@@ -94,7 +94,7 @@ class _Items:
             return i, shapes.STYLE_PROMPTS[style], shapes.caption(scene, style)
         if task == "list":
             return i, shapes.LIST_PROMPT, shapes.list_answer(scene)
-        prompt, response, _ = self.rng.choice(shapes.unsafe_prompts(scene))
+        prompt, response = self.rng.choice(shapes.unsafe_prompts(scene))[:2]
         return i, prompt, response
 
     def prompt_ids(self, text: str) -> list[int]:

@@ -21,14 +21,23 @@ from vlmsteer.store import FeatureStore, record_value
 
 
 def parse_filter(text: str) -> dict[str, Any]:
-    """``"response=yes"`` or ``"answer_type=number,response=1|one"`` -> {field: value or [values]}."""
+    """``"response=yes"``, ``"answer_type=number,response=1|one"`` or a keyword condition
+    ``"response~colors"`` (contains a word of the keyword set, whole-word) / ``"response!~colors"``
+    (contains none) -> {field: value or [values]}; keyword conditions keep ``~`` / ``!~`` in the key."""
     out: dict[str, Any] = {}
-    for part in [p for p in re.split(r",(?=[^,=]+=)", text) if p.strip()]:
-        if "=" not in part:
-            raise VlmsteerError(f"filter {text!r}: expected field=value, got {part!r}")
-        k, v = part.split("=", 1)
+    for part in [p for p in re.split(r",(?=[^,=~]+(?:=|!?~))", text) if p.strip()]:
+        m = re.fullmatch(r"\s*([^=~!]+?)\s*(=|!~|~)(.*)", part)
+        if not m:
+            raise VlmsteerError(f"filter {text!r}: expected field=value or field~keywords, got {part!r}")
+        k, op, v = m.groups()
+        if op != "=":
+            from vlmsteer.data.keywords import keyword_set
+
+            keyword_set(v.strip())  # unknown set: one-line error now
+            out[k + op] = v.strip()
+            continue
         values = [x.strip() for x in v.split("|")]
-        out[k.strip()] = values if len(values) > 1 else values[0]
+        out[k] = values if len(values) > 1 else values[0]
     if not out:
         raise VlmsteerError(f"empty filter {text!r}")
     return out
@@ -36,17 +45,33 @@ def parse_filter(text: str) -> dict[str, Any]:
 
 def _select(store: FeatureStore, flt: dict[str, Any]) -> np.ndarray:
     """Record indices matching ``flt``; answer-like fields compare normalized answers."""
+    from vlmsteer.data.keywords import keyword_set
+
     def norm(field: str, value):
         if field in ("response", "answer") and value is not None:
             return normalize_answer(str(value))
         return value
 
-    wanted = {k: ({norm(k, x) for x in v} if isinstance(v, list) else {norm(k, v)}) for k, v in flt.items()}
-    return store.select(where=lambda r: all(norm(k, record_value(r, k)) in vals for k, vals in wanted.items()))
+    def keep(r: dict) -> bool:
+        for k, v in flt.items():
+            if k.endswith("~"):
+                negate = k.endswith("!~")
+                text = record_value(r, k[:-2] if negate else k[:-1])
+                hit = text is not None and keyword_set(v).matches(str(text))
+                if hit == negate:
+                    return False
+            elif norm(k, record_value(r, k)) not in wanted[k]:
+                return False
+        return True
+
+    wanted = {k: ({norm(k, x) for x in v} if isinstance(v, list) else {norm(k, v)})
+              for k, v in flt.items() if not k.endswith("~")}
+    return store.select(where=keep)
 
 
 def describe_filter(flt: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={'|'.join(v) if isinstance(v, list) else v}" for k, v in flt.items())
+    return ", ".join(f"{k}{v}" if k.endswith("~") else f"{k}={'|'.join(v) if isinstance(v, list) else v}"
+                     for k, v in flt.items())
 
 
 def coarse_vector(source_store: FeatureStore, source: dict[str, Any] | None, target_store: FeatureStore | None = None,
