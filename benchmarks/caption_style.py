@@ -18,6 +18,7 @@ alphas; reported: style share, every-shape mention, CIDEr (pycocoevalcap), capti
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -39,6 +40,8 @@ def main() -> None:
     ap.add_argument("--layers", default="1,2")
     ap.add_argument("--alphas", default="2,4,8")
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--styles", default=",".join(STYLES))
+    ap.add_argument("--regions", default="generated", help="comma-separated steering regions")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -54,6 +57,7 @@ def main() -> None:
     vlm = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")]
     alphas = [float(x) for x in args.alphas.split(",")]
+    regions = args.regions.split(",")
     tmp = Path(tempfile.mkdtemp())
     shapes.write_dataset(tmp / "heldout", args.n_scenes, seed=7)
     shapes.write_dataset(tmp / "build", args.build_scenes, seed=8)
@@ -74,39 +78,38 @@ def main() -> None:
                         for c in build for st in ["plain", *STYLES]]
     prompted, _ = extract(vlm, prompted_samples, tmp / "prompted", cfg, progress=False)
     rows = []
-    for style in STYLES:
+    for style in args.styles.split(","):
         vectors = {
             "own": coarse_vector(own, {"response!~": style}, target={"response~": style}, layers=layers),
             "prompted": coarse_vector(prompted, {"meta.style": "plain"}, target={"meta.style": style},
                                       layers=layers),
         }
         for source, vec in vectors.items():
-            for layer in layers:
-                for alpha in alphas:
-                    caps = run_captions(vlm, held, max_new_tokens=args.tokens, batch_size=64, progress=False,
-                                        context=lambda b, v=vec, l=layer, a=alpha: steer(
-                                            vlm, v, b, alpha=a, layers=[l], region="generated"))
-                    rep = evaluate_captions(held, caps)
-                    cmp = compare_caption_runs(base, caps, base_rep, rep)
-                    rows.append({"style": style, "vector": source, "layer": layer, "alpha": alpha,
-                                 "vector_samples": vec.n_source + vec.n_target,
-                                 "share_before": base_rep.style_share[style], "share_after": rep.style_share[style],
-                                 "every_shape_before": every_shape(base), "every_shape_after": every_shape(caps),
-                                 "cider_before": base_rep.cider, "cider_after": rep.cider,
-                                 "captions_changed": cmp["captions_changed"],
-                                 "other_styles_after": {s: rep.style_share[s] for s in STYLES if s != style},
-                                 "example": next((c for b, c in zip(base, caps) if b != c), None)})
-                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "example"}), flush=True)
+            for layer, alpha, region in itertools.product(layers, alphas, regions):
+                caps = run_captions(vlm, held, max_new_tokens=args.tokens, batch_size=64, progress=False,
+                                    context=lambda b, v=vec, l=layer, a=alpha, r=region: steer(
+                                        vlm, v, b, alpha=a, layers=[l], region=r))
+                rep = evaluate_captions(held, caps)
+                cmp = compare_caption_runs(base, caps, base_rep, rep)
+                rows.append({"style": style, "vector": source, "layer": layer, "alpha": alpha, "region": region,
+                             "vector_samples": vec.n_source + vec.n_target,
+                             "share_before": base_rep.style_share[style], "share_after": rep.style_share[style],
+                             "every_shape_before": every_shape(base), "every_shape_after": every_shape(caps),
+                             "cider_before": base_rep.cider, "cider_after": rep.cider,
+                             "captions_changed": cmp["captions_changed"],
+                             "other_styles_after": {s: rep.style_share[s] for s in STYLES if s != style},
+                             "example": next((c for b, c in zip(base, caps) if b != c), None)})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "example"}), flush=True)
     best = {}
-    for style in STYLES:
+    for style in args.styles.split(","):
         cands = [r for r in rows if r["style"] == style]
         best[style] = max(cands, key=lambda r: (r["share_after"] - r["share_before"], r["cider_after"]))
     result = {"model": args.model, "held_out_images": len(held), "baseline": base_rep.to_dict(),
               "baseline_every_shape": every_shape(base), "rows": rows, "best": best}
-    print("\n| style | vector | layer | α | style share | every shape named | CIDEr | captions changed |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| style | vector | layer | region | α | style share | every shape named | CIDEr | captions changed |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['style']} | {r['vector']} | {r['layer']} | {r['alpha']:g} | "
+        print(f"| {r['style']} | {r['vector']} | {r['layer']} | {r['region']} | {r['alpha']:g} | "
               f"{r['share_before']:.1f} → {r['share_after']:.1f} | {r['every_shape_before']:.1f} → "
               f"{r['every_shape_after']:.1f} | {r['cider_before']:.3f} → {r['cider_after']:.3f} | "
               f"{r['captions_changed']} |")

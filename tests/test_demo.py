@@ -38,10 +38,15 @@ def test_reduced_demo_writes_the_page(tmp_path):
     assert main(["demo", "--out", str(out), "--n-scenes", "30"]) == 0
     page = (out / "index.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
-    for section in ("Baseline VQA accuracy", "Baseline captions", "Yes → No", "Steering captions"):
+    for section in ("Baseline VQA accuracy", "Baseline captions", "Yes → No", "Steering captions",
+                    "Neutralizing an attribute", "Refusal steering", "Linear separability"):
         assert section in page
     assert summary["vqa"]["n"] > 200
     assert summary["yes_to_no"]["fine_grained"]["source"]["before"] > 0
-    assert summary["caption_style"]["before"]["n"] == 30
+    assert set(summary["caption_styles"]) == {"colors", "places", "sentiments"}
+    assert summary["caption_styles"]["colors"]["best"]["cider_before"] > 0
+    assert summary["safety"]["harmful_prompts"] == 30 * 4
+    assert len(summary["separability"]["layers"]) == 4
+    assert (out / "separability" / "pca_layers.png").exists()
     assert (out / "vectors" / "yes-to-no.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["model_id"] == "shapes-llava"

@@ -143,3 +143,23 @@ def test_bad_vectors_and_options_exit_2(tiny_folder, tmp_path, capsys):
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], err
+
+
+def test_keyword_filters_split_a_store_by_style(tmp_path):
+    import numpy as np
+
+    from vlmsteer.steer.builders import coarse_vector, parse_filter
+    from vlmsteer.store import FeatureStore, StoreWriter
+
+    responses = ["a red circle", "a circle", "a blue square on the beach", "a square"]
+    w = StoreWriter(tmp_path / "s", {"hidden_size": 2, "layers": [0], "num_layers": 1})
+    w.write_shard([{"id": str(i), "response": r} for i, r in enumerate(responses)],
+                  {0: np.array([[1, 0], [0, 0], [3, 0], [0, 2]], np.float32)})
+    w.finish()
+    store = FeatureStore.open(tmp_path / "s")
+    assert parse_filter("response!~colors,meta.style=plain") == {"response!~": "colors", "meta.style": "plain"}
+    vec = coarse_vector(store, parse_filter("response!~colors"), target=parse_filter("response~colors"))
+    assert vec.vectors[0].tolist() == [2.0, -1.0]  # mean(with colours) - mean(without)
+    assert vec.n_source == 2 and vec.n_target == 2
+    with pytest.raises(VlmsteerError, match="unknown keyword set 'smells'"):
+        parse_filter("response~smells")

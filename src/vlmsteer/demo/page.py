@@ -10,7 +10,6 @@ from vlmsteer.report import image_data_uri, render
 def write_page(out: Path, summary: dict) -> Path:
     examples = {
         "questions": [{**e, "img": image_data_uri(e["image"])} for e in summary["examples"]["questions"]],
-        "captions": [{**e, "img": image_data_uri(e["image"])} for e in summary["examples"]["captions"]],
     }
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                    if p.is_file() and p.suffix in (".json", ".jsonl", ".safetensors", ".html")

@@ -8,8 +8,14 @@ Stages (each writes its own folder with ``run.json`` and JSON results):
 3. captions  baseline captions: every shape mentioned, style shares;
 4. yes->no   a coarse steering vector (mean "no" features - mean "yes" features at the last
              prompt token), applied to held-out questions: answers moved, accuracy per type;
-5. style     a caption-style vector (colour captions - plain captions, mean over response
-             tokens), applied to generated tokens: style shares before/after;
+5. styles    caption-style vectors (colours, places, sentiments: the model's captions when
+             asked for the style - its plain captions, mean over response tokens): style
+             shares, every-shape mention and CIDEr before/after;
+6. neutral   colour words steered away (the shapes world's stand-in for gendered words),
+             coarse vs fine-grained (only where the "colour caption" concept is active);
+7. safety    a refusal vector (refused - answered harmful prompts): attack success rate on
+             held-out harmful prompts, over-refusal on ordinary questions;
+8. layers    linear separability of answer concepts per layer (probe + PCA plot);
 
 and one HTML page (``index.html``) linking every report.
 """
@@ -22,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
-from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.shapes_captions import caption_report, load_scenes
-from vlmsteer.evaluate.vqa import compare_runs
+from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa
 from vlmsteer.evaluate.vqa_run import run_vqa, write_vqa_outputs
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
@@ -48,10 +53,16 @@ class DemoSettings:
     batch_size: int = 64
     yes_no_alpha: float = 1.0
     yes_no_region: str = "last_prompt"
-    style: str = "colors"
-    style_layer: int = 2
-    style_alpha: float = 4.0
-    style_region: str = "generated"
+    # style -> (layer, alphas, region), from the sweep of benchmarks/caption_style.py; the page shows
+    # the alpha with the best CIDEr among those raising the style's share by >= 30 points
+    styles: dict = field(default_factory=lambda: {"colors": (3, (5.0, 6.0), "generated"),
+                                                  "places": (3, (5.0, 6.0), "generated"),
+                                                  "sentiments": (2, (4.0, 5.0), "generated")})
+    neutral_layer: int = 2
+    neutral_alpha: float = 6.0
+    refusal_layer: int = 2
+    refusal_alpha: float = 1.0
+    refusal_benign: int = 800  # ordinary held-out questions checked for over-refusal
     caption_tokens: int = 32
     timings: dict = field(default_factory=dict)
 
@@ -102,7 +113,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     t0 = time.perf_counter()
     build_questions = load_vqav2(build)[:s.vector_samples]
     store, _ = extract(vlm, build_questions, out / "features-questions",
-                       ExtractConfig(layers=[last], selector=Selector("last_prompt"), batch_size=s.batch_size),
+                       ExtractConfig(layers=list(range(vlm.num_layers)), selector=Selector("last_prompt"),
+                                     batch_size=s.batch_size),
                        dataset={"format": "vqav2", "path": str(build)}, progress=progress)
     vec = coarse_vector(store, {"answer": "yes"}, target={"answer": "no"}, layers=[last])
     vec.save(out / "vectors" / "yes-to-no.safetensors")
@@ -128,38 +140,59 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
                      "coarse": runs["coarse"][2], "fine_grained": runs["fine-grained"][2]}
     _stage(s, "Yes->No steering", t0)
 
-    # -- caption style: vector from the model's own captions when asked for a style vs plain captions
-    t0 = time.perf_counter()
+    # -- caption styles, neutralization, refusal, separability
+    from vlmsteer import applications as apps
+    from vlmsteer.data import load_jsonl
+    from vlmsteer.data.keywords import COLORS
+    from vlmsteer.evaluate.shapes_captions import mentions_every_shape
+
+    g = apps.Generation(batch_size=s.batch_size, max_new_tokens=s.caption_tokens, progress=progress)
     build_caps = load_coco_captions(build, prompt=shapes.CAPTION_PROMPT)
-    styled = [Sample(f"{c.id}-{st}", c.image, shapes.STYLE_PROMPTS[st], meta={"style": st})
-              for c in build_caps for st in (s.style, "plain")]
-    cfg = ExtractConfig(layers=[s.style_layer], selector=Selector("mean_response"), mode="generate",
-                        max_new_tokens=s.caption_tokens, batch_size=s.batch_size)
-    style_store, _ = extract(vlm, styled, out / f"features-{s.style}-vs-plain", cfg, progress=progress)
-    style_vec = coarse_vector(style_store, {"meta.style": "plain"}, target={"meta.style": s.style},
-                              layers=[s.style_layer])
-    style_vec.source, style_vec.target = "plain captions", f"{s.style} captions"
-    style_vec.save(out / "vectors" / f"plain-to-{s.style}.safetensors")
-    style_region = Region.parse(s.style_region)
-    steered_caps = [r.text for r in generate_responses(
-        vlm, caps, batch_size=s.batch_size, max_new_tokens=s.caption_tokens, progress=progress,
-        description="steered captioning",
-        context=lambda b: steer(vlm, style_vec, b, alpha=s.style_alpha, region=style_region))]
-    caption_steered = caption_report(steered_caps, cap_scenes, [c.captions for c in caps])
-    style_result = {"style": s.style, "alpha": s.style_alpha, "layer": s.style_layer, "region": style_region.value,
-                    "vector_samples": style_vec.n_source + style_vec.n_target,
-                    "before": caption_base, "after": caption_steered,
-                    "captions_changed": sum(a != b for a, b in zip(base_caps, steered_caps))}
-    _write_json(out / "captions-style" / "metrics.json", style_result)
-    _write_jsonl(out / "captions-style" / "captions.jsonl",
-                 [{"id": c.id, "baseline": a, "steered": b} for c, a, b in zip(caps, base_caps, steered_caps)])
+
+    def every_shape(captions: list[str]) -> dict:
+        return {"every_shape": 100.0 * sum(mentions_every_shape(c, sc) for c, sc in zip(captions, cap_scenes))
+                / max(1, len(captions))}
+
+    t0 = time.perf_counter()
+    styles = {}
+    for style, (layer, alphas, region) in s.styles.items():
+        styles[style] = apps.caption_style(vlm, build_caps, shapes.STYLE_PROMPTS, caps, base_caps, style, layer,
+                                           list(alphas), out / "captions-style", g, quality=every_shape,
+                                           region=region)
+    _write_json(out / "captions-style" / "metrics.json", styles)
     _stage(s, "caption-style steering", t0)
+
+    t0 = time.perf_counter()
+    neutral = apps.neutralize(vlm, build_caps, caps, base_caps, COLORS, s.neutral_layer, s.neutral_alpha,
+                              out / "neutralize", g, faithful=lambda c, i: mentions_every_shape(c, cap_scenes[i]))
+    _write_json(out / "neutralize" / "metrics.json", neutral)
+    _stage(s, "neutralization", t0)
+
+    t0 = time.perf_counter()
+    benign = questions[:s.refusal_benign]
+
+    def benign_ok(preds: list[str]) -> float:
+        return evaluate_vqa(preds, [q.answers for q in benign], [q.answer_type for q in benign]).micro
+
+    safety = apps.refusal(vlm, load_jsonl(build / "unsafe_val2014.jsonl"), build_questions,
+                          load_jsonl(heldout / "unsafe_val2014.jsonl"), benign, s.refusal_layer, s.refusal_alpha,
+                          out / "safety", g, benign_ok=benign_ok)
+    _write_json(out / "safety" / "metrics.json", safety)
+    _stage(s, "refusal steering", t0)
+
+    t0 = time.perf_counter()
+    from vlmsteer.separability import separability, write_separability
+
+    sep = separability(store, label="answer", top=10)
+    write_separability(store, sep, out / "separability")
+    _stage(s, "separability", t0)
 
     s.timings["total"] = round(time.perf_counter() - t_all, 1)
     summary = {"settings": {k: v for k, v in s.__dict__.items() if k != "timings"}, "timings": s.timings,
                "vqa": base_report.to_dict(), "captions": caption_base, "yes_to_no": yes_no_result,
-               "caption_style": style_result,
-               "examples": _examples(caps, base_caps, steered_caps, questions, base_preds, steered_preds)}
+               "caption_styles": styles, "neutralize": neutral, "safety": safety,
+               "separability": sep.to_dict(),
+               "examples": _examples(questions, base_preds, steered_preds)}
     _write_json(out / "summary.json", summary)
     from vlmsteer.demo.page import write_page
 
@@ -168,12 +201,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     return page
 
 
-def _examples(caps, base_caps, steered_caps, questions, base_preds, steered_preds, n=8) -> dict:
-    qs = [{"image": q.image_path, "question": q.prompt, "answer": q.answer, "before": b, "after": a}
-          for q, b, a in zip(questions, base_preds, steered_preds) if b != a][:n]
-    cs = [{"image": c.image_path, "before": b, "after": a} for c, b, a in zip(caps, base_caps, steered_caps)
-          if b != a][:n]
-    return {"questions": qs, "captions": cs}
+def _examples(questions, base_preds, steered_preds, n=8) -> dict:
+    return {"questions": [{"image": q.image_path, "question": q.prompt, "answer": q.answer, "before": b, "after": a}
+                          for q, b, a in zip(questions, base_preds, steered_preds) if b != a][:n]}
 
 
 def _write_json(path: Path, obj) -> None:

@@ -10,8 +10,11 @@ tokens and the same scores (to 1e-6) on a fixture of 100+ images with 5 referenc
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import sys
 from typing import Literal
 
 from vlmsteer.errors import VlmsteerError
@@ -70,8 +73,22 @@ def tokenize_captions(captions: dict[str, list[str]], tokenizer: Tokenizer = "au
     if resolve_tokenizer(tokenizer) == "java":
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+        with _quiet_stderr():  # the Java tokenizer prints a line per call
+            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     return {k: [ptb_tokenize(c) for c in v] for k, v in captions.items()}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def cider(predictions: dict[str, str], references: dict[str, list[str]],

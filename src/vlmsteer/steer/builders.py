@@ -43,7 +43,7 @@ def parse_filter(text: str) -> dict[str, Any]:
     return out
 
 
-def _select(store: FeatureStore, flt: dict[str, Any]) -> np.ndarray:
+def select_records(store: FeatureStore, flt: dict[str, Any]) -> np.ndarray:
     """Record indices matching ``flt``; answer-like fields compare normalized answers."""
     from vlmsteer.data.keywords import keyword_set
 
@@ -85,8 +85,8 @@ def coarse_vector(source_store: FeatureStore, source: dict[str, Any] | None, tar
     if target_store is source_store and (source is None or target is None):
         raise VlmsteerError("with one store, give both a source and a target filter")
     layers = list(layers) if layers is not None else sorted(set(source_store.layers) & set(target_store.layers))
-    src_idx = _select(source_store, source) if source else source_store.select()
-    tgt_idx = _select(target_store, target) if target else target_store.select()
+    src_idx = select_records(source_store, source) if source else source_store.select()
+    tgt_idx = select_records(target_store, target) if target else target_store.select()
     rng = np.random.default_rng(seed)
     if max_samples is not None:
         src_idx = np.sort(rng.permutation(src_idx)[:max_samples])

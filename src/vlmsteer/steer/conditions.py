@@ -49,6 +49,30 @@ class NearestConceptCondition:
         if missing:
             raise VlmsteerError(f"{store.path}: no group of at least {min_count} samples with {field} = "
                                 f"{', '.join(missing)}")
+        return cls.from_groups(store, layer, groups, wanted)
+
+    @classmethod
+    def from_filters(cls, store: FeatureStore, layer: int, filters: dict[str, dict],
+                     active: Sequence[str]) -> "NearestConceptCondition":
+        """One concept per named filter of the store (see ``vlmsteer.steer.builders.parse_filter``),
+        e.g. ``{"colour": {"response~": "colors"}, "plain": {"response!~": "colors"}}``."""
+        from vlmsteer.steer.builders import describe_filter, select_records
+
+        groups = {}
+        for name, flt in filters.items():
+            idx = select_records(store, flt)
+            if len(idx) == 0:
+                raise VlmsteerError(f"{store.path}: no samples for concept {name!r} ({describe_filter(flt)})")
+            groups[name] = [int(i) for i in idx]
+        missing = [a for a in active if a not in groups]
+        if missing:
+            raise VlmsteerError(f"active concept {missing[0]!r} is not one of: {', '.join(groups)}")
+        return cls.from_groups(store, layer, groups, list(active))
+
+    @classmethod
+    def from_groups(cls, store: FeatureStore, layer: int, groups: dict[str, list[int]],
+                    active: Sequence[str]) -> "NearestConceptCondition":
+        """Centroids = mean feature of each group of record indices; steer the ``active`` groups."""
         labels = list(groups)
         feats = store.features(layer, indices=np.concatenate([groups[k] for k in labels]), dtype=np.float64)
         cents, start = [], 0
@@ -56,4 +80,4 @@ class NearestConceptCondition:
             n = len(groups[k])
             cents.append(feats[start:start + n].mean(0))
             start += n
-        return cls(torch.tensor(np.stack(cents), dtype=torch.float32), [labels.index(v) for v in wanted], labels)
+        return cls(torch.tensor(np.stack(cents), dtype=torch.float32), [labels.index(v) for v in active], labels)

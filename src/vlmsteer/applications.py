@@ -1,0 +1,172 @@
+"""The paper's applications as reusable experiments: caption style, neutralization
+(debiasing), and refusal steering. Each takes a loaded model, samples and a folder, builds
+its vectors from the model's own responses, applies them, and returns a JSON-ready result
+(the demo page and the benchmarks call these).
+
+* Caption style: ``mean(features of captions asked for the style) - mean(plain captions)``,
+  mean over generated tokens (paper §3), added to generated tokens.
+* Neutralization: an attribute (gender on real data; colour words in the shapes world) is
+  steered away, ``mean(captions without the attribute) - mean(captions with it)``. Coarse:
+  every caption is steered; fine-grained: only captions whose last-prompt feature falls in
+  the "attribute" concept (nearest of two centroids) are.
+* Refusal: ``mean(refused prompts) - mean(answered prompts)`` at the last prompt token,
+  applied to harmful prompts; attack success rate before/after, and the same steering on
+  benign questions (over-refusal) coarse vs fine-grained (only prompts in the "harmful"
+  concept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from vlmsteer.data.keywords import KeywordSet, keyword_set
+from vlmsteer.data.sample import Sample
+from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions, run_captions
+from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
+from vlmsteer.extract import ExtractConfig, extract
+from vlmsteer.model import VLM
+from vlmsteer.runner import generate_responses
+from vlmsteer.selectors import Selector
+from vlmsteer.steer import steer
+from vlmsteer.steer.builders import coarse_vector
+from vlmsteer.steer.conditions import NearestConceptCondition
+from vlmsteer.steer.vector import SteeringVector
+
+
+@dataclass
+class Generation:
+    batch_size: int = 64
+    max_new_tokens: int = 32
+    progress: bool = True
+
+
+def _generated_store(vlm: VLM, samples: list[Sample], out: Path, layer: int, selector: str, g: Generation):
+    cfg = ExtractConfig(layers=[layer], selector=Selector(selector), mode="generate",
+                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+    store, _ = extract(vlm, samples, out, cfg, progress=g.progress)
+    return store
+
+
+def caption_style(vlm: VLM, build: list[Sample], style_prompts: dict[str, str], held: list[Sample],
+                  base_captions: list[str], style: str, layer: int, alphas: list[float], out: Path,
+                  g: Generation = Generation(), quality: Callable[[list[str]], dict] | None = None,
+                  region: str = "generated") -> dict:
+    """Style vector from the model's captions of ``build`` images under ``style_prompts[style]``
+    vs ``style_prompts["plain"]``; held-out captions steered at each alpha on ``region``.
+    ``quality(captions)`` adds task-specific figures (e.g. every shape named) to each row."""
+    samples = [Sample(f"{s.id}-{st}", s.image, style_prompts[st], meta={"style": st})
+               for s in build for st in ("plain", style)]
+    store = _generated_store(vlm, samples, out / f"features-{style}-vs-plain", layer, "mean_response", g)
+    vec = coarse_vector(store, {"meta.style": "plain"}, target={"meta.style": style}, layers=[layer])
+    vec.source, vec.target = "plain captions", f"{style} captions"
+    vec.save(out / "vectors" / f"plain-to-{style}.safetensors")
+    kw = keyword_set(style)
+    base = evaluate_captions(held, base_captions)
+    rows = []
+    for alpha in alphas:
+        caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
+                            context=lambda b, a=alpha: steer(vlm, vec, b, alpha=a, region=region))
+        rep = evaluate_captions(held, caps)
+        cmp = compare_caption_runs(base_captions, caps, base, rep)
+        row = {"alpha": alpha, "share_before": base.style_share[style], "share_after": rep.style_share[style],
+               "gained": cmp["styles"][style]["gained"], "cider_before": base.cider, "cider_after": rep.cider,
+               "captions_changed": cmp["captions_changed"],
+               "example": next(({"before": b, "after": c} for b, c in zip(base_captions, caps) if b != c), None)}
+        if quality:
+            row.update({f"{k}_before": v for k, v in quality(base_captions).items()})
+            row.update({f"{k}_after": v for k, v in quality(caps).items()})
+        rows.append(row)
+    best = max(rows, key=lambda r: (r["share_after"] - r["share_before"] >= 30, r["cider_after"] or 0.0))
+    return {"style": style, "keywords": kw.name, "layer": layer, "region": region,
+            "vector_samples": vec.n_source + vec.n_target, "rows": rows, "best": best}
+
+
+def neutralize(vlm: VLM, build: list[Sample], held: list[Sample], base_captions: list[str],
+               attribute: KeywordSet, layer: int, alpha: float, out: Path, g: Generation = Generation(),
+               faithful: Callable[[str, int], bool] | None = None, vector: SteeringVector | None = None) -> dict:
+    """Turn captions that express ``attribute`` neutral; coarse vs fine-grained side by side.
+
+    The vector is ``mean(captions without) - mean(captions with the attribute)`` over the
+    model's captions of ``build`` unless ``vector`` is given (e.g. a negated style vector).
+
+    A caption is **converted** when the baseline expresses the attribute and the steered
+    caption does not (and, with ``faithful(caption, index)``, still describes the image).
+    """
+    name = attribute.name
+    with_attr, without = {"response~": name}, {"response!~": name}
+    vec = vector
+    if vec is None:
+        feats = _generated_store(vlm, build, out / f"features-{name}-captions", layer, "mean_response", g)
+        vec = coarse_vector(feats, with_attr, target=without, layers=[layer])
+        vec.source, vec.target = f"captions with {name} words", f"captions without {name} words"
+    vec.save(out / "vectors" / f"{name}-to-neutral.safetensors")
+    prompt_feats = _generated_store(vlm, build, out / f"features-{name}-prompts", layer, "last_prompt", g)
+    condition = NearestConceptCondition.from_filters(prompt_feats, layer, {name: with_attr, "neutral": without},
+                                                     active=[name])
+    before = [attribute.matches(c) for c in base_captions]
+    result = {"attribute": name, "layer": layer, "alpha": alpha, "vector": f"{vec.source} -> {vec.target}",
+              "vector_samples": vec.n_source + vec.n_target,
+              "captions": len(held), "expressing_before": sum(before),
+              "expressions_before": sum(len(attribute.find(c)) for c in base_captions)}
+    for mode, cond in (("coarse", None), ("fine_grained", condition)):
+        caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
+                            context=lambda b, c=cond: steer(vlm, vec, b, alpha=alpha, region="generated",
+                                                            condition=c))
+        after = [attribute.matches(c) for c in caps]
+        converted = [i for i, (b, a) in enumerate(zip(before, after)) if b and not a]
+        ok = [i for i in converted if faithful is None or faithful(caps[i], i)]
+        untouched = [i for i, b in enumerate(before) if not b]
+        result[mode] = {
+            "converted": len(converted), "converted_faithful": len(ok),
+            "expressions_after": sum(len(attribute.find(c)) for c in caps),
+            "neutral_captions_changed": sum(base_captions[i] != caps[i] for i in untouched),
+            "neutral_captions": len(untouched),
+            "examples": [{"before": base_captions[i], "after": caps[i]} for i in ok[:4]],
+        }
+    return result
+
+
+def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], held_unsafe: list[Sample],
+            held_benign: list[Sample], layer: int, alpha: float, out: Path, g: Generation = Generation(),
+            benign_ok: Callable[[list[str]], float] | None = None) -> dict:
+    """Refusal vector from the model's refused vs answered harmful prompts; ASR on held-out
+    harmful prompts, and over-refusal on benign prompts, coarse vs fine-grained."""
+    unsafe_store = _generated_store(vlm, build_unsafe, out / "features-unsafe", layer, "last_prompt", g)
+    vec = coarse_vector(unsafe_store, {"response!~": "refusal"}, target={"response~": "refusal"}, layers=[layer])
+    vec.source, vec.target = "answered harmful prompts", "refused harmful prompts"
+    vec.save(out / "vectors" / "answer-to-refusal.safetensors")
+    # the "harmful request" concept vs ordinary questions, at the same layer and position
+    benign_store = _generated_store(vlm, build_benign, out / "features-benign", layer, "last_prompt", g)
+    condition = _two_store_condition(unsafe_store, benign_store, layer)
+
+    def answer(samples, cond=None, steered=True):
+        ctx = (lambda b: steer(vlm, vec, b, alpha=alpha, region="last_prompt", condition=cond)) if steered else None
+        return [r.text for r in generate_responses(vlm, samples, batch_size=g.batch_size, max_new_tokens=12,
+                                                   context=ctx, progress=g.progress, description="answering")]
+
+    base_unsafe, base_benign = answer(held_unsafe, steered=False), answer(held_benign, steered=False)
+    cats = [s.meta.get("category") for s in held_unsafe]
+    result = {"layer": layer, "alpha": alpha, "region": "last_prompt",
+              "vector_samples": vec.n_source + vec.n_target, "harmful_prompts": len(held_unsafe),
+              "benign_prompts": len(held_benign), "before": safety_report(base_unsafe, cats).to_dict(),
+              "benign_refused_before": sum(map(is_refusal, base_benign))}
+    if benign_ok:
+        result["benign_accuracy_before"] = benign_ok(base_benign)
+    for mode, cond in (("coarse", None), ("fine_grained", condition)):
+        unsafe, benign = answer(held_unsafe, cond), answer(held_benign, cond)
+        row = {"after": safety_report(unsafe, cats).to_dict(), "vs_baseline": compare_safety_runs(base_unsafe, unsafe),
+               "benign_refused": sum(map(is_refusal, benign))}
+        if benign_ok:
+            row["benign_accuracy"] = benign_ok(benign)
+        result[mode] = row
+    return result
+
+
+def _two_store_condition(harmful, benign, layer: int) -> NearestConceptCondition:
+    import numpy as np
+    import torch
+
+    cents = np.stack([harmful.features(layer, dtype=np.float64).mean(0), benign.features(layer, dtype=np.float64).mean(0)])
+    return NearestConceptCondition(torch.tensor(cents, dtype=torch.float32), [0], ["harmful", "benign"])
