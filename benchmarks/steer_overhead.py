@@ -52,9 +52,13 @@ def main() -> None:
 
     run(False), run(True)  # warm-up
     plain, steered = [], []
-    for _ in range(args.repeats):
-        plain.append(run(False))
-        steered.append(run(True))
+    for i in range(args.repeats):  # alternate the order so neither side always runs second
+        if i % 2:
+            steered.append(run(True))
+            plain.append(run(False))
+        else:
+            plain.append(run(False))
+            steered.append(run(True))
     result = {"model": args.model, "batches": len(batches), "batch_size": args.batch_size,
               "new_tokens": args.new_tokens, "unsteered_s": min(plain), "steered_s": min(steered),
               "ratio": min(steered) / min(plain)}

@@ -50,3 +50,27 @@ def test_reduced_demo_writes_the_page(tmp_path):
     assert (out / "separability" / "pca_layers.png").exists()
     assert (out / "vectors" / "yes-to-no.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["model_id"] == "shapes-llava"
+
+
+@pytest.mark.parametrize("question_type,words,k,need", [
+    ("what color is the", ("red", "green", "blue", "yellow", "white", "black"), 6, 5),
+    ("what shape is", ("circle", "square", "triangle", "diamond"), 4, 3),
+])
+def test_answer_concepts_ground_to_distinct_words(tmp_path, question_type, words, k, need):
+    """Issue 5, acceptance 3: K-Means concepts of colour (shape) answers ground to different
+    colour (shape) words first."""
+    from vlmsteer.concepts import KMeansConcepts, ground_text
+    from vlmsteer.data import load_vqav2, shapes
+    from vlmsteer.data.sample import filter_by_fields
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.selectors import Selector
+
+    shapes.write_dataset(tmp_path / "d", 200, seed=11)
+    samples = filter_by_fields(load_vqav2(tmp_path / "d"), {"question_type": question_type})
+    vlm = VLM.load("shapes-llava")
+    last = vlm.num_layers - 1
+    store, _ = extract(vlm, samples, tmp_path / "s", ExtractConfig(layers=[last], selector=Selector("last_prompt"),
+                                                                    batch_size=64), progress=False)
+    concepts = KMeansConcepts(k=k, seed=0).fit(store.features(last))
+    first = [g.words[0] for g in ground_text(vlm, concepts)]
+    assert len(set(first) & set(words)) >= need, first

@@ -572,6 +572,10 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            out: Path = typer.Option(Path("runs/select"), help="Output folder."),
            alpha: float = typer.Option(1.0), region: str = typer.Option("last_prompt"),
            top_n: int = typer.Option(5, help="Answers kept per vector before the 2-means split."),
+           relative_to: str = typer.Option("total", help="Answer increase relative to its baseline count "
+                                                        "('base', (s-b)/(b+1)) or to all answers ('total', "
+                                                        "points of share)."),
+           distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
            seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15)):
     """Rank candidate steering vectors with the paper's selection metric."""
@@ -585,6 +589,8 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     from vlmsteer.steer.vector import load_vectors
 
     region_ = Region.parse(region)
+    if relative_to not in ("base", "total"):
+        raise VlmsteerError(f"--relative-to {relative_to!r}: choose base or total")
     candidates = load_vectors(vectors)
     samples = load_vqav2(data, split=split, limit=limit, seed=seed)
     vlm = _load_model(model)
@@ -598,15 +604,16 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
             steered = [r.text for r in generate_responses(
                 vlm, samples, batch_size=batch_size, max_new_tokens=3, progress=False,
                 context=lambda b, v=vec: steer(vlm, v, b, alpha=alpha, region=region_))]
-            selections.append(selection_score(base, steered, top_n=top_n, name=name))
+            selections.append(selection_score(base, steered, top_n=top_n, name=name, relative_to=relative_to))
             advance(1)
     results = [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
-               for s in rank(selections)]
+               for s in rank(selections, distinct=distinct)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps({"alpha": alpha, "region": region_.value, "n": len(samples),
                                                     "ranking": results}, indent=2))
     write_run_json(out, options=dict(model=model, data=data, vectors=vectors, alpha=alpha, region=region,
-                                     top_n=top_n, limit=limit), seed=seed, model_id=model)
+                                     top_n=top_n, limit=limit, relative_to=relative_to, distinct=distinct),
+                   seed=seed, model_id=model)
     table = Table(title=f"{len(results)} vectors ranked by the selection metric")
     for col in ("rank", "vector", "from", "to", "score", "primary answers"):
         table.add_column(col)

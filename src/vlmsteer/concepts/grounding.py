@@ -14,7 +14,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from vlmsteer.concepts.dictionary import ConceptDictionary
 from vlmsteer.store import FeatureStore
 
-_WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$|^[a-z]$")
+_WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$|^[a-z]$|^[0-9]+$")
 _SPACE_MARKERS = ("Ġ", "▁", " ")
 
 
@@ -29,9 +29,17 @@ class ImageGrounding:
     samples: list[dict] = field(default_factory=list)  # records with "activation"
 
 
+# stopwords that are also common VQA answers stay groundable ("no", "two", "none", ...)
+ANSWER_WORDS = frozenset({"no", "not", "none", "nothing", "nobody", "one", "two", "three", "four", "five", "six",
+                          "seven", "eight", "nine", "ten", "eleven", "twelve", "fifteen", "twenty", "fifty",
+                          "hundred", "top", "bottom", "front", "back", "left", "right", "up", "down", "side"})
+STOPWORDS = ENGLISH_STOP_WORDS - ANSWER_WORDS
+
+
 @lru_cache(maxsize=8)
 def _word_mask(tokenizer) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Which vocabulary entries are real words (no fragments, stopwords, punctuation)."""
+    """Which vocabulary entries are real words (no fragments, stopwords, punctuation); digits
+    and the answer words of :data:`ANSWER_WORDS` count as words."""
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     marked = any(str(t).startswith(_SPACE_MARKERS) for t in vocab if t)
     special = set(getattr(tokenizer, "all_special_tokens", []))
@@ -46,7 +54,8 @@ def _word_mask(tokenizer) -> tuple[np.ndarray, tuple[str, ...]]:
                 continue  # a continuation fragment
             word = tok.lstrip("".join(_SPACE_MARKERS))
         word = word.lower()
-        ok = tok not in special and bool(_WORD.match(word)) and word not in ENGLISH_STOP_WORDS and len(word) > 1
+        ok = (tok not in special and bool(_WORD.match(word)) and word not in STOPWORDS
+              and (len(word) > 1 or word.isdigit()))
         keep[i] = ok
         words.append(word if ok else "")
     return keep, tuple(words)

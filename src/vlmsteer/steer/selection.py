@@ -1,8 +1,10 @@
 """The paper's selection metric for discovering meaningful steering directions.
 
 For a candidate vector: count how often each (normalized) answer occurs with and without
-steering; take the ``top_n`` answers by relative increase ``(steered - base) / (base + 1)``;
-split those increases into two groups with 1-D k-means (k = 2, solved exactly); the group
+steering; take the ``top_n`` answers by relative increase — by default the change of the
+answer's share of all answers, ``100 * (steered - base) / N`` (``relative_to="total"``), or
+relative to its own baseline count, ``(steered - base) / (base + 1)`` (``"base"``, which
+favours answers that were rare and rarely lets a common answer such as "no" rank); split those increases into two groups with 1-D k-means (k = 2, solved exactly); the group
 with the larger total is the primary (target) answers; the score is the gap between the
 mean increase of the primary and of the secondary group. Vectors are ranked by score.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.vqa import normalize_answer
 
 
@@ -45,12 +48,22 @@ def two_means_1d(values: list[float]) -> tuple[list[int], list[int]]:
     return order[:cut], order[cut:]
 
 
+RELATIVE_TO = ("base", "total")
+
+
 def selection_score(base_answers: list[str], steered_answers: list[str], top_n: int = 5,
-                    name: str = "vector") -> Selection:
+                    name: str = "vector", relative_to: str = "total") -> Selection:
+    """``relative_to="base"``: an answer's increase is ``(steered - base) / (base + 1)`` (favours
+    answers that were rare); ``"total"``: ``100 * (steered - base) / N``, the change in the
+    answer's share of all answers in points (lets common answers such as "no" compete)."""
+    if relative_to not in RELATIVE_TO:
+        raise VlmsteerError(f"unknown relative_to {relative_to!r}; choose base or total")
     base = Counter(normalize_answer(a) for a in base_answers)
     steered = Counter(normalize_answer(a) for a in steered_answers)
     answers = sorted(set(base) | set(steered))
-    rel = {a: (steered[a] - base[a]) / (base[a] + 1.0) for a in answers}
+    n = max(1, len(base_answers))
+    rel = {a: ((steered[a] - base[a]) / (base[a] + 1.0) if relative_to == "base" else
+               100.0 * (steered[a] - base[a]) / n) for a in answers}
     top = sorted(answers, key=lambda a: (-rel[a], a))[:top_n]
     vals = [rel[a] for a in top]
     high, low = two_means_1d(vals)
@@ -62,5 +75,16 @@ def selection_score(base_answers: list[str], steered_answers: list[str], top_n: 
                      increases={a: rel[a] for a in top}, counts={a: (base[a], steered[a]) for a in top})
 
 
-def rank(selections: list[Selection]) -> list[Selection]:
-    return sorted(selections, key=lambda s: (-s.score, s.name))
+def rank(selections: list[Selection], distinct: bool = False) -> list[Selection]:
+    """Best first; with ``distinct``, only the best vector per set of primary answers (many
+    concept pairs share a target concept and steer the same way)."""
+    ranked = sorted(selections, key=lambda s: (-s.score, s.name))
+    if not distinct:
+        return ranked
+    seen, out = set(), []
+    for s in ranked:
+        key = tuple(sorted(s.primary))
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out

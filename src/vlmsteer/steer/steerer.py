@@ -54,23 +54,40 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
     with ExitStack() as stack:
         tracker = stack.enter_context(track_positions(vlm.layers[0]))
 
+        generated = region in (Region.GENERATED, Region.ALL)
+        p = batch.prompt_length
+
         def make_edit(layer: int):
             direction = vector.at(layer)
+            cache: dict = {}
 
             def edit(hidden: torch.Tensor, kwargs: dict):
                 t = hidden.shape[1]
-                positions = torch.arange(tracker.offset, tracker.offset + t)
+                start = tracker.offset
+                key = (hidden.dtype, hidden.device)
+                if key not in cache:
+                    cache[key] = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
+                add = cache[key]
+                if start >= p:  # decoding steps: every position is a generated one
+                    if not generated:
+                        return None
+                    if condition is None:
+                        return hidden + add
+                    rows = state["rows"]
+                    if rows is None:
+                        raise VlmsteerError("the steering condition needs the prompt pass first")
+                    return hidden + rows.to(hidden.device)[:, None, None].to(hidden.dtype) * add
+                positions = torch.arange(start, start + t)
                 mask = region_mask(batch, region, positions).to(hidden.device)
                 if condition is not None:
                     if state["rows"] is None:
-                        last = batch.prompt_length - 1
-                        if tracker.offset > last or tracker.offset + t <= last:
+                        last = p - 1
+                        if start > last or start + t <= last:
                             raise VlmsteerError("the steering condition needs the prompt pass first")
-                        state["rows"] = condition(hidden[:, last - tracker.offset].float()).to(torch.bool)
+                        state["rows"] = condition(hidden[:, last - start].float()).to(torch.bool)
                     mask = mask & state["rows"].to(hidden.device)[:, None]
                 if not bool(mask.any()):
                     return None
-                add = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
                 return hidden + mask[..., None].to(hidden.dtype) * add
 
             return edit
