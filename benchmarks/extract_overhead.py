@@ -49,13 +49,12 @@ def timing(model: str, n: int, batch_size: int, repeats: int) -> dict:
     layers = [vlm.num_layers // 2, vlm.num_layers - 1]
     bare_loop(vlm, samples[:batch_size * 2], batch_size)  # warm-up
     t_bare, t_ours = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        bare_loop(vlm, samples, batch_size)
-        t_bare.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ours(vlm, samples, batch_size, layers)
-        t_ours.append(time.perf_counter() - t0)
+    runs = [(t_bare, lambda: bare_loop(vlm, samples, batch_size)), (t_ours, lambda: ours(vlm, samples, batch_size, layers))]
+    for i in range(repeats):  # alternate the order so neither side always runs second
+        for times, fn in (runs if i % 2 == 0 else runs[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return {"n": len(samples), "batch_size": batch_size, "layers": layers, "bare_s": min(t_bare),
             "ours_s": min(t_ours), "ratio": min(t_ours) / min(t_bare)}
 
@@ -81,7 +80,7 @@ def main() -> None:
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

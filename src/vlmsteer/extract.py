@@ -19,7 +19,7 @@ import torch
 
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.hooks import capture_residual
+from vlmsteer.hooks import capture_residual, stop_after
 from vlmsteer.model import Batch, VLM
 from vlmsteer.progress import progress_bar
 from vlmsteer.selectors import Selector, SelectorKind, WordPosition, WordSource, word_token_indices
@@ -154,6 +154,7 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
     resumed = writer.samples_done
     np_dtype = STORE_DTYPES[config.dtype]
     todo = list(samples[resumed:])
+    found = sum(r["found"] for r in FeatureStore.open(out).records) if resumed else 0
     with progress_bar("extracting", len(samples), enabled=progress) as advance:
         advance(resumed)
         for start in range(0, len(todo), config.shard_size):
@@ -162,16 +163,14 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
             records: list[dict] = []
             for b0 in range(0, len(shard), config.batch_size):
                 chunk = shard[b0:b0 + config.batch_size]
-                rows = _extract_batch(vlm, chunk, layers, config)
-                for j, (record, vectors) in enumerate(rows):
-                    records.append(record)
-                    for layer in layers:
-                        feats[layer][b0 + j] = vectors[layer]
+                chunk_records, chunk_feats = _extract_batch(vlm, chunk, layers, config)
+                records.extend(chunk_records)
+                found += sum(r["found"] for r in chunk_records)
+                for layer in layers:
+                    feats[layer][b0:b0 + len(chunk)] = chunk_feats[layer]
                 advance(len(chunk))
             writer.write_shard(records, feats)
-    store = FeatureStore.open(out)
-    found = sum(1 for r in store.records if r["found"])
-    writer.finish(found=found, total=len(store))
+    writer.finish(found=found, total=len(samples))
     if found == 0:
         what = f"the word {config.selector.word!r}" if config.selector.word else "a selected token"
         raise VlmsteerError(f"{out}: empty selection: no sample contains {what} (the store is written and readable)")
@@ -190,22 +189,31 @@ def _extract_batch(vlm: VLM, chunk: Sequence[Sample], layers: list[int], config:
         prompts = [vlm.build_prompt(s.prompt, image=s.image is not None) for s in chunk]
         responses = [response_ids(vlm, p, t) for p, t in zip(prompts, texts)]
     full = append_responses(vlm, prompt_batch, responses)
-    with capture_residual(vlm.layers, layers) as captured:
+    # the forward stops after the deepest captured layer: later layers and logits are not needed
+    with capture_residual(vlm.layers, layers) as captured, stop_after(vlm.layers[max(layers)]):
         vlm.forward(full)
     hidden = {layer: captured[layer][0] for layer in layers}
-    out = []
+    positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
+    found = [bool(pos) and min(pos) >= 0 for pos in positions]
+    features = {}
+    rows = torch.arange(len(chunk))
+    for layer in layers:
+        h = hidden[layer]
+        if all(found) and all(len(pos) == 1 for pos in positions):  # one token per sample: one gather
+            features[layer] = h[rows, torch.tensor([pos[0] for pos in positions])].float().cpu().numpy()
+        else:
+            zero = h.new_zeros(h.shape[-1], dtype=torch.float32)
+            features[layer] = torch.stack([h[i, pos].float().mean(0) if ok else zero
+                                           for i, (pos, ok) in enumerate(zip(positions, found))]).cpu().numpy()
+    records = []
     for i, s in enumerate(chunk):
-        positions = select_positions(vlm, full, config.selector, i, responses[i])
-        found = bool(positions) and min(positions) >= 0
-        vectors = {layer: (hidden[layer][i, positions].float().mean(0).cpu().numpy() if found
-                           else np.zeros(vlm.hidden_size, np.float32)) for layer in layers}
         record = {"id": s.id, "prompt": s.prompt, "response": texts[i], "answers": s.answers,
                   "answer": s.answer, "answer_type": s.answer_type, "question_type": s.question_type,
-                  "image": s.image_path, "found": found, "positions": positions,
+                  "image": s.image_path, "found": found[i], "positions": positions[i],
                   "n_response_tokens": len(responses[i])}
         if s.captions:
             record["captions"] = s.captions
         if s.meta:
             record["meta"] = s.meta
-        out.append((record, vectors))
-    return out
+        records.append(record)
+    return records, features

@@ -43,6 +43,27 @@ def capture_residual(layers: torch.nn.ModuleList, indices: Sequence[int]) -> Ite
             h.remove()
 
 
+class _StopForward(Exception):
+    pass
+
+
+@contextmanager
+def stop_after(layer: torch.nn.Module) -> Iterator[None]:
+    """End the forward pass right after ``layer`` (the later layers and the LM head are
+    skipped); the ``with`` block swallows the stop. Use around a forward whose output is
+    not needed, e.g. when only hooks' captures are."""
+    def hook(module, args, output):
+        raise _StopForward
+
+    h = layer.register_forward_hook(hook)
+    try:
+        yield
+    except _StopForward:
+        pass
+    finally:
+        h.remove()
+
+
 EditFn = Callable[[torch.Tensor, dict], torch.Tensor | None]
 
 
