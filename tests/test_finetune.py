@@ -38,3 +38,14 @@ def test_finetune_adapter_and_merge_give_identical_features(tiny_folder, tmp_pat
     for layer in (0, 2):
         np.testing.assert_allclose(a.features(layer), b.features(layer), rtol=1e-5, atol=1e-5)
     assert not np.allclose(a.features(2), c.features(2))  # fine-tuning changed the features
+
+
+def test_unknown_target_is_a_one_line_error(tmp_path, capsys):
+    from vlmsteer.cli import main
+    from vlmsteer.data import shapes
+
+    shapes.write_dataset(tmp_path / "d", 2, seed=1)
+    assert main(["finetune", "--model", "shapes-llava", "--data", str(tmp_path / "d"), "--format", "coco",
+                 "--target", "captions", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown target 'captions'; choose one of: auto, answer, caption"

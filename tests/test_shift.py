@@ -104,6 +104,9 @@ def test_shift_cli_end_to_end(tmp_path, capsys):
     assert result["main"]["mean_recovery_alpha1"] == pytest.approx(1.0)
     assert result["main"]["mean_recovery_alpha0"] < 1.0
     assert [r["step"] for r in result["evolution"]] == [5, 10] and len(result["ks"]) == 2
+    concept = result["main"]["concepts"][0]
+    assert len(concept["top_samples"]) == min(6, result["main"]["n_common"]) and concept["matched_top_samples"]
+    assert "most activating samples, original model" in (tmp_path / "out" / "report.html").read_text()
     for name in ("report.html", "recovery_vs_alpha.png", "magnitude_consistency.png", "evolution.png"):
         assert (tmp_path / "out" / name).exists()
     capsys.readouterr()

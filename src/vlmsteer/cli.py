@@ -338,14 +338,14 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             device: str = typer.Option("cpu")):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
     from vlmsteer.data import load_samples
-    from vlmsteer.extract import ExtractConfig, Mode, Target
+    from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
     from vlmsteer.runinfo import write_run_json
     from vlmsteer.selectors import Selector
 
     sel = Selector(kind=selector, word=word, source=word_source, position=word_position)
     try:
-        cfg = ExtractConfig(layers=_parse_layers(layer), selector=sel, mode=Mode(mode), target=Target(target),
+        cfg = ExtractConfig(layers=_parse_layers(layer), selector=sel, mode=mode, target=target,
                             batch_size=batch_size, shard_size=shard_size, dtype=store_dtype,
                             max_new_tokens=max_new_tokens)
     except ValueError as exc:

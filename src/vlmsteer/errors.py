@@ -23,3 +23,12 @@ class VlmsteerError(Exception):
 def input_error(path: str | Path, problem: str) -> VlmsteerError:
     """An error about a file: ``<path>: <problem>``."""
     return VlmsteerError(f"{path}: {problem}")
+
+
+def parse_choice(enum_cls, value, what: str):
+    """``enum_cls(value)``, or a one-line error listing the choices."""
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum_cls)
+        raise VlmsteerError(f"unknown {what} {value!r}; choose one of: {choices}") from None

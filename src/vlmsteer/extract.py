@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vlmsteer.data.sample import Sample
-from vlmsteer.errors import VlmsteerError
+from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.hooks import capture_residual, stop_after
 from vlmsteer.model import Batch, VLM
 from vlmsteer.progress import progress_bar
@@ -53,8 +53,8 @@ class ExtractConfig:
     max_new_tokens: int = 32
 
     def __post_init__(self):
-        self.mode = Mode(self.mode)
-        self.target = Target(self.target)
+        self.mode = parse_choice(Mode, self.mode, "mode")
+        self.target = parse_choice(Target, self.target, "target")
         if self.dtype not in STORE_DTYPES:
             raise VlmsteerError(f"unknown store dtype {self.dtype!r}; choose float32 or float16")
         if self.batch_size < 1 or self.shard_size < 1:

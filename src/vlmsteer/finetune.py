@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from vlmsteer.data.sample import Sample
-from vlmsteer.errors import VlmsteerError
+from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.extract import Target, append_responses, response_ids, target_text
 from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
@@ -67,7 +67,7 @@ def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: Finetune
     cfg = cfg or FinetuneConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    items = _expand(samples, Target(cfg.target))
+    items = _expand(samples, parse_choice(Target, cfg.target, "target"))
     if not items:
         raise VlmsteerError("no training samples")
     torch.manual_seed(cfg.seed)

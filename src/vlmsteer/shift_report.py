@@ -13,7 +13,7 @@ import numpy as np
 from vlmsteer.concepts import make_dictionary
 from vlmsteer.concepts.grounding import ground_text, t_overlap
 from vlmsteer.data.keywords import KeywordSet
-from vlmsteer.report import render
+from vlmsteer.report import image_data_uri, render
 from vlmsteer.shift import (aligned_features, consistency, correlations, match_concepts, recovery_cosine,
                             shift_vectors)
 from vlmsteer.store import FeatureStore
@@ -30,6 +30,7 @@ class ShiftConfig:
     alphas: Sequence[float] = DEFAULT_ALPHAS
     seed: int = 0
     top_words: int = 15
+    top_images: int = 6
     keywords: KeywordSet | None = None
     extra: dict = field(default_factory=dict)
 
@@ -65,10 +66,13 @@ def analyse(store_a: FeatureStore, store_b: FeatureStore, cfg: ShiftConfig, vlm=
     gain = np.asarray(at1["cosine"]) - np.asarray(at0["cosine"])
     concepts = []
     target = matching.target_of()
+    top_a = _top_samples(da.encode(a), store_a, common, cfg.top_images)
+    top_b = _top_samples(db.encode(b), store_b, common, cfg.top_images)
     for i in range(cfg.k):
         c = {"index": i, "matched": target.get(i), "size": int((assign == i).sum()),
              "magnitude": float(magnitude[i]), "consistency": float(consist[i]),
-             "recovery_cosine_alpha0": at0["cosine"][i], "recovery_cosine_alpha1": at1["cosine"][i]}
+             "recovery_cosine_alpha0": at0["cosine"][i], "recovery_cosine_alpha1": at1["cosine"][i],
+             "top_samples": top_a[i], "matched_top_samples": top_b[target[i]] if i in target else []}
         if words_a is not None:
             c.update({"words": words_a[i], "matched_words": words_b[target[i]] if i in target else [],
                       "shifted_words": at1["shifted_words"][i],
@@ -84,6 +88,17 @@ def analyse(store_a: FeatureStore, store_b: FeatureStore, cfg: ShiftConfig, vlm=
         "keyword_share_original": (float(np.mean([100.0 * sum(cfg.keywords.matches(w) for w in ws) / max(1, len(ws))
                                                   for ws in words_a])) if (words_a and cfg.keywords) else None),
     }
+
+
+def _top_samples(acts: np.ndarray, store: FeatureStore, ids: list[str], n: int) -> list[list[dict]]:
+    """Per concept, the ``n`` most activating of the aligned samples: id, image, response."""
+    by_id = {r["id"]: r for r in store.records}
+    out = []
+    for k in range(acts.shape[1]):
+        order = np.argsort(-acts[:, k], kind="stable")[:n]
+        out.append([{"id": ids[m], "activation": float(acts[m, k]), "image": by_id[ids[m]].get("image"),
+                     "response": by_id[ids[m]].get("response")} for m in order])
+    return out
 
 
 def evolution(store_a: FeatureStore, checkpoints: dict[int, FeatureStore], cfg: ShiftConfig, vlm=None) -> list[dict]:
@@ -182,7 +197,9 @@ def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg
                              if k not in ("concepts", "recovery")} for l in layers]
     result["plots"] = plots(result, out)
     (out / "shift.json").write_text(json.dumps(result, indent=2))
-    (out / "report.html").write_text(render("shift.html.j2", r=result))
+    thumbs = {s["image"]: image_data_uri(s["image"]) for c in result["main"]["concepts"]
+              for s in c["top_samples"] + c["matched_top_samples"] if s.get("image")}
+    (out / "report.html").write_text(render("shift.html.j2", r=result, thumbs=thumbs))
     return result
 
 
