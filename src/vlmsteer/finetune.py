@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -73,8 +74,10 @@ def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: Finetune
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     targets = lora_target_modules(vlm, cfg.modules)
-    peft_model = get_peft_model(vlm.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=cfg.dropout, target_modules=targets))
+    with warnings.catch_warnings():  # peft reads a transformers attribute deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(vlm.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha,
+                                                          lora_dropout=cfg.dropout, target_modules=targets))
     vlm.model = peft_model
     peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
