@@ -74,3 +74,34 @@ def test_answer_concepts_ground_to_distinct_words(tmp_path, question_type, words
     concepts = KMeansConcepts(k=k, seed=0).fit(store.features(last))
     first = [g.words[0] for g in ground_text(vlm, concepts)]
     assert len(set(first) & set(words)) >= need, first
+
+
+def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
+    """Issue 6, acceptance 4, reduced: concept-pair vectors of a K-Means dictionary of the
+    model's answer features, ranked by the selection metric."""
+    from vlmsteer.concepts import KMeansConcepts
+    from vlmsteer.data import load_vqav2, shapes
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.runner import generate_responses
+    from vlmsteer.selectors import Selector
+    from vlmsteer.steer import steer
+    from vlmsteer.steer.builders import all_concept_shifts
+    from vlmsteer.steer.selection import rank, selection_score
+
+    shapes.write_dataset(tmp_path / "build", 80, seed=12)
+    shapes.write_dataset(tmp_path / "held", 30, seed=13)
+    vlm = VLM.load("shapes-llava")
+    last = vlm.num_layers - 1
+    store, _ = extract(vlm, load_vqav2(tmp_path / "build"), tmp_path / "s",
+                       ExtractConfig(layers=[last], selector=Selector("last_prompt"), batch_size=64), progress=False)
+    concepts = KMeansConcepts(k=12, seed=0).fit(store.features(last))
+    held = load_vqav2(tmp_path / "held")[:200]
+    base = [r.text for r in generate_responses(vlm, held, batch_size=100, max_new_tokens=3, progress=False)]
+    selections = []
+    for name, vec in all_concept_shifts(concepts.components_, layer=last).items():
+        steered = [r.text for r in generate_responses(vlm, held, batch_size=100, max_new_tokens=3, progress=False,
+                                                      context=lambda b, v=vec: steer(vlm, v, b, region="last_prompt"))]
+        selections.append(selection_score(base, steered, name=name))
+    top = [s.primary for s in rank(selections, distinct=True)[:5]]
+    colours = {"red", "green", "blue", "yellow", "white", "black"}
+    assert ["no"] in top and any(len(p) == 1 and p[0] in colours for p in top), top
