@@ -102,20 +102,29 @@ def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coc
 
 
 # --------------------------------------------------------------------------- eval
+# options shared by the evaluation commands (typer reads these as defaults)
+_VECTOR = typer.Option(None, help="Steering vector file (.safetensors).")
+_NAME = typer.Option(None, help="Vector name, for files holding several.")
+_ALPHA = typer.Option(1.0, help="Steering strength.")
+_LAYERS = typer.Option(None, help="Layer(s) to steer (default: the vector's).")
+_BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
+_LIMIT = typer.Option(None, help="Evaluate a seeded random subset.")
+
+
 @eval_app.command("vqa")
 def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="VQAv2 folder (official layout)."),
              split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
-             limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
+             limit: Optional[int] = _LIMIT,
              seed: int = typer.Option(0), batch_size: int = typer.Option(32),
              max_new_tokens: int = typer.Option(8), adapter: Optional[Path] = typer.Option(None),
-             vector: Optional[Path] = typer.Option(None, help="Steering vector file (.safetensors)."),
-             name: Optional[str] = typer.Option(None, help="Vector name, for files holding several."),
-             alpha: float = typer.Option(1.0, help="Steering strength."),
-             layer: Optional[list[str]] = typer.Option(None, help="Layer(s) to steer (default: the vector's)."),
+             vector: Optional[Path] = _VECTOR,
+             name: Optional[str] = _NAME,
+             alpha: float = _ALPHA,
+             layer: Optional[list[str]] = _LAYERS,
              region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
-             baseline: Optional[Path] = typer.Option(None, help="Unsteered run folder to compare against."),
+             baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
              target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
              dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
@@ -163,15 +172,15 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
                   prompt: Optional[str] = typer.Option(None, help="Caption prompt (default: the loader's)."),
                   out: Path = typer.Option(Path("runs/eval-captions"), help="Output folder."),
-                  limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
+                  limit: Optional[int] = _LIMIT,
                   seed: int = typer.Option(0), batch_size: int = typer.Option(32),
                   max_new_tokens: int = typer.Option(32), adapter: Optional[Path] = typer.Option(None),
-                  vector: Optional[Path] = typer.Option(None, help="Steering vector file (.safetensors)."),
-                  name: Optional[str] = typer.Option(None, help="Vector name, for files holding several."),
-                  alpha: float = typer.Option(1.0, help="Steering strength."),
-                  layer: Optional[list[str]] = typer.Option(None, help="Layer(s) to steer (default: the vector's)."),
+                  vector: Optional[Path] = _VECTOR,
+                  name: Optional[str] = _NAME,
+                  alpha: float = _ALPHA,
+                  layer: Optional[list[str]] = _LAYERS,
                   region: str = typer.Option("generated", help="prompt, image, text, last_prompt, generated or all."),
-                  baseline: Optional[Path] = typer.Option(None, help="Unsteered run folder to compare against."),
+                  baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
                                                              "installed), java or python."),
                   dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
@@ -221,19 +230,19 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 fmt: str = typer.Option("mm-safetybench", "--format", help="mm-safetybench, figstep or jsonl."),
                 image_type: str = typer.Option("SD_TYPO", help="MM-SafetyBench image type: SD, SD_TYPO or TYPO."),
                 out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
-                limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset."),
+                limit: Optional[int] = _LIMIT,
                 seed: int = typer.Option(0), batch_size: int = typer.Option(16),
                 max_new_tokens: int = typer.Option(64), adapter: Optional[Path] = typer.Option(None),
-                vector: Optional[Path] = typer.Option(None, help="Steering vector file (.safetensors)."),
-                name: Optional[str] = typer.Option(None, help="Vector name, for files holding several."),
-                alpha: float = typer.Option(1.0, help="Steering strength."),
-                layer: Optional[list[str]] = typer.Option(None, help="Layer(s) to steer (default: the vector's)."),
+                vector: Optional[Path] = _VECTOR,
+                name: Optional[str] = _NAME,
+                alpha: float = _ALPHA,
+                layer: Optional[list[str]] = _LAYERS,
                 region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
-                baseline: Optional[Path] = typer.Option(None, help="Unsteered run folder to compare against."),
+                baseline: Optional[Path] = _BASELINE,
                 dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
     from vlmsteer.data import DataFormat, load_samples
-    from vlmsteer.data.io import read_jsonl
+    from vlmsteer.data.io import read_jsonl, write_run_outputs
     from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
     from vlmsteer.regions import Region
     from vlmsteer.runinfo import write_run_json
@@ -261,12 +270,9 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     metrics = report.to_dict()
     if base is not None:
         metrics["vs_baseline"] = compare_safety_runs(base, responses)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.jsonl", "w") as f:
-        for s, r in zip(samples, responses):
-            f.write(json.dumps({"id": s.id, "prompt": s.prompt, "response": r, "refused": is_refusal(r),
-                                "category": s.meta.get("category"), "image": s.image_path}) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_run_outputs(out, [{"id": s.id, "prompt": s.prompt, "response": r, "refused": is_refusal(r),
+                             "category": s.meta.get("category"), "image": s.image_path}
+                            for s, r in zip(samples, responses)], metrics)
     write_run_json(out, options=dict(model=model, data=data, format=fmt, image_type=image_type, limit=limit,
                                      batch_size=batch_size, max_new_tokens=max_new_tokens, adapter=adapter,
                                      vector=vector, name=name, alpha=alpha, layer=layer, region=region),

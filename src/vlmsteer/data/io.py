@@ -1,4 +1,5 @@
-"""Reading input files with one-line errors that name the file and the problem."""
+"""Reading input files with one-line errors that name the file and the problem, and writing
+a run's outputs (``predictions.jsonl`` + ``metrics.json``)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,11 @@ def require_keys(obj: Any, keys: list[str], path: str | Path, where: str = "top 
     missing = [k for k in keys if k not in obj]
     if missing:
         raise input_error(path, f"missing key(s) {', '.join(map(repr, missing))} at {where}")
+
+
+def write_run_outputs(out: str | Path, predictions: list[dict], metrics: dict) -> None:
+    """``out/predictions.jsonl`` (one object per sample) and ``out/metrics.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from vlmsteer.data.io import write_run_outputs
 from vlmsteer.data.keywords import COLORS, GENDER, PLACES, SENTIMENTS, KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, input_error
@@ -86,16 +86,9 @@ def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_n
 
 def write_caption_outputs(out: str | Path, samples: list[Sample], captions: list[str], report: CaptionReport,
                           extra: dict | None = None) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.jsonl", "w") as f:
-        for s, c, sc in zip(samples, captions, report.per_sample_cider):
-            f.write(json.dumps({"id": s.id, "prompt": s.prompt, "prediction": c, "cider": sc,
-                                "image": s.image_path}) + "\n")
-    metrics = report.to_dict()
-    if extra:
-        metrics.update(extra)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    rows = [{"id": s.id, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
+            for s, c, sc in zip(samples, captions, report.per_sample_cider)]
+    write_run_outputs(out, rows, {**report.to_dict(), **(extra or {})})
 
 
 def read_baseline_captions(baseline: str | Path, samples: list[Sample]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -28,16 +27,11 @@ def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_to
 
 def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
                       extra: dict | None = None) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.jsonl", "w") as f:
-        for s, p, acc in zip(samples, predictions, report.per_sample):
-            f.write(json.dumps({"id": s.id, "prompt": s.prompt, "prediction": p, "answer": s.answer,
-                                "answer_type": s.answer_type, "accuracy": acc, "image": s.image_path}) + "\n")
-    metrics = report.to_dict()
-    if extra:
-        metrics.update(extra)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from vlmsteer.data.io import write_run_outputs
+
+    rows = [{"id": s.id, "prompt": s.prompt, "prediction": p, "answer": s.answer, "answer_type": s.answer_type,
+             "accuracy": acc, "image": s.image_path} for s, p, acc in zip(samples, predictions, report.per_sample)]
+    write_run_outputs(out, rows, {**report.to_dict(), **(extra or {})})
 
 
 def read_predictions(path: str | Path) -> list[dict]:
