@@ -12,7 +12,8 @@ seed 8), in two variants:
 Each is applied to generated tokens of held-out captions (world seed 7) over layers x
 alphas; reported: style share, every-shape mention, CIDEr (pycocoevalcap), captions changed.
 
-    python benchmarks/caption_style.py [--model shapes-llava] [--n-scenes 300] [--json out.json]
+    python benchmarks/caption_style.py [--layers 1,2,3] [--alphas 3,4,5,6] [--regions generated,all]
+                                       [--n-scenes 300] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,27 +38,25 @@ def main() -> None:
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--n-scenes", type=int, default=300)
     ap.add_argument("--build-scenes", type=int, default=300)
-    ap.add_argument("--layers", default="1,2")
-    ap.add_argument("--alphas", default="2,4,8")
+    ap.add_argument("--layers", default="1,2,3")
+    ap.add_argument("--alphas", default="3,4,5,6")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--styles", default=",".join(STYLES))
     ap.add_argument("--regions", default="generated", help="comma-separated steering regions")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    from vlmsteer import applications as apps
     from vlmsteer.data import load_coco_captions, shapes
-    from vlmsteer.data.sample import Sample
-    from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions, run_captions
+    from vlmsteer.evaluate.captions import evaluate_captions, run_captions
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.selectors import Selector
-    from vlmsteer.steer import steer
     from vlmsteer.steer.builders import coarse_vector
 
     vlm = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")]
     alphas = [float(x) for x in args.alphas.split(",")]
-    regions = args.regions.split(",")
     tmp = Path(tempfile.mkdtemp())
     shapes.write_dataset(tmp / "heldout", args.n_scenes, seed=7)
     shapes.write_dataset(tmp / "build", args.build_scenes, seed=8)
@@ -65,47 +64,37 @@ def main() -> None:
     scenes = load_scenes(tmp / "heldout")
     held_scenes = [scenes[s.meta["image_id"]] for s in held]
     build = load_coco_captions(tmp / "build", prompt=shapes.CAPTION_PROMPT)
+    g = apps.Generation(batch_size=64, max_new_tokens=args.tokens, progress=False)
 
-    def every_shape(caps: list[str]) -> float:
-        return 100.0 * sum(mentions_every_shape(c, sc) for c, sc in zip(caps, held_scenes)) / len(caps)
+    def every_shape(caps: list[str]) -> dict:
+        return {"every_shape": 100.0 * sum(mentions_every_shape(c, sc) for c, sc in zip(caps, held_scenes))
+                / len(caps)}
 
     base = run_captions(vlm, held, max_new_tokens=args.tokens, batch_size=64, progress=False)
     base_rep = evaluate_captions(held, base)
-    cfg = ExtractConfig(layers=layers, selector=Selector("mean_response"), mode="generate",
-                        max_new_tokens=args.tokens, batch_size=64)
-    own, _ = extract(vlm, build, tmp / "own", cfg, progress=False)
-    prompted_samples = [Sample(f"{c.id}-{st}", c.image, shapes.STYLE_PROMPTS[st], meta={"style": st})
-                        for c in build for st in ["plain", *STYLES]]
-    prompted, _ = extract(vlm, prompted_samples, tmp / "prompted", cfg, progress=False)
+    own, _ = extract(vlm, build, tmp / "own", ExtractConfig(layers=layers, selector=Selector("mean_response"),
+                                                           mode="generate", max_new_tokens=args.tokens,
+                                                           batch_size=64), progress=False)
     rows = []
     for style in args.styles.split(","):
         vectors = {
             "own": coarse_vector(own, {"response!~": style}, target={"response~": style}, layers=layers),
-            "prompted": coarse_vector(prompted, {"meta.style": "plain"}, target={"meta.style": style},
-                                      layers=layers),
+            "prompted": apps.style_vector(vlm, build, shapes.STYLE_PROMPTS, style, layers, tmp / "prompted", g),
         }
         for source, vec in vectors.items():
-            for layer, alpha, region in itertools.product(layers, alphas, regions):
-                caps = run_captions(vlm, held, max_new_tokens=args.tokens, batch_size=64, progress=False,
-                                    context=lambda b, v=vec, l=layer, a=alpha, r=region: steer(
-                                        vlm, v, b, alpha=a, layers=[l], region=r))
-                rep = evaluate_captions(held, caps)
-                cmp = compare_caption_runs(base, caps, base_rep, rep)
-                rows.append({"style": style, "vector": source, "layer": layer, "alpha": alpha, "region": region,
-                             "vector_samples": vec.n_source + vec.n_target,
-                             "share_before": base_rep.style_share[style], "share_after": rep.style_share[style],
-                             "every_shape_before": every_shape(base), "every_shape_after": every_shape(caps),
-                             "cider_before": base_rep.cider, "cider_after": rep.cider,
-                             "captions_changed": cmp["captions_changed"],
-                             "other_styles_after": {s: rep.style_share[s] for s in STYLES if s != style},
-                             "example": next((c for b, c in zip(base, caps) if b != c), None)})
-                print(json.dumps({k: v for k, v in rows[-1].items() if k != "example"}), flush=True)
+            for layer, region in itertools.product(layers, args.regions.split(",")):
+                res = apps.caption_style(vlm, vec, held, base, style, layer, alphas, g, quality=every_shape,
+                                         region=region)
+                for r in res["rows"]:
+                    rows.append({"style": style, "vector": source, "layer": layer, "region": region,
+                                 "vector_samples": res["vector_samples"], **r})
+                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "example"}), flush=True)
     best = {}
     for style in args.styles.split(","):
-        cands = [r for r in rows if r["style"] == style]
-        best[style] = max(cands, key=lambda r: (r["share_after"] - r["share_before"], r["cider_after"]))
+        good = [r for r in rows if r["style"] == style and r["share_after"] - r["share_before"] >= 30]
+        best[style] = max(good, key=lambda r: r["cider_after"]) if good else None
     result = {"model": args.model, "held_out_images": len(held), "baseline": base_rep.to_dict(),
-              "baseline_every_shape": every_shape(base), "rows": rows, "best": best}
+              "baseline_every_shape": every_shape(base)["every_shape"], "rows": rows, "best": best}
     print("\n| style | vector | layer | region | α | style share | every shape named | CIDEr | captions changed |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -113,6 +102,11 @@ def main() -> None:
               f"{r['share_before']:.1f} → {r['share_after']:.1f} | {r['every_shape_before']:.1f} → "
               f"{r['every_shape_after']:.1f} | {r['cider_before']:.3f} → {r['cider_after']:.3f} | "
               f"{r['captions_changed']} |")
+    print("\nbest per style (highest CIDEr among settings raising the share by >= 30 points):")
+    for style, r in best.items():
+        print(f"  {style}: " + ("none" if r is None else f"{r['vector']} layer {r['layer']} {r['region']} "
+                                                        f"alpha {r['alpha']:g}: {r['share_before']:.1f} -> "
+                                                        f"{r['share_after']:.1f}, CIDEr {r['cider_after']:.3f}"))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

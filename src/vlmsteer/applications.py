@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vlmsteer.data.keywords import KeywordSet, keyword_set
+import numpy as np
+import torch
+
+from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions, run_captions
 from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
@@ -49,38 +52,50 @@ def _generated_store(vlm: VLM, samples: list[Sample], out: Path, layer: int, sel
     return store
 
 
-def caption_style(vlm: VLM, build: list[Sample], style_prompts: dict[str, str], held: list[Sample],
-                  base_captions: list[str], style: str, layer: int, alphas: list[float], out: Path,
-                  g: Generation = Generation(), quality: Callable[[list[str]], dict] | None = None,
-                  region: str = "generated") -> dict:
-    """Style vector from the model's captions of ``build`` images under ``style_prompts[style]``
-    vs ``style_prompts["plain"]``; held-out captions steered at each alpha on ``region``.
-    ``quality(captions)`` adds task-specific figures (e.g. every shape named) to each row."""
+def style_vector(vlm: VLM, build: list[Sample], style_prompts: dict[str, str], style: str, layers: list[int],
+                 out: Path, g: Generation = Generation()) -> SteeringVector:
+    """``mean(captions asked for the style) - mean(plain captions)`` of the model's captions of
+    ``build`` images (mean over generated tokens), for each of ``layers``."""
     samples = [Sample(f"{s.id}-{st}", s.image, style_prompts[st], meta={"style": st})
                for s in build for st in ("plain", style)]
-    store = _generated_store(vlm, samples, out / f"features-{style}-vs-plain", layer, "mean_response", g)
-    vec = coarse_vector(store, {"meta.style": "plain"}, target={"meta.style": style}, layers=[layer])
+    cfg = ExtractConfig(layers=layers, selector=Selector("mean_response"), mode="generate",
+                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+    store, _ = extract(vlm, samples, out / f"features-{style}-vs-plain", cfg, progress=g.progress)
+    vec = coarse_vector(store, {"meta.style": "plain"}, target={"meta.style": style}, layers=layers)
     vec.source, vec.target = "plain captions", f"{style} captions"
-    vec.save(out / "vectors" / f"plain-to-{style}.safetensors")
-    kw = keyword_set(style)
+    return vec
+
+
+def caption_style(vlm: VLM, vector: SteeringVector, held: list[Sample], base_captions: list[str], style: str,
+                  layer: int, alphas: list[float], g: Generation = Generation(),
+                  quality: Callable[[list[str]], dict] | None = None, region: str = "generated") -> dict:
+    """Held-out captions steered by ``vector`` at ``layer`` on ``region`` for each alpha: the
+    style's share, CIDEr, captions changed; ``quality(captions)`` adds task-specific figures
+    (e.g. every shape named). ``best``: the highest CIDEr among alphas raising the share by
+    >= 30 points (else the largest rise)."""
     base = evaluate_captions(held, base_captions)
     rows = []
     for alpha in alphas:
         caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
-                            context=lambda b, a=alpha: steer(vlm, vec, b, alpha=a, region=region))
+                            context=lambda b, a=alpha: steer(vlm, vector, b, alpha=a, layers=[layer], region=region))
         rep = evaluate_captions(held, caps)
         cmp = compare_caption_runs(base_captions, caps, base, rep)
         row = {"alpha": alpha, "share_before": base.style_share[style], "share_after": rep.style_share[style],
                "gained": cmp["styles"][style]["gained"], "cider_before": base.cider, "cider_after": rep.cider,
                "captions_changed": cmp["captions_changed"],
+               "other_styles_after": {k: v for k, v in rep.style_share.items() if k != style},
                "example": next(({"before": b, "after": c} for b, c in zip(base_captions, caps) if b != c), None)}
         if quality:
             row.update({f"{k}_before": v for k, v in quality(base_captions).items()})
             row.update({f"{k}_after": v for k, v in quality(caps).items()})
         rows.append(row)
-    best = max(rows, key=lambda r: (r["share_after"] - r["share_before"] >= 30, r["cider_after"] or 0.0))
-    return {"style": style, "keywords": kw.name, "layer": layer, "region": region,
-            "vector_samples": vec.n_source + vec.n_target, "rows": rows, "best": best}
+    def rank(r: dict) -> tuple:
+        rise = r["share_after"] - r["share_before"]
+        return (True, r["cider_after"] or 0.0) if rise >= 30 else (False, rise)
+
+    best = max(rows, key=rank)
+    return {"style": style, "layer": layer, "region": region, "vector": f"{vector.source} -> {vector.target}",
+            "vector_samples": vector.n_source + vector.n_target, "rows": rows, "best": best}
 
 
 def neutralize(vlm: VLM, build: list[Sample], held: list[Sample], base_captions: list[str],
@@ -165,8 +180,5 @@ def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], he
 
 
 def _two_store_condition(harmful, benign, layer: int) -> NearestConceptCondition:
-    import numpy as np
-    import torch
-
     cents = np.stack([harmful.features(layer, dtype=np.float64).mean(0), benign.features(layer, dtype=np.float64).mean(0)])
     return NearestConceptCondition(torch.tensor(cents, dtype=torch.float32), [0], ["harmful", "benign"])

@@ -156,9 +156,10 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     t0 = time.perf_counter()
     styles = {}
     for style, (layer, alphas, region) in s.styles.items():
-        styles[style] = apps.caption_style(vlm, build_caps, shapes.STYLE_PROMPTS, caps, base_caps, style, layer,
-                                           list(alphas), out / "captions-style", g, quality=every_shape,
-                                           region=region)
+        vec = apps.style_vector(vlm, build_caps, shapes.STYLE_PROMPTS, style, [layer], out / "captions-style", g)
+        vec.save(out / "vectors" / f"plain-to-{style}.safetensors")
+        styles[style] = apps.caption_style(vlm, vec, caps, base_caps, style, layer, list(alphas), g,
+                                           quality=every_shape, region=region)
     _write_json(out / "captions-style" / "metrics.json", styles)
     _stage(s, "caption-style steering", t0)
 
