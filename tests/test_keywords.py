@@ -20,3 +20,15 @@ def test_subset_filter_keeps_matching_captions():
     sub = filter_samples(samples, keyword_set("colors"))
     assert [s.id for s in sub] == ["1"] and sub[0].captions == ["a red bus"]
     assert samples[0].captions == ["a red bus", "a bus"]  # the input is not modified
+
+
+def test_keyword_conditions_filter_samples():
+    from vlmsteer.data.sample import Sample, filter_by_fields
+    from vlmsteer.steer.builders import parse_filter
+
+    samples = [Sample("a", None, "describe", captions=["a red circle", "a circle"]),
+               Sample("b", None, "describe", captions=["a circle on the beach"]),
+               Sample("c", None, "is it red ?", answers=["yes"], answer_type="yes/no")]
+    assert [s.id for s in filter_by_fields(samples, parse_filter("captions~colors"))] == ["a"]
+    assert [s.id for s in filter_by_fields(samples, parse_filter("captions!~colors"))] == ["b", "c"]
+    assert [s.id for s in filter_by_fields(samples, parse_filter("prompt~colors,answer=yes"))] == ["c"]

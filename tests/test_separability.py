@@ -43,3 +43,13 @@ def test_separability_cli_writes_png_and_json(tmp_path, capsys):
     assert "need at least 2 values of 'nothing'" in capsys.readouterr().err
     with pytest.raises(VlmsteerError, match="layer 5 not in this store"):
         separability(FeatureStore.open(tmp_path / "s"), layers=[5])
+
+
+def test_nan_features_are_a_one_line_error(tmp_path, capsys):
+    w = StoreWriter(tmp_path / "nan", {"hidden_size": 2, "layers": [0], "num_layers": 1})
+    feats = np.ones((12, 2), np.float32)
+    feats[3, 1] = np.nan
+    w.write_shard([{"id": str(i), "answer": "ab"[i % 2]} for i in range(12)], {0: feats})
+    w.finish()
+    assert main(["separability", str(tmp_path / "nan"), "--out", str(tmp_path / "o"), "--folds", "2"]) == 2
+    assert "layer 0 has NaN or infinite features" in capsys.readouterr().err
