@@ -26,9 +26,14 @@ def input_error(path: str | Path, problem: str) -> VlmsteerError:
 
 
 def parse_choice(enum_cls, value, what: str):
-    """``enum_cls(value)``, or a one-line error listing the choices."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(str(m.value) for m in enum_cls)
-        raise VlmsteerError(f"unknown {what} {value!r}; choose one of: {choices}") from None
+    """``value`` as a member of ``enum_cls`` (case-insensitive, '-' read as '_'), or a one-line
+    error listing the choices."""
+    if isinstance(value, enum_cls):
+        return value
+    for candidate in (value, str(value).lower().replace("-", "_")):
+        try:
+            return enum_cls(candidate)
+        except ValueError:
+            pass
+    choices = ", ".join(str(m.value) for m in enum_cls)
+    raise VlmsteerError(f"unknown {what} {value!r}; choose one of: {choices}")

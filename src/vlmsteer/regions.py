@@ -22,15 +22,9 @@ class Region(str, Enum):
 
     @classmethod
     def parse(cls, value: "str | Region") -> "Region":
-        from vlmsteer.errors import VlmsteerError
+        from vlmsteer.errors import parse_choice
 
-        if isinstance(value, Region):
-            return value
-        try:
-            return cls(str(value).lower().replace("-", "_"))
-        except ValueError:
-            names = ", ".join(r.value for r in cls)
-            raise VlmsteerError(f"unknown region {value!r}; choose one of: {names}") from None
+        return parse_choice(cls, value, "region")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from enum import Enum
 
-from vlmsteer.errors import VlmsteerError
+from vlmsteer.errors import VlmsteerError, parse_choice
 
 
 class SelectorKind(str, Enum):
@@ -42,9 +42,9 @@ class Selector:
     position: WordPosition = WordPosition.PREDICTS
 
     def __post_init__(self):
-        object.__setattr__(self, "kind", _enum(SelectorKind, self.kind, "selector"))
-        object.__setattr__(self, "source", _enum(WordSource, self.source, "word source"))
-        object.__setattr__(self, "position", _enum(WordPosition, self.position, "word position"))
+        object.__setattr__(self, "kind", parse_choice(SelectorKind, self.kind, "selector"))
+        object.__setattr__(self, "source", parse_choice(WordSource, self.source, "word source"))
+        object.__setattr__(self, "position", parse_choice(WordPosition, self.position, "word position"))
         if self.kind is SelectorKind.WORD and not (self.word and self.word.strip()):
             raise VlmsteerError("the word selector needs a word (--word)")
         if self.kind is not SelectorKind.WORD and self.word:
@@ -64,15 +64,6 @@ class Selector:
                 if self.position is WordPosition.PREDICTS else \
                 f"position of the word {self.word!r} in the {self.source.value}"
         return self.kind.value.replace("_", " ")
-
-
-def _enum(cls, value, what):
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(str(value).lower().replace("-", "_"))
-    except ValueError:
-        raise VlmsteerError(f"unknown {what} {value!r}; choose one of: {', '.join(v.value for v in cls)}") from None
 
 
 def word_spans(text: str, word: str) -> list[tuple[int, int]]:
