@@ -48,6 +48,8 @@ def test_reduced_demo_writes_the_page(tmp_path):
     assert summary["safety"]["harmful_prompts"] == 30 * 4
     assert len(summary["separability"]["layers"]) == 4
     assert (out / "separability" / "pca_layers.png").exists()
+    for stage in ("vqa-baseline", "captions-style", "neutralize", "safety", "separability"):
+        assert (out / stage / "run.json").exists(), stage
     assert (out / "vectors" / "yes-to-no.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["model_id"] == "shapes-llava"
 

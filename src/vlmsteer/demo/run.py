@@ -161,12 +161,16 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         styles[style] = apps.caption_style(vlm, vec, caps, base_caps, style, layer, list(alphas), g,
                                            quality=every_shape, region=region)
     _write_json(out / "captions-style" / "metrics.json", styles)
+    write_run_json(out / "captions-style", options={"stage": "caption styles", "styles": s.styles}, seed=s.seed,
+                   model_id=s.model)
     _stage(s, "caption-style steering", t0)
 
     t0 = time.perf_counter()
     neutral = apps.neutralize(vlm, build_caps, caps, base_caps, COLORS, s.neutral_layer, s.neutral_alpha,
                               out / "neutralize", g, faithful=lambda c, i: mentions_every_shape(c, cap_scenes[i]))
     _write_json(out / "neutralize" / "metrics.json", neutral)
+    write_run_json(out / "neutralize", options={"stage": "neutralization", "layer": s.neutral_layer,
+                                                "alpha": s.neutral_alpha}, seed=s.seed, model_id=s.model)
     _stage(s, "neutralization", t0)
 
     t0 = time.perf_counter()
@@ -179,6 +183,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
                           load_jsonl(heldout / "unsafe_val2014.jsonl"), benign, s.refusal_layer, s.refusal_alpha,
                           out / "safety", g, benign_ok=benign_ok)
     _write_json(out / "safety" / "metrics.json", safety)
+    write_run_json(out / "safety", options={"stage": "refusal steering", "layer": s.refusal_layer,
+                                            "alpha": s.refusal_alpha, "benign": s.refusal_benign},
+                   seed=s.seed, model_id=s.model)
     _stage(s, "refusal steering", t0)
 
     t0 = time.perf_counter()
@@ -186,6 +193,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
 
     sep = separability(store, label="answer", top=10)
     write_separability(store, sep, out / "separability")
+    write_run_json(out / "separability", options={"stage": "separability", "label": "answer"}, seed=s.seed,
+                   model_id=s.model)
     _stage(s, "separability", t0)
 
     s.timings["total"] = round(time.perf_counter() - t_all, 1)
