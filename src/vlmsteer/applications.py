@@ -6,9 +6,10 @@ its vectors from the model's own responses, applies them, and returns a JSON-rea
 * Caption style: ``mean(features of captions asked for the style) - mean(plain captions)``,
   mean over generated tokens (paper §3), added to generated tokens.
 * Neutralization: an attribute (gender on real data; colour words in the shapes world) is
-  steered away, ``mean(captions without the attribute) - mean(captions with it)``. Coarse:
-  every caption is steered; fine-grained: only captions whose last-prompt feature falls in
-  the "attribute" concept (nearest of two centroids) are.
+  steered away with a paired vector, ``mean(neutral captions) - mean(captions with the
+  attribute)`` of the same images. Coarse: every caption is steered; fine-grained: only
+  captions whose last-prompt feature falls in the "attribute" concept (nearest of two
+  centroids) are.
 * Refusal: ``mean(refused prompts) - mean(answered prompts)`` at the last prompt token,
   applied to harmful prompts; attack success rate before/after, and the same steering on
   benign questions (over-refusal) coarse vs fine-grained (only prompts in the "harmful"
@@ -26,6 +27,7 @@ import torch
 
 from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.data.sample import Sample
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions, run_captions
 from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
 from vlmsteer.extract import ExtractConfig, extract
@@ -98,36 +100,57 @@ def caption_style(vlm: VLM, vector: SteeringVector, held: list[Sample], base_cap
             "vector_samples": vector.n_source + vector.n_target, "rows": rows, "best": best}
 
 
-def neutralize(vlm: VLM, build: list[Sample], held: list[Sample], base_captions: list[str],
-               attribute: KeywordSet, layer: int, alpha: float, out: Path, g: Generation = Generation(),
-               faithful: Callable[[str, int], bool] | None = None, vector: SteeringVector | None = None) -> dict:
-    """Turn captions that express ``attribute`` neutral; coarse vs fine-grained side by side.
+def paired_neutral_vector(vlm: VLM, build: list[Sample], attribute: KeywordSet, neutral_prompt: str, layer: int,
+                          out: Path, g: Generation = Generation()) -> SteeringVector:
+    """``mean(neutral captions) - mean(captions expressing the attribute)`` over the same images:
+    the model captions each ``build`` image with its own prompt and with ``neutral_prompt``;
+    images whose own caption expresses the attribute and whose neutral one does not are kept
+    (mean over generated tokens). Pairing removes what differs between images."""
+    samples = [Sample(f"{s.id}|{kind}", s.image, prompt, meta={"kind": kind, "image": s.id})
+               for s in build for kind, prompt in (("own", s.prompt), ("neutral", neutral_prompt))]
+    cfg = ExtractConfig(layers=[layer], selector=Selector("mean_response"), mode="generate",
+                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+    store, _ = extract(vlm, samples, out / f"features-{attribute.name}-paired", cfg, progress=g.progress)
+    by_image: dict[str, dict[str, int]] = {}
+    for i, r in enumerate(store.records):
+        by_image.setdefault(r["meta"]["image"], {})[r["meta"]["kind"]] = i
+    pairs = [(d["own"], d["neutral"]) for d in by_image.values()
+             if attribute.matches(store.records[d["own"]]["response"])
+             and not attribute.matches(store.records[d["neutral"]]["response"])]
+    if not pairs:
+        raise VlmsteerError(f"no build image has a caption with {attribute.name} words and a neutral one")
+    own = store.features(layer, indices=[a for a, _ in pairs], dtype=np.float64).mean(0)
+    neutral = store.features(layer, indices=[b for _, b in pairs], dtype=np.float64).mean(0)
+    return SteeringVector({layer: torch.tensor(neutral - own, dtype=torch.float32)}, model_id=vlm.model_id,
+                          method="coarse-paired", source=f"captions with {attribute.name} words",
+                          target="neutral captions of the same images", n_source=len(pairs), n_target=len(pairs))
 
-    The vector is ``mean(captions without) - mean(captions with the attribute)`` over the
-    model's captions of ``build`` unless ``vector`` is given (e.g. a negated style vector).
+
+def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list[Sample], base_captions: list[str],
+               attribute: KeywordSet, layer: int, alpha: float, out: Path, g: Generation = Generation(),
+               faithful: Callable[[str, int], bool] | None = None) -> dict:
+    """Turn captions that express ``attribute`` neutral with ``vector`` (e.g. from
+    :func:`paired_neutral_vector`); coarse vs fine-grained side by side. The fine-grained
+    condition is learnt from the model's captions of ``build``: their last-prompt features,
+    grouped by whether the caption expresses the attribute.
 
     A caption is **converted** when the baseline expresses the attribute and the steered
     caption does not (and, with ``faithful(caption, index)``, still describes the image).
     """
     name = attribute.name
     with_attr, without = {"response~": name}, {"response!~": name}
-    vec = vector
-    if vec is None:
-        feats = _generated_store(vlm, build, out / f"features-{name}-captions", layer, "mean_response", g)
-        vec = coarse_vector(feats, with_attr, target=without, layers=[layer])
-        vec.source, vec.target = f"captions with {name} words", f"captions without {name} words"
-    vec.save(out / "vectors" / f"{name}-to-neutral.safetensors")
+    vector.save(out / "vectors" / f"{name}-to-neutral.safetensors")
     prompt_feats = _generated_store(vlm, build, out / f"features-{name}-prompts", layer, "last_prompt", g)
     condition = NearestConceptCondition.from_filters(prompt_feats, layer, {name: with_attr, "neutral": without},
                                                      active=[name])
     before = [attribute.matches(c) for c in base_captions]
-    result = {"attribute": name, "layer": layer, "alpha": alpha, "vector": f"{vec.source} -> {vec.target}",
-              "vector_samples": vec.n_source + vec.n_target,
+    result = {"attribute": name, "layer": layer, "alpha": alpha, "vector": f"{vector.source} -> {vector.target}",
+              "vector_samples": vector.n_source + vector.n_target,
               "captions": len(held), "expressing_before": sum(before),
               "expressions_before": sum(len(attribute.find(c)) for c in base_captions)}
     for mode, cond in (("coarse", None), ("fine_grained", condition)):
         caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
-                            context=lambda b, c=cond: steer(vlm, vec, b, alpha=alpha, region="generated",
+                            context=lambda b, c=cond: steer(vlm, vector, b, alpha=alpha, region="generated",
                                                             condition=c))
         after = [attribute.matches(c) for c in caps]
         converted = [i for i, (b, a) in enumerate(zip(before, after)) if b and not a]

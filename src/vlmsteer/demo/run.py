@@ -11,7 +11,8 @@ Stages (each writes its own folder with ``run.json`` and JSON results):
 5. styles    caption-style vectors (colours, places, sentiments: the model's captions when
              asked for the style - its plain captions, mean over response tokens): style
              shares, every-shape mention and CIDEr before/after;
-6. neutral   colour words steered away (the shapes world's stand-in for gendered words),
+6. neutral   colour words steered away (the shapes world's stand-in for gendered words) by
+             a paired vector (the same images' plain captions - their colour captions),
              coarse vs fine-grained (only where the "colour caption" concept is active);
 7. safety    a refusal vector (refused - answered harmful prompts): attack success rate on
              held-out harmful prompts, over-refusal on ordinary questions;
@@ -59,7 +60,7 @@ class DemoSettings:
                                                   "places": (3, (5.0, 6.0), "generated"),
                                                   "sentiments": (2, (4.0, 5.0), "generated")})
     neutral_layer: int = 2
-    neutral_alpha: float = 6.0
+    neutral_alpha: float = 5.0
     refusal_layer: int = 2
     refusal_alpha: float = 1.0
     refusal_benign: int = 800  # ordinary held-out questions checked for over-refusal
@@ -166,8 +167,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     _stage(s, "caption-style steering", t0)
 
     t0 = time.perf_counter()
-    neutral = apps.neutralize(vlm, build_caps, caps, base_caps, COLORS, s.neutral_layer, s.neutral_alpha,
-                              out / "neutralize", g, faithful=lambda c, i: mentions_every_shape(c, cap_scenes[i]))
+    neutral_vec = apps.paired_neutral_vector(vlm, build_caps, COLORS, shapes.STYLE_PROMPTS["plain"],
+                                             s.neutral_layer, out / "neutralize", g)
+    neutral = apps.neutralize(vlm, neutral_vec, build_caps, caps, base_caps, COLORS, s.neutral_layer,
+                              s.neutral_alpha, out / "neutralize", g,
+                              faithful=lambda c, i: mentions_every_shape(c, cap_scenes[i]))
     _write_json(out / "neutralize" / "metrics.json", neutral)
     write_run_json(out / "neutralize", options={"stage": "neutralization", "layer": s.neutral_layer,
                                                 "alpha": s.neutral_alpha}, seed=s.seed, model_id=s.model)
