@@ -50,6 +50,7 @@ def filter_by_fields(samples: Sequence[Sample], fields: dict[str, Any]) -> list[
     """Samples whose attributes (or ``meta`` entries) equal the given values; a list value
     accepts any of its items. ``answer`` compares VQA-normalized answers. A key ending in ``~``
     (``!~``) keeps samples whose field contains (lacks) a word of the named keyword set."""
+    from vlmsteer.data.keywords import keyword_condition, keyword_condition_holds
     from vlmsteer.evaluate.vqa import normalize_answer
 
     def value(s: Sample, key: str):
@@ -60,24 +61,16 @@ def filter_by_fields(samples: Sequence[Sample], fields: dict[str, Any]) -> list[
         items = want if isinstance(want, list) else [want]
         return {normalize_answer(x) for x in items} if key == "answer" else set(items)
 
-    def keyword_hit(s: Sample, key: str, set_name: str) -> bool:
-        from vlmsteer.data.keywords import keyword_set
-
-        v = value(s, key)
-        texts = v if isinstance(v, list) else [v]
-        return any(t is not None and keyword_set(set_name).matches(str(t)) for t in texts)
+    conditions = {k: keyword_condition(k) for k in fields}
+    wanted = {k: accepted(k, v) for k, v in fields.items() if not conditions[k]}
 
     def keep(s: Sample) -> bool:
         for k, want in fields.items():
-            if k.endswith("!~"):
-                ok = not keyword_hit(s, k[:-2], want)
-            elif k.endswith("~"):
-                ok = keyword_hit(s, k[:-1], want)
-            else:
-                ok = value(s, k) in wanted[k]
+            cond = conditions[k]
+            ok = (keyword_condition_holds(value(s, cond[0]), want, cond[1]) if cond
+                  else value(s, k) in wanted[k])
             if not ok:
                 return False
         return True
 
-    wanted = {k: accepted(k, v) for k, v in fields.items() if not k.endswith("~")}
     return [s for s in samples if keep(s)]

@@ -45,27 +45,26 @@ def parse_filter(text: str) -> dict[str, Any]:
 
 def select_records(store: FeatureStore, flt: dict[str, Any]) -> np.ndarray:
     """Record indices matching ``flt``; answer-like fields compare normalized answers."""
-    from vlmsteer.data.keywords import keyword_set
+    from vlmsteer.data.keywords import keyword_condition, keyword_condition_holds
 
     def norm(field: str, value):
         if field in ("response", "answer") and value is not None:
             return normalize_answer(str(value))
         return value
 
+    conditions = {k: keyword_condition(k) for k in flt}
+    wanted = {k: ({norm(k, x) for x in v} if isinstance(v, list) else {norm(k, v)})
+              for k, v in flt.items() if not conditions[k]}
+
     def keep(r: dict) -> bool:
         for k, v in flt.items():
-            if k.endswith("~"):
-                negate = k.endswith("!~")
-                text = record_value(r, k[:-2] if negate else k[:-1])
-                hit = text is not None and keyword_set(v).matches(str(text))
-                if hit == negate:
-                    return False
-            elif norm(k, record_value(r, k)) not in wanted[k]:
+            cond = conditions[k]
+            ok = (keyword_condition_holds(record_value(r, cond[0]), v, cond[1]) if cond
+                  else norm(k, record_value(r, k)) in wanted[k])
+            if not ok:
                 return False
         return True
 
-    wanted = {k: ({norm(k, x) for x in v} if isinstance(v, list) else {norm(k, v)})
-              for k, v in flt.items() if not k.endswith("~")}
     return store.select(where=keep)
 
 

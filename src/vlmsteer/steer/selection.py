@@ -4,7 +4,8 @@ For a candidate vector: count how often each (normalized) answer occurs with and
 steering; take the ``top_n`` answers by relative increase — by default the change of the
 answer's share of all answers, ``100 * (steered - base) / N`` (``relative_to="total"``), or
 relative to its own baseline count, ``(steered - base) / (base + 1)`` (``"base"``, which
-favours answers that were rare and rarely lets a common answer such as "no" rank); split those increases into two groups with 1-D k-means (k = 2, solved exactly); the group
+favours answers that were rare and rarely lets a common answer such as "no" rank); split
+those increases into two groups with 1-D k-means (k = 2, solved exactly); the group
 with the larger total is the primary (target) answers; the score is the gap between the
 mean increase of the primary and of the secondary group. Vectors are ranked by score.
 """
