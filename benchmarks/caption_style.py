@@ -50,8 +50,6 @@ def main() -> None:
     from vlmsteer.data import load_coco_captions, shapes
     from vlmsteer.evaluate.captions import evaluate_captions, run_captions
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape
-    from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
     from vlmsteer.steer.builders import coarse_vector
 
     vlm = load_model(args.model)
@@ -72,9 +70,7 @@ def main() -> None:
 
     base = run_captions(vlm, held, max_new_tokens=args.tokens, batch_size=64, progress=False)
     base_rep = evaluate_captions(held, base)
-    own, _ = extract(vlm, build, tmp / "own", ExtractConfig(layers=layers, selector=Selector("mean_response"),
-                                                           mode="generate", max_new_tokens=args.tokens,
-                                                           batch_size=64), progress=False)
+    own = apps.generated_store(vlm, build, tmp / "own", layers, "mean_response", g)
     rows = []
     for style in args.styles.split(","):
         vectors = {

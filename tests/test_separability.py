@@ -41,7 +41,7 @@ def test_separability_cli_writes_png_and_json(tmp_path, capsys):
     assert (tmp_path / "o" / "pca_layers.png").stat().st_size > 1000
     assert main(["separability", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--label", "nothing"]) == 2
     assert "need at least 2 values of 'nothing'" in capsys.readouterr().err
-    with pytest.raises(VlmsteerError, match="layer 5 not in this store"):
+    with pytest.raises(VlmsteerError, match="layer 5 is out of range"):
         separability(FeatureStore.open(tmp_path / "s"), layers=[5])
 
 

@@ -112,6 +112,7 @@ def test_shift_cli_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     w = StoreWriter(tmp_path / "wide", {"hidden_size": 9, "layers": [1], "num_layers": 2})
     w.write_shard([{"id": "0", "found": True}], {1: np.ones((1, 9), np.float32)})
+    w.finish()
     assert main(["shift", "--original", str(tmp_path / "a"), "--finetuned", str(tmp_path / "wide"), "-k", "3",
                  "--no-words", "--out", str(tmp_path / "o2")]) == 2
     assert "different hidden sizes" in capsys.readouterr().err

@@ -58,18 +58,128 @@ def test_context_restores_model_even_after_an_exception(tiny_vlm):
     assert [(dict(layer._forward_hooks), dict(layer._forward_pre_hooks)) for layer in vlm.layers] == hooks_before
 
 
+def _generate_capturing_last_layer(vlm, batch, **kwargs):
+    from vlmsteer.hooks import capture_residual
+
+    last = vlm.num_layers - 1
+    with capture_residual(vlm.layers, [last]) as got:
+        tokens = vlm.generate(batch, max_new_tokens=6, **kwargs).tokens
+    return tokens, got[last][0], got[last][1:]
+
+
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "idefics3", "gemma3"])
 @pytest.mark.parametrize("region", [r.value for r in Region])
-def test_kv_cache_equals_no_cache(arch, region, tiny_vlm):
+def test_kv_cache_equals_no_cache_and_steering_acts(arch, region, tiny_vlm):
     vlm = tiny_vlm(arch)
     batch = _batch(vlm)
     assert batch.attention_mask[:, 0].min() == 0  # left padded
     vec = _vector(vlm, scale=6.0)
+    plain, plain_prompt, plain_steps = _generate_capturing_last_layer(vlm, batch)
     with steer(vlm, vec, batch, alpha=1.0, region=region):
-        cached = vlm.generate(batch, max_new_tokens=6, use_cache=True).tokens
+        cached, prompt_pass, steps = _generate_capturing_last_layer(vlm, batch, use_cache=True)
     with steer(vlm, vec, batch, alpha=1.0, region=region):
         uncached = vlm.generate(batch, max_new_tokens=6, use_cache=False).tokens
     assert torch.equal(cached, uncached)
+    # the effect happened where the region says, in every row (the left-padded ones too)
+    r = Region(region)
+    prompt_rows = (prompt_pass - plain_prompt).abs().amax(-1)  # (batch, prompt)
+    region_mask = batch.regions.mask(r)
+    if r is not Region.GENERATED:
+        first = region_mask.int().argmax(1)  # the region's first position in each row
+        assert bool((prompt_rows[torch.arange(len(batch)), first] > 0).all()), region
+        assert bool((prompt_rows[:, : int(first.min())] == 0).all())  # nothing before it moved
+    else:
+        assert torch.equal(prompt_pass, plain_prompt)
+    if r.covers_generated:
+        # the first decoding step reads the same token as in a run that does not steer
+        # generated positions (for ``all``: one that steers only the prompt); its state must differ
+        if r is Region.ALL:
+            with steer(vlm, vec, batch, alpha=1.0, region=Region.PROMPT):
+                plain, _, plain_steps = _generate_capturing_last_layer(vlm, batch)
+        assert torch.equal(cached[:, 0], plain[:, 0])
+        assert bool(((steps[0] - plain_steps[0]).abs().amax(-1) > 0).all()), region
+
+
+@pytest.mark.parametrize("region", [Region.GENERATED, Region.PROMPT])
+def test_generated_region_acts_only_after_the_prompt(region, tiny_vlm):
+    """``generated`` leaves the prompt pass (first token) alone; ``prompt`` leaves the decoding
+    steps alone: the hidden states of generated positions are unchanged."""
+    from vlmsteer.hooks import capture_residual
+
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    layer = vlm.num_layers // 2
+    vec = _vector(vlm, scale=6.0)
+    with steer(vlm, vec, batch, alpha=1.0, region=region), capture_residual(vlm.layers, [layer]) as got:
+        out = vlm.generate(batch, max_new_tokens=4, use_cache=True)
+    prompt_pass, decode_steps = got[layer][0], torch.cat(got[layer][1:], 1)
+    with capture_residual(vlm.layers, [layer]) as base:
+        vlm.forward(batch)
+    changed_prompt = not torch.equal(prompt_pass, base[layer][0])
+    # replay the steered tokens unsteered (uncached): a decoding step was steered iff it differs
+    full = vlm.prepare([shapes.render(shapes.make_scene(9, i)) for i in range(3)], PROMPTS)
+    ids = torch.cat([batch.input_ids, out.tokens[:, :3]], 1)
+    full.inputs = dict(batch.inputs, input_ids=ids,
+                       attention_mask=torch.cat([batch.attention_mask, torch.ones_like(out.tokens[:, :3])], 1))
+    with capture_residual(vlm.layers, [layer]) as replay:
+        vlm.model(**full.inputs)
+    unsteered_decode = replay[layer][0][:, batch.prompt_length:]
+    diff = (decode_steps - unsteered_decode).abs().amax(-1)
+    if region is Region.GENERATED:
+        assert not changed_prompt and bool((diff > 1e-3).all())
+        torch.testing.assert_close(decode_steps - unsteered_decode,
+                                   vec.at(layer).expand_as(decode_steps), atol=1e-4, rtol=1e-4)
+    else:
+        assert changed_prompt and bool((diff < 1e-3).all())
+
+
+def test_position_tracker_counts_tokens_and_refuses_to_guess():
+    from vlmsteer.hooks import PositionError, PositionTracker
+
+    t = PositionTracker(prompt_length=10)
+    assert [t.observe(n) for n in (10, 1, 1, 1)] == [0, 10, 11, 12]  # prompt pass, then cached steps
+    assert t.observe(12) == 0  # an uncached step re-reads the whole sequence
+    assert t.observe(10, cache_length=0) == 0 and t.observe(1, cache_length=10) == 10
+    with pytest.raises(PositionError, match="cache holds 7 tokens"):
+        t.observe(1, cache_length=7)
+    with pytest.raises(PositionError, match="fewer than the 10-token prompt"):
+        PositionTracker(prompt_length=10).observe(1)
+
+
+def test_steering_a_cache_filled_outside_the_context_raises(tiny_vlm):
+    """A decoding step whose prompt pass ran before ``steer`` was entered cannot be placed."""
+    from vlmsteer.hooks import PositionError
+
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    inputs = vlm.model_inputs(batch)
+    import inspect
+
+    cache_arg = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        first = vlm.model(**inputs, use_cache=True)
+        nxt = first.logits[:, -1].argmax(-1, keepdim=True)
+        with steer(vlm, _vector(vlm), batch, alpha=1.0, region=Region.GENERATED):
+            with pytest.raises(PositionError):
+                vlm.model(input_ids=nxt, **{cache_arg: getattr(first, cache_arg, None) or first.past_key_values},
+                          attention_mask=torch.cat([batch.attention_mask, torch.ones_like(nxt)], 1))
+
+
+def test_steering_does_not_read_the_cache_argument_name(tiny_vlm, monkeypatch):
+    """Positions come from counting tokens, so a release that renames (or hides) the cache
+    argument changes nothing: with the cache made invisible to the tracker, cached steered
+    generation still equals uncached."""
+    import vlmsteer.hooks as hooks
+
+    monkeypatch.setattr(hooks, "_cache_length", lambda args, kwargs: None)
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    vec = _vector(vlm, scale=6.0)
+    with steer(vlm, vec, batch, alpha=1.0, region=Region.GENERATED):
+        cached = vlm.generate(batch, max_new_tokens=6, use_cache=True).tokens
+    with steer(vlm, vec, batch, alpha=1.0, region=Region.GENERATED):
+        uncached = vlm.generate(batch, max_new_tokens=6, use_cache=False).tokens
+    assert torch.equal(cached, uncached) and not torch.equal(cached, vlm.generate(batch, max_new_tokens=6).tokens)
 
 
 def test_region_changes_only_its_positions(tiny_vlm):

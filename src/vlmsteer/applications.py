@@ -47,9 +47,11 @@ class Generation:
     progress: bool = True
 
 
-def _generated_store(vlm: VLM, samples: list[Sample], out: Path, layer: int, selector: str, g: Generation):
-    cfg = ExtractConfig(layers=[layer], selector=Selector(selector), mode="generate",
-                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+def generated_store(vlm: VLM, samples: list[Sample], out: Path, layers: list[int], selector: str,
+                    g: Generation, max_new_tokens: int | None = None):
+    """Features of the model's own responses to ``samples`` (generation-mode extraction)."""
+    cfg = ExtractConfig(layers=layers, selector=Selector(selector), mode="generate",
+                        max_new_tokens=max_new_tokens or g.max_new_tokens, batch_size=g.batch_size)
     store, _ = extract(vlm, samples, out, cfg, progress=g.progress)
     return store
 
@@ -60,9 +62,7 @@ def style_vector(vlm: VLM, build: list[Sample], style_prompts: dict[str, str], s
     ``build`` images (mean over generated tokens), for each of ``layers``."""
     samples = [Sample(f"{s.id}-{st}", s.image, style_prompts[st], meta={"style": st})
                for s in build for st in ("plain", style)]
-    cfg = ExtractConfig(layers=layers, selector=Selector("mean_response"), mode="generate",
-                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
-    store, _ = extract(vlm, samples, out / f"features-{style}-vs-plain", cfg, progress=g.progress)
+    store = generated_store(vlm, samples, out / f"features-{style}-vs-plain", layers, "mean_response", g)
     vec = coarse_vector(store, {"meta.style": "plain"}, target={"meta.style": style}, layers=layers)
     vec.source, vec.target = "plain captions", f"{style} captions"
     return vec
@@ -91,11 +91,12 @@ def caption_style(vlm: VLM, vector: SteeringVector, held: list[Sample], base_cap
             row.update({f"{k}_before": v for k, v in quality(base_captions).items()})
             row.update({f"{k}_after": v for k, v in quality(caps).items()})
         rows.append(row)
-    def rank(r: dict) -> tuple:
+
+    def best_key(r: dict) -> tuple:
         rise = r["share_after"] - r["share_before"]
         return (True, r["cider_after"] or 0.0) if rise >= 30 else (False, rise)
 
-    best = max(rows, key=rank)
+    best = max(rows, key=best_key)
     return {"style": style, "layer": layer, "region": region, "vector": f"{vector.source} -> {vector.target}",
             "vector_samples": vector.n_source + vector.n_target, "rows": rows, "best": best}
 
@@ -108,9 +109,7 @@ def paired_neutral_vector(vlm: VLM, build: list[Sample], attribute: KeywordSet, 
     (mean over generated tokens). Pairing removes what differs between images."""
     samples = [Sample(f"{s.id}|{kind}", s.image, prompt, meta={"kind": kind, "image": s.id})
                for s in build for kind, prompt in (("own", s.prompt), ("neutral", neutral_prompt))]
-    cfg = ExtractConfig(layers=[layer], selector=Selector("mean_response"), mode="generate",
-                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
-    store, _ = extract(vlm, samples, out / f"features-{attribute.name}-paired", cfg, progress=g.progress)
+    store = generated_store(vlm, samples, out / f"features-{attribute.name}-paired", [layer], "mean_response", g)
     by_image: dict[str, dict[str, int]] = {}
     for i, r in enumerate(store.records):
         by_image.setdefault(r["meta"]["image"], {})[r["meta"]["kind"]] = i
@@ -140,7 +139,7 @@ def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list
     name = attribute.name
     with_attr, without = {"response~": name}, {"response!~": name}
     vector.save(out / "vectors" / f"{name}-to-neutral.safetensors")
-    prompt_feats = _generated_store(vlm, build, out / f"features-{name}-prompts", layer, "last_prompt", g)
+    prompt_feats = generated_store(vlm, build, out / f"features-{name}-prompts", [layer], "last_prompt", g)
     condition = NearestConceptCondition.from_filters(prompt_feats, layer, {name: with_attr, "neutral": without},
                                                      active=[name])
     before = [attribute.matches(c) for c in base_captions]
@@ -171,12 +170,14 @@ def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], he
             benign_ok: Callable[[list[str]], float] | None = None) -> dict:
     """Refusal vector from the model's refused vs answered harmful prompts; ASR on held-out
     harmful prompts, and over-refusal on benign prompts, coarse vs fine-grained."""
-    unsafe_store = _generated_store(vlm, build_unsafe, out / "features-unsafe", layer, "last_prompt", g)
+    unsafe_store = generated_store(vlm, build_unsafe, out / "features-unsafe", [layer], "last_prompt", g)
     vec = coarse_vector(unsafe_store, {"response!~": "refusal"}, target={"response~": "refusal"}, layers=[layer])
     vec.source, vec.target = "answered harmful prompts", "refused harmful prompts"
     vec.save(out / "vectors" / "answer-to-refusal.safetensors")
-    # the "harmful request" concept vs ordinary questions, at the same layer and position
-    benign_store = _generated_store(vlm, build_benign, out / "features-benign", layer, "last_prompt", g)
+    # the "harmful request" concept vs ordinary questions, at the same layer and position (the
+    # last-prompt feature does not depend on the response: one generated token is enough)
+    benign_store = generated_store(vlm, build_benign, out / "features-benign", [layer], "last_prompt", g,
+                                   max_new_tokens=1)
     condition = _two_store_condition(unsafe_store, benign_store, layer)
 
     def answer(samples, cond=None, steered=True):

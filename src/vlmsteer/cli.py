@@ -102,6 +102,15 @@ def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coc
 
 
 # --------------------------------------------------------------------------- eval
+_ALLOW_PARTIAL = typer.Option(False, "--allow-partial", help="Accept a store whose extraction did not finish.")
+
+
+def _open_store(path: Path, allow_partial: bool = False):
+    from vlmsteer.store import FeatureStore
+
+    return FeatureStore.open(path, allow_partial=allow_partial)
+
+
 # options shared by the evaluation commands (typer reads these as defaults)
 _VECTOR = typer.Option(None, help="Steering vector file (.safetensors).")
 _NAME = typer.Option(None, help="Vector name, for files holding several.")
@@ -302,20 +311,25 @@ def _print_vqa_table(report) -> None:
 
 
 # --------------------------------------------------------------------------- extract
-def _parse_layers(values: list[str]) -> list[int]:
-    layers = []
-    for v in values:
+def _parse_ints(values: str | list[str], option: str = "--layer") -> list[int]:
+    """Integers from repeated and/or comma-separated option values; one-line error otherwise."""
+    numbers = []
+    for v in [values] if isinstance(values, str) else values:
         for part in str(v).split(","):
             part = part.strip()
             if not part:
                 continue
             try:
-                layers.append(int(part))
+                numbers.append(int(part))
             except ValueError:
-                raise VlmsteerError(f"--layer expects integers, got {part!r}") from None
-    if not layers:
-        raise VlmsteerError("give at least one --layer")
-    return layers
+                raise VlmsteerError(f"{option} expects integers, got {part!r}") from None
+    if not numbers:
+        raise VlmsteerError(f"give at least one value for {option}")
+    return numbers
+
+
+def _parse_layers(values: list[str]) -> list[int]:
+    return _parse_ints(values, "--layer")
 
 
 @app.command()
@@ -387,17 +401,14 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              layer: int = typer.Option(-1, help="Layer of the store to use (negative counts from the end)."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
              no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
-             top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0)):
+             top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0),
+             allow_partial: bool = _ALLOW_PARTIAL):
     """Learn concepts from stored features; ground them in words and images; write an HTML report."""
     from vlmsteer.concepts.report import ConceptRun, run_concepts
     from vlmsteer.runinfo import write_run_json
-    from vlmsteer.store import FeatureStore
 
-    st = FeatureStore.open(store)
-    n_layers = int(st.header["num_layers"])
-    absolute = layer if layer >= 0 else n_layers + layer
-    if absolute not in st.layers:
-        raise VlmsteerError(f"{store}: layer {layer} not in this store (layers: {', '.join(map(str, st.layers))})")
+    st = _open_store(store, allow_partial)
+    absolute = st.layer_index(layer)
     vlm = None if no_words else _load_model(model or st.header["model_id"])
     result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
                                              top_images=top_images), vlm=vlm)
@@ -420,13 +431,13 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
                                                               "answer_type, meta.style)."),
                      layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
                      top: int = typer.Option(10, help="Keep the most frequent labels."),
-                     folds: int = typer.Option(5, help="Cross-validation folds."), seed: int = typer.Option(0)):
+                     folds: int = typer.Option(5, help="Cross-validation folds."), seed: int = typer.Option(0),
+                     allow_partial: bool = _ALLOW_PARTIAL):
     """Per-layer linear-probe accuracy and PCA plots of features coloured by a label (PNG + JSON)."""
     from vlmsteer.runinfo import write_run_json
     from vlmsteer.separability import separability, write_separability
-    from vlmsteer.store import FeatureStore
 
-    st = FeatureStore.open(store)
+    st = _open_store(store, allow_partial)
     result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
                           seed=seed)
     write_separability(st, result, out, seed=seed)
@@ -491,31 +502,29 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
           keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
           model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
-          no_words: bool = typer.Option(False), seed: int = typer.Option(0)):
+          no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL):
     """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""
     from vlmsteer.data.keywords import keyword_set
     from vlmsteer.runinfo import write_run_json
     from vlmsteer.shift_report import ShiftConfig, run_shift
-    from vlmsteer.store import FeatureStore
 
-    a, b = FeatureStore.open(original), FeatureStore.open(finetuned)
-    n_layers = int(a.header["num_layers"])
-    absolute = layer if layer >= 0 else n_layers + layer
-    for st in (a, b):
-        if absolute not in st.layers:
-            raise VlmsteerError(f"{st.path}: layer {layer} not in this store (layers: {st.layers})")
+    a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
+    absolute = a.layer_index(layer)
+    b.layer_index(layer)
     checkpoints = {}
     for item in checkpoint or []:
         step, _, path = item.partition("=")
         if not step.strip().isdigit() or not path:
             raise VlmsteerError(f"--checkpoint expects STEP=STORE, got {item!r}")
-        checkpoints[int(step)] = FeatureStore.open(path)
+        checkpoints[int(step)] = _open_store(Path(path), allow_partial)
     cfg = ShiftConfig(layer=absolute, k=k, method=method, matching=matching, seed=seed,
                       keywords=keyword_set(keywords) if keywords else None)
+    k_values = _parse_ints(ks, "--ks") if ks else []
+    if any(v < 1 for v in k_values + [k]):
+        raise VlmsteerError(f"-k and --ks need positive integers, got {[k] + k_values}")
+    layer_values = [a.layer_index(v) for v in _parse_ints(layers, "--layers")] if layers else []
     vlm = None if no_words else _load_model(model or a.header["model_id"])
-    parse = (lambda text: [int(x) for x in text.split(",")] if text else [])
-    result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=parse(ks),
-                       layers=[l if l >= 0 else n_layers + l for l in parse(layers)])
+    result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
     write_run_json(out, options=dict(original=original, finetuned=finetuned, layer=absolute, k=k, method=method,
                                      matching=matching, keywords=keywords), seed=seed, model_id=a.header.get("model_id"))
     m = result["main"]
@@ -532,16 +541,14 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                    target_store: Optional[Path] = typer.Option(None, help="A second store for the target."),
                    layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
                    max_samples: Optional[int] = typer.Option(None, help="Use at most this many per side."),
-                   seed: int = typer.Option(0), name: str = typer.Option("vector")):
+                   seed: int = typer.Option(0), name: str = typer.Option("vector"),
+                   allow_partial: bool = _ALLOW_PARTIAL):
     """Coarse vector: mean(target features) - mean(source features)."""
     from vlmsteer.steer.builders import coarse_vector, parse_filter
-    from vlmsteer.store import FeatureStore
 
-    a = FeatureStore.open(store)
-    b = FeatureStore.open(target_store) if target_store else None
+    a = _open_store(store, allow_partial)
+    b = _open_store(target_store, allow_partial) if target_store else None
     layers = _parse_layers(layer) if layer else None
-    if layers is not None:
-        layers = [l if l >= 0 else a.header["num_layers"] + l for l in layers]
     vec = coarse_vector(a, parse_filter(source) if source else None, b, parse_filter(target) if target else None,
                         layers=layers, max_samples=max_samples, seed=seed)
     vec.save(out, name=name)
@@ -641,16 +648,15 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
-          seed: int = typer.Option(0), batch_size: int = typer.Option(64)):
+          seed: int = typer.Option(0), batch_size: int = typer.Option(64), allow_partial: bool = _ALLOW_PARTIAL):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
     from vlmsteer.data import load_vqav2
     from vlmsteer.regions import Region
     from vlmsteer.runinfo import write_run_json
     from vlmsteer.steer.builders import parse_filter
     from vlmsteer.steer.sweep import SweepGrid, run_sweep, write_sweep
-    from vlmsteer.store import FeatureStore
 
-    st = FeatureStore.open(store)
+    st = _open_store(store, allow_partial)
     vlm = _load_model(model)
     try:
         grid = SweepGrid(layers=[vlm.layer_index(int(x)) for x in layers.split(",")],
@@ -731,26 +737,62 @@ def demo_train(out: Path = typer.Option(..., help="Folder to save the trained mo
 
 
 # --------------------------------------------------------------------------- entry point
+INTERRUPTED = 130
+
+
+def _error(message: str, code: int = 2) -> int:
+    err_console.print(f"error: {' '.join(str(message).split())}", highlight=False, markup=False, soft_wrap=True)
+    return code
+
+
+def _interrupted() -> int:
+    err_console.print("interrupted: finished work is kept; rerun the same command to resume "
+                      "(an extraction store continues from its last complete shard)", highlight=False)
+    return INTERRUPTED
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` is a click-family exception called ``name``: matched by class name, so
+    click's own classes and the copies typer vendors (typer >= 0.29) are both recognized."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user errors become ``error: ...`` and exit code 2."""
+    """Console entry point: user errors become one ``error: ...`` line and exit code 2;
+    Ctrl-C exits with 130 and a line saying how to resume."""
+    from vlmsteer.hooks import PositionError
+
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
+        result = command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
     except VlmsteerError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        return 130
+        return _error(str(exc), exc.exit_code)
+    except PositionError as exc:  # steering cannot tell where it is: never a silent no-op
+        return _error(f"steering stopped: {exc}", 1)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    return 0
+        return _interrupted()
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        return _error(f"{exc.filename}: {exc.strerror or exc}")
+    except Exception as exc:
+        if _is(exc, "NoArgsIsHelpError"):  # a bare `vlmsteer` or group: show the help
+            exc.show()
+            return 2
+        if _is(exc, "Exit"):
+            code = int(getattr(exc, "exit_code", 0) or 0)
+            return _interrupted() if code == INTERRUPTED else code
+        if _is(exc, "Abort"):  # click < 8.2 / typer < 0.29 turn Ctrl-C into Abort
+            return _interrupted()
+        if _is(exc, "ClickException"):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None and _is(exc, "UsageError") else ""
+            return _error(exc.format_message() + hint, 2 if _is(exc, "UsageError") else 1)
+        raise
+    # typer >= 0.29 turns Ctrl-C into Exit(130), which non-standalone mode returns as a value
+    if result == INTERRUPTED:
+        return _interrupted()
+    return result if isinstance(result, int) else 0
 
 
 def entry() -> None:

@@ -143,6 +143,7 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
         raise VlmsteerError("no samples to extract")
     header = {
         "model_id": vlm.model_id, "model_revision": vlm.revision, "architecture": vlm.architecture,
+        "adapter": vlm.adapter, "model_dtype": vlm.dtype,
         "hidden_size": vlm.hidden_size, "num_layers": vlm.num_layers, "layers": layers,
         "selector": config.selector.to_dict(), "selector_description": config.selector.describe(),
         "mode": config.mode.value, "target": config.target.value, "dtype": config.dtype,
@@ -150,11 +151,23 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
         "dataset": dataset or {}, "n_samples": len(samples),
         "sample_ids_sha1": hashlib.sha1("\n".join(s.id for s in samples).encode()).hexdigest(),
     }
-    writer = StoreWriter(out, header)
+    with StoreWriter(out, header) as writer:
+        resumed = _write_shards(vlm, samples, writer, layers, config, progress)
+    found = writer.manifest["summary"]["found"]
+    if found == 0:
+        what = f"the word {config.selector.word!r}" if config.selector.word else "a selected token"
+        raise VlmsteerError(f"{out}: empty selection: no sample contains {what} (the store is written and readable)")
+    return FeatureStore.open(out), resumed
+
+
+def _write_shards(vlm: VLM, samples: Sequence[Sample], writer: StoreWriter, layers: list[int],
+                  config: ExtractConfig, progress: bool) -> int:
+    """Extract the samples the store does not hold yet, shard by shard; finish the store.
+    Returns the number of samples resumed from."""
     resumed = writer.samples_done
     np_dtype = STORE_DTYPES[config.dtype]
     todo = list(samples[resumed:])
-    found = sum(r["found"] for r in FeatureStore.open(out).records) if resumed else 0
+    found = sum(r["found"] for r in FeatureStore.open(writer.path, allow_partial=True).records) if resumed else 0
     with progress_bar("extracting", len(samples), enabled=progress) as advance:
         advance(resumed)
         for start in range(0, len(todo), config.shard_size):
@@ -171,10 +184,7 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
                 advance(len(chunk))
             writer.write_shard(records, feats)
     writer.finish(found=found, total=len(samples))
-    if found == 0:
-        what = f"the word {config.selector.word!r}" if config.selector.word else "a selected token"
-        raise VlmsteerError(f"{out}: empty selection: no sample contains {what} (the store is written and readable)")
-    return FeatureStore.open(out), resumed
+    return resumed
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.layers import resolve_layer
 from vlmsteer.regions import TokenRegions
 
 DEMO_MODEL_NAMES = {"shapes-llava", "vlmsteer/shapes-llava", "shapes_llava"}
@@ -154,6 +155,7 @@ class VLM:
     format_prompt: Callable[[str, bool], str] | None = None
     revision: str | None = None
     info: dict = field(default_factory=dict)
+    adapter: dict | None = None  # {"path", "sha256"} of a LoRA adapter loaded on top
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,7 +179,10 @@ class VLM:
             model = _attach_adapter(model, adapter)
         model.to(device).eval()
         processor = load_processor(path, trust_remote_code=trust_remote_code, revision=revision)
-        return cls.from_hf(model, processor, model_id=str(model_id), revision=revision)
+        vlm = cls.from_hf(model, processor, model_id=str(model_id), revision=revision)
+        if adapter is not None:
+            vlm.adapter = {"path": str(Path(adapter).resolve()), "sha256": adapter_fingerprint(adapter)}
+        return vlm
 
     @classmethod
     def from_hf(cls, model, processor, model_id: str = "model", revision: str | None = None) -> "VLM":
@@ -227,6 +232,10 @@ class VLM:
         return int(self.unembed.weight.shape[0])
 
     @property
+    def dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -242,10 +251,7 @@ class VLM:
 
     def layer_index(self, layer: int) -> int:
         """Normalize a layer index (negative counts from the end); error if out of range."""
-        n = self.num_layers
-        if not -n <= int(layer) < n:
-            raise VlmsteerError(f"layer {layer} is out of range for {self.model_id} ({n} layers: 0..{n - 1})")
-        return int(layer) % n
+        return resolve_layer(layer, self.num_layers, self.model_id)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm, then unembedding (and the model's logit soft-capping, if any)."""
@@ -375,7 +381,7 @@ class VLM:
             "vocab_size": self.vocab_size,
             "image_tokens": self.image_token_count(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "dtype": self.dtype,
         }
 
     def image_token_count(self, image: Image.Image | None = None) -> int:
@@ -441,6 +447,22 @@ def _has_own_rope_index(model) -> bool:
 
 def _blank_image(vlm: VLM) -> Image.Image:
     return Image.new("RGB", (224, 224), (127, 127, 127))
+
+
+def adapter_fingerprint(adapter: str | Path) -> str:
+    """SHA-256 over an adapter folder's config and weight files (names and bytes)."""
+    import hashlib
+
+    path = Path(adapter)
+    digest = hashlib.sha256()
+    files = sorted(f for f in path.iterdir() if f.is_file() and (f.name == "adapter_config.json"
+                                                                 or f.name.startswith("adapter_model")))
+    for f in files:
+        digest.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _attach_adapter(model, adapter: str | Path):

@@ -26,6 +26,11 @@ class Region(str, Enum):
 
         return parse_choice(cls, value, "region")
 
+    @property
+    def covers_generated(self) -> bool:
+        """Whether the region includes the positions of generated tokens."""
+        return self in (Region.GENERATED, Region.ALL)
+
 
 @dataclass(frozen=True)
 class TokenRegions:

@@ -62,12 +62,7 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    n_layers = int(store.header["num_layers"])
-    layers = store.layers if layers is None else [layer if layer >= 0 else n_layers + layer for layer in layers]
-    missing = [layer for layer in layers if layer not in store.layers]
-    if missing:
-        raise VlmsteerError(f"{store.path}: layer {missing[0]} not in this store (layers: "
-                            f"{', '.join(map(str, store.layers))})")
+    layers = store.layers if layers is None else [store.layer_index(layer) for layer in layers]
     idx, y = labelled_features(store, label, top, min_count=folds)
     counts = Counter(y)
     out = []

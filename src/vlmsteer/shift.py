@@ -59,6 +59,8 @@ def aligned_features(store_a: FeatureStore, store_b: FeatureStore, layer: int) -
     if store_a.hidden_size != store_b.hidden_size:
         raise VlmsteerError(f"stores have different hidden sizes ({store_a.hidden_size} vs {store_b.hidden_size}); "
                             "they come from different models")
+    layer = store_a.layer_index(layer)
+    store_b.layer_index(layer)
     ia = {store_a.records[i]["id"]: int(i) for i in store_a.select()}
     ib = {store_b.records[i]["id"]: int(i) for i in store_b.select()}
     common = [k for k in ia if k in ib]

@@ -184,6 +184,8 @@ def plots(result: dict, out: Path) -> list[str]:
 def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg: ShiftConfig, vlm=None,
               checkpoints: dict[int, FeatureStore] | None = None, ks: Sequence[int] = (),
               layers: Sequence[int] = ()) -> dict:
+    cfg = _with(cfg, layer=store_a.layer_index(cfg.layer))
+    layers = [store_a.layer_index(layer) for layer in layers]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"original": str(store_a.path), "finetuned": str(store_b.path), "main": analyse(store_a, store_b, cfg, vlm)}

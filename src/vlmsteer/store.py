@@ -9,13 +9,17 @@ Layout::
 
 Every file is written to a temporary name and renamed, and a shard is listed in the
 manifest only once all its files exist, so a killed run leaves a readable store and a
-rerun resumes after the last complete shard.
+rerun resumes after the last complete shard. A writer holds an exclusive lock on
+``store/.lock`` (released when it finishes or its process dies), so two runs cannot write
+one store. Readers refuse a store whose extraction did not finish unless asked to accept
+a partial one, and name the file when a shard is corrupt.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -23,6 +27,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from vlmsteer.errors import VlmsteerError, input_error
+from vlmsteer.layers import resolve_layer
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -49,20 +54,49 @@ def _records_file(shard: int) -> str:
     return f"shard-{shard:05d}.json"
 
 
+def _lock(path: Path):
+    """An open file holding an exclusive, non-blocking lock on ``path/.lock``; the OS releases
+    it when the process ends, so a killed writer never leaves a stale lock."""
+    f = open(path / ".lock", "a+")
+    if sys.platform != "win32":
+        import fcntl
+
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise VlmsteerError(f"{path}: another process is writing this store; wait for it or choose "
+                                "another output folder") from None
+    return f
+
+
 class StoreWriter:
-    """Appends complete shards to a store; resumes an existing store with the same header."""
+    """Appends complete shards to a store; resumes an existing store with the same header.
+
+    Use it as a context manager (or call :meth:`finish` / :meth:`close`) so its lock is released.
+    """
 
     def __init__(self, path: str | Path, header: dict[str, Any]):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.path)
+        try:
+            self._open(header)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, header: dict[str, Any]) -> None:
         mpath = self.path / MANIFEST
         if mpath.exists():
             manifest = _read_manifest(mpath)
             if manifest["header"] != header:
                 diff = sorted(k for k in set(header) | set(manifest["header"])
                               if header.get(k) != manifest["header"].get(k))
-                raise VlmsteerError(f"{self.path}: a store made with other options is already here "
-                                    f"(differs in: {', '.join(diff)}); choose a new --out")
+                detail = "; ".join(f"{k}: {_short(manifest['header'].get(k))} here, {_short(header.get(k))} now"
+                                   for k in diff)
+                raise VlmsteerError(f"{self.path}: a store made with other settings is already here ({detail}); "
+                                    "choose another output folder")
             self.manifest = manifest
         else:
             self.manifest = {"format_version": FORMAT_VERSION, "header": header, "shards": [], "complete": False}
@@ -91,6 +125,24 @@ class StoreWriter:
         self.manifest["complete"] = True
         self.manifest["summary"] = summary
         atomic_write_json(self.path / MANIFEST, self.manifest)
+        self.close()
+
+    def close(self) -> None:
+        """Release the store's lock (the store stays resumable if not finished)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_manifest(path: Path) -> dict:
@@ -111,12 +163,19 @@ class FeatureStore:
     manifest: dict
 
     @classmethod
-    def open(cls, path: str | Path) -> "FeatureStore":
+    def open(cls, path: str | Path, allow_partial: bool = False) -> "FeatureStore":
+        """Open a store; one whose extraction did not finish is refused unless ``allow_partial``."""
         path = Path(path)
         mpath = path / MANIFEST
         if not mpath.exists():
             raise input_error(path, "not a feature store (no manifest.json)")
-        return cls(path=path, manifest=_read_manifest(mpath))
+        store = cls(path=path, manifest=_read_manifest(mpath))
+        if not store.complete and not allow_partial:
+            total = store.header.get("n_samples")
+            raise input_error(path, f"incomplete store ({len(store)} of {total if total is not None else '?'} "
+                                    "samples: its extraction did not finish); rerun the extraction to complete "
+                                    "it, or accept a partial store (--allow-partial)")
+        return store
 
     @property
     def header(self) -> dict:
@@ -131,6 +190,19 @@ class FeatureStore:
         return int(self.header["hidden_size"])
 
     @property
+    def num_layers(self) -> int:
+        """Decoder layers of the model the store was extracted from."""
+        return int(self.header["num_layers"])
+
+    def layer_index(self, layer: int) -> int:
+        """A model layer (negative counts from the end) that this store holds, as an absolute index."""
+        absolute = resolve_layer(layer, self.num_layers, f"the model of store {self.path}")
+        if absolute not in self.layers:
+            shown = f"{layer} (= {absolute})" if absolute != layer else str(layer)
+            raise input_error(self.path, f"layer {shown} not in this store (layers: {', '.join(map(str, self.layers))})")
+        return absolute
+
+    @property
     def complete(self) -> bool:
         return bool(self.manifest.get("complete"))
 
@@ -139,7 +211,16 @@ class FeatureStore:
         if not hasattr(self, "_records"):
             recs = []
             for s in self.manifest["shards"]:
-                recs.extend(json.loads((self.path / _records_file(s["index"])).read_text()))
+                f = self.path / _records_file(s["index"])
+                try:
+                    shard = json.loads(f.read_text(encoding="utf-8"))
+                except FileNotFoundError:
+                    raise input_error(f, "store shard missing") from None
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise input_error(f, f"corrupt store shard ({exc})") from None
+                if not isinstance(shard, list) or len(shard) != s["n"]:
+                    raise input_error(f, f"corrupt store shard (expected {s['n']} records)")
+                recs.extend(shard)
             self._records = recs
         return self._records
 
@@ -162,10 +243,20 @@ class FeatureStore:
         return np.asarray(idx, dtype=np.int64)
 
     def layer_arrays(self, layer: int) -> list[np.ndarray]:
-        if layer not in self.layers:
-            raise VlmsteerError(f"{self.path}: layer {layer} not in this store (layers: "
-                                f"{', '.join(map(str, self.layers))})")
-        return [np.load(self.path / _layer_file(s["index"], layer), mmap_mode="r") for s in self.manifest["shards"]]
+        layer = self.layer_index(layer)
+        return [self._load_shard(s, layer) for s in self.manifest["shards"]]
+
+    def _load_shard(self, shard: dict, layer: int) -> np.ndarray:
+        f = self.path / _layer_file(shard["index"], layer)
+        try:
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise input_error(f, "store shard missing") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise input_error(f, f"corrupt store shard ({str(exc).splitlines()[0]})") from None
+        if arr.shape != (shard["n"], self.hidden_size):
+            raise input_error(f, f"corrupt store shard (shape {arr.shape}, expected {(shard['n'], self.hidden_size)})")
+        return arr
 
     def features(self, layer: int, indices: Iterable[int] | None = None, where: Callable[[dict], bool] | None = None,
                  only_found: bool = True, dtype=np.float32, **equals: Any) -> np.ndarray:

@@ -51,7 +51,7 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
     """Fit, ground and report; ``vlm`` (for word grounding) may be None to skip words."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    layer = cfg.layer if cfg.layer >= 0 else int(store.header["num_layers"]) + cfg.layer
+    layer = store.layer_index(cfg.layer)
     idx = store.select()
     feats = store.features(layer, indices=idx)
     if len(idx) == 0:

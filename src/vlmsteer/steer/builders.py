@@ -83,7 +83,12 @@ def coarse_vector(source_store: FeatureStore, source: dict[str, Any] | None, tar
         raise VlmsteerError(f"stores differ in hidden size ({source_store.hidden_size} vs {target_store.hidden_size})")
     if target_store is source_store and (source is None or target is None):
         raise VlmsteerError("with one store, give both a source and a target filter")
-    layers = list(layers) if layers is not None else sorted(set(source_store.layers) & set(target_store.layers))
+    if layers is not None:
+        layers = [source_store.layer_index(layer) for layer in layers]
+        for layer in layers:
+            target_store.layer_index(layer)
+    else:
+        layers = sorted(set(source_store.layers) & set(target_store.layers))
     src_idx = select_records(source_store, source) if source else source_store.select()
     tgt_idx = select_records(target_store, target) if target else target_store.select()
     rng = np.random.default_rng(seed)

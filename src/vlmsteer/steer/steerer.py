@@ -1,8 +1,9 @@
 """The steerer: ``with steer(vlm, vector, batch, alpha, layers, region): vlm.generate(batch)``.
 
 Adds ``alpha * v`` to the residual stream after each chosen decoder layer, at the chosen
-token region. Positions are absolute indices into the left-padded sequence, read from the
-KV cache length at every forward call, so steering with and without the cache, and for
+token region. Positions are absolute indices into the left-padded sequence, counted from the
+tokens each forward call passes through the first decoder layer (and checked against the KV
+cache wherever the call shows one; a mismatch raises), so steering with and without the cache, and for
 left-padded batches, gives the same tokens. An optional ``condition`` decides per sample,
 from its feature at the steering layer at the last prompt position (before steering),
 whether to steer it at all (fine-grained, concept-conditioned application).
@@ -10,6 +11,7 @@ whether to steer it at all (fine-grained, concept-conditioned application).
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -31,8 +33,7 @@ def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.
     positions = positions.to(prompt_mask.device)
     in_prompt = positions < p
     from_prompt = prompt_mask[:, positions.clamp(max=p - 1)]
-    generated = region in (Region.GENERATED, Region.ALL)
-    return torch.where(in_prompt[None, :], from_prompt, torch.full_like(from_prompt, generated))
+    return torch.where(in_prompt[None, :], from_prompt, torch.full_like(from_prompt, region.covers_generated))
 
 
 @contextmanager
@@ -44,18 +45,18 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
     Yields a dict that records, once known, which rows were steered (``"rows"``).
     """
     region = Region.parse(region)
+    if not math.isfinite(alpha):
+        raise VlmsteerError(f"alpha must be a finite number, got {alpha}")
     chosen = vector.check_model(vlm, list(layers) if layers is not None else None)
     state: dict = {"rows": None}
     if alpha == 0 or all(float(vector.at(l).abs().max()) == 0 for l in chosen):
         yield state  # nothing to add: leave the model untouched, bit for bit
         return
-    if batch.answer_spans is not None and region in (Region.GENERATED, Region.ALL):
+    if batch.answer_spans is not None and region.covers_generated:
         raise VlmsteerError("teacher-forced batches have no generated region; steer the prompt instead")
     with ExitStack() as stack:
-        tracker = stack.enter_context(track_positions(vlm.layers[0]))
-
-        generated = region in (Region.GENERATED, Region.ALL)
         p = batch.prompt_length
+        tracker = stack.enter_context(track_positions(vlm.layers[0], p))
 
         def make_edit(layer: int):
             direction = vector.at(layer)
@@ -63,13 +64,13 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
 
             def edit(hidden: torch.Tensor, kwargs: dict):
                 t = hidden.shape[1]
-                start = tracker.offset
+                start = tracker.require()
                 key = (hidden.dtype, hidden.device)
                 if key not in cache:
                     cache[key] = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
                 add = cache[key]
                 if start >= p:  # decoding steps: every position is a generated one
-                    if not generated:
+                    if not region.covers_generated:
                         return None
                     if condition is None:
                         return hidden + add

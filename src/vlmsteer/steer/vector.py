@@ -34,6 +34,9 @@ class SteeringVector:
         if not self.vectors:
             raise VlmsteerError("a steering vector needs at least one layer")
         self.vectors = {int(k): v.detach().to(torch.float32).reshape(-1).cpu() for k, v in self.vectors.items()}
+        bad = [l for l, v in sorted(self.vectors.items()) if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise VlmsteerError(f"steering vector has NaN or infinite values at layer(s) {bad}")
         sizes = {v.numel() for v in self.vectors.values()}
         if len(sizes) != 1:
             raise VlmsteerError(f"layers of one steering vector differ in size: {sorted(sizes)}")
@@ -160,7 +163,10 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
     out = {}
     for name, meta in header["vectors"].items():
         vecs = {int(k.split("/layer_")[1]): t for k, t in tensors.items() if k.startswith(name + "/layer_")}
-        out[name] = SteeringVector(vecs, **meta)
+        try:
+            out[name] = SteeringVector(vecs, **meta)
+        except (VlmsteerError, TypeError) as exc:
+            raise input_error(path, f"vector {name!r}: {exc}") from None
     return out
 
 
