@@ -1,8 +1,15 @@
-"""The official VQAv2 accuracy, table-driven, normalization edge cases included."""
+"""The official VQAv2 accuracy, table-driven, normalization edge cases included; crafted
+cases scored by the official evaluator itself (tests/data/vqa_official_cases.json)."""
+
+import json
+from pathlib import Path
 
 import pytest
 
+from vlmsteer.data.vqav2 import entry_identity
 from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa, normalize_answer, vqa_accuracy
+
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "vqa_official_cases.json").read_text())["cases"]
 
 TEN = 10
 
@@ -24,6 +31,15 @@ NORMALIZE = [
     ("t-shirt", "t shirt"),
     ("none", "0"),
     ("(yes)", "yes"),
+    ("were", "were"),  # not in the official contraction table
+    ("well", "well"),
+    ("im", "im"),  # the official key is "Im": never matched after lower-casing
+    ("aint", "ain't"),
+    ("couldnt've", "couldn't've"),
+    ("somebody'd", "somebodyd"),  # the official table's odd entry
+    ("a." * 40, "a" * 32 + "a." * 8),  # at most 32 periods are removed (re.UNICODE passed as count)
+    ("5:30", "5:30"),
+    ("it's", "it's"),
 ]
 
 
@@ -68,3 +84,30 @@ def test_compare_runs_counts_moves():
     out = compare_runs(["yes", "yes", "no", "2"], ["no", "yes", "no", "no"], source="yes", target="no")
     assert out["changed"] == 2 and out["source"]["delta"] == -1 and out["target"]["delta"] == 2
     assert out["source_moved_to_target"] == 1 and out["source_moved_fraction"] == 0.5
+
+
+@pytest.mark.parametrize("case", OFFICIAL, ids=lambda c: repr(c["prediction"])[:20])
+def test_equals_the_official_evaluator_question_by_question(case):
+    entries = case["answers"]
+    ours = vqa_accuracy(case["prediction"], [e["answer"] for e in entries], [entry_identity(e) for e in entries])
+    assert round(100 * ours, 2) == case["official_accuracy"]
+
+
+def test_identical_entries_without_ids_are_left_out_together():
+    """The official code leaves out every entry equal to the left-out one (dict comparison)."""
+    same = [{"answer": "yes", "answer_confidence": "yes"}] * 10
+    assert vqa_accuracy("yes", ["yes"] * 10, [entry_identity(e) for e in same]) == 0.0
+    assert vqa_accuracy("yes", ["yes"] * 10) == 1.0  # plain strings: every entry distinct
+
+
+def test_loader_keeps_entry_identities(tmp_path):
+    from vlmsteer.data import load_vqav2, shapes
+
+    shapes.write_dataset(tmp_path, n=2, seed=3)
+    s = load_vqav2(tmp_path)[0]
+    assert len(s.answer_ids) == len(s.answers) and len(set(s.answer_ids)) == len(s.answers)
+
+
+def test_empty_evaluation_is_an_error():
+    with pytest.raises(ValueError, match="no predictions"):
+        evaluate_vqa([], [], [])

@@ -20,6 +20,9 @@ class Sample:
     question_type: str | None = None
     captions: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # per reference answer, what else tells its annotation entry apart (answer_id, ...);
+    # used only by the official accuracy's leave-one-out (see evaluate.vqa); [] = all distinct
+    answer_ids: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def image_path(self) -> str | None:
@@ -51,7 +54,7 @@ def filter_by_fields(samples: Sequence[Sample], fields: dict[str, Any]) -> list[
     accepts any of its items. ``answer`` compares VQA-normalized answers. A key ending in ``~``
     (``!~``) keeps samples whose field contains (lacks) a word of the named keyword set."""
     from vlmsteer.data.keywords import keyword_condition, keyword_condition_holds
-    from vlmsteer.evaluate.vqa import normalize_answer
+    from vlmsteer.data.text import normalize_answer
 
     def value(s: Sample, key: str):
         v = getattr(s, key) if hasattr(s, key) else s.meta.get(key)

@@ -9,10 +9,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Hashable
 
 from vlmsteer.data.io import read_json, require_keys
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import VlmsteerError, input_error
+
+
+def entry_identity(entry: dict) -> Hashable:
+    """What, besides its answer text, tells an official answer entry apart from another
+    (``answer_id``, ``answer_confidence``, ...): compared as the official code compares dicts."""
+    def frozen(v: Any) -> Hashable:
+        if isinstance(v, dict):
+            return tuple(sorted((str(k), frozen(x)) for k, x in v.items()))
+        if isinstance(v, (list, tuple)):
+            return tuple(frozen(x) for x in v)
+        return v
+    return frozen({k: v for k, v in entry.items() if k != "answer"})
 
 
 def _find(root: Path, sub: str, name: str) -> Path | None:
@@ -77,13 +90,14 @@ def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | No
         if check_images and not image.exists():
             raise input_error(image, f"image of question {q['question_id']} not found")
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in ann["answers"]]
+        answer_ids = [entry_identity(a) if isinstance(a, dict) else i for i, a in enumerate(ann["answers"])]
         meta = {"image_id": q["image_id"], "question_id": q["question_id"], "split": split}
         if "multiple_choice_answer" in ann:
             meta["multiple_choice_answer"] = ann["multiple_choice_answer"]
         samples.append(Sample(
             id=str(q["question_id"]), image=image, prompt=prompt_template.format(question=q["question"]),
             answers=answers, answer_type=ann.get("answer_type"), question_type=ann.get("question_type"),
-            meta=meta,
+            meta=meta, answer_ids=answer_ids,
         ))
     if not samples and questions:
         raise VlmsteerError(f"{qpath}: no samples selected")

@@ -1,87 +1,56 @@
-"""The official VQAv2 accuracy.
+"""The official VQAv2 accuracy, question by question equal to the official evaluator.
 
-A predicted answer is normalized (lower case, punctuation, number words to digits,
-articles dropped, contractions restored). Its accuracy against 10 human answers is the
-mean, over the 10 leave-one-out subsets of 9 answers, of ``min(#matches / 3, 1)``.
-As in the official evaluation, reference answers are normalized only when they disagree.
+Answers are normalized by :mod:`vlmsteer.data.text` (the official punctuation, number,
+article and contraction steps). As in the official code (``vqaEval.py``, "Fixed processing
+answers bug" revision):
+
+- every answer is first whitespace-cleaned; the prediction and the references are
+  normalized only when the (cleaned) references disagree, so "two" scores 0 against ten
+  identical "2" references;
+- the accuracy is the mean over the reference entries of ``min(#matches among the other
+  entries / 3, 1)``, where "the other entries" are those not *equal* to the left-out one:
+  with official annotations every entry has its own ``answer_id``, so exactly one is left
+  out; entries that are identical as a whole (same text after normalization and same other
+  fields) are left out together, as the official ``item != gtAnsDatum`` does.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Hashable, Sequence
 
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-# Contractions written without their apostrophe, mapped back (the official list's pattern).
-_CONTRACTED = [
-    "aren't", "can't", "couldn't", "couldn't've", "didn't", "doesn't", "don't", "hadn't", "hadn't've", "hasn't",
-    "haven't", "he'd", "he'd've", "he's", "how'd", "how'll", "how's", "i'd", "i'd've", "i'm", "i've", "isn't",
-    "it'd", "it'd've", "it'll", "let's", "ma'am", "mightn't", "mightn't've", "might've", "mustn't", "must've",
-    "needn't", "not've", "o'clock", "oughtn't", "'ow's'at", "shan't", "she'd", "she'd've", "she'll", "she's",
-    "should've", "shouldn't", "shouldn't've", "somebody'd", "somebody'd've", "somebody'll", "somebody's",
-    "someone'd", "someone'd've", "someone'll", "someone's", "something'd", "something'd've", "something'll",
-    "that's", "there'd", "there'd've", "there're", "there's", "they'd", "they'd've", "they'll", "they're",
-    "they've", "'twas", "wasn't", "we'd", "we'd've", "we'll", "we're", "we've", "weren't", "what'll", "what're",
-    "what's", "what've", "when's", "where'd", "where's", "where've", "who'd", "who'd've", "who'll", "who's",
-    "who've", "why'll", "why're", "why's", "won't", "would've", "wouldn't", "wouldn't've", "y'all", "y'all'll",
-    "y'all'd've", "you'd", "you'd've", "you'll", "you're", "you've",
-]
-_CONTRACTIONS = {c.replace("'", ""): c for c in _CONTRACTED}
-_CONTRACTIONS.update({"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "cant": "can't", "wont": "won't"})
+from vlmsteer.data.text import clean_whitespace, normalize_answer
+
+__all__ = ["normalize_answer", "vqa_accuracy", "evaluate_vqa", "compare_runs", "VQAReport"]
 
 
-def _punctuation(text: str) -> str:
-    out = text
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or re.search(_COMMA_STRIP, text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+def vqa_accuracy(prediction: str, references: Sequence[str], reference_ids: Sequence[Hashable] | None = None,
+                 always_normalize: bool = False) -> float:
+    """Official accuracy (0..1) of ``prediction`` against the reference answers.
 
-
-def _digits_articles(text: str) -> str:
-    words = []
-    for w in text.lower().split():
-        w = _NUMBERS.get(w, w)
-        if w not in _ARTICLES:
-            words.append(w)
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
-
-
-def normalize_answer(answer: str) -> str:
-    """Normalize one answer as the official VQAv2 evaluation does."""
-    a = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    return _digits_articles(_punctuation(a))
-
-
-def vqa_accuracy(prediction: str, references: list[str], always_normalize: bool = False) -> float:
-    """Official accuracy of ``prediction`` against (usually 10) reference answers.
-
-    Faithful to the official code, the prediction (like the references) is normalized only
-    when the references disagree, so "two" scores 0 against ten identical "2" references.
+    ``reference_ids`` (from :func:`vlmsteer.data.vqav2.entry_identity`) say which entries are distinct apart
+    from their text; without them every entry is distinct, as with official annotations.
     ``always_normalize=True`` normalizes the prediction in every case (lmms-eval's choice).
     """
     if not references:
         raise ValueError("no reference answers")
-    refs = [r.replace("\n", " ").replace("\t", " ").strip() for r in references]
-    pred = prediction.replace("\n", " ").replace("\t", " ").strip()
+    ids = list(range(len(references))) if reference_ids is None or len(reference_ids) == 0 else list(reference_ids)
+    if len(ids) != len(references):
+        raise ValueError("references and reference ids differ in length")
+    refs = [clean_whitespace(r) for r in references]
+    pred = clean_whitespace(prediction)
     if len(set(refs)) > 1:
         refs = [normalize_answer(r) for r in refs]
         pred = normalize_answer(pred)
     elif always_normalize:
         pred = normalize_answer(pred)
+    entries = list(zip(refs, ids))
     scores = []
-    for i in range(len(refs)):
-        others = refs[:i] + refs[i + 1:]
-        scores.append(min(1.0, sum(r == pred for r in others) / 3.0))
-    return sum(scores) / len(scores)
+    for left_out in entries:
+        matches = sum(1 for e in entries if e != left_out and e[0] == pred)
+        scores.append(min(1, float(matches) / 3))
+    return float(sum(scores)) / len(scores)
 
 
 @dataclass
@@ -101,10 +70,14 @@ class VQAReport:
                 "questions_per_type": self.counts_per_type, "answer_counts": self.answer_counts}
 
 
-def evaluate_vqa(predictions: list[str], references: list[list[str]], answer_types: list[str | None]) -> VQAReport:
+def evaluate_vqa(predictions: list[str], references: list[list[str]], answer_types: list[str | None],
+                 reference_ids: list[list[Hashable]] | None = None) -> VQAReport:
     if not (len(predictions) == len(references) == len(answer_types)):
         raise ValueError("predictions, references and answer types differ in length")
-    scores = [vqa_accuracy(p, r) for p, r in zip(predictions, references)]
+    if not predictions:
+        raise ValueError("no predictions to evaluate")
+    ids = reference_ids if reference_ids is not None else [None] * len(predictions)
+    scores = [vqa_accuracy(p, r, i) for p, r, i in zip(predictions, references, ids)]
     by_type: dict[str, list[float]] = {}
     for s, t in zip(scores, answer_types):
         by_type.setdefault(t or "unknown", []).append(s)

@@ -21,8 +21,13 @@ def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_to
     responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    context=context, progress=progress, description="answering")
     preds = [r.text for r in responses]
-    report = evaluate_vqa(preds, [s.answers for s in samples], [s.answer_type for s in samples])
-    return preds, report
+    return preds, score_vqa(samples, preds)
+
+
+def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
+    """Official accuracy of ``predictions`` on ``samples`` (their reference entries)."""
+    return evaluate_vqa(predictions, [s.answers for s in samples], [s.answer_type for s in samples],
+                        [s.answer_ids for s in samples])
 
 
 def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
@@ -54,9 +59,7 @@ def compare_to_baseline(baseline: str | Path, samples: list[Sample], predictions
         raise input_error(base / "predictions.jsonl", f"baseline lacks {len(missing)} of these questions "
                                                       f"(first: {missing[0]})")
     base_preds = [by_id[s.id]["prediction"] for s in samples]
-    base_report = evaluate_vqa(base_preds, [s.answers for s in samples], [s.answer_type for s in samples])
-    if not samples:
-        raise VlmsteerError("no samples")
+    base_report = score_vqa(samples, base_preds)
     out = compare_runs(base_preds, predictions, source=source, target=target)
     out["accuracy_delta"] = {t: report.per_type[t] - base_report.per_type.get(t, 0.0) for t in report.per_type}
     out["baseline_accuracy"] = base_report.per_type

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.evaluate.vqa import normalize_answer
+from vlmsteer.data.text import normalize_answer
 from vlmsteer.steer.vector import SteeringVector
 from vlmsteer.store import FeatureStore, record_value
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.evaluate.vqa import normalize_answer
+from vlmsteer.data.text import normalize_answer
 
 
 @dataclass
