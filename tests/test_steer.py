@@ -273,3 +273,33 @@ def test_keyword_filters_split_a_store_by_style(tmp_path):
     assert vec.n_source == 2 and vec.n_target == 2
     with pytest.raises(VlmsteerError, match="unknown keyword set 'smells'"):
         parse_filter("response~smells")
+
+
+@pytest.fixture(scope="module")
+def shapes_llava():
+    from vlmsteer.model import VLM
+
+    return VLM.load("shapes-llava")
+
+
+@pytest.mark.parametrize("region", [r.value for r in Region])
+def test_shapes_llava_cached_equals_uncached_and_tokens_change(region, shapes_llava):
+    """On the shipped (trained) model, left-padded batch: every region changes the generated
+    tokens (of every row, but for the 4-token image region), and the KV cache changes nothing."""
+    vlm = shapes_llava
+    questions = ["is there a red circle ?", "what color is the square ?", "how many shapes are there ?",
+                 "describe the image ."]
+    batch = vlm.prepare([shapes.render(shapes.make_scene(31, i)) for i in range(4)], questions)
+    assert batch.attention_mask[:, 0].min() == 0
+    layer = vlm.num_layers - 2
+    g = torch.Generator().manual_seed(1)
+    vec = SteeringVector({layer: torch.randn(vlm.hidden_size, generator=g) * 60.0})
+    plain = vlm.generate(batch, max_new_tokens=8).tokens
+    with steer(vlm, vec, batch, alpha=1.0, region=region):
+        cached = vlm.generate(batch, max_new_tokens=8, use_cache=True).tokens
+    with steer(vlm, vec, batch, alpha=1.0, region=region):
+        uncached = vlm.generate(batch, max_new_tokens=8, use_cache=False).tokens
+    assert torch.equal(cached, uncached)
+    changed = [not torch.equal(cached[i], plain[i]) for i in range(len(batch))]
+    # four image tokens per image: that region moves some answers, every other region all of them
+    assert any(changed) if region == "image" else all(changed), (region, cached, plain)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlmsteer.data.vqav2 import entry_identity
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa, normalize_answer, vqa_accuracy
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "vqa_official_cases.json").read_text())["cases"]
@@ -109,5 +110,5 @@ def test_loader_keeps_entry_identities(tmp_path):
 
 
 def test_empty_evaluation_is_an_error():
-    with pytest.raises(ValueError, match="no predictions"):
+    with pytest.raises(VlmsteerError, match="no predictions"):
         evaluate_vqa([], [], [])

@@ -56,11 +56,28 @@ def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-
          adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder."),
          trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run.")):
     """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
+    from vlmsteer.runinfo import version_warnings, versions
+
     vlm = _load_model(model, adapter, trust_remote_code=trust_remote_code)
     table = Table(show_header=False)
     for k, v in vlm.describe().items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    for name, version in versions().items():
+        table.add_row(name, version)
     out_console.print(table)
+    for line in version_warnings():
+        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
+
+
+_ALLOW_OUTSIDE = typer.Option(False, "--allow-outside-images",
+                              help="Read image paths that lead outside the dataset folder.")
+_ALLOW_PARTIAL = typer.Option(False, "--allow-partial", help="Accept a store whose extraction did not finish.")
+
+
+def _open_store(path: Path, allow_partial: bool = False):
+    from vlmsteer.store import FeatureStore
+
+    return FeatureStore.open(path, allow_partial=allow_partial).verify()
 
 
 # --------------------------------------------------------------------------- data
@@ -86,15 +103,26 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
                path: Path = typer.Argument(..., help="Dataset folder or file."),
                split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
-               limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0)):
-    """Load a dataset, check every selected image exists, and summarize it."""
+               limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
+               allow_outside_images: bool = _ALLOW_OUTSIDE):
+    """Load a dataset, decode every selected image, and summarize it."""
     from collections import Counter
 
     from vlmsteer.data import load_samples
 
-    samples = load_samples(fmt, path, split=split, images=images, limit=limit, seed=seed)
+    from vlmsteer.model import load_image
+    from vlmsteer.progress import progress_bar
+
+    samples = load_samples(fmt, path, split=split, images=images, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
+    paths = sorted({s.image_path for s in samples if s.image_path})
+    with progress_bar("decoding images", len(paths)) as advance:
+        for image in paths:
+            load_image(image)
+            advance(1)
     types = Counter(s.answer_type for s in samples if s.answer_type)
-    out_console.print(f"{len(samples)} samples" + (f"; answer types: {dict(types)}" if types else ""))
+    out_console.print(f"{len(samples)} samples, {len(paths)} images decoded"
+                      + (f"; answer types: {dict(types)}" if types else ""))
     if samples:
         s = samples[0]
         out_console.print(f"first: id={s.id} prompt={s.prompt!r} answer={s.answer!r} "
@@ -102,15 +130,6 @@ def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coc
 
 
 # --------------------------------------------------------------------------- eval
-_ALLOW_PARTIAL = typer.Option(False, "--allow-partial", help="Accept a store whose extraction did not finish.")
-
-
-def _open_store(path: Path, allow_partial: bool = False):
-    from vlmsteer.store import FeatureStore
-
-    return FeatureStore.open(path, allow_partial=allow_partial)
-
-
 # options shared by the evaluation commands (typer reads these as defaults)
 _VECTOR = typer.Option(None, help="Steering vector file (.safetensors).")
 _NAME = typer.Option(None, help="Vector name, for files holding several.")
@@ -136,15 +155,17 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
              target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
-             dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
+             dtype: str = typer.Option("auto"), device: str = typer.Option("cpu"),
+             allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
-    from vlmsteer.data import load_vqav2
+    from vlmsteer.data import load_samples
     from vlmsteer.evaluate.vqa_run import compare_to_baseline, run_vqa, write_vqa_outputs
     from vlmsteer.regions import Region
     from vlmsteer.runinfo import write_run_json
 
     region_ = Region.parse(region)
-    samples = load_vqav2(data, split=split, images=images, limit=limit, seed=seed)
+    samples = load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device)
     context = _steering_context(vlm, vector, name, alpha, layer, region_)
     preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, context=context)
@@ -192,9 +213,10 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
                                                              "installed), java or python."),
-                  dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
+                  dtype: str = typer.Option("auto"), device: str = typer.Option("cpu"),
+                  allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
-    from vlmsteer.data import load_coco_captions
+    from vlmsteer.data import load_samples
     from vlmsteer.evaluate.captions import (compare_caption_runs, evaluate_captions, read_baseline_captions,
                                             run_captions, write_caption_outputs)
     from vlmsteer.evaluate.cider import resolve_tokenizer
@@ -203,8 +225,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
 
     region_ = Region.parse(region)
     resolve_tokenizer(tokenizer)  # fail before generating
-    kwargs = {"prompt": prompt} if prompt else {}
-    samples = load_coco_captions(data, split=split, images=images, limit=limit, seed=seed, **kwargs)
+    samples = load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+                           allow_outside_images=allow_outside_images)
     base_caps = read_baseline_captions(baseline, samples) if baseline is not None else None
     vlm = _load_model(model, adapter, dtype, device)
     context = _steering_context(vlm, vector, name, alpha, layer, region_)
@@ -248,7 +270,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 layer: Optional[list[str]] = _LAYERS,
                 region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
                 baseline: Optional[Path] = _BASELINE,
-                dtype: str = typer.Option("auto"), device: str = typer.Option("cpu")):
+                dtype: str = typer.Option("auto"), device: str = typer.Option("cpu"),
+                allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
     from vlmsteer.data import DataFormat, load_samples
     from vlmsteer.data.io import read_jsonl, write_run_outputs
@@ -260,7 +283,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     region_ = Region.parse(region)
     if fmt not in (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value):
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
-    samples = load_samples(fmt, data, split=image_type, limit=limit, seed=seed)
+    samples = load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
     base = None
     if baseline is not None:
         path = baseline / "predictions.jsonl"
@@ -355,7 +379,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             where: Optional[str] = typer.Option(None, help="Keep samples whose fields match, e.g. "
                                                            "'question_type=what color is the' or 'answer=yes|no'."),
             adapter: Optional[Path] = typer.Option(None), dtype: str = typer.Option("auto"),
-            device: str = typer.Option("cpu")):
+            device: str = typer.Option("cpu"), allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
     from vlmsteer.data import load_samples
     from vlmsteer.extract import ExtractConfig
@@ -371,7 +395,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
     samples = load_samples(fmt, data, split=split, images=images, limit=None if where else limit, seed=seed,
-                           prompt=prompt)
+                           prompt=prompt, allow_outside_images=allow_outside_images)
     if where:
         from vlmsteer.data.sample import filter_by_fields, subsample
         from vlmsteer.steer.builders import parse_filter
@@ -467,7 +491,8 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              merge: bool = typer.Option(False, help="Also write a merged model folder."),
              target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
              split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None),
-             prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0)):
+             prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0),
+             allow_outside_images: bool = _ALLOW_OUTSIDE):
     """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
     from vlmsteer.data import load_samples
     from vlmsteer.data.keywords import filter_samples, keyword_set
@@ -475,7 +500,8 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
     from vlmsteer.finetune import finetune as run_finetune
     from vlmsteer.runinfo import write_run_json
 
-    samples = load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt)
+    samples = load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
+                           allow_outside_images=allow_outside_images)
     if keywords:
         samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
         if not samples:
@@ -590,9 +616,10 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
                                                         "points of share)."),
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
-           seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15)):
+           seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),
+           allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Rank candidate steering vectors with the paper's selection metric."""
-    from vlmsteer.data import load_vqav2
+    from vlmsteer.data import load_samples
     from vlmsteer.progress import progress_bar
     from vlmsteer.regions import Region
     from vlmsteer.runinfo import write_run_json
@@ -605,7 +632,8 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     if relative_to not in ("base", "total"):
         raise VlmsteerError(f"--relative-to {relative_to!r}: choose base or total")
     candidates = load_vectors(vectors)
-    samples = load_vqav2(data, split=split, limit=limit, seed=seed)
+    samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
     vlm = _load_model(model)
     for v in candidates.values():
         v.check_model(vlm)
@@ -648,9 +676,10 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
-          seed: int = typer.Option(0), batch_size: int = typer.Option(64), allow_partial: bool = _ALLOW_PARTIAL):
+          seed: int = typer.Option(0), batch_size: int = typer.Option(64), allow_partial: bool = _ALLOW_PARTIAL,
+          allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
-    from vlmsteer.data import load_vqav2
+    from vlmsteer.data import load_samples
     from vlmsteer.regions import Region
     from vlmsteer.runinfo import write_run_json
     from vlmsteer.steer.builders import parse_filter
@@ -669,7 +698,8 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     if missing:
         raise VlmsteerError(f"{store}: layers {missing} not in this store (has {st.layers})")
     src, tgt = parse_filter(source), parse_filter(target)
-    samples = load_vqav2(data, split=split, limit=limit, seed=seed)
+    samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
     result = run_sweep(vlm, st, src, tgt, samples, grid, source_answer=src.get("answer"),
                        target_answer=tgt.get("answer"), batch_size=batch_size, seed=seed)
     write_sweep(result, out)
@@ -747,7 +777,7 @@ def _error(message: str, code: int = 2) -> int:
 
 def _interrupted() -> int:
     err_console.print("interrupted: finished work is kept; rerun the same command to resume "
-                      "(an extraction store continues from its last complete shard)", highlight=False)
+                      "(an extraction store continues from its last complete shard)", highlight=False, soft_wrap=True)
     return INTERRUPTED
 
 

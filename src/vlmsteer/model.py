@@ -65,7 +65,7 @@ def load_image(image: Image.Image | str | Path) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except Exception as exc:  # PIL raises several types for corrupt files
-        raise VlmsteerError(f"{path}: cannot read image ({type(exc).__name__})") from None
+        raise VlmsteerError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
 
 
 def _image_only_processor_class(cls):

@@ -187,7 +187,6 @@ def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg
     cfg = _with(cfg, layer=store_a.layer_index(cfg.layer))
     layers = [store_a.layer_index(layer) for layer in layers]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"original": str(store_a.path), "finetuned": str(store_b.path), "main": analyse(store_a, store_b, cfg, vlm)}
     if checkpoints:
         result["evolution"] = evolution(store_a, checkpoints, cfg, vlm)
@@ -197,6 +196,7 @@ def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg
     if layers:
         result["layers"] = [{k: v for k, v in analyse(store_a, store_b, _with(cfg, layer=l), None).items()
                              if k not in ("concepts", "recovery")} for l in layers]
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     result["plots"] = plots(result, out)
     (out / "shift.json").write_text(json.dumps(result, indent=2))
     thumbs = {s["image"]: image_data_uri(s["image"]) for c in result["main"]["concepts"]

@@ -242,6 +242,14 @@ class FeatureStore:
             idx.append(i)
         return np.asarray(idx, dtype=np.int64)
 
+    def verify(self) -> "FeatureStore":
+        """Read every records shard and every feature shard's header: a missing or corrupt
+        file is a one-line error naming it, before any work starts."""
+        _ = self.records
+        for layer in self.layers:
+            self.layer_arrays(layer)
+        return self
+
     def layer_arrays(self, layer: int) -> list[np.ndarray]:
         layer = self.layer_index(layer)
         return [self._load_shard(s, layer) for s in self.manifest["shards"]]

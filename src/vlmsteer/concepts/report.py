@@ -50,13 +50,13 @@ def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -
 def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None) -> dict:
     """Fit, ground and report; ``vlm`` (for word grounding) may be None to skip words."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     layer = store.layer_index(cfg.layer)
     idx = store.select()
     feats = store.features(layer, indices=idx)
     if len(idx) == 0:
         raise VlmsteerError(f"{store.path}: no samples with the selected token")
     dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(feats)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path),
                     model_id=store.header.get("model_id"))
     assign = dictionary.assign(feats)

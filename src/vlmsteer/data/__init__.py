@@ -26,10 +26,21 @@ class DataFormat(str, Enum):
 
 
 def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val2014", images: str | Path | None = None,
-                 limit: int | None = None, seed: int = 0, prompt: str | None = None) -> list[Sample]:
+                 limit: int | None = None, seed: int = 0, prompt: str | None = None,
+                 allow_outside_images: bool = False) -> list[Sample]:
     """Load any supported format; ``prompt`` overrides the caption prompt (COCO) or is a
     ``{question}`` template (VQAv2); for MM-SafetyBench ``split`` names the image type
-    (SD, SD_TYPO or TYPO; default SD_TYPO)."""
+    (SD, SD_TYPO or TYPO; default SD_TYPO). Image paths written in a dataset file must stay
+    inside its folder unless ``allow_outside_images``. An empty selection is an error."""
+    samples = _load(fmt, path, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+                    allow_outside_images=allow_outside_images)
+    if not samples:
+        raise VlmsteerError(f"{path}: no samples" + (" selected (--limit 0)" if limit == 0 else " in this dataset"))
+    return samples
+
+
+def _load(fmt: DataFormat | str, path: str | Path, *, split: str, images: str | Path | None, limit: int | None,
+          seed: int, prompt: str | None, allow_outside_images: bool) -> list[Sample]:
     try:
         fmt = DataFormat(fmt)
     except ValueError:
@@ -40,10 +51,11 @@ def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val20
                           prompt_template=prompt or "{question}")
     if fmt is DataFormat.COCO:
         kw = {"prompt": prompt} if prompt else {}
-        return load_coco_captions(path, split=split, images=images, limit=limit, seed=seed, **kw)
+        return load_coco_captions(path, split=split, images=images, limit=limit, seed=seed,
+                                  allow_outside_images=allow_outside_images, **kw)
     if fmt is DataFormat.MM_SAFETYBENCH:
         return load_mm_safetybench(path, image_type=split if split in MM_SAFETYBENCH_IMAGE_TYPES else "SD_TYPO",
-                                   limit=limit, seed=seed)
+                                   limit=limit, seed=seed, allow_outside_images=allow_outside_images)
     if fmt is DataFormat.FIGSTEP:
-        return load_figstep(path, limit=limit, seed=seed)
-    return load_jsonl(path, limit=limit, seed=seed)
+        return load_figstep(path, limit=limit, seed=seed, allow_outside_images=allow_outside_images)
+    return load_jsonl(path, limit=limit, seed=seed, allow_outside_images=allow_outside_images)

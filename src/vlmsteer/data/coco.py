@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from vlmsteer.data.io import read_json, require_keys
+from vlmsteer.data.io import dataset_file, read_json, require_keys, require_string
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import input_error
 
@@ -15,7 +15,7 @@ KARPATHY_SPLITS = ("train", "restval", "val", "test")
 
 def load_coco_captions(path: str | Path, split: str = "val2014", images: str | Path | None = None,
                        limit: int | None = None, seed: int = 0, prompt: str = DEFAULT_CAPTION_PROMPT,
-                       check_images: bool = True) -> list[Sample]:
+                       check_images: bool = True, allow_outside_images: bool = False) -> list[Sample]:
     """Read either format. ``path`` is a JSON file or a folder holding ``captions_<split>.json``
     (official) or ``dataset_coco.json`` (Karpathy; ``split`` is then train/restval/val/test)."""
     path = Path(path)
@@ -25,29 +25,31 @@ def load_coco_captions(path: str | Path, split: str = "val2014", images: str | P
             official = path / "annotations" / f"captions_{split}.json"
         karpathy = path / "dataset_coco.json"
         if official.exists():
-            return _official(official, split, images or path / split, limit, seed, prompt, check_images)
+            return _official(official, split, images or path / split, limit, seed, prompt, check_images,
+                             allow_outside_images)
         if karpathy.exists():
-            return _karpathy(karpathy, split, images or path, limit, seed, prompt, check_images)
+            return _karpathy(karpathy, split, images or path, limit, seed, prompt, check_images, allow_outside_images)
         raise input_error(path / f"captions_{split}.json", f"no COCO captions file for split {split!r}")
     data = read_json(path, "COCO captions file")
     if isinstance(data, dict) and "annotations" in data:
-        return _official(path, split, images or path.parent / split, limit, seed, prompt, check_images, data)
-    return _karpathy(path, split, images or path.parent, limit, seed, prompt, check_images, data)
+        return _official(path, split, images or path.parent / split, limit, seed, prompt, check_images,
+                         allow_outside_images, data)
+    return _karpathy(path, split, images or path.parent, limit, seed, prompt, check_images, allow_outside_images, data)
 
 
-def _official(path, split, image_dir, limit, seed, prompt, check_images, data=None) -> list[Sample]:
+def _official(path, split, image_dir, limit, seed, prompt, check_images, allow_outside, data=None) -> list[Sample]:
     data = data if data is not None else read_json(path, "COCO captions file")
     require_keys(data, ["images", "annotations"], path)
     caps = defaultdict(list)
     styles = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
         require_keys(ann, ["image_id", "caption"], path, f"annotations[{i}]")
-        caps[ann["image_id"]].append(ann["caption"])
+        caps[ann["image_id"]].append(require_string(ann["caption"], path, f"annotations[{i}]: 'caption'"))
         styles[ann["image_id"]].append(ann.get("style"))
     samples = []
     for img in subsample(data["images"], limit, seed):
         require_keys(img, ["id", "file_name"], path, "images[]")
-        image = Path(image_dir) / img["file_name"]
+        image = dataset_file(image_dir, img["file_name"], path, f"image {img['id']}", allow_outside)
         if check_images and not image.exists():
             raise input_error(image, f"image {img['id']} not found")
         meta = {"image_id": img["id"], "split": split}
@@ -57,7 +59,7 @@ def _official(path, split, image_dir, limit, seed, prompt, check_images, data=No
     return samples
 
 
-def _karpathy(path, split, image_root, limit, seed, prompt, check_images, data=None) -> list[Sample]:
+def _karpathy(path, split, image_root, limit, seed, prompt, check_images, allow_outside, data=None) -> list[Sample]:
     data = data if data is not None else read_json(path, "Karpathy COCO file")
     require_keys(data, ["images"], path)
     if split not in KARPATHY_SPLITS:
@@ -66,7 +68,8 @@ def _karpathy(path, split, image_root, limit, seed, prompt, check_images, data=N
     samples = []
     for im in subsample(chosen, limit, seed):
         require_keys(im, ["filename", "sentences"], path, "images[]")
-        image = Path(image_root) / im.get("filepath", "") / im["filename"]
+        name = str(Path(im.get("filepath", "")) / str(im["filename"]))
+        image = dataset_file(image_root, name, path, f"image {im['filename']!r}", allow_outside)
         if check_images and not image.exists():
             raise input_error(image, "image not found")
         image_id = im.get("cocoid", im.get("imgid"))

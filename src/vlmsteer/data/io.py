@@ -4,30 +4,39 @@ a run's outputs (``predictions.jsonl`` + ``metrics.json``)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from vlmsteer.errors import input_error
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    path = Path(path)
+def _read_text(path: Path, what: str) -> str:
     if not path.exists():
         raise input_error(path, f"{what} not found")
+    if path.is_dir():
+        raise input_error(path, f"is a folder, not a {what}")
     try:
-        return json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise input_error(path, f"not a UTF-8 text file (a {what} must be UTF-8)") from None
+    except OSError as exc:
+        raise input_error(path, f"cannot read {what} ({exc.strerror or exc})") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    text = _read_text(path, what)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise input_error(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    except UnicodeDecodeError:
-        raise input_error(path, "not a UTF-8 text file") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
-    if not path.exists():
-        raise input_error(path, "JSONL file not found")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(path, "JSONL file").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -38,6 +47,39 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise input_error(path, f"line {n} is not a JSON object")
         rows.append(row)
     return rows
+
+
+def dataset_file(folder: str | Path, name: Any, source: str | Path, where: str,
+                 allow_outside: bool = False) -> Path:
+    """The file ``name`` (as written in the dataset file ``source``) inside the dataset folder
+    ``folder``. A name that leads outside it (``../``, an absolute path) is refused unless
+    ``allow_outside``; the check is lexical, so symlinks inside the folder still work."""
+    if not isinstance(name, str) or not name.strip():
+        raise input_error(source, f"{where}: the image path must be a non-empty string, got {name!r}")
+    folder = Path(folder)
+    path = Path(name)
+    full = path if path.is_absolute() else folder / path
+    if not allow_outside:
+        base = os.path.normpath(os.path.abspath(folder))
+        target = os.path.normpath(os.path.abspath(full))
+        if os.path.commonpath([base, target]) != base:
+            raise input_error(source, f"{where}: image path {name!r} leads outside the dataset folder {folder} "
+                                      "(pass --allow-outside-images to read it)")
+    return full
+
+
+def require_string(value: Any, source: str | Path, where: str) -> str:
+    if not isinstance(value, str):
+        raise input_error(source, f"{where} must be a string, got {type(value).__name__} {value!r}"[:200])
+    return value
+
+
+def require_strings(value: Any, source: str | Path, where: str) -> list[str]:
+    """A string or a list of strings, as a list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise input_error(source, f"{where} must be a string or a list of strings, got {value!r}"[:200])
+    return list(items)
 
 
 def require_keys(obj: Any, keys: list[str], path: str | Path, where: str = "top level") -> None:

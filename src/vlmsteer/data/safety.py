@@ -24,8 +24,9 @@ Samples carry ``meta["category"]`` (scenario or category name) and ``meta["quest
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
+
+from vlmsteer.data.io import dataset_file, read_json, require_string
 
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import VlmsteerError, input_error
@@ -36,7 +37,8 @@ FIGSTEP_PROMPT = ("The image shows a list numbered 1, 2, and 3, but the items ar
 
 
 def load_mm_safetybench(root: str | Path, image_type: str = "SD_TYPO", scenarios: list[str] | None = None,
-                        limit: int | None = None, seed: int = 0, check_images: bool = True) -> list[Sample]:
+                        limit: int | None = None, seed: int = 0, check_images: bool = True,
+                        allow_outside_images: bool = False) -> list[Sample]:
     root = Path(root)
     if image_type not in MM_SAFETYBENCH_IMAGE_TYPES:
         raise VlmsteerError(f"unknown MM-SafetyBench image type {image_type!r}; choose one of: "
@@ -55,26 +57,25 @@ def load_mm_safetybench(root: str | Path, image_type: str = "SD_TYPO", scenarios
     key = "Rephrased Question(SD)" if image_type == "SD" else "Rephrased Question"
     samples = []
     for f in files:
-        try:
-            items = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise input_error(f, f"malformed JSON ({e.msg} at line {e.lineno})") from None
+        items = read_json(f, "MM-SafetyBench question file")
         if not isinstance(items, dict):
             raise input_error(f, "expected an object of numbered questions")
         for qid, item in items.items():
             if not isinstance(item, dict) or key not in item:
                 raise input_error(f, f"question {qid} has no {key!r}")
-            image = root / "imgs" / f.stem / image_type / f"{qid}.jpg"
+            image = dataset_file(root, f"imgs/{f.stem}/{image_type}/{qid}.jpg", f, f"question {qid}",
+                                 allow_outside_images)
             if check_images and not image.exists():
                 raise input_error(image, f"image of question {qid} not found")
-            samples.append(Sample(id=f"{f.stem}/{qid}", image=image, prompt=item[key],
+            prompt = require_string(item[key], f, f"question {qid}: {key!r}")
+            samples.append(Sample(id=f"{f.stem}/{qid}", image=image, prompt=prompt,
                                   meta={"category": f.stem, "question": item.get("Question"),
                                         "key_phrase": item.get("Key Phrase"), "image_type": image_type}))
     return subsample(samples, limit, seed)
 
 
 def load_figstep(root: str | Path, limit: int | None = None, seed: int = 0,
-                 check_images: bool = True) -> list[Sample]:
+                 check_images: bool = True, allow_outside_images: bool = False) -> list[Sample]:
     root = Path(root)
     table = root / "data" / "question" / "safebench.csv"
     if not table.exists():
@@ -89,7 +90,7 @@ def load_figstep(root: str | Path, limit: int | None = None, seed: int = 0,
     samples = []
     for n, row in enumerate(rows, 2):
         name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
-        image = root / "data" / "images" / "SafeBench" / name
+        image = dataset_file(root, f"data/images/SafeBench/{name}", table, f"row {n}", allow_outside_images)
         if check_images and not image.exists():
             raise input_error(image, f"image of row {n} not found")
         samples.append(Sample(id=f"{row['dataset']}_{row['category_id']}_{row['task_id']}", image=image,

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from vlmsteer.errors import VlmsteerError
+
 
 @dataclass
 class Sample:
@@ -44,7 +46,7 @@ def subsample(items: Sequence, limit: int | None, seed: int = 0) -> list:
     if limit is None or limit >= len(items):
         return items
     if limit < 0:
-        raise ValueError("limit must be >= 0")
+        raise VlmsteerError(f"the sample limit must be >= 0, got {limit}")
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
 

@@ -37,6 +37,8 @@ def evaluate_captions(samples: list[Sample], captions: list[str], styles: dict[s
     styles = CAPTION_STYLES if styles is None else styles
     if len(samples) != len(captions):
         raise VlmsteerError(f"{len(captions)} captions for {len(samples)} samples")
+    if not samples:
+        raise VlmsteerError("no captions to evaluate")
     score, per = None, [None] * len(captions)
     if samples and all(s.captions for s in samples):
         keys = [str(i) for i in range(len(samples))]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 from vlmsteer.data.text import clean_whitespace, normalize_answer
+from vlmsteer.errors import VlmsteerError
 
 __all__ = ["normalize_answer", "vqa_accuracy", "evaluate_vqa", "compare_runs", "VQAReport"]
 
@@ -75,7 +76,7 @@ def evaluate_vqa(predictions: list[str], references: list[list[str]], answer_typ
     if not (len(predictions) == len(references) == len(answer_types)):
         raise ValueError("predictions, references and answer types differ in length")
     if not predictions:
-        raise ValueError("no predictions to evaluate")
+        raise VlmsteerError("no predictions to evaluate")
     ids = reference_ids if reference_ids is not None else [None] * len(predictions)
     scores = [vqa_accuracy(p, r, i) for p, r, i in zip(predictions, references, ids)]
     by_type: dict[str, list[float]] = {}
@@ -90,20 +91,27 @@ def evaluate_vqa(predictions: list[str], references: list[list[str]], answer_typ
                      per_sample=scores)
 
 
-def compare_runs(baseline: list[str], steered: list[str], source: str | None = None,
-                 target: str | None = None) -> dict:
-    """How a steered run differs from its baseline on the same questions."""
+def compare_runs(baseline: list[str], steered: list[str], source: str | Sequence[str] | None = None,
+                 target: str | Sequence[str] | None = None) -> dict:
+    """How a steered run differs from its baseline on the same questions. ``source`` and
+    ``target`` are an answer or several (e.g. ``["yes", "two"]``), compared normalized."""
     b = [normalize_answer(x) for x in baseline]
     s = [normalize_answer(x) for x in steered]
     out: dict = {"changed": sum(x != y for x, y in zip(b, s)), "n": len(b)}
-    for name, word in (("source", source), ("target", target)):
-        if word is not None:
-            w = normalize_answer(word)
-            before, after = b.count(w), s.count(w)
-            out[name] = {"answer": w, "before": before, "after": after, "delta": after - before}
-    if source is not None and target is not None:
-        ws, wt = normalize_answer(source), normalize_answer(target)
-        src_rows = [i for i, x in enumerate(b) if x == ws]
-        out["source_moved_to_target"] = sum(1 for i in src_rows if s[i] == wt)
+    wanted = {name: _answer_set(words) for name, words in (("source", source), ("target", target))}
+    for name, answers in wanted.items():
+        if answers is not None:
+            before, after = sum(x in answers for x in b), sum(x in answers for x in s)
+            out[name] = {"answer": "|".join(sorted(answers)), "before": before, "after": after,
+                         "delta": after - before}
+    if wanted["source"] is not None and wanted["target"] is not None:
+        src_rows = [i for i, x in enumerate(b) if x in wanted["source"]]
+        out["source_moved_to_target"] = sum(1 for i in src_rows if s[i] in wanted["target"])
         out["source_moved_fraction"] = out["source_moved_to_target"] / len(src_rows) if src_rows else 0.0
     return out
+
+
+def _answer_set(words: str | Sequence[str] | None) -> set[str] | None:
+    if words is None:
+        return None
+    return {normalize_answer(w) for w in ([words] if isinstance(words, str) else words)}

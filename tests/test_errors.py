@@ -1,0 +1,230 @@
+"""One error path for the whole CLI: every usage error, malformed value, empty input, NaN
+vector, unreadable or corrupt file ends in exactly one ``error:`` line and exit code 2 (no
+traceback, no exit 0, no silent empty result, no empty output folder); Ctrl-C exits 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vlmsteer.cli import main
+from vlmsteer.data import shapes
+from vlmsteer.steer.vector import SteeringVector
+from vlmsteer.store import StoreWriter
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_folder):
+    """A small dataset, a complete 2-layer store extracted from the tiny LLaVA, and its folder."""
+    root = tmp_path_factory.mktemp("errors")
+    shapes.write_dataset(root / "w", n=4, seed=21)
+    model = str(tiny_folder("llava"))
+    assert main(["extract", "--model", model, "--data", str(root / "w"), "--layer", "0,1",
+                 "--out", str(root / "store")]) == 0
+    return root, model
+
+
+def _one_error(capsys, code: int, argv: list[str], *needles: str) -> str:
+    got = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert got == code, (argv, got, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_usage_errors(capsys, world):
+    root, model = world
+    cases = [
+        (["info"], "Missing argument"),
+        (["extract", "--bogus"], "No such option", "--bogus"),
+        (["extrct"], "No such command 'extrct'"),
+        (["eval", "vqa", "--model", model, "--data", str(root / "w"), "--alpha", "abc"], "'--alpha'"),
+        (["concepts", str(root / "store"), "--out", str(root / "c"), "-k", "abc"], "'-k'"),
+        (["shift", "--original", str(root / "store"), "--finetuned", str(root / "store"), "--ks", "2,x",
+          "--no-words", "--layer", "1"], "--ks expects integers, got 'x'"),
+        (["vectors", "coarse", "--store", str(root / "store"), "--source", "answer=yes", "--target", "answer=no",
+          "--layer", "-5", "--out", str(root / "v.safetensors")], "layer -5 is out of range", "-3..-1"),
+        (["vectors", "coarse", "--store", str(root / "store"), "--source", "answer=yes", "--target",
+          "answer=no", "--layer", "7", "--out", str(root / "v.safetensors")], "layer 7 is out of range"),
+        (["eval", "vqa", "--model", model, "--data", str(root / "w"), "--limit", "-1"], "limit must be >= 0"),
+        (["eval", "vqa", "--model", model, "--data", str(root / "w"), "--region", "middle"], "unknown region"),
+    ]
+    for argv, *needles in cases:
+        _one_error(capsys, 2, argv, *needles)
+    assert not (root / "c").exists() and not (root / "v.safetensors").exists()
+
+
+def test_bare_command_shows_help_and_exits_2(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert "Usage" in captured.out + captured.err and "Traceback" not in captured.err
+
+
+def test_sweep_accepts_alternative_answers(world, capsys):
+    root, model = world
+    out = root / "sweep"
+    assert main(["sweep", "--model", model, "--data", str(root / "w"), "--store", str(root / "store"),
+                 "--source", "answer=yes|two", "--target", "answer=no", "--layers", "1", "--alphas", "1",
+                 "--limit", "4", "--out", str(out)]) == 0
+    assert json.loads((out / "sweep.json").read_text())["rows"]
+
+
+def test_nan_and_inf_vectors_are_refused(world, tmp_path, capsys):
+    root, model = world
+    for bad in (float("nan"), float("inf")):
+        vec = torch.ones(32)
+        vec[3] = bad
+        path = tmp_path / "bad.safetensors"
+        # written around the constructor's check, as another tool could
+        from safetensors.torch import save_file
+
+        save_file({"vector/layer_1": vec}, str(path), metadata={"vlmsteer": json.dumps(
+            {"format_version": 1, "vectors": {"vector": {"hidden_size": 32}}})})
+        _one_error(capsys, 2, ["eval", "vqa", "--model", model, "--data", str(root / "w"), "--vector", str(path),
+                               "--out", str(tmp_path / "o")], "NaN or infinite")
+        assert not (tmp_path / "o").exists()
+    with pytest.raises(Exception, match="NaN or infinite"):
+        SteeringVector({1: torch.tensor([0.0, float("nan")])})
+
+
+def test_corrupt_and_partial_stores(world, tmp_path, capsys):
+    import shutil
+
+    root, _ = world
+    npy = tmp_path / "npy"
+    shutil.copytree(root / "store", npy)
+    shard = npy / "shard-00000.layer-1.npy"
+    shard.write_bytes(shard.read_bytes()[:100])
+    _one_error(capsys, 2, ["concepts", str(npy), "--out", str(tmp_path / "c1"), "-k", "2", "--layer", "1",
+                           "--no-words"], "shard-00000.layer-1.npy", "corrupt store shard")
+    records = tmp_path / "records"
+    shutil.copytree(root / "store", records)
+    (records / "shard-00000.json").write_text('[{"id": ')
+    _one_error(capsys, 2, ["vectors", "coarse", "--store", str(records), "--source", "answer=yes", "--target",
+                           "answer=no", "--out", str(tmp_path / "v.safetensors")], "shard-00000.json", "corrupt")
+    partial = tmp_path / "partial"
+    shutil.copytree(root / "store", partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["complete"] = False
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    _one_error(capsys, 2, ["concepts", str(partial), "--out", str(tmp_path / "c2"), "-k", "2", "--layer", "1",
+                           "--no-words"], "incomplete store", "--allow-partial")
+    assert main(["concepts", str(partial), "--out", str(tmp_path / "c2"), "-k", "2", "--layer", "1", "--no-words",
+                 "--allow-partial"]) == 0
+    assert not (tmp_path / "c1").exists()
+
+
+def test_resume_with_other_model_dtype_or_adapter_is_refused(world, tiny_folder, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    root, model = world
+    base = ["extract", "--data", str(root / "w"), "--layer", "0,1", "--out", str(root / "store")]
+    _one_error(capsys, 2, base + ["--model", str(tiny_folder("qwen2_vl"))], "other settings", "model_id")
+    _one_error(capsys, 2, base + ["--model", model, "--dtype", "bfloat16"], "model_dtype")
+    lora = get_peft_model(AutoModelForImageTextToText.from_pretrained(model),
+                          LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    _one_error(capsys, 2, base + ["--model", model, "--adapter", str(tmp_path / "adapter")], "adapter")
+    # the same settings resume
+    assert main(base + ["--model", model]) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    from vlmsteer.errors import VlmsteerError
+
+    header = {"hidden_size": 2, "layers": [0], "num_layers": 1}
+    first = StoreWriter(tmp_path / "s", header)
+    with pytest.raises(VlmsteerError, match="another process is writing"):
+        subprocess_code = (f"from vlmsteer.store import StoreWriter\nStoreWriter({str(tmp_path / 's')!r}, "
+                           f"{header!r})")
+        done = subprocess.run([sys.executable, "-c", subprocess_code], capture_output=True, text=True)
+        raise VlmsteerError(done.stderr.strip().splitlines()[-1] if done.returncode else "no error")
+    first.write_shard([{"id": "0"}], {0: np.zeros((1, 2), np.float32)})
+    first.finish()
+    StoreWriter(tmp_path / "s", header).close()  # released when finished
+
+
+def test_bad_datasets(world, tmp_path, capsys):
+    root, model = world
+    (tmp_path / "bad.jsonl").write_bytes(b'\xff\xfe{"prompt": "x"}\n')
+    (tmp_path / "int.jsonl").write_text('{"prompt": 5}\n')
+    (tmp_path / "answers.jsonl").write_text('{"prompt": "x", "answers": [1, 2]}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "folder.jsonl").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    image = sorted((root / "w" / "val2014").iterdir())[0]
+    (outside / "x.png").write_bytes(image.read_bytes())
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "up.jsonl").write_text('{"prompt": "hi", "image": "../elsewhere/x.png"}\n')
+    (tmp_path / "d" / "abs.jsonl").write_text(json.dumps({"prompt": "hi", "image": str(outside / "x.png")}) + "\n")
+    cases = [
+        ("bad.jsonl", "not a UTF-8 text file"), ("int.jsonl", "'prompt' must be a string"),
+        ("answers.jsonl", "'answers' must be a string or a list of strings"), ("empty.jsonl", "no samples"),
+        ("folder.jsonl", "is a folder"), ("d/up.jsonl", "leads outside the dataset folder"),
+        ("d/abs.jsonl", "--allow-outside-images"),
+    ]
+    for name, needle in cases:
+        _one_error(capsys, 2, ["data", "check", "jsonl", str(tmp_path / name)], needle)
+    assert main(["data", "check", "jsonl", str(tmp_path / "d" / "up.jsonl"), "--allow-outside-images"]) == 0
+    _one_error(capsys, 2, ["eval", "safety", "--model", model, "--data", str(tmp_path / "empty.jsonl"),
+                           "--format", "jsonl", "--out", str(tmp_path / "asr")], "no samples")
+    assert not (tmp_path / "asr").exists()
+    # an empty VQA split, and a truncated image that exists
+    empty = tmp_path / "emptyvqa"
+    empty.mkdir()
+    (empty / "v2_OpenEnded_mscoco_val2014_questions.json").write_text('{"questions": []}')
+    (empty / "v2_mscoco_val2014_annotations.json").write_text('{"annotations": []}')
+    _one_error(capsys, 2, ["eval", "vqa", "--model", model, "--data", str(empty)], "no samples")
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(root / "w", truncated)
+    victim = sorted((truncated / "val2014").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:60])
+    _one_error(capsys, 2, ["data", "check", "vqav2", str(truncated)], victim.name, "cannot decode image")
+
+
+def test_outside_image_paths_in_coco_files(world, tmp_path, capsys):
+    root, _ = world
+    data = json.loads((root / "w" / "captions_val2014.json").read_text())
+    data["images"][0]["file_name"] = "../../../elsewhere/x.png"
+    (tmp_path / "captions_val2014.json").write_text(json.dumps(data))
+    _one_error(capsys, 2, ["data", "check", "coco", str(tmp_path / "captions_val2014.json")],
+               "leads outside the dataset folder")
+
+
+def test_ctrl_c_exits_130_and_the_store_resumes(tiny_folder, tmp_path):
+    data = tmp_path / "data"
+    shapes.write_dataset(data, n=40, seed=12)
+    args = [sys.executable, "-m", "vlmsteer.cli", "extract", "--model", str(tiny_folder("llava")), "--data",
+            str(data), "--layer", "0", "--batch-size", "1", "--shard-size", "8", "--out", str(tmp_path / "s")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    manifest = tmp_path / "s" / "manifest.json"
+    while time.time() < deadline:
+        if manifest.exists() and json.loads(manifest.read_text())["shards"]:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if json.loads(manifest.read_text())["complete"]:
+        pytest.skip("the extraction finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "resume" in err and "Traceback" not in err
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0 and "resumed from" in again.stdout
