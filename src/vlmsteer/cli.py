@@ -109,7 +109,6 @@ def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coc
     from collections import Counter
 
     from vlmsteer.data import load_samples
-
     from vlmsteer.model import load_image
     from vlmsteer.progress import progress_bar
 
