@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from vlmsteer import applications as apps
+    from vlmsteer.evaluate import experiments as apps
     from vlmsteer.data import load_coco_captions, shapes
     from vlmsteer.evaluate.captions import evaluate_captions, run_captions
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape

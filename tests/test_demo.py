@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from vlmsteer.model import VLM, demo_model_path
+from vlmsteer.loading import demo_model_path
+from vlmsteer.model import VLM
 
 pytestmark = pytest.mark.skipif(not (demo_model_path() / "config.json").exists(),
                                 reason="the shipped demo model is not in this checkout")
@@ -84,7 +85,7 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     from vlmsteer.concepts import KMeansConcepts
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.runner import generate_responses
+    from vlmsteer.evaluate.runner import generate_responses
     from vlmsteer.selectors import Selector
     from vlmsteer.steer import steer
     from vlmsteer.steer.builders import all_concept_shifts

@@ -7,7 +7,7 @@ import pytest
 
 from vlmsteer.cli import main
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.separability import separability
+from vlmsteer.analysis.separability import separability
 from vlmsteer.store import FeatureStore, StoreWriter
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from vlmsteer.concepts import KMeansConcepts
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.shift import (consistency, correlations, match_concepts, recovery_cosine, shift_vectors)
+from vlmsteer.analysis.shift import (consistency, correlations, match_concepts, recovery_cosine, shift_vectors)
 
 
 def _planted(k=4, n=50, d=12, seed=0):
@@ -74,7 +74,7 @@ def _store(path, ids, dim):
 
 
 def test_alignment_errors(tmp_path):
-    from vlmsteer.shift import aligned_features
+    from vlmsteer.analysis.shift import aligned_features
 
     a = _store(tmp_path / "a", ["1", "2", "3"], 4)
     b = _store(tmp_path / "b", ["3", "2", "9"], 4)

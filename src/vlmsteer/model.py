@@ -12,7 +12,6 @@ preparation function (see ``docs/custom-models.md``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,97 +21,11 @@ from PIL import Image
 
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.layers import resolve_layer
+from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, load_image, load_processor, parse_dtype,
+                              resolve_model_id)
 from vlmsteer.regions import TokenRegions
 
-DEMO_MODEL_NAMES = {"shapes-llava", "vlmsteer/shapes-llava", "shapes_llava"}
-DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
 Images = Sequence[Image.Image | str | Path | None]
-
-
-def demo_model_path() -> Path:
-    """Folder of the shipped demo model (``shapes-llava``)."""
-    return Path(__file__).parent / "assets" / "shapes-llava"
-
-
-def resolve_model_id(name: str | Path) -> str:
-    """Map the demo model's names to its folder; anything else is returned unchanged."""
-    if str(name).lower() in DEMO_MODEL_NAMES:
-        path = demo_model_path()
-        if not (path / "config.json").exists():
-            raise VlmsteerError(f"{path}: the shipped demo model is missing from this installation")
-        return str(path)
-    return str(name)
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise VlmsteerError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def load_image(image: Image.Image | str | Path) -> Image.Image:
-    """An RGB PIL image from a PIL image or a path; a one-line error if it cannot be read."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.exists():
-        raise VlmsteerError(f"{path}: image not found")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as exc:  # PIL raises several types for corrupt files
-        raise VlmsteerError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
-
-
-def _image_only_processor_class(cls):
-    """``cls`` without its video part, for processors whose video half needs torchvision."""
-
-    class ImageOnlyProcessor(cls):
-        @classmethod
-        def get_attributes(klass):
-            return [a for a in super().get_attributes() if "video" not in a]
-
-    ImageOnlyProcessor.__name__ = cls.__name__
-    ImageOnlyProcessor.__qualname__ = cls.__qualname__
-    return ImageOnlyProcessor
-
-
-def load_processor(path: str, trust_remote_code: bool = False, revision: str | None = None):
-    """``AutoProcessor``, or the same processor class built without its video processor when
-    that part cannot be built (no torchvision)."""
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-    except (ImportError, ValueError, TypeError, AttributeError, OSError) as first:
-        cls_name = _processor_class_name(path)
-        if cls_name is None:
-            raise VlmsteerError(f"{path}: cannot load a processor ({first})") from None
-        import transformers
-
-        cls = getattr(transformers, cls_name, None)
-        if cls is None or "video_processor" not in cls.get_attributes():
-            raise VlmsteerError(f"{path}: cannot load processor {cls_name} ({first})") from None
-        return _image_only_processor_class(cls).from_pretrained(
-            path, trust_remote_code=trust_remote_code, revision=revision
-        )
-
-
-def _processor_class_name(path: str) -> str | None:
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        f = Path(path) / name
-        if f.exists():
-            try:
-                cls = json.loads(f.read_text()).get("processor_class")
-            except json.JSONDecodeError:
-                continue
-            if cls:
-                return cls
-    return None
 
 
 @dataclass
@@ -447,28 +360,3 @@ def _has_own_rope_index(model) -> bool:
 
 def _blank_image(vlm: VLM) -> Image.Image:
     return Image.new("RGB", (224, 224), (127, 127, 127))
-
-
-def adapter_fingerprint(adapter: str | Path) -> str:
-    """SHA-256 over an adapter folder's config and weight files (names and bytes)."""
-    import hashlib
-
-    path = Path(adapter)
-    digest = hashlib.sha256()
-    files = sorted(f for f in path.iterdir() if f.is_file() and (f.name == "adapter_config.json"
-                                                                 or f.name.startswith("adapter_model")))
-    for f in files:
-        digest.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _attach_adapter(model, adapter: str | Path):
-    from peft import PeftModel
-
-    path = Path(adapter)
-    if not (path / "adapter_config.json").exists():
-        raise VlmsteerError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, str(path))

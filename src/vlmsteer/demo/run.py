@@ -36,8 +36,8 @@ from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
 from vlmsteer.progress import console
 from vlmsteer.regions import Region
-from vlmsteer.runinfo import write_run_json
-from vlmsteer.runner import generate_responses
+from vlmsteer.evaluate.runinfo import write_run_json
+from vlmsteer.evaluate.runner import generate_responses
 from vlmsteer.selectors import Selector
 from vlmsteer.steer import steer
 from vlmsteer.steer.builders import coarse_vector
@@ -142,7 +142,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     _stage(s, "Yes->No steering", t0)
 
     # -- caption styles, neutralization, refusal, separability
-    from vlmsteer import applications as apps
+    from vlmsteer.evaluate import experiments as apps
     from vlmsteer.data import load_jsonl
     from vlmsteer.data.keywords import COLORS
     from vlmsteer.evaluate.shapes_captions import mentions_every_shape
@@ -193,7 +193,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     _stage(s, "refusal steering", t0)
 
     t0 = time.perf_counter()
-    from vlmsteer.separability import separability, write_separability
+    from vlmsteer.analysis.separability import separability, write_separability
 
     sep = separability(store, label="answer", top=10)
     write_separability(store, sep, out / "separability")

@@ -12,7 +12,7 @@ from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.evaluate.cider import Tokenizer, cider
 from vlmsteer.model import VLM
-from vlmsteer.runner import generate_responses
+from vlmsteer.evaluate.runner import generate_responses
 
 CAPTION_STYLES: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}
 

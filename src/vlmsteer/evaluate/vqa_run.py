@@ -8,7 +8,7 @@ from typing import Callable
 from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.vqa import VQAReport, evaluate_vqa
 from vlmsteer.model import VLM
-from vlmsteer.runner import generate_responses
+from vlmsteer.evaluate.runner import generate_responses
 
 
 def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 8,
@@ -48,7 +48,7 @@ def read_predictions(path: str | Path) -> list[dict]:
 def compare_to_baseline(baseline: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
                         source: str | None = None, target: str | None = None) -> dict:
     """Answers changed, source/target count changes and per-type accuracy deltas vs a baseline run."""
-    from vlmsteer.errors import VlmsteerError, input_error
+    from vlmsteer.errors import input_error
     from vlmsteer.evaluate.vqa import compare_runs
 
     base = Path(baseline)

@@ -97,7 +97,7 @@ def build_llava():
 def build_qwen2_vl(v25: bool = False):
     import transformers as tf
 
-    from vlmsteer.model import _image_only_processor_class
+    from vlmsteer.loading import _image_only_processor_class
 
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                 "<|video_pad|>"]
@@ -198,7 +198,7 @@ def build_gemma3():
 def build_llava_onevision():
     import transformers as tf
 
-    from vlmsteer.model import _image_only_processor_class
+    from vlmsteer.loading import _image_only_processor_class
 
     specials = ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]
     tok = word_tokenizer(specials, bos=None, eos="<|im_end|>", extra={"image_token": "<image>", "video_token": "<video>"})

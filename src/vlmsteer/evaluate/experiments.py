@@ -32,7 +32,7 @@ from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions, 
 from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
-from vlmsteer.runner import generate_responses
+from vlmsteer.evaluate.runner import generate_responses
 from vlmsteer.selectors import Selector
 from vlmsteer.steer import steer
 from vlmsteer.steer.builders import coarse_vector

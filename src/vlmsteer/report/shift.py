@@ -14,7 +14,7 @@ from vlmsteer.concepts import make_dictionary
 from vlmsteer.concepts.grounding import ground_text, t_overlap
 from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.report import image_data_uri, render
-from vlmsteer.shift import (aligned_features, consistency, correlations, match_concepts, recovery_cosine,
+from vlmsteer.analysis.shift import (aligned_features, consistency, correlations, match_concepts, recovery_cosine,
                             shift_vectors)
 from vlmsteer.store import FeatureStore
 

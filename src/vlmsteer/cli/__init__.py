@@ -1,0 +1,86 @@
+"""``vlmsteer <command>``: thin shells that parse options and call the library, one module per
+command group (:mod:`.data`, :mod:`.features`, :mod:`.finetune`, :mod:`.steering`,
+:mod:`.evaluate`, :mod:`.demo`); shared options live in :mod:`.common`.
+
+Every problem with the user's input ends with a one-line ``error: ...`` on stderr and exit
+code 2, never a traceback; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vlmsteer.cli import data, demo, evaluate, features, finetune, steering  # noqa: F401 - registers the commands
+from vlmsteer.cli.common import app, err_console
+from vlmsteer.errors import VlmsteerError
+
+
+__all__ = ["app", "main", "entry"]
+
+
+INTERRUPTED = 130
+
+
+def _error(message: str, code: int = 2) -> int:
+    err_console.print(f"error: {' '.join(str(message).split())}", highlight=False, markup=False, soft_wrap=True)
+    return code
+
+
+def _interrupted() -> int:
+    err_console.print("interrupted: finished work is kept; rerun the same command to resume "
+                      "(an extraction store continues from its last complete shard)", highlight=False, soft_wrap=True)
+    return INTERRUPTED
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` is a click-family exception called ``name``: matched by class name, so
+    click's own classes and the copies typer vendors (typer >= 0.29) are both recognized."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one ``error: ...`` line and exit code 2;
+    Ctrl-C exits with 130 and a line saying how to resume."""
+    from vlmsteer.hooks import PositionError
+
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
+    except VlmsteerError as exc:
+        return _error(str(exc), exc.exit_code)
+    except PositionError as exc:  # steering cannot tell where it is: never a silent no-op
+        return _error(f"steering stopped: {exc}", 1)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        return _error(f"{exc.filename}: {exc.strerror or exc}")
+    except Exception as exc:
+        if _is(exc, "NoArgsIsHelpError"):  # a bare `vlmsteer` or group: show the help
+            exc.show()
+            return 2
+        if _is(exc, "Exit"):
+            code = int(getattr(exc, "exit_code", 0) or 0)
+            return _interrupted() if code == INTERRUPTED else code
+        if _is(exc, "Abort"):  # click < 8.2 / typer < 0.29 turn Ctrl-C into Abort
+            return _interrupted()
+        if _is(exc, "ClickException"):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None and _is(exc, "UsageError") else ""
+            return _error(exc.format_message() + hint, 2 if _is(exc, "UsageError") else 1)
+        raise
+    # typer >= 0.29 turns Ctrl-C into Exit(130), which non-standalone mode returns as a value
+    if result == INTERRUPTED:
+        return _interrupted()
+    return result if isinstance(result, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,5 @@
+"""``python -m vlmsteer.cli``."""
+
+from vlmsteer.cli import entry
+
+entry()

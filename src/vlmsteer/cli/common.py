@@ -1,0 +1,99 @@
+"""What every command module shares: the typer apps, consoles, model loading, option
+definitions and small parsers. Nothing here computes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from vlmsteer.errors import VlmsteerError
+
+
+app = typer.Typer(help="Concept-level analysis and training-free steering of multimodal LLMs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: generate the shapes world, check dataset files.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a model (optionally steered).", no_args_is_help=True)
+vectors_app = typer.Typer(help="Build steering vectors from feature stores.", no_args_is_help=True)
+demo_app = typer.Typer(help="The end-to-end demo on the shipped shapes-llava model.", invoke_without_command=True)
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+app.add_typer(vectors_app, name="vectors")
+app.add_typer(demo_app, name="demo")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto", device: str = "cpu",
+                trust_remote_code: bool = False):
+    _quiet_transformers()
+    from vlmsteer.model import VLM
+
+    return VLM.load(model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+
+_ALLOW_OUTSIDE = typer.Option(False, "--allow-outside-images",
+                              help="Read image paths that lead outside the dataset folder.")
+_ALLOW_PARTIAL = typer.Option(False, "--allow-partial", help="Accept a store whose extraction did not finish.")
+
+
+def _open_store(path: Path, allow_partial: bool = False):
+    from vlmsteer.store import FeatureStore
+
+    return FeatureStore.open(path, allow_partial=allow_partial).verify()
+
+
+# options shared by the evaluation commands (typer reads these as defaults)
+_VECTOR = typer.Option(None, help="Steering vector file (.safetensors).")
+_NAME = typer.Option(None, help="Vector name, for files holding several.")
+_ALPHA = typer.Option(1.0, help="Steering strength.")
+_LAYERS = typer.Option(None, help="Layer(s) to steer (default: the vector's).")
+_BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
+_LIMIT = typer.Option(None, help="Evaluate a seeded random subset.")
+
+
+def _parse_ints(values: str | list[str], option: str = "--layer") -> list[int]:
+    """Integers from repeated and/or comma-separated option values; one-line error otherwise."""
+    numbers = []
+    for v in [values] if isinstance(values, str) else values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                numbers.append(int(part))
+            except ValueError:
+                raise VlmsteerError(f"{option} expects integers, got {part!r}") from None
+    if not numbers:
+        raise VlmsteerError(f"give at least one value for {option}")
+    return numbers
+
+
+def _parse_layers(values: list[str]) -> list[int]:
+    return _parse_ints(values, "--layer")
+
+
+def _steering_context(vlm, vector: Optional[Path], name: Optional[str], alpha: float,
+                      layer: Optional[list[str]], region):
+    """A per-batch ``steer`` context for ``vector`` (None without a vector), checked against the model."""
+    if vector is None:
+        return None
+    from vlmsteer.steer import steer
+    from vlmsteer.steer.vector import load_vector
+
+    vec = load_vector(vector, name, vlm)
+    layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
+    return lambda batch: steer(vlm, vec, batch, alpha=alpha, layers=layers, region=region)

@@ -1,0 +1,80 @@
+"""``vlmsteer info`` and ``vlmsteer data shapes|check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _load_model, app, data_app, err_console,
+                                 out_console)
+from vlmsteer.errors import VlmsteerError
+
+
+@app.command()
+def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-llava."),
+         adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder."),
+         trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run.")):
+    """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
+    from vlmsteer.evaluate.runinfo import version_warnings, versions
+
+    vlm = _load_model(model, adapter, trust_remote_code=trust_remote_code)
+    table = Table(show_header=False)
+    for k, v in vlm.describe().items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    for name, version in versions().items():
+        table.add_row(name, version)
+    out_console.print(table)
+    for line in version_warnings():
+        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
+
+
+@data_app.command("shapes")
+def data_shapes(out: Path = typer.Option(..., help="Output folder."),
+                n: int = typer.Option(1000, help="Number of scenes (images)."),
+                seed: int = typer.Option(0, help="World seed; the demo model was trained on seed 1000."),
+                split: str = typer.Option("val2014", help="Split name used in the file names."),
+                start: int = typer.Option(0, help="Index of the first scene.")):
+    """Generate shapes-world scenes in the official VQAv2 and COCO caption formats."""
+    from vlmsteer.data import shapes
+    from vlmsteer.progress import progress_bar
+
+    if n < 1:
+        raise VlmsteerError(f"--n must be >= 1, got {n}")
+    with progress_bar("rendering scenes", n) as advance:
+        paths = shapes.write_dataset(out, n=n, seed=seed, split=split, start=start, progress=advance)
+    for name, p in paths.items():
+        out_console.print(f"{name:12s} {p}")
+
+
+@data_app.command("check")
+def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
+               path: Path = typer.Argument(..., help="Dataset folder or file."),
+               split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+               limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
+               allow_outside_images: bool = _ALLOW_OUTSIDE):
+    """Load a dataset, decode every selected image, and summarize it."""
+    from collections import Counter
+
+    from vlmsteer.data import load_samples
+    from vlmsteer.loading import load_image
+    from vlmsteer.progress import progress_bar
+
+    samples = load_samples(fmt, path, split=split, images=images, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
+    paths = sorted({s.image_path for s in samples if s.image_path})
+    with progress_bar("decoding images", len(paths)) as advance:
+        for image in paths:
+            load_image(image)
+            advance(1)
+    types = Counter(s.answer_type for s in samples if s.answer_type)
+    out_console.print(f"{len(samples)} samples, {len(paths)} images decoded"
+                      + (f"; answer types: {dict(types)}" if types else ""))
+    if samples:
+        s = samples[0]
+        out_console.print(f"first: id={s.id} prompt={s.prompt!r} answer={s.answer!r} "
+                          f"captions={len(s.captions)} image={s.image_path}")
+
+

@@ -1,0 +1,136 @@
+"""``vlmsteer extract``, ``concepts`` and ``separability``: features and what they hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
+                                 _parse_layers, app, out_console)
+from vlmsteer.errors import VlmsteerError
+
+
+@app.command()
+def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+            data: Path = typer.Option(..., help="Dataset folder or file."),
+            fmt: str = typer.Option("vqav2", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
+            out: Path = typer.Option(..., help="Store folder (rerun the same command to resume)."),
+            layer: list[str] = typer.Option(..., help="Decoder layer(s); negative counts from the end; "
+                                                      "repeat or comma-separate."),
+            selector: str = typer.Option("last_prompt", help="last_prompt, word, mean_response, mean_image, "
+                                                             "mean_text."),
+            word: Optional[str] = typer.Option(None, help="Word of interest (word selector); whole-word match."),
+            word_source: str = typer.Option("response", help="Find the word in the response or the prompt."),
+            word_position: str = typer.Option("predicts", help="'predicts': the position whose next token is "
+                                                               "the word (default); 'of': the word's own last token."),
+            mode: str = typer.Option("teacher", help="teacher (reference answer/caption) or generate."),
+            target: str = typer.Option("auto", help="Teacher-forced text: auto, answer or caption."),
+            split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+            limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
+            batch_size: int = typer.Option(16), shard_size: int = typer.Option(256),
+            store_dtype: str = typer.Option("float32", help="float32 or float16 features on disk."),
+            max_new_tokens: int = typer.Option(32), prompt: Optional[str] = typer.Option(None),
+            where: Optional[str] = typer.Option(None, help="Keep samples whose fields match, e.g. "
+                                                           "'question_type=what color is the' or 'answer=yes|no'."),
+            adapter: Optional[Path] = typer.Option(None), dtype: str = typer.Option("auto"),
+            device: str = typer.Option("cpu"), allow_outside_images: bool = _ALLOW_OUTSIDE):
+    """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
+    from vlmsteer.data import load_samples
+    from vlmsteer.extract import ExtractConfig
+    from vlmsteer.extract import extract as run_extract
+    from vlmsteer.evaluate.runinfo import write_run_json
+    from vlmsteer.selectors import Selector
+
+    sel = Selector(kind=selector, word=word, source=word_source, position=word_position)
+    try:
+        cfg = ExtractConfig(layers=_parse_layers(layer), selector=sel, mode=mode, target=target,
+                            batch_size=batch_size, shard_size=shard_size, dtype=store_dtype,
+                            max_new_tokens=max_new_tokens)
+    except ValueError as exc:
+        raise VlmsteerError(str(exc)) from None
+    samples = load_samples(fmt, data, split=split, images=images, limit=None if where else limit, seed=seed,
+                           prompt=prompt, allow_outside_images=allow_outside_images)
+    if where:
+        from vlmsteer.data.sample import filter_by_fields, subsample
+        from vlmsteer.steer.builders import parse_filter
+
+        samples = subsample(filter_by_fields(samples, parse_filter(where)), limit, seed)
+        if not samples:
+            raise VlmsteerError(f"no sample matches --where {where!r}")
+    vlm = _load_model(model, adapter, dtype, device)
+    dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
+               "where": where}
+    store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset)
+    if resumed:
+        out_console.print(f"resumed from {resumed} samples already in {out}")
+    write_run_json(out, options=dict(model=model, data=data, format=fmt, layers=cfg.layers, selector=sel.to_dict(),
+                                     mode=mode, target=target, batch_size=batch_size, shard_size=shard_size),
+                   seed=seed, model_id=model, revision=vlm.revision)
+    found = int(len(store.select()))
+    out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
+
+
+@app.command()
+def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
+             out: Path = typer.Option(..., help="Output folder."),
+             method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
+             k: int = typer.Option(20, "-k", "--k", help="Number of concepts."),
+             layer: int = typer.Option(-1, help="Layer of the store to use (negative counts from the end)."),
+             model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
+             no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
+             top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0),
+             allow_partial: bool = _ALLOW_PARTIAL):
+    """Learn concepts from stored features; ground them in words and images; write an HTML report."""
+    from vlmsteer.report.concepts import ConceptRun, run_concepts
+    from vlmsteer.evaluate.runinfo import write_run_json
+
+    st = _open_store(store, allow_partial)
+    absolute = st.layer_index(layer)
+    vlm = None if no_words else _load_model(model or st.header["model_id"])
+    result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
+                                             top_images=top_images), vlm=vlm)
+    write_run_json(out, options=dict(store=store, method=method, k=k, layer=absolute), seed=seed,
+                   model_id=st.header.get("model_id"))
+    table = Table(title=f"{k} {method} concepts, layer {absolute}")
+    table.add_column("#", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("words")
+    for c in result["concepts"]:
+        table.add_row(str(c["index"]), str(c["size"]), ", ".join(c["words"][:8]))
+    out_console.print(table)
+    out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors")
+
+
+@app.command("separability")
+def separability_cmd(store: Path = typer.Argument(..., help="Feature store folder (extract several layers)."),
+                     out: Path = typer.Option(..., help="Output folder."),
+                     label: str = typer.Option("answer", help="Record field to predict (e.g. answer, "
+                                                              "answer_type, meta.style)."),
+                     layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
+                     top: int = typer.Option(10, help="Keep the most frequent labels."),
+                     folds: int = typer.Option(5, help="Cross-validation folds."), seed: int = typer.Option(0),
+                     allow_partial: bool = _ALLOW_PARTIAL):
+    """Per-layer linear-probe accuracy and PCA plots of features coloured by a label (PNG + JSON)."""
+    from vlmsteer.evaluate.runinfo import write_run_json
+    from vlmsteer.analysis.separability import separability, write_separability
+
+    st = _open_store(store, allow_partial)
+    result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
+                          seed=seed)
+    write_separability(st, result, out, seed=seed)
+    write_run_json(out, options=dict(store=store, label=label, layer=layer, top=top, folds=folds), seed=seed,
+                   model_id=st.header.get("model_id"))
+    table = Table(title=f"linear separability of {label!r} ({sum(result.counts.values())} samples, "
+                        f"{len(result.labels)} labels; majority class {result.majority_baseline:.1f} %)")
+    for col in ("layer", "probe accuracy %", "PCA variance (2 comps)"):
+        table.add_column(col, justify="right")
+    for r in result.layers:
+        table.add_row(str(r.layer), f"{r.probe_accuracy:.1f} ± {r.probe_accuracy_std:.1f}",
+                      f"{sum(r.pca_explained):.2f}")
+    out_console.print(table)
+    out_console.print(f"wrote {out}/separability.json, {out}/probe_accuracy.png, {out}/pca_layers.png")
+
+

@@ -1,0 +1,92 @@
+"""``vlmsteer finetune`` and ``vlmsteer shift``: what fine-tuning changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
+                                 _parse_ints, app, out_console)
+from vlmsteer.errors import VlmsteerError
+
+
+@app.command()
+def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+             data: Path = typer.Option(..., help="Dataset folder or file."),
+             out: Path = typer.Option(..., help="Output folder (adapters, loss.jsonl, merged/)."),
+             fmt: str = typer.Option("coco", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
+             keywords: Optional[str] = typer.Option(None, help="Keep only texts with these keywords: colors, "
+                                                               "places, sentiments, gender."),
+             steps: int = typer.Option(300), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),
+             rank: int = typer.Option(8), save_every: int = typer.Option(100),
+             merge: bool = typer.Option(False, help="Also write a merged model folder."),
+             target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
+             split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None),
+             prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0),
+             allow_outside_images: bool = _ALLOW_OUTSIDE):
+    """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
+    from vlmsteer.data import load_samples
+    from vlmsteer.data.keywords import filter_samples, keyword_set
+    from vlmsteer.finetune import FinetuneConfig
+    from vlmsteer.finetune import finetune as run_finetune
+    from vlmsteer.evaluate.runinfo import write_run_json
+
+    samples = load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
+                           allow_outside_images=allow_outside_images)
+    if keywords:
+        samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
+        if not samples:
+            raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
+    vlm = _load_model(model)
+    cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
+                         target=target)
+    summary = run_finetune(vlm, samples, out, cfg, merge=merge)
+    write_run_json(out, options=dict(model=model, data=data, format=fmt, keywords=keywords, steps=steps,
+                                     batch_size=batch_size, lr=lr, rank=rank, merge=merge), seed=seed, model_id=model)
+    out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
+                      f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
+
+
+@app.command()
+def shift(original: Path = typer.Option(..., help="Store extracted from the original model."),
+          finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
+          out: Path = typer.Option(Path("runs/shift")), layer: int = typer.Option(-1),
+          k: int = typer.Option(10, "-k", "--k"), method: str = typer.Option("kmeans"),
+          matching: str = typer.Option("hungarian", help="hungarian or ot."),
+          checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
+          ks: Optional[str] = typer.Option(None, help="Ablation over K, e.g. '5,10,20'."),
+          layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
+          keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
+          model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
+          no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL):
+    """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""
+    from vlmsteer.data.keywords import keyword_set
+    from vlmsteer.evaluate.runinfo import write_run_json
+    from vlmsteer.report.shift import ShiftConfig, run_shift
+
+    a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
+    absolute = a.layer_index(layer)
+    b.layer_index(layer)
+    checkpoints = {}
+    for item in checkpoint or []:
+        step, _, path = item.partition("=")
+        if not step.strip().isdigit() or not path:
+            raise VlmsteerError(f"--checkpoint expects STEP=STORE, got {item!r}")
+        checkpoints[int(step)] = _open_store(Path(path), allow_partial)
+    cfg = ShiftConfig(layer=absolute, k=k, method=method, matching=matching, seed=seed,
+                      keywords=keyword_set(keywords) if keywords else None)
+    k_values = _parse_ints(ks, "--ks") if ks else []
+    if any(v < 1 for v in k_values + [k]):
+        raise VlmsteerError(f"-k and --ks need positive integers, got {[k] + k_values}")
+    layer_values = [a.layer_index(v) for v in _parse_ints(layers, "--layers")] if layers else []
+    vlm = None if no_words else _load_model(model or a.header["model_id"])
+    result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
+    write_run_json(out, options=dict(original=original, finetuned=finetuned, layer=absolute, k=k, method=method,
+                                     matching=matching, keywords=keywords), seed=seed, model_id=a.header.get("model_id"))
+    m = result["main"]
+    out_console.print(f"mean recovery cosine: alpha 0 = {m['mean_recovery_alpha0']:.3f}, "
+                      f"alpha 1 = {m['mean_recovery_alpha1']:.3f}; wrote {out}/shift.json, {out}/report.html")
+
+

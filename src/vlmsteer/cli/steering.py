@@ -1,0 +1,175 @@
+"""``vlmsteer vectors coarse|concepts``, ``select`` and ``sweep``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
+                                 _parse_layers, app, out_console, vectors_app)
+from vlmsteer.errors import VlmsteerError
+
+
+@vectors_app.command("coarse")
+def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, and target unless --target-store)."),
+                   out: Path = typer.Option(..., help="Output .safetensors file."),
+                   source: Optional[str] = typer.Option(None, help="Source filter, e.g. 'response=yes'."),
+                   target: Optional[str] = typer.Option(None, help="Target filter, e.g. 'response=no'."),
+                   target_store: Optional[Path] = typer.Option(None, help="A second store for the target."),
+                   layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
+                   max_samples: Optional[int] = typer.Option(None, help="Use at most this many per side."),
+                   seed: int = typer.Option(0), name: str = typer.Option("vector"),
+                   allow_partial: bool = _ALLOW_PARTIAL):
+    """Coarse vector: mean(target features) - mean(source features)."""
+    from vlmsteer.steer.builders import coarse_vector, parse_filter
+
+    a = _open_store(store, allow_partial)
+    b = _open_store(target_store, allow_partial) if target_store else None
+    layers = _parse_layers(layer) if layer else None
+    vec = coarse_vector(a, parse_filter(source) if source else None, b, parse_filter(target) if target else None,
+                        layers=layers, max_samples=max_samples, seed=seed)
+    vec.save(out, name=name)
+    out_console.print(f"{vec.method} vector {vec.source!r} -> {vec.target!r} from {vec.n_source} + {vec.n_target} "
+                      f"samples, layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
+
+
+@vectors_app.command("concepts")
+def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safetensors from vlmsteer concepts."),
+                     out: Path = typer.Option(..., help="Output .safetensors file with all K·(K−1) vectors."),
+                     layer: Optional[int] = typer.Option(None, help="Layer to steer (default: the dictionary's).")):
+    """Fine-grained vectors between concepts: 'i->j' = u_j − u_i for every ordered pair."""
+    from vlmsteer.concepts import load_dictionary
+    from vlmsteer.steer.builders import all_concept_shifts
+    from vlmsteer.steer.vector import save_vectors
+
+    d, meta = load_dictionary(dictionary)
+    layer = layer if layer is not None else meta.get("layer")
+    if layer is None:
+        raise VlmsteerError(f"{dictionary}: no layer recorded; pass --layer")
+    labels = None
+    cj = dictionary.parent / "concepts.json"
+    if cj.exists():
+        labels = [f"{c['index']}:{(c['words'] or ['?'])[0]}" for c in json.loads(cj.read_text())["concepts"]]
+    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=labels)
+    save_vectors(out, vecs)
+    out_console.print(f"{len(vecs)} concept-pair vectors (layer {layer}) -> {out}")
+
+
+@app.command()
+def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+           data: Path = typer.Option(..., help="VQAv2 folder."),
+           vectors: Path = typer.Option(..., help="File of candidate vectors (e.g. from vectors concepts)."),
+           out: Path = typer.Option(Path("runs/select"), help="Output folder."),
+           alpha: float = typer.Option(1.0), region: str = typer.Option("last_prompt"),
+           top_n: int = typer.Option(5, help="Answers kept per vector before the 2-means split."),
+           relative_to: str = typer.Option("total", help="Answer increase relative to its baseline count "
+                                                        "('base', (s-b)/(b+1)) or to all answers ('total', "
+                                                        "points of share)."),
+           distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
+           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
+           seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),
+           allow_outside_images: bool = _ALLOW_OUTSIDE):
+    """Rank candidate steering vectors with the paper's selection metric."""
+    from vlmsteer.data import load_samples
+    from vlmsteer.progress import progress_bar
+    from vlmsteer.regions import Region
+    from vlmsteer.evaluate.runinfo import write_run_json
+    from vlmsteer.evaluate.runner import generate_responses
+    from vlmsteer.steer import steer
+    from vlmsteer.steer.selection import rank, selection_score
+    from vlmsteer.steer.vector import load_vectors
+
+    region_ = Region.parse(region)
+    if relative_to not in ("base", "total"):
+        raise VlmsteerError(f"--relative-to {relative_to!r}: choose base or total")
+    candidates = load_vectors(vectors)
+    samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
+    vlm = _load_model(model)
+    for v in candidates.values():
+        v.check_model(vlm)
+    base = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=3,
+                                               description="baseline")]
+    selections = []
+    with progress_bar("candidates", len(candidates)) as advance:
+        for name, vec in candidates.items():
+            steered = [r.text for r in generate_responses(
+                vlm, samples, batch_size=batch_size, max_new_tokens=3, progress=False,
+                context=lambda b, v=vec: steer(vlm, v, b, alpha=alpha, region=region_))]
+            selections.append(selection_score(base, steered, top_n=top_n, name=name, relative_to=relative_to))
+            advance(1)
+    results = [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
+               for s in rank(selections, distinct=distinct)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.json").write_text(json.dumps({"alpha": alpha, "region": region_.value, "n": len(samples),
+                                                    "ranking": results}, indent=2))
+    write_run_json(out, options=dict(model=model, data=data, vectors=vectors, alpha=alpha, region=region,
+                                     top_n=top_n, limit=limit, relative_to=relative_to, distinct=distinct),
+                   seed=seed, model_id=model)
+    table = Table(title=f"{len(results)} vectors ranked by the selection metric")
+    for col in ("rank", "vector", "from", "to", "score", "primary answers"):
+        table.add_column(col)
+    for i, r in enumerate(results[:show], 1):
+        table.add_row(str(i), r["name"], str(r["source"]), str(r["target"]), f"{r['score']:.2f}",
+                      ", ".join(r["primary"]))
+    out_console.print(table)
+
+
+@app.command()
+def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+          data: Path = typer.Option(..., help="VQAv2 folder with held-out questions."),
+          store: Path = typer.Option(..., help="Feature store to build the coarse vector from."),
+          source: str = typer.Option(..., help="Source filter, e.g. 'answer=yes'."),
+          target: str = typer.Option(..., help="Target filter, e.g. 'answer=no'."),
+          out: Path = typer.Option(Path("runs/sweep")),
+          layers: str = typer.Option("-1", help="Comma-separated layers."),
+          alphas: str = typer.Option("0.5,1,2", help="Comma-separated alphas."),
+          regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
+          n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
+          split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
+          seed: int = typer.Option(0), batch_size: int = typer.Option(64), allow_partial: bool = _ALLOW_PARTIAL,
+          allow_outside_images: bool = _ALLOW_OUTSIDE):
+    """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
+    from vlmsteer.data import load_samples
+    from vlmsteer.regions import Region
+    from vlmsteer.evaluate.runinfo import write_run_json
+    from vlmsteer.steer.builders import parse_filter
+    from vlmsteer.evaluate.sweep import SweepGrid, run_sweep, write_sweep
+
+    st = _open_store(store, allow_partial)
+    vlm = _load_model(model)
+    try:
+        grid = SweepGrid(layers=[vlm.layer_index(int(x)) for x in layers.split(",")],
+                         alphas=[float(x) for x in alphas.split(",")],
+                         regions=[Region.parse(x) for x in regions.split(",")],
+                         n_samples=[None if x.strip() == "all" else int(x) for x in n_samples.split(",")])
+    except ValueError as exc:
+        raise VlmsteerError(f"bad sweep values ({exc})") from None
+    missing = [l for l in grid.layers if l not in st.layers]
+    if missing:
+        raise VlmsteerError(f"{store}: layers {missing} not in this store (has {st.layers})")
+    src, tgt = parse_filter(source), parse_filter(target)
+    samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+                           allow_outside_images=allow_outside_images)
+    result = run_sweep(vlm, st, src, tgt, samples, grid, source_answer=src.get("answer"),
+                       target_answer=tgt.get("answer"), batch_size=batch_size, seed=seed)
+    write_sweep(result, out)
+    write_run_json(out, options=dict(model=model, data=data, store=store, source=source, target=target,
+                                     layers=layers, alphas=alphas, regions=regions, n_samples=n_samples), seed=seed,
+                   model_id=model)
+    types = list(result["baseline_accuracy"])
+    table = Table(title=f"sweep: {source} -> {target} ({result['n']} questions)")
+    for col in ["layer", "alpha", "region", "samples", "moved", "changed"] + [f"Δ {t}" for t in types]:
+        table.add_column(col)
+    for r in result["rows"]:
+        moved = "" if r["moved_fraction"] is None else f"{100 * r['moved_fraction']:.1f} %"
+        table.add_row(str(r["layer"]), str(r["alpha"]), r["region"], str(r["vector_samples"]), moved,
+                      str(r["changed"]), *[f"{r['accuracy_delta'][t]:+.2f}" for t in types])
+    out_console.print(table)
+    out_console.print(f"wrote {out}/sweep.json, {out}/sweep.png")
+
+
