@@ -62,7 +62,7 @@ def main() -> None:
     scenes = load_scenes(tmp / "heldout")
     held_scenes = [scenes[s.meta["image_id"]] for s in held]
     build = load_coco_captions(tmp / "build", prompt=shapes.CAPTION_PROMPT)
-    g = apps.Generation(batch_size=64, max_new_tokens=args.tokens, progress=False)
+    g = apps.GenerationSettings(batch_size=64, max_new_tokens=args.tokens, progress=False)
 
     def every_shape(caps: list[str]) -> dict:
         return {"every_shape": 100.0 * sum(mentions_every_shape(c, sc) for c, sc in zip(caps, held_scenes))
@@ -74,7 +74,7 @@ def main() -> None:
     rows = []
     for style in args.styles.split(","):
         vectors = {
-            "own": coarse_vector(own, {"response!~": style}, target={"response~": style}, layers=layers),
+            "own": coarse_vector(own, f"response!~{style}", target=f"response~{style}", layers=layers),
             "prompted": apps.style_vector(vlm, build, shapes.STYLE_PROMPTS, style, layers, tmp / "prompted", g),
         }
         for source, vec in vectors.items():

@@ -44,7 +44,7 @@ def main() -> None:
     from vlmsteer.evaluate.vqa_run import run_vqa
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.selectors import Selector
-    from vlmsteer.steer import steer
+    from vlmsteer.steer import Steering
     from vlmsteer.steer.builders import coarse_vector
     from vlmsteer.steer.conditions import NearestConceptCondition
 
@@ -60,14 +60,13 @@ def main() -> None:
     base, base_rep = run_vqa(vlm, held, batch_size=64, max_new_tokens=3, progress=False)
     rows = []
     for source, target in PAIRS:
-        vec = coarse_vector(store, {"answer": source}, target={"answer": target}, layers=[last],
+        vec = coarse_vector(store, f"answer={source}", target=f"answer={target}", layers=[last],
                             max_samples=args.per_side, seed=0)
         cond = NearestConceptCondition.from_store(store, last, active_values=[source])
         family = NearestConceptCondition.from_store(store, last, active_values=FAMILIES[source])
         for mode, c in (("coarse", None), ("fine-grained", cond), ("fine-grained, family", family)):
             preds, rep = run_vqa(vlm, held, batch_size=64, max_new_tokens=3, progress=False,
-                                 context=lambda b, c=c: steer(vlm, vec, b, alpha=args.alpha, region="last_prompt",
-                                                              condition=c))
+                                 steering=Steering(vec, args.alpha, region="last_prompt", condition=c))
             cmp = compare_runs(base, preds, source=source, target=target)
             rows.append({"vector": f"{source}->{target}", "mode": mode, "vector_samples": vec.n_source + vec.n_target,
                          "source_before": cmp["source"]["before"], "source_after": cmp["source"]["after"],

@@ -64,12 +64,12 @@ def test_answer_concepts_ground_to_distinct_words(tmp_path, question_type, words
     colour (shape) words first."""
     from vlmsteer.concepts import KMeansConcepts, ground_text
     from vlmsteer.data import load_vqav2, shapes
-    from vlmsteer.data.sample import filter_by_fields
+    from vlmsteer.data.filters import Condition, Filter, Op
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.selectors import Selector
 
     shapes.write_dataset(tmp_path / "d", 200, seed=11)
-    samples = filter_by_fields(load_vqav2(tmp_path / "d"), {"question_type": question_type})
+    samples = Filter((Condition("question_type", Op.EQUALS, (question_type,)),)).samples(load_vqav2(tmp_path / "d"))
     vlm = VLM.load("shapes-llava")
     last = vlm.num_layers - 1
     store, _ = extract(vlm, samples, tmp_path / "s", ExtractConfig(layers=[last], selector=Selector("last_prompt"),
@@ -87,7 +87,7 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.evaluate.runner import generate_responses
     from vlmsteer.selectors import Selector
-    from vlmsteer.steer import steer
+    from vlmsteer.steer import Steering
     from vlmsteer.steer.builders import all_concept_shifts
     from vlmsteer.steer.selection import rank, selection_score
 
@@ -101,9 +101,9 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     held = load_vqav2(tmp_path / "held")[:200]
     base = [r.text for r in generate_responses(vlm, held, batch_size=100, max_new_tokens=3, progress=False)]
     selections = []
-    for name, vec in all_concept_shifts(concepts.components_, layer=last).items():
+    for name, v in all_concept_shifts(concepts.components_, layer=last).items():
         steered = [r.text for r in generate_responses(vlm, held, batch_size=100, max_new_tokens=3, progress=False,
-                                                      context=lambda b, v=vec: steer(vlm, v, b, region="last_prompt"))]
+                                                      steering=Steering(v, region="last_prompt"))]
         selections.append(selection_score(base, steered, name=name))
     top = [s.primary for s in rank(selections, distinct=True)[:5]]
     colours = {"red", "green", "blue", "yellow", "white", "black"}

@@ -23,12 +23,12 @@ def test_subset_filter_keeps_matching_captions():
 
 
 def test_keyword_conditions_filter_samples():
-    from vlmsteer.data.sample import Sample, filter_by_fields
-    from vlmsteer.steer.builders import parse_filter
+    from vlmsteer.data.filters import Filter
+    from vlmsteer.data.sample import Sample
 
     samples = [Sample("a", None, "describe", captions=["a red circle", "a circle"]),
                Sample("b", None, "describe", captions=["a circle on the beach"]),
                Sample("c", None, "is it red ?", answers=["yes"], answer_type="yes/no")]
-    assert [s.id for s in filter_by_fields(samples, parse_filter("captions~colors"))] == ["a"]
-    assert [s.id for s in filter_by_fields(samples, parse_filter("captions!~colors"))] == ["b", "c"]
-    assert [s.id for s in filter_by_fields(samples, parse_filter("prompt~colors,answer=yes"))] == ["c"]
+    assert [s.id for s in Filter.parse("captions~colors").samples(samples)] == ["a"]
+    assert [s.id for s in Filter.parse("captions!~colors").samples(samples)] == ["b", "c"]
+    assert [s.id for s in Filter.parse("prompt~colors,answer=yes").samples(samples)] == ["c"]

@@ -21,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
-    {"errors", "layers", "progress"},
+    {"errors", "extras", "layers", "progress"},
     {"data"},
     {"regions", "selectors", "loading", "model", "hooks", "store", "extract", "finetune"},
     {"concepts", "steer"},

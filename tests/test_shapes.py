@@ -65,7 +65,7 @@ def test_pixels_show_the_described_colours():
         for x in s.shapes:
             r, c = divmod(x.cell, shapes.GRID)
             cell = img[r * shapes.CELL:(r + 1) * shapes.CELL, c * shapes.CELL:(c + 1) * shapes.CELL].reshape(-1, 3)
-            assert (cell == np.array(shapes.COLORS[x.color])).all(1).sum() >= 20
+            assert (cell == np.array(shapes.PALETTE[x.color])).all(1).sum() >= 20
 
 
 def test_captions_mention_every_shape_and_their_style():

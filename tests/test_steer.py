@@ -258,7 +258,8 @@ def test_bad_vectors_and_options_exit_2(tiny_folder, tmp_path, capsys):
 def test_keyword_filters_split_a_store_by_style(tmp_path):
     import numpy as np
 
-    from vlmsteer.steer.builders import coarse_vector, parse_filter
+    from vlmsteer.data.filters import Filter
+    from vlmsteer.steer.builders import coarse_vector
     from vlmsteer.store import FeatureStore, StoreWriter
 
     responses = ["a red circle", "a circle", "a blue square on the beach", "a square"]
@@ -267,12 +268,12 @@ def test_keyword_filters_split_a_store_by_style(tmp_path):
                   {0: np.array([[1, 0], [0, 0], [3, 0], [0, 2]], np.float32)})
     w.finish()
     store = FeatureStore.open(tmp_path / "s")
-    assert parse_filter("response!~colors,meta.style=plain") == {"response!~": "colors", "meta.style": "plain"}
-    vec = coarse_vector(store, parse_filter("response!~colors"), target=parse_filter("response~colors"))
+    vec = coarse_vector(store, "response!~colors", target=Filter.parse("response~colors"))
     assert vec.vectors[0].tolist() == [2.0, -1.0]  # mean(with colours) - mean(without)
     assert vec.n_source == 2 and vec.n_target == 2
+    assert (vec.source, vec.target) == ("response!~colors", "response~colors")
     with pytest.raises(VlmsteerError, match="unknown keyword set 'smells'"):
-        parse_filter("response~smells")
+        Filter.parse("response~smells")
 
 
 @pytest.fixture(scope="module")

@@ -1,2 +1,54 @@
-"""vlmsteer."""
+"""vlmsteer: concept-level analysis and training-free steering of multimodal LLMs.
+
+The public API (imported on first use, so ``import vlmsteer`` stays light)::
+
+    from vlmsteer import VLM, extract, ExtractConfig, FeatureStore, Filter
+    from vlmsteer import KMeansConcepts, coarse_vector, concept_shift, Steering, steer
+
+    vlm = VLM.load("shapes-llava")
+    store, _ = extract(vlm, samples, "runs/store", ExtractConfig(layers=[-1]))
+    vec = coarse_vector(store, "answer=yes", target="answer=no")
+    with steer(vlm, vec, batch, alpha=1.0, region="last_prompt"):
+        vlm.generate(batch)
+
+Messages go through :mod:`logging` (logger ``"vlmsteer"``); progress bars appear only where
+a caller asks for them (``progress=True``, which the CLI does).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "VLM": "vlmsteer.model", "Batch": "vlmsteer.model",
+    "Region": "vlmsteer.regions", "Selector": "vlmsteer.selectors",
+    "ExtractConfig": "vlmsteer.extract", "extract": "vlmsteer.extract",
+    "FeatureStore": "vlmsteer.store",
+    "Sample": "vlmsteer.data", "load_samples": "vlmsteer.data",
+    "Filter": "vlmsteer.data.filters", "Condition": "vlmsteer.data.filters",
+    "ConceptDictionary": "vlmsteer.concepts", "KMeansConcepts": "vlmsteer.concepts",
+    "PCAConcepts": "vlmsteer.concepts", "SemiNMFConcepts": "vlmsteer.concepts", "NMFConcepts": "vlmsteer.concepts",
+    "make_dictionary": "vlmsteer.concepts", "load_dictionary": "vlmsteer.concepts",
+    "ground_text": "vlmsteer.concepts", "ground_images": "vlmsteer.concepts",
+    "SteeringVector": "vlmsteer.steer.vector", "load_vector": "vlmsteer.steer.vector",
+    "Steering": "vlmsteer.steer.steerer", "steer": "vlmsteer.steer.steerer",
+    "coarse_vector": "vlmsteer.steer.builders", "concept_shift": "vlmsteer.steer.builders",
+    "NearestConceptCondition": "vlmsteer.steer.conditions",
+    "VlmsteerError": "vlmsteer.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'vlmsteer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

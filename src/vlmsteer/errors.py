@@ -12,17 +12,23 @@ from pathlib import Path
 
 
 class VlmsteerError(Exception):
-    """A problem with the user's input, explained in one line."""
+    """A problem with the user's input, explained in one line.
+
+    ``param`` names the Python parameter that would fix it (``"allow_outside_images"``); the
+    library's messages never name command-line flags, and the CLI adds the flag that sets
+    that parameter (``(option --allow-outside-images)``).
+    """
 
     exit_code = 2
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, param: str | None = None):
         super().__init__(" ".join(str(message).split()))
+        self.param = param
 
 
-def input_error(path: str | Path, problem: str) -> VlmsteerError:
+def input_error(path: str | Path, problem: str, param: str | None = None) -> VlmsteerError:
     """An error about a file: ``<path>: <problem>``."""
-    return VlmsteerError(f"{path}: {problem}")
+    return VlmsteerError(f"{path}: {problem}", param)
 
 
 def parse_choice(enum_cls, value, what: str):

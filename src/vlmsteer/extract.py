@@ -133,7 +133,7 @@ def select_positions(vlm: VLM, full: Batch, selector: Selector, row: int,
 
 
 def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: ExtractConfig,
-            dataset: dict | None = None, progress: bool = True) -> tuple[FeatureStore, int]:
+            dataset: dict | None = None, progress: bool = False) -> tuple[FeatureStore, int]:
     """Extract features of ``samples`` into the store at ``out``; resumes a partial store.
 
     Returns the store and the number of samples resumed from.

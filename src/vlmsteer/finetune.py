@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from vlmsteer.data.sample import Sample
+from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.extract import Target, append_responses, response_ids, target_text
 from vlmsteer.model import VLM
@@ -62,8 +63,9 @@ def _expand(samples: Sequence[Sample], target: Target) -> list[tuple[Sample, str
 
 
 def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: FinetuneConfig | None = None,
-             merge: bool = False, progress: bool = True) -> dict:
-    from peft import LoraConfig, get_peft_model
+             merge: bool = False, progress: bool = False) -> dict:
+    peft = require("peft", "LoRA fine-tuning")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     cfg = cfg or FinetuneConfig()
     out = Path(out)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 
 DEMO_MODEL_NAMES = {"shapes-llava", "vlmsteer/shapes-llava", "shapes_llava"}
@@ -118,7 +119,7 @@ def adapter_fingerprint(adapter: str | Path) -> str:
 
 
 def _attach_adapter(model, adapter: str | Path):
-    from peft import PeftModel
+    PeftModel = require("peft", "loading a LoRA adapter").PeftModel
 
     path = Path(adapter)
     if not (path / "adapter_config.json").exists():

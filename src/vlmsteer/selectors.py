@@ -46,17 +46,13 @@ class Selector:
         object.__setattr__(self, "source", parse_choice(WordSource, self.source, "word source"))
         object.__setattr__(self, "position", parse_choice(WordPosition, self.position, "word position"))
         if self.kind is SelectorKind.WORD and not (self.word and self.word.strip()):
-            raise VlmsteerError("the word selector needs a word (--word)")
+            raise VlmsteerError("the word selector needs a word", "word")
         if self.kind is not SelectorKind.WORD and self.word:
-            raise VlmsteerError(f"--word is only used with the word selector, not {self.kind.value}")
+            raise VlmsteerError(f"a word is only used with the word selector, not {self.kind.value}", "word")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Selector":
-        return cls(**d)
 
     def describe(self) -> str:
         if self.kind is SelectorKind.WORD:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
 
@@ -227,19 +228,14 @@ class FeatureStore:
     def __len__(self) -> int:
         return sum(s["n"] for s in self.manifest["shards"])
 
-    def select(self, where: Callable[[dict], bool] | None = None, only_found: bool = True,
-               **equals: Any) -> np.ndarray:
-        """Indices of records that pass ``where``, match every ``field=value`` (a value may be a
-        list/set of accepted values) and, by default, where the word of interest occurred."""
-        idx = []
-        for i, r in enumerate(self.records):
-            if only_found and not r.get("found", True):
-                continue
-            if any(not _matches(record_value(r, k), v) for k, v in equals.items()):
-                continue
-            if where is not None and not where(r):
-                continue
-            idx.append(i)
+    def select(self, where: "Filter | str | Callable[[dict], bool] | None" = None,
+               only_found: bool = True) -> np.ndarray:
+        """Indices of records that pass ``where`` (a :class:`~vlmsteer.data.filters.Filter`, its
+        text, or a predicate on the record) and, by default, where the word of interest occurred."""
+        flt = as_filter(where)
+        keep = flt.matches_record if isinstance(flt, Filter) else flt
+        idx = [i for i, r in enumerate(self.records)
+               if (not only_found or r.get("found", True)) and (keep is None or keep(r))]
         return np.asarray(idx, dtype=np.int64)
 
     def verify(self) -> "FeatureStore":
@@ -266,12 +262,13 @@ class FeatureStore:
             raise input_error(f, f"corrupt store shard (shape {arr.shape}, expected {(shard['n'], self.hidden_size)})")
         return arr
 
-    def features(self, layer: int, indices: Iterable[int] | None = None, where: Callable[[dict], bool] | None = None,
-                 only_found: bool = True, dtype=np.float32, **equals: Any) -> np.ndarray:
+    def features(self, layer: int, indices: Iterable[int] | None = None,
+                 where: "Filter | str | Callable[[dict], bool] | None" = None, only_found: bool = True,
+                 dtype=np.float32) -> np.ndarray:
         """``(N, D)`` features of ``layer`` for the selected records (see :meth:`select`)."""
         arrays = self.layer_arrays(layer)
         if indices is None:
-            indices = self.select(where=where, only_found=only_found, **equals)
+            indices = self.select(where=where, only_found=only_found)
         indices = np.asarray(list(indices), dtype=np.int64)
         out = np.empty((len(indices), self.hidden_size), dtype=dtype)
         if len(indices) == 0:
@@ -282,19 +279,3 @@ class FeatureStore:
             rows = np.nonzero(shard_of == s)[0]
             out[rows] = arrays[s][indices[rows] - bounds[s]]
         return out
-
-
-def record_value(record: dict, key: str) -> Any:
-    """A record field; ``"meta.style"`` reads nested fields."""
-    value: Any = record
-    for part in key.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-def _matches(value: Any, accepted: Any) -> bool:
-    if isinstance(accepted, (list, tuple, set, frozenset)):
-        return value in accepted
-    return value == accepted

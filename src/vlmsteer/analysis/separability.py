@@ -7,15 +7,14 @@ and a 2-D PCA scatter coloured by label.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.store import FeatureStore, record_value
+from vlmsteer.data.filters import record_value
+from vlmsteer.store import FeatureStore
 
 
 @dataclass
@@ -79,42 +78,3 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
                               majority_baseline=100.0 * max(counts.values()) / len(y), folds=folds, layers=out)
 
 
-def write_separability(store: FeatureStore, result: SeparabilityResult, out: str | Path, seed: int = 0) -> Path:
-    """``separability.json``, ``probe_accuracy.png`` and ``pca_layers.png`` in ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "separability.json").write_text(json.dumps(result.to_dict(), indent=2))
-    layers = [r.layer for r in result.layers]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(layers, [r.probe_accuracy for r in result.layers], "o-", label="linear probe")
-    ax.axhline(result.majority_baseline, color="grey", ls="--", label="majority class")
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"accuracy predicting {result.label} (%)")
-    ax.set_ylim(0, 101)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "probe_accuracy.png", dpi=110)
-    plt.close(fig)
-
-    idx, y = labelled_features(store, result.label, len(result.labels), min_count=result.folds)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
-    cmap = plt.get_cmap("tab10" if len(result.labels) <= 10 else "tab20")
-    for ax, layer in zip(axes[0], layers):
-        xy = PCA(2, random_state=seed).fit_transform(store.features(layer, indices=idx, dtype=np.float64))
-        for k, lab in enumerate(result.labels):
-            m = np.asarray([v == lab for v in y])
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(k % cmap.N), label=lab)
-        ax.set_title(f"layer {layer}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][-1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.tight_layout()
-    fig.savefig(out / "pca_layers.png", dpi=110)
-    plt.close(fig)
-    return out

@@ -21,6 +21,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from vlmsteer.concepts.grounding import cosine_matrix
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.extras import require
 from vlmsteer.store import FeatureStore
 
 
@@ -43,7 +44,7 @@ def match_concepts(u_a: np.ndarray, u_b: np.ndarray, method: str = "hungarian") 
     if method == "hungarian":
         rows, cols = linear_sum_assignment(cost)
     elif method == "ot":
-        import ot
+        ot = require("ot", "optimal-transport matching")
 
         plan = ot.emd(np.full(len(u_a), 1.0 / len(u_a)), np.full(len(u_b), 1.0 / len(u_b)), cost)
         rows = np.arange(len(u_a))

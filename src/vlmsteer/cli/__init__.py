@@ -40,16 +40,46 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(cls.__name__ == name for cls in type(exc).__mro__)
 
 
+def _log_to_stderr() -> None:
+    """The library's ``logging`` messages (logger "vlmsteer": stage timings, skipped figures)
+    as plain lines on stderr; set once per process."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("vlmsteer")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=err_console, show_time=False, show_path=False))
+        logger.setLevel(logging.INFO)
+
+
+def _flag_of(command, param: str | None) -> str | None:
+    """The command-line flag that sets the library parameter ``param`` (every command that has
+    the parameter spells it the same way)."""
+    if param is None:
+        return None
+    stack = [command]
+    while stack:
+        cmd = stack.pop()
+        stack.extend(getattr(cmd, "commands", {}).values())
+        for p in getattr(cmd, "params", []):
+            if p.name == param and p.opts and p.opts[0].startswith("--"):
+                return max(p.opts, key=len)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one ``error: ...`` line and exit code 2;
     Ctrl-C exits with 130 and a line saying how to resume."""
     from vlmsteer.hooks import PositionError
 
     command = typer.main.get_command(app)
+    _log_to_stderr()
     try:
         result = command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
     except VlmsteerError as exc:
-        return _error(str(exc), exc.exit_code)
+        flag = _flag_of(command, exc.param)
+        return _error(str(exc) + (f" (option {flag})" if flag else ""), exc.exit_code)
     except PositionError as exc:  # steering cannot tell where it is: never a silent no-op
         return _error(f"steering stopped: {exc}", 1)
     except KeyboardInterrupt:

@@ -86,14 +86,35 @@ def _parse_layers(values: list[str]) -> list[int]:
     return _parse_ints(values, "--layer")
 
 
-def _steering_context(vlm, vector: Optional[Path], name: Optional[str], alpha: float,
-                      layer: Optional[list[str]], region):
-    """A per-batch ``steer`` context for ``vector`` (None without a vector), checked against the model."""
+def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, layer: Optional[list[str]],
+              region: str):
+    """The ``Steering`` the vector options describe (None without ``--vector``), checked against the model."""
     if vector is None:
         return None
-    from vlmsteer.steer import steer
+    from vlmsteer.steer import Steering
     from vlmsteer.steer.vector import load_vector
 
-    vec = load_vector(vector, name, vlm)
-    layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
-    return lambda batch: steer(vlm, vec, batch, alpha=alpha, layers=layers, region=region)
+    return Steering(load_vector(vector, name, vlm), alpha, _parse_layers(layer) if layer else None,
+                    region).check(vlm)
+
+
+def _current_params() -> dict:
+    """The running command's parsed options (typer >= 0.29 keeps its own copy of click)."""
+    import importlib
+
+    for module in ("typer._click.globals", "click.globals"):
+        try:
+            ctx = importlib.import_module(module).get_current_context(silent=True)
+        except ImportError:
+            continue
+        if ctx is not None:
+            return dict(ctx.params)
+    raise RuntimeError("no command is running")
+
+
+def _write_run_json(out: Path, *, model_id: Optional[str] = None, revision: Optional[str] = None, **extra) -> None:
+    """``out/run.json`` from the options this command was given, as parsed (nothing listed by hand)."""
+    from vlmsteer.evaluate.runinfo import write_run_json
+
+    params = _current_params()
+    write_run_json(out, options=params, seed=params.get("seed"), model_id=model_id, revision=revision, **extra)

@@ -23,7 +23,7 @@ def demo(ctx: typer.Context,
     from vlmsteer.demo.run import DemoSettings, run_demo
 
     _quiet_transformers()
-    page = run_demo(out, DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size))
+    page = run_demo(out, DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size), progress=True)
     out_console.print(f"demo page: {page}")
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
-                                 _parse_layers, app, out_console)
+                                 _parse_layers, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -41,7 +41,6 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     from vlmsteer.data import load_samples
     from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
-    from vlmsteer.evaluate.runinfo import write_run_json
     from vlmsteer.selectors import Selector
 
     sel = Selector(kind=selector, word=word, source=word_source, position=word_position)
@@ -51,24 +50,15 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                             max_new_tokens=max_new_tokens)
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
-    samples = load_samples(fmt, data, split=split, images=images, limit=None if where else limit, seed=seed,
-                           prompt=prompt, allow_outside_images=allow_outside_images)
-    if where:
-        from vlmsteer.data.sample import filter_by_fields, subsample
-        from vlmsteer.steer.builders import parse_filter
-
-        samples = subsample(filter_by_fields(samples, parse_filter(where)), limit, seed)
-        if not samples:
-            raise VlmsteerError(f"no sample matches --where {where!r}")
+    samples = load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+                           allow_outside_images=allow_outside_images, where=where)
     vlm = _load_model(model, adapter, dtype, device)
     dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
                "where": where}
-    store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset)
+    store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=True)
     if resumed:
         out_console.print(f"resumed from {resumed} samples already in {out}")
-    write_run_json(out, options=dict(model=model, data=data, format=fmt, layers=cfg.layers, selector=sel.to_dict(),
-                                     mode=mode, target=target, batch_size=batch_size, shard_size=shard_size),
-                   seed=seed, model_id=model, revision=vlm.revision)
+    _write_run_json(out, model_id=model, revision=vlm.revision)
     found = int(len(store.select()))
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
 
@@ -85,15 +75,13 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              allow_partial: bool = _ALLOW_PARTIAL):
     """Learn concepts from stored features; ground them in words and images; write an HTML report."""
     from vlmsteer.report.concepts import ConceptRun, run_concepts
-    from vlmsteer.evaluate.runinfo import write_run_json
 
     st = _open_store(store, allow_partial)
     absolute = st.layer_index(layer)
     vlm = None if no_words else _load_model(model or st.header["model_id"])
     result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
                                              top_images=top_images), vlm=vlm)
-    write_run_json(out, options=dict(store=store, method=method, k=k, layer=absolute), seed=seed,
-                   model_id=st.header.get("model_id"))
+    _write_run_json(out, model_id=st.header.get("model_id"))
     table = Table(title=f"{k} {method} concepts, layer {absolute}")
     table.add_column("#", justify="right")
     table.add_column("size", justify="right")
@@ -114,15 +102,14 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
                      folds: int = typer.Option(5, help="Cross-validation folds."), seed: int = typer.Option(0),
                      allow_partial: bool = _ALLOW_PARTIAL):
     """Per-layer linear-probe accuracy and PCA plots of features coloured by a label (PNG + JSON)."""
-    from vlmsteer.evaluate.runinfo import write_run_json
-    from vlmsteer.analysis.separability import separability, write_separability
+    from vlmsteer.analysis.separability import separability
+    from vlmsteer.report.plots import write_separability
 
     st = _open_store(store, allow_partial)
     result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
                           seed=seed)
     write_separability(st, result, out, seed=seed)
-    write_run_json(out, options=dict(store=store, label=label, layer=layer, top=top, folds=folds), seed=seed,
-                   model_id=st.header.get("model_id"))
+    _write_run_json(out, model_id=st.header.get("model_id"))
     table = Table(title=f"linear separability of {label!r} ({sum(result.counts.values())} samples, "
                         f"{len(result.labels)} labels; majority class {result.majority_baseline:.1f} %)")
     for col in ("layer", "probe accuracy %", "PCA variance (2 comps)"):

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
-                                 _parse_ints, app, out_console)
+                                 _parse_ints, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -31,7 +31,6 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
     from vlmsteer.data.keywords import filter_samples, keyword_set
     from vlmsteer.finetune import FinetuneConfig
     from vlmsteer.finetune import finetune as run_finetune
-    from vlmsteer.evaluate.runinfo import write_run_json
 
     samples = load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images)
@@ -42,9 +41,8 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
     vlm = _load_model(model)
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
                          target=target)
-    summary = run_finetune(vlm, samples, out, cfg, merge=merge)
-    write_run_json(out, options=dict(model=model, data=data, format=fmt, keywords=keywords, steps=steps,
-                                     batch_size=batch_size, lr=lr, rank=rank, merge=merge), seed=seed, model_id=model)
+    summary = run_finetune(vlm, samples, out, cfg, merge=merge, progress=True)
+    _write_run_json(out, model_id=model, revision=vlm.revision)
     out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
                       f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
 
@@ -63,7 +61,6 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL):
     """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""
     from vlmsteer.data.keywords import keyword_set
-    from vlmsteer.evaluate.runinfo import write_run_json
     from vlmsteer.report.shift import ShiftConfig, run_shift
 
     a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
@@ -83,8 +80,7 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
     layer_values = [a.layer_index(v) for v in _parse_ints(layers, "--layers")] if layers else []
     vlm = None if no_words else _load_model(model or a.header["model_id"])
     result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
-    write_run_json(out, options=dict(original=original, finetuned=finetuned, layer=absolute, k=k, method=method,
-                                     matching=matching, keywords=keywords), seed=seed, model_id=a.header.get("model_id"))
+    _write_run_json(out, model_id=a.header.get("model_id"))
     m = result["main"]
     out_console.print(f"mean recovery cosine: alpha 0 = {m['mean_recovery_alpha0']:.3f}, "
                       f"alpha 1 = {m['mean_recovery_alpha1']:.3f}; wrote {out}/shift.json, {out}/report.html")

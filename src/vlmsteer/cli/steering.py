@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
-                                 _parse_layers, app, out_console, vectors_app)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store, _parse_layers,
+                                 _write_run_json, app, out_console, vectors_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -25,13 +24,14 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                    seed: int = typer.Option(0), name: str = typer.Option("vector"),
                    allow_partial: bool = _ALLOW_PARTIAL):
     """Coarse vector: mean(target features) - mean(source features)."""
-    from vlmsteer.steer.builders import coarse_vector, parse_filter
+    from vlmsteer.data.filters import as_filter
+    from vlmsteer.steer.builders import coarse_vector
 
+    source_filter, target_filter = as_filter(source), as_filter(target)
     a = _open_store(store, allow_partial)
     b = _open_store(target_store, allow_partial) if target_store else None
     layers = _parse_layers(layer) if layer else None
-    vec = coarse_vector(a, parse_filter(source) if source else None, b, parse_filter(target) if target else None,
-                        layers=layers, max_samples=max_samples, seed=seed)
+    vec = coarse_vector(a, source_filter, b, target_filter, layers=layers, max_samples=max_samples, seed=seed)
     vec.save(out, name=name)
     out_console.print(f"{vec.method} vector {vec.source!r} -> {vec.target!r} from {vec.n_source} + {vec.n_target} "
                       f"samples, layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
@@ -50,13 +50,12 @@ def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safet
     layer = layer if layer is not None else meta.get("layer")
     if layer is None:
         raise VlmsteerError(f"{dictionary}: no layer recorded; pass --layer")
-    labels = None
-    cj = dictionary.parent / "concepts.json"
-    if cj.exists():
-        labels = [f"{c['index']}:{(c['words'] or ['?'])[0]}" for c in json.loads(cj.read_text())["concepts"]]
-    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=labels)
+    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=meta.get("labels"))
     save_vectors(out, vecs)
     out_console.print(f"{len(vecs)} concept-pair vectors (layer {layer}) -> {out}")
+
+
+_VQA_TOKENS = typer.Option(3, help="Tokens generated per answer (short VQA answers need few).")
 
 
 @app.command()
@@ -72,44 +71,22 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
            seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),
+           max_new_tokens: int = _VQA_TOKENS,
            allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Rank candidate steering vectors with the paper's selection metric."""
     from vlmsteer.data import load_samples
-    from vlmsteer.progress import progress_bar
-    from vlmsteer.regions import Region
-    from vlmsteer.evaluate.runinfo import write_run_json
-    from vlmsteer.evaluate.runner import generate_responses
-    from vlmsteer.steer import steer
-    from vlmsteer.steer.selection import rank, selection_score
+    from vlmsteer.evaluate.selection_run import rank_vectors, write_selection
     from vlmsteer.steer.vector import load_vectors
 
-    region_ = Region.parse(region)
-    if relative_to not in ("base", "total"):
-        raise VlmsteerError(f"--relative-to {relative_to!r}: choose base or total")
     candidates = load_vectors(vectors)
     samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model)
-    for v in candidates.values():
-        v.check_model(vlm)
-    base = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=3,
-                                               description="baseline")]
-    selections = []
-    with progress_bar("candidates", len(candidates)) as advance:
-        for name, vec in candidates.items():
-            steered = [r.text for r in generate_responses(
-                vlm, samples, batch_size=batch_size, max_new_tokens=3, progress=False,
-                context=lambda b, v=vec: steer(vlm, v, b, alpha=alpha, region=region_))]
-            selections.append(selection_score(base, steered, top_n=top_n, name=name, relative_to=relative_to))
-            advance(1)
-    results = [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
-               for s in rank(selections, distinct=distinct)]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "selection.json").write_text(json.dumps({"alpha": alpha, "region": region_.value, "n": len(samples),
-                                                    "ranking": results}, indent=2))
-    write_run_json(out, options=dict(model=model, data=data, vectors=vectors, alpha=alpha, region=region,
-                                     top_n=top_n, limit=limit, relative_to=relative_to, distinct=distinct),
-                   seed=seed, model_id=model)
+    result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n, relative_to=relative_to,
+                          distinct=distinct, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
+    write_selection(result, out)
+    _write_run_json(out, model_id=model, revision=vlm.revision)
+    results = result["ranking"]
     table = Table(title=f"{len(results)} vectors ranked by the selection metric")
     for col in ("rank", "vector", "from", "to", "score", "primary answers"):
         table.add_column(col)
@@ -131,15 +108,17 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
-          seed: int = typer.Option(0), batch_size: int = typer.Option(64), allow_partial: bool = _ALLOW_PARTIAL,
+          seed: int = typer.Option(0), batch_size: int = typer.Option(64), max_new_tokens: int = _VQA_TOKENS,
+          allow_partial: bool = _ALLOW_PARTIAL,
           allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
     from vlmsteer.data import load_samples
+    from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
+    from vlmsteer.report.plots import write_sweep
+    from vlmsteer.data.filters import Filter
     from vlmsteer.regions import Region
-    from vlmsteer.evaluate.runinfo import write_run_json
-    from vlmsteer.steer.builders import parse_filter
-    from vlmsteer.evaluate.sweep import SweepGrid, run_sweep, write_sweep
 
+    source_filter, target_filter = Filter.parse(source), Filter.parse(target)
     st = _open_store(store, allow_partial)
     vlm = _load_model(model)
     try:
@@ -149,18 +128,12 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
                          n_samples=[None if x.strip() == "all" else int(x) for x in n_samples.split(",")])
     except ValueError as exc:
         raise VlmsteerError(f"bad sweep values ({exc})") from None
-    missing = [l for l in grid.layers if l not in st.layers]
-    if missing:
-        raise VlmsteerError(f"{store}: layers {missing} not in this store (has {st.layers})")
-    src, tgt = parse_filter(source), parse_filter(target)
     samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
-    result = run_sweep(vlm, st, src, tgt, samples, grid, source_answer=src.get("answer"),
-                       target_answer=tgt.get("answer"), batch_size=batch_size, seed=seed)
+    result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       seed=seed, progress=True)
     write_sweep(result, out)
-    write_run_json(out, options=dict(model=model, data=data, store=store, source=source, target=target,
-                                     layers=layers, alphas=alphas, regions=regions, n_samples=n_samples), seed=seed,
-                   model_id=model)
+    _write_run_json(out, model_id=model, revision=vlm.revision)
     types = list(result["baseline_accuracy"])
     table = Table(title=f"sweep: {source} -> {target} ({result['n']} questions)")
     for col in ["layer", "alpha", "region", "samples", "moved", "changed"] + [f"Δ {t}" for t in types]:

@@ -7,13 +7,14 @@ from enum import Enum
 from pathlib import Path
 
 from vlmsteer.data.coco import load_coco_captions
+from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.data.jsonl import load_jsonl
 from vlmsteer.data.safety import MM_SAFETYBENCH_IMAGE_TYPES, load_figstep, load_mm_safetybench
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.data.vqav2 import load_vqav2
 from vlmsteer.errors import VlmsteerError
 
-__all__ = ["Sample", "DataFormat", "load_samples", "load_vqav2", "load_coco_captions", "load_jsonl", "load_mm_safetybench",
+__all__ = ["Sample", "Filter", "DataFormat", "load_samples", "load_vqav2", "load_coco_captions", "load_jsonl", "load_mm_safetybench",
            "load_figstep", "subsample"]
 
 
@@ -27,15 +28,21 @@ class DataFormat(str, Enum):
 
 def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val2014", images: str | Path | None = None,
                  limit: int | None = None, seed: int = 0, prompt: str | None = None,
-                 allow_outside_images: bool = False) -> list[Sample]:
+                 allow_outside_images: bool = False, where: Filter | str | None = None) -> list[Sample]:
     """Load any supported format; ``prompt`` overrides the caption prompt (COCO) or is a
     ``{question}`` template (VQAv2); for MM-SafetyBench ``split`` names the image type
     (SD, SD_TYPO or TYPO; default SD_TYPO). Image paths written in a dataset file must stay
-    inside its folder unless ``allow_outside_images``. An empty selection is an error."""
-    samples = _load(fmt, path, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+    inside its folder unless ``allow_outside_images``. ``where`` keeps the samples that match
+    a filter, before the seeded ``limit`` subset is drawn. An empty selection is an error."""
+    where = as_filter(where)
+    samples = _load(fmt, path, split=split, images=images, limit=None if where else limit, seed=seed, prompt=prompt,
                     allow_outside_images=allow_outside_images)
+    if where is not None:
+        samples = subsample(where.samples(samples), limit, seed)
+        if not samples:
+            raise VlmsteerError(f"{path}: no sample matches the filter {where}")
     if not samples:
-        raise VlmsteerError(f"{path}: no samples" + (" selected (--limit 0)" if limit == 0 else " in this dataset"))
+        raise VlmsteerError(f"{path}: no samples" + (" selected (limit 0)" if limit == 0 else " in this dataset"))
     return samples
 
 

@@ -63,8 +63,8 @@ def dataset_file(folder: str | Path, name: Any, source: str | Path, where: str,
         base = os.path.normpath(os.path.abspath(folder))
         target = os.path.normpath(os.path.abspath(full))
         if os.path.commonpath([base, target]) != base:
-            raise input_error(source, f"{where}: image path {name!r} leads outside the dataset folder {folder} "
-                                      "(pass --allow-outside-images to read it)")
+            raise input_error(source, f"{where}: image path {name!r} leads outside the dataset folder {folder}; "
+                                      "allow outside images to read it", "allow_outside_images")
     return full
 
 
@@ -96,3 +96,18 @@ def write_run_outputs(out: str | Path, predictions: list[dict], metrics: dict) -
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def read_baseline(folder: str | Path, samples: list, field: str = "prediction", what: str = "samples") -> list:
+    """``field`` of a previous run's ``predictions.jsonl`` for each of ``samples`` (joined by id,
+    in the samples' order); a baseline that lacks one of them is a one-line error."""
+    path = Path(folder) / "predictions.jsonl"
+    by_id = {}
+    for n, row in enumerate(read_jsonl(path), 1):
+        if "id" not in row or field not in row:
+            raise input_error(path, f"line {n} lacks 'id' or {field!r}: not a vlmsteer predictions file")
+        by_id[row["id"]] = row[field]
+    missing = [s.id for s in samples if s.id not in by_id]
+    if missing:
+        raise input_error(path, f"baseline lacks {len(missing)} of these {what} (first: {missing[0]})")
+    return [by_id[s.id] for s in samples]

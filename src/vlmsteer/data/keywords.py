@@ -79,6 +79,8 @@ REFUSALS = KeywordSet("refusal", (
 ))
 SHAPE_WORDS = KeywordSet("shapes", tuple(shapes.SHAPES) + tuple(shapes.PLURALS.values()))
 
+# the caption styles an evaluation counts (share of captions with a word of each set)
+STYLE_KEYWORDS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}
 KEYWORD_SETS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER, SHAPE_WORDS, REFUSALS)}
 
 
@@ -86,24 +88,6 @@ def keyword_set(name: str) -> KeywordSet:
     if name not in KEYWORD_SETS:
         raise VlmsteerError(f"unknown keyword set {name!r}; choose one of: {', '.join(KEYWORD_SETS)}")
     return KEYWORD_SETS[name]
-
-
-def keyword_condition(key: str) -> tuple[str, bool] | None:
-    """A filter key that is a keyword condition: ``"response~"`` -> ``("response", False)``
-    (contains a word of the set), ``"response!~"`` -> ``("response", True)`` (contains none);
-    any other key -> None."""
-    if key.endswith("!~"):
-        return key[:-2], True
-    if key.endswith("~"):
-        return key[:-1], False
-    return None
-
-
-def keyword_condition_holds(value, set_name: str, negate: bool) -> bool:
-    """Whether ``value`` (a text, a list of texts, or None) satisfies the keyword condition."""
-    texts = value if isinstance(value, list) else [value]
-    hit = any(t is not None and keyword_set(set_name).matches(str(t)) for t in texts)
-    return hit != negate
 
 
 def sample_texts(sample: Sample, field_name: str) -> list[str]:

@@ -49,33 +49,3 @@ def subsample(items: Sequence, limit: int | None, seed: int = 0) -> list:
         raise VlmsteerError(f"the sample limit must be >= 0, got {limit}")
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
-
-
-def filter_by_fields(samples: Sequence[Sample], fields: dict[str, Any]) -> list[Sample]:
-    """Samples whose attributes (or ``meta`` entries) equal the given values; a list value
-    accepts any of its items. ``answer`` compares VQA-normalized answers. A key ending in ``~``
-    (``!~``) keeps samples whose field contains (lacks) a word of the named keyword set."""
-    from vlmsteer.data.keywords import keyword_condition, keyword_condition_holds
-    from vlmsteer.data.text import normalize_answer
-
-    def value(s: Sample, key: str):
-        v = getattr(s, key) if hasattr(s, key) else s.meta.get(key)
-        return normalize_answer(v) if key == "answer" and v is not None else v
-
-    def accepted(key: str, want) -> set:
-        items = want if isinstance(want, list) else [want]
-        return {normalize_answer(x) for x in items} if key == "answer" else set(items)
-
-    conditions = {k: keyword_condition(k) for k in fields}
-    wanted = {k: accepted(k, v) for k, v in fields.items() if not conditions[k]}
-
-    def keep(s: Sample) -> bool:
-        for k, want in fields.items():
-            cond = conditions[k]
-            ok = (keyword_condition_holds(value(s, cond[0]), want, cond[1]) if cond
-                  else value(s, k) in wanted[k])
-            if not ok:
-                return False
-        return True
-
-    return [s for s in samples if keep(s)]

@@ -28,7 +28,7 @@ IMAGE_SIZE = 32
 GRID = 2
 CELL = IMAGE_SIZE // GRID
 
-COLORS: dict[str, tuple[int, int, int]] = {
+PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 200, 40),
     "blue": (30, 60, 230),
@@ -53,7 +53,7 @@ PLACE_PHRASES = {
 MOODS: dict[str, float] = {"cheerful": 1.0, "gloomy": 0.45}
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
 
-CAPTION_STYLES: tuple[str, ...] = ("plain", "colors", "places", "sentiments", "combined")
+STYLE_NAMES: tuple[str, ...] = ("plain", "colors", "places", "sentiments", "combined")
 # The style the model is trained to use for the plain caption prompt, chosen by a visible
 # property of the scene (its number of shapes) so that greedy decoding yields a mixture of
 # styles across images, leaving room for steering toward any one style.
@@ -115,7 +115,7 @@ def make_scene(seed: int, index: int) -> Scene:
     rng = random.Random(f"shapes-{seed}-{index}")
     n = rng.randint(1, 4)
     cells = sorted(rng.sample(range(GRID * GRID), n))
-    colors = rng.sample(list(COLORS), n)
+    colors = rng.sample(list(PALETTE), n)
     kinds = [rng.choice(SHAPES) for _ in range(n)]
     shapes = tuple(Shape(k, c, cell) for k, c, cell in zip(kinds, colors, cells))
     jitter = tuple((rng.randint(-1, 1), rng.randint(-1, 1)) for _ in range(n))
@@ -143,7 +143,7 @@ def render_array(scene: Scene) -> np.ndarray:
         x0 = (shape.cell % GRID) * CELL + 2 + jx
         y0 = (shape.cell // GRID) * CELL + 2 + jy
         x1, y1 = x0 + CELL - 5, y0 + CELL - 5
-        fill = COLORS[shape.color]
+        fill = PALETTE[shape.color]
         if shape.kind == "circle":
             draw.ellipse([x0, y0, x1, y1], fill=fill)
         elif shape.kind == "square":
@@ -183,7 +183,7 @@ def _color_list(scene: Scene) -> str:
 
 
 def caption(scene: Scene, style: str) -> str:
-    """A caption of ``scene`` in one of :data:`CAPTION_STYLES`."""
+    """A caption of ``scene`` in one of :data:`STYLE_NAMES`."""
     if style == "plain":
         return f"{_plain_list(scene)} ."
     if style == "colors":
@@ -194,11 +194,11 @@ def caption(scene: Scene, style: str) -> str:
         return f"a {scene.mood} scene with {_plain_list(scene)} ."
     if style == "combined":
         return f"a {scene.mood} scene with {_color_list(scene)} {PLACE_PHRASES[scene.place]} ."
-    raise ValueError(f"unknown caption style {style!r}; expected one of {CAPTION_STYLES}")
+    raise ValueError(f"unknown caption style {style!r}; expected one of {STYLE_NAMES}")
 
 
 def captions(scene: Scene) -> dict[str, str]:
-    return {style: caption(scene, style) for style in CAPTION_STYLES}
+    return {style: caption(scene, style) for style in STYLE_NAMES}
 
 
 def default_caption(scene: Scene) -> str:
@@ -243,7 +243,7 @@ def questions(scene: Scene, rng: random.Random, count_kinds: str = "any") -> lis
     """
     kinds_present = sorted({s.kind for s in scene.shapes})
     colors_present = sorted(scene.colors())
-    colors_absent = [c for c in COLORS if c not in colors_present]
+    colors_absent = [c for c in PALETTE if c not in colors_present]
     pairs = {(s.color, s.kind) for s in scene.shapes}
     qs: list[Question] = []
 
@@ -251,7 +251,7 @@ def questions(scene: Scene, rng: random.Random, count_kinds: str = "any") -> lis
     c, k = rng.choice(sorted(pairs))
     qs.append(Question(f"is there a {c} {k} ?", "yes", "yes/no", "is there a"))
     while True:
-        c2, k2 = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        c2, k2 = rng.choice(list(PALETTE)), rng.choice(SHAPES)
         if (c2, k2) not in pairs:
             break
     qs.append(Question(f"is there a {c2} {k2} ?", "no", "yes/no", "is there a"))
@@ -298,7 +298,7 @@ def vocabulary() -> list[str]:
     words |= set("describe image list shapes anything color shape scene feel does in on room".split())
     words |= set("sorry i cannot help that do first find".split())
     words |= {w for p in STYLE_PROMPTS.values() for w in p.split()}
-    words |= set(COLORS) | set(SHAPES) | set(PLURALS.values()) | set(PLACES) | set(MOODS)
+    words |= set(PALETTE) | set(SHAPES) | set(PLURALS.values()) | set(PLACES) | set(MOODS)
     words |= {w for p in PLACE_PHRASES.values() for w in p.split()}
     words |= set(NUMBER_WORDS.values()) | {str(i) for i in range(0, 5)} | {"yes", "no"}
     words |= set(UNSAFE_REFUSED_VERBS) | set(UNSAFE_ANSWERED_VERBS) | set(REFUSAL.split())

@@ -24,6 +24,7 @@ and one HTML page (``index.html``) linking every report.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +35,16 @@ from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa
 from vlmsteer.evaluate.vqa_run import run_vqa, write_vqa_outputs
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
-from vlmsteer.progress import console
 from vlmsteer.regions import Region
 from vlmsteer.evaluate.runinfo import write_run_json
 from vlmsteer.evaluate.runner import generate_responses
 from vlmsteer.selectors import Selector
-from vlmsteer.steer import steer
+from vlmsteer.steer import Steering
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import NearestConceptCondition
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
@@ -70,10 +72,10 @@ class DemoSettings:
 
 def _stage(settings: DemoSettings, name: str, t0: float) -> None:
     settings.timings[name] = round(time.perf_counter() - t0, 1)
-    console.print(f"[green]done[/green] {name} ({settings.timings[name]} s)")
+    log.info("done %s (%s s)", name, settings.timings[name])
 
 
-def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> Path:
+def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = False) -> Path:
     s = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,15 +119,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
                        ExtractConfig(layers=list(range(vlm.num_layers)), selector=Selector("last_prompt"),
                                      batch_size=s.batch_size),
                        dataset={"format": "vqav2", "path": str(build)}, progress=progress)
-    vec = coarse_vector(store, {"answer": "yes"}, target={"answer": "no"}, layers=[last])
+    vec = coarse_vector(store, "answer=yes", target="answer=no", layers=[last])
     vec.save(out / "vectors" / "yes-to-no.safetensors")
     condition = NearestConceptCondition.from_store(store, last, field="answer", active_values=["yes"])
     region = Region.parse(s.yes_no_region)
     runs = {}
     for name, cond in (("coarse", None), ("fine-grained", condition)):
         preds, rep = run_vqa(vlm, questions, batch_size=s.batch_size, max_new_tokens=3, progress=progress,
-                             context=lambda b, c=cond: steer(vlm, vec, b, alpha=s.yes_no_alpha, region=region,
-                                                             condition=c))
+                             steering=Steering(vec, s.yes_no_alpha, region=region, condition=cond))
         result = compare_runs(base_preds, preds, source="yes", target="no")
         result.update({"accuracy_after": rep.per_type,
                        "accuracy_delta": {t: rep.per_type[t] - base_report.per_type[t] for t in base_report.per_type}})
@@ -147,7 +148,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     from vlmsteer.data.keywords import COLORS
     from vlmsteer.evaluate.shapes_captions import mentions_every_shape
 
-    g = apps.Generation(batch_size=s.batch_size, max_new_tokens=s.caption_tokens, progress=progress)
+    g = apps.GenerationSettings(batch_size=s.batch_size, max_new_tokens=s.caption_tokens, progress=progress)
     build_caps = load_coco_captions(build, prompt=shapes.CAPTION_PROMPT)
 
     def every_shape(captions: list[str]) -> dict:
@@ -193,7 +194,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     _stage(s, "refusal steering", t0)
 
     t0 = time.perf_counter()
-    from vlmsteer.analysis.separability import separability, write_separability
+    from vlmsteer.analysis.separability import separability
+    from vlmsteer.report.plots import write_separability
 
     sep = separability(store, label="answer", top=10)
     write_separability(store, sep, out / "separability")

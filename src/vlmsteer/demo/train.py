@@ -90,7 +90,7 @@ class _Items:
         if task == "caption":
             return i, shapes.CAPTION_PROMPT, shapes.default_caption(scene)
         if task == "style_caption":
-            style = self.rng.choice(shapes.CAPTION_STYLES)
+            style = self.rng.choice(shapes.STYLE_NAMES)
             return i, shapes.STYLE_PROMPTS[style], shapes.caption(scene, style)
         if task == "list":
             return i, shapes.LIST_PROMPT, shapes.list_answer(scene)

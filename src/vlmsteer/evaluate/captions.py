@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
-
-from vlmsteer.data.io import write_run_outputs
-from vlmsteer.data.keywords import COLORS, GENDER, PLACES, SENTIMENTS, KeywordSet
+from vlmsteer.data.io import read_baseline, write_run_outputs
+from vlmsteer.data.keywords import STYLE_KEYWORDS, KeywordSet
 from vlmsteer.data.sample import Sample
-from vlmsteer.errors import VlmsteerError, input_error
-from vlmsteer.evaluate.cider import Tokenizer, cider
-from vlmsteer.model import VLM
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.evaluate.cider import Tokenizer, cider, resolve_tokenizer
 from vlmsteer.evaluate.runner import generate_responses
-
-CAPTION_STYLES: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}
+from vlmsteer.model import VLM
+from vlmsteer.steer.steerer import Steering
 
 
 @dataclass
@@ -34,7 +31,7 @@ class CaptionReport:
 
 def evaluate_captions(samples: list[Sample], captions: list[str], styles: dict[str, KeywordSet] | None = None,
                       tokenizer: Tokenizer = "auto") -> CaptionReport:
-    styles = CAPTION_STYLES if styles is None else styles
+    styles = STYLE_KEYWORDS if styles is None else styles
     if len(samples) != len(captions):
         raise VlmsteerError(f"{len(captions)} captions for {len(samples)} samples")
     if not samples:
@@ -57,7 +54,7 @@ def evaluate_captions(samples: list[Sample], captions: list[str], styles: dict[s
 def compare_caption_runs(baseline: list[str], steered: list[str], base_report: CaptionReport,
                          report: CaptionReport, styles: dict[str, KeywordSet] | None = None) -> dict:
     """Captions changed, captions gaining / losing each style, keyword and CIDEr deltas."""
-    styles = CAPTION_STYLES if styles is None else styles
+    styles = STYLE_KEYWORDS if styles is None else styles
     if len(baseline) != len(steered):
         raise VlmsteerError(f"baseline has {len(baseline)} captions, steered run {len(steered)}")
     per_style = {}
@@ -80,25 +77,29 @@ def compare_caption_runs(baseline: list[str], steered: list[str], base_report: C
 
 
 def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 32,
-                 context: Callable | None = None, progress: bool = True) -> list[str]:
+                 steering: Steering | None = None, progress: bool = False) -> list[str]:
     responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   context=context, progress=progress, description="captioning")
+                                   steering=steering, progress=progress, description="captioning")
     return [r.text for r in responses]
 
 
-def write_caption_outputs(out: str | Path, samples: list[Sample], captions: list[str], report: CaptionReport,
-                          extra: dict | None = None) -> None:
+def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
+                         baseline: str | Path | None = None, tokenizer: Tokenizer = "auto", batch_size: int = 32,
+                         max_new_tokens: int = 32, progress: bool = False) -> dict:
+    """``vlmsteer eval captions``: caption, score (CIDEr, style shares), compare with a baseline
+    run folder, write ``predictions.jsonl`` and ``metrics.json`` to ``out``; returns the metrics."""
+    resolve_tokenizer(tokenizer)  # fail before generating
+    base = read_baseline(baseline, samples, what="images") if baseline is not None else None
+    caps = run_captions(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
+                        progress=progress)
+    report = evaluate_captions(samples, caps, tokenizer=tokenizer)
+    extra = {}
+    if steering is not None:
+        extra["steering"] = steering.describe()
+    if base is not None:
+        extra["vs_baseline"] = compare_caption_runs(base, caps, evaluate_captions(samples, base, tokenizer=tokenizer),
+                                                    report)
     rows = [{"id": s.id, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
-            for s, c, sc in zip(samples, captions, report.per_sample_cider)]
-    write_run_outputs(out, rows, {**report.to_dict(), **(extra or {})})
-
-
-def read_baseline_captions(baseline: str | Path, samples: list[Sample]) -> list[str]:
-    from vlmsteer.data.io import read_jsonl
-
-    path = Path(baseline) / "predictions.jsonl"
-    by_id = {r["id"]: r["prediction"] for r in read_jsonl(path)}
-    missing = [s.id for s in samples if s.id not in by_id]
-    if missing:
-        raise input_error(path, f"baseline lacks {len(missing)} of these images (first: {missing[0]})")
-    return [by_id[s.id] for s in samples]
+            for s, c, sc in zip(samples, caps, report.per_sample_cider)]
+    write_run_outputs(out, rows, {**report.to_dict(), **extra})
+    return {**report.to_dict(), **extra}

@@ -18,6 +18,7 @@ import sys
 from typing import Literal
 
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.extras import require
 
 # the tokens pycocoevalcap removes after PTB tokenization
 # (its list spells brackets upper-case, but tokens are lower-cased first, so -lrb- stays)
@@ -62,7 +63,8 @@ def resolve_tokenizer(tokenizer: Tokenizer = "auto") -> Literal["java", "python"
     if tokenizer == "auto":
         return "java" if shutil.which("java") else "python"
     if tokenizer == "java" and not shutil.which("java"):
-        raise VlmsteerError("the Java PTB tokenizer needs `java` on the PATH; use --tokenizer python")
+        raise VlmsteerError("the Java PTB tokenizer needs `java` on the PATH; choose the python tokenizer",
+                            "tokenizer")
     if tokenizer not in ("java", "python"):
         raise VlmsteerError(f"unknown tokenizer {tokenizer!r}; choose auto, java or python")
     return tokenizer
@@ -71,7 +73,7 @@ def resolve_tokenizer(tokenizer: Tokenizer = "auto") -> Literal["java", "python"
 def tokenize_captions(captions: dict[str, list[str]], tokenizer: Tokenizer = "auto") -> dict[str, list[str]]:
     """``{image id: [caption, ...]}`` → the same with each caption tokenized."""
     if resolve_tokenizer(tokenizer) == "java":
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        PTBTokenizer = require("pycocoevalcap.tokenizer.ptbtokenizer", "the Java PTB tokenizer").PTBTokenizer
 
         with _quiet_stderr():  # the Java tokenizer prints a line per call
             return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
@@ -98,7 +100,7 @@ def cider(predictions: dict[str, str], references: dict[str, list[str]],
     The document frequencies come from the references given, as in the COCO evaluation,
     so scores depend on the whole set: compare runs on the same images.
     """
-    from pycocoevalcap.cider.cider import Cider
+    Cider = require("pycocoevalcap.cider.cider", "CIDEr").Cider
 
     if not predictions:
         raise VlmsteerError("no captions to score")

@@ -34,21 +34,22 @@ from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
 from vlmsteer.evaluate.runner import generate_responses
 from vlmsteer.selectors import Selector
-from vlmsteer.steer import steer
+from vlmsteer.regions import Region
+from vlmsteer.steer import Steering
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import NearestConceptCondition
 from vlmsteer.steer.vector import SteeringVector
 
 
 @dataclass
-class Generation:
+class GenerationSettings:
     batch_size: int = 64
     max_new_tokens: int = 32
-    progress: bool = True
+    progress: bool = False
 
 
 def generated_store(vlm: VLM, samples: list[Sample], out: Path, layers: list[int], selector: str,
-                    g: Generation, max_new_tokens: int | None = None):
+                    g: GenerationSettings, max_new_tokens: int | None = None):
     """Features of the model's own responses to ``samples`` (generation-mode extraction)."""
     cfg = ExtractConfig(layers=layers, selector=Selector(selector), mode="generate",
                         max_new_tokens=max_new_tokens or g.max_new_tokens, batch_size=g.batch_size)
@@ -57,19 +58,19 @@ def generated_store(vlm: VLM, samples: list[Sample], out: Path, layers: list[int
 
 
 def style_vector(vlm: VLM, build: list[Sample], style_prompts: dict[str, str], style: str, layers: list[int],
-                 out: Path, g: Generation = Generation()) -> SteeringVector:
+                 out: Path, g: GenerationSettings = GenerationSettings()) -> SteeringVector:
     """``mean(captions asked for the style) - mean(plain captions)`` of the model's captions of
     ``build`` images (mean over generated tokens), for each of ``layers``."""
     samples = [Sample(f"{s.id}-{st}", s.image, style_prompts[st], meta={"style": st})
                for s in build for st in ("plain", style)]
     store = generated_store(vlm, samples, out / f"features-{style}-vs-plain", layers, "mean_response", g)
-    vec = coarse_vector(store, {"meta.style": "plain"}, target={"meta.style": style}, layers=layers)
+    vec = coarse_vector(store, "meta.style=plain", target=f"meta.style={style}", layers=layers)
     vec.source, vec.target = "plain captions", f"{style} captions"
     return vec
 
 
 def caption_style(vlm: VLM, vector: SteeringVector, held: list[Sample], base_captions: list[str], style: str,
-                  layer: int, alphas: list[float], g: Generation = Generation(),
+                  layer: int, alphas: list[float], g: GenerationSettings = GenerationSettings(),
                   quality: Callable[[list[str]], dict] | None = None, region: str = "generated") -> dict:
     """Held-out captions steered by ``vector`` at ``layer`` on ``region`` for each alpha: the
     style's share, CIDEr, captions changed; ``quality(captions)`` adds task-specific figures
@@ -79,7 +80,7 @@ def caption_style(vlm: VLM, vector: SteeringVector, held: list[Sample], base_cap
     rows = []
     for alpha in alphas:
         caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
-                            context=lambda b, a=alpha: steer(vlm, vector, b, alpha=a, layers=[layer], region=region))
+                            steering=Steering(vector, alpha, (layer,), region))
         rep = evaluate_captions(held, caps)
         cmp = compare_caption_runs(base_captions, caps, base, rep)
         row = {"alpha": alpha, "share_before": base.style_share[style], "share_after": rep.style_share[style],
@@ -102,7 +103,7 @@ def caption_style(vlm: VLM, vector: SteeringVector, held: list[Sample], base_cap
 
 
 def paired_neutral_vector(vlm: VLM, build: list[Sample], attribute: KeywordSet, neutral_prompt: str, layer: int,
-                          out: Path, g: Generation = Generation()) -> SteeringVector:
+                          out: Path, g: GenerationSettings = GenerationSettings()) -> SteeringVector:
     """``mean(neutral captions) - mean(captions expressing the attribute)`` over the same images:
     the model captions each ``build`` image with its own prompt and with ``neutral_prompt``;
     images whose own caption expresses the attribute and whose neutral one does not are kept
@@ -126,7 +127,7 @@ def paired_neutral_vector(vlm: VLM, build: list[Sample], attribute: KeywordSet, 
 
 
 def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list[Sample], base_captions: list[str],
-               attribute: KeywordSet, layer: int, alpha: float, out: Path, g: Generation = Generation(),
+               attribute: KeywordSet, layer: int, alpha: float, out: Path, g: GenerationSettings = GenerationSettings(),
                faithful: Callable[[str, int], bool] | None = None) -> dict:
     """Turn captions that express ``attribute`` neutral with ``vector`` (e.g. from
     :func:`paired_neutral_vector`); coarse vs fine-grained side by side. The fine-grained
@@ -137,7 +138,7 @@ def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list
     caption does not (and, with ``faithful(caption, index)``, still describes the image).
     """
     name = attribute.name
-    with_attr, without = {"response~": name}, {"response!~": name}
+    with_attr, without = f"response~{name}", f"response!~{name}"
     vector.save(out / "vectors" / f"{name}-to-neutral.safetensors")
     prompt_feats = generated_store(vlm, build, out / f"features-{name}-prompts", [layer], "last_prompt", g)
     condition = NearestConceptCondition.from_filters(prompt_feats, layer, {name: with_attr, "neutral": without},
@@ -149,8 +150,7 @@ def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list
               "expressions_before": sum(len(attribute.find(c)) for c in base_captions)}
     for mode, cond in (("coarse", None), ("fine_grained", condition)):
         caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
-                            context=lambda b, c=cond: steer(vlm, vector, b, alpha=alpha, region="generated",
-                                                            condition=c))
+                            steering=Steering(vector, alpha, region=Region.GENERATED, condition=cond))
         after = [attribute.matches(c) for c in caps]
         converted = [i for i, (b, a) in enumerate(zip(before, after)) if b and not a]
         ok = [i for i in converted if faithful is None or faithful(caps[i], i)]
@@ -166,12 +166,12 @@ def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list
 
 
 def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], held_unsafe: list[Sample],
-            held_benign: list[Sample], layer: int, alpha: float, out: Path, g: Generation = Generation(),
+            held_benign: list[Sample], layer: int, alpha: float, out: Path, g: GenerationSettings = GenerationSettings(),
             benign_ok: Callable[[list[str]], float] | None = None) -> dict:
     """Refusal vector from the model's refused vs answered harmful prompts; ASR on held-out
     harmful prompts, and over-refusal on benign prompts, coarse vs fine-grained."""
     unsafe_store = generated_store(vlm, build_unsafe, out / "features-unsafe", [layer], "last_prompt", g)
-    vec = coarse_vector(unsafe_store, {"response!~": "refusal"}, target={"response~": "refusal"}, layers=[layer])
+    vec = coarse_vector(unsafe_store, "response!~refusal", target="response~refusal", layers=[layer])
     vec.source, vec.target = "answered harmful prompts", "refused harmful prompts"
     vec.save(out / "vectors" / "answer-to-refusal.safetensors")
     # the "harmful request" concept vs ordinary questions, at the same layer and position (the
@@ -181,9 +181,9 @@ def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], he
     condition = _two_store_condition(unsafe_store, benign_store, layer)
 
     def answer(samples, cond=None, steered=True):
-        ctx = (lambda b: steer(vlm, vec, b, alpha=alpha, region="last_prompt", condition=cond)) if steered else None
+        steering = Steering(vec, alpha, region=Region.LAST_PROMPT, condition=cond) if steered else None
         return [r.text for r in generate_responses(vlm, samples, batch_size=g.batch_size, max_new_tokens=12,
-                                                   context=ctx, progress=g.progress, description="answering")]
+                                                   steering=steering, progress=g.progress, description="answering")]
 
     base_unsafe, base_benign = answer(held_unsafe, steered=False), answer(held_benign, steered=False)
     cats = [s.meta.get("category") for s in held_unsafe]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Sequence
+from typing import Sequence
 
 from vlmsteer.data.sample import Sample
-from vlmsteer.model import Batch, VLM
+from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
+from vlmsteer.steer.steerer import Steering
 
 
 @dataclass
@@ -28,15 +29,16 @@ def batches(samples: Sequence[Sample], batch_size: int):
 
 
 def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
-                       context: Callable[[Batch], ContextManager] | None = None, progress: bool = True,
+                       steering: Steering | None = None, progress: bool = False,
                        description: str = "generating") -> list[Response]:
-    """Greedy responses for every sample. ``context(batch)`` wraps each ``generate`` call
-    (steering uses it to add its vectors)."""
+    """Greedy responses for every sample, steered by ``steering`` if given."""
+    if steering is not None:
+        steering = steering.check(vlm)
     out: list[Response] = []
     with progress_bar(description, len(samples), enabled=progress) as advance:
         for chunk in batches(samples, batch_size):
             batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
-            with (context(batch) if context else nullcontext()):
+            with (steering.apply(vlm, batch) if steering else nullcontext()):
                 gen = vlm.generate(batch, max_new_tokens=max_new_tokens)
             out.extend(Response(s.id, t, n) for s, t, n in zip(chunk, gen.texts, gen.lengths))
             advance(len(chunk))

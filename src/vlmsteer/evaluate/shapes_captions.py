@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from vlmsteer.data import shapes
-from vlmsteer.data.keywords import COLORS, PLACES, SENTIMENTS, KeywordSet
+from vlmsteer.data.keywords import STYLE_KEYWORDS
 
-STYLE_KEYWORDS: dict[str, KeywordSet] = {"colors": COLORS, "places": PLACES, "sentiments": SENTIMENTS}
+SHAPES_STYLES = ("colors", "places", "sentiments")  # the shapes world's caption styles (no people)
 
 
 def load_scenes(root: str | Path, split: str = "val2014") -> dict[int, dict]:
@@ -24,7 +24,7 @@ def mentions_every_shape(caption: str, scene: dict) -> bool:
 
 def style_shares(captions: list[str]) -> dict[str, float]:
     n = max(1, len(captions))
-    return {name: 100.0 * kw.count(captions) / n for name, kw in STYLE_KEYWORDS.items()}
+    return {name: 100.0 * STYLE_KEYWORDS[name].count(captions) / n for name in SHAPES_STYLES}
 
 
 def caption_report(captions: list[str], scenes: list[dict], references: list[list[str]]) -> dict:

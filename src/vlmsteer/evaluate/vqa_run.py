@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
+from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.sample import Sample
-from vlmsteer.evaluate.vqa import VQAReport, evaluate_vqa
-from vlmsteer.model import VLM
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.evaluate.vqa import VQAReport, compare_runs, evaluate_vqa
+from vlmsteer.model import VLM
+from vlmsteer.steer.steerer import Steering
 
 
 def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 8,
-            context: Callable | None = None, progress: bool = True) -> tuple[list[str], VQAReport]:
-    from vlmsteer.errors import VlmsteerError
-
+            steering: Steering | None = None, progress: bool = False) -> tuple[list[str], VQAReport]:
+    """Greedy answers (steered by ``steering`` if given) and their official accuracy."""
     missing = [s.id for s in samples if not s.answers]
     if missing:
         raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
     responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   context=context, progress=progress, description="answering")
+                                   steering=steering, progress=progress, description="answering")
     preds = [r.text for r in responses]
     return preds, score_vqa(samples, preds)
+
+
+def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
+                     baseline: str | Path | None = None, source: str | None = None, target: str | None = None,
+                     batch_size: int = 32, max_new_tokens: int = 8, progress: bool = False) -> dict:
+    """``vlmsteer eval vqa``: answer, score, compare with a baseline run folder (answers
+    changed, ``source`` -> ``target`` counts, accuracy deltas), write ``predictions.jsonl`` and
+    ``metrics.json`` to ``out``; returns the metrics."""
+    base = read_baseline(baseline, samples, what="questions") if baseline is not None else None
+    preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
+                            progress=progress)
+    extra = {}
+    if steering is not None:
+        extra["steering"] = steering.describe()
+    if base is not None:
+        extra["vs_baseline"] = compare_to_baseline(base, samples, preds, report, source=source, target=target)
+    write_vqa_outputs(out, samples, preds, report, extra=extra)
+    return {**report.to_dict(), **extra}
 
 
 def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
@@ -32,33 +50,14 @@ def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
 
 def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
                       extra: dict | None = None) -> None:
-    from vlmsteer.data.io import write_run_outputs
-
     rows = [{"id": s.id, "prompt": s.prompt, "prediction": p, "answer": s.answer, "answer_type": s.answer_type,
              "accuracy": acc, "image": s.image_path} for s, p, acc in zip(samples, predictions, report.per_sample)]
     write_run_outputs(out, rows, {**report.to_dict(), **(extra or {})})
 
 
-def read_predictions(path: str | Path) -> list[dict]:
-    from vlmsteer.data.io import read_jsonl
-
-    return read_jsonl(path)
-
-
-def compare_to_baseline(baseline: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
+def compare_to_baseline(base_preds: list[str], samples: list[Sample], predictions: list[str], report: VQAReport,
                         source: str | None = None, target: str | None = None) -> dict:
-    """Answers changed, source/target count changes and per-type accuracy deltas vs a baseline run."""
-    from vlmsteer.errors import input_error
-    from vlmsteer.evaluate.vqa import compare_runs
-
-    base = Path(baseline)
-    rows = read_predictions(base / "predictions.jsonl")
-    by_id = {r["id"]: r for r in rows}
-    missing = [s.id for s in samples if s.id not in by_id]
-    if missing:
-        raise input_error(base / "predictions.jsonl", f"baseline lacks {len(missing)} of these questions "
-                                                      f"(first: {missing[0]})")
-    base_preds = [by_id[s.id]["prediction"] for s in samples]
+    """Answers changed, source/target count changes and per-type accuracy deltas vs baseline answers."""
     base_report = score_vqa(samples, base_preds)
     out = compare_runs(base_preds, predictions, source=source, target=target)
     out["accuracy_delta"] = {t: report.per_type[t] - base_report.per_type.get(t, 0.0) for t in report.per_type}

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
+from vlmsteer.report.plots import pca_plot
 from vlmsteer.concepts.dictionary import make_dictionary
 from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap
 from vlmsteer.errors import VlmsteerError
@@ -26,27 +26,6 @@ class ConceptRun:
     top_images: int = 8
 
 
-def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centred = features - features.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=8)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title(title)
-    fig.colorbar(sc, ax=ax, label="concept")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None) -> dict:
     """Fit, ground and report; ``vlm`` (for word grounding) may be None to skip words."""
     out = Path(out)
@@ -57,10 +36,13 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
         raise VlmsteerError(f"{store.path}: no samples with the selected token")
     dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(feats)
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-    dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path),
-                    model_id=store.header.get("model_id"))
     assign = dictionary.assign(feats)
     words = ground_text(vlm, dictionary, top_n=cfg.top_words) if vlm is not None else None
+    # each concept's label ("3:red": index and top word) travels with the dictionary, so
+    # vectors built from it name their source and target
+    labels = [f"{k}:{(words[k].words or ['?'])[0]}" for k in range(cfg.k)] if words else None
+    dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path),
+                    model_id=store.header.get("model_id"), labels=labels)
     images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx)
     concepts = []
     for k in range(cfg.k):

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from vlmsteer.report.plots import shift_plots
 from vlmsteer.concepts import make_dictionary
 from vlmsteer.concepts.grounding import ground_text, t_overlap
 from vlmsteer.data.keywords import KeywordSet
@@ -119,68 +120,6 @@ def evolution(store_a: FeatureStore, checkpoints: dict[int, FeatureStore], cfg: 
     return rows
 
 
-def plots(result: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    main = result["main"]
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
-    alphas = [r["alpha"] for r in main["recovery"]]
-    ax.plot(alphas, [r["mean_cosine"] for r in main["recovery"]], marker="o", label="cosine to matched fine-tuned")
-    if "mean_t_overlap" in main["recovery"][0]:
-        ax2 = ax.twinx()
-        ax2.plot(alphas, [r["mean_t_overlap"] for r in main["recovery"]], marker="s", color="C1", label="T-Overlap")
-        ax2.set_ylabel("T-Overlap")
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("mean recovery cosine")
-    ax.set_title("recovery of fine-tuned concepts vs alpha")
-    fig.tight_layout()
-    fig.savefig(out / "recovery_vs_alpha.png")
-    plt.close(fig)
-    made.append("recovery_vs_alpha.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
-    gain = [c["recovery_cosine_alpha1"] - c["recovery_cosine_alpha0"] for c in main["concepts"]]
-    axes[0].scatter([c["magnitude"] for c in main["concepts"]], gain)
-    axes[0].set_xlabel("shift magnitude ‖Δ_k‖")
-    axes[0].set_ylabel("recovery gain (cos at α=1 − α=0)")
-    axes[1].scatter([c["consistency"] for c in main["concepts"]], gain)
-    axes[1].set_xlabel("shift consistency")
-    fig.tight_layout()
-    fig.savefig(out / "magnitude_consistency.png")
-    plt.close(fig)
-    made.append("magnitude_consistency.png")
-
-    if result.get("evolution"):
-        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
-        steps = [r["step"] for r in result["evolution"]]
-        key = "mean_t_overlap" if "mean_t_overlap" in result["evolution"][0] else "mean_cosine"
-        ax.plot(steps, [r[key] for r in result["evolution"]], marker="o")
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel(key.replace("_", " "))
-        ax.set_title("matched concepts: original vs checkpoint")
-        fig.tight_layout()
-        fig.savefig(out / "evolution.png")
-        plt.close(fig)
-        made.append("evolution.png")
-    if result.get("layers"):
-        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
-        rows = result["layers"]
-        ax.plot([r["layer"] for r in rows], [r["mean_recovery_alpha1"] for r in rows], marker="o", label="α = 1")
-        ax.plot([r["layer"] for r in rows], [r["mean_recovery_alpha0"] for r in rows], marker="s", label="α = 0")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("mean recovery cosine")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "layers.png")
-        plt.close(fig)
-        made.append("layers.png")
-    return made
-
-
 def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg: ShiftConfig, vlm=None,
               checkpoints: dict[int, FeatureStore] | None = None, ks: Sequence[int] = (),
               layers: Sequence[int] = ()) -> dict:
@@ -197,7 +136,7 @@ def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg
         result["layers"] = [{k: v for k, v in analyse(store_a, store_b, _with(cfg, layer=l), None).items()
                              if k not in ("concepts", "recovery")} for l in layers]
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-    result["plots"] = plots(result, out)
+    result["plots"] = shift_plots(result, out)
     (out / "shift.json").write_text(json.dumps(result, indent=2))
     thumbs = {s["image"]: image_data_uri(s["image"]) for c in result["main"]["concepts"]
               for s in c["top_samples"] + c["matched_top_samples"] if s.get("image")}

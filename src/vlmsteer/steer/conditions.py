@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.data.text import normalize_answer
+from vlmsteer.data.filters import Filter, normalized, record_value
 from vlmsteer.store import FeatureStore
 
 
@@ -30,6 +30,10 @@ class NearestConceptCondition:
         nearest = torch.cdist(features.float(), c).argmin(dim=1)
         return torch.isin(nearest, torch.tensor(self.active, device=features.device))
 
+    def describe(self) -> dict:
+        names = self.labels or [str(k) for k in range(len(self.centroids))]
+        return {"kind": "nearest_concept", "concepts": names, "active": [names[k] for k in self.active]}
+
     @classmethod
     def from_store(cls, store: FeatureStore, layer: int, field: str = "answer",
                    active_values: Sequence[str] = ("yes",), min_count: int = 5) -> "NearestConceptCondition":
@@ -38,13 +42,11 @@ class NearestConceptCondition:
         idx = store.select()
         groups: dict[str, list[int]] = {}
         for i in idx:
-            value = store.records[i].get(field)
-            if value is None:
-                continue
-            key = normalize_answer(str(value)) if field in ("answer", "response") else str(value)
-            groups.setdefault(key, []).append(int(i))
+            value = record_value(store.records[i], field)
+            if value is not None:
+                groups.setdefault(str(normalized(field, value)), []).append(int(i))
         groups = {k: v for k, v in sorted(groups.items()) if len(v) >= min_count}
-        wanted = [normalize_answer(v) if field in ("answer", "response") else v for v in active_values]
+        wanted = [str(normalized(field, v)) for v in active_values]
         missing = [v for v in wanted if v not in groups]
         if missing:
             raise VlmsteerError(f"{store.path}: no group of at least {min_count} samples with {field} = "
@@ -52,17 +54,15 @@ class NearestConceptCondition:
         return cls.from_groups(store, layer, groups, wanted)
 
     @classmethod
-    def from_filters(cls, store: FeatureStore, layer: int, filters: dict[str, dict],
+    def from_filters(cls, store: FeatureStore, layer: int, filters: dict[str, Filter | str],
                      active: Sequence[str]) -> "NearestConceptCondition":
-        """One concept per named filter of the store (see ``vlmsteer.steer.builders.parse_filter``),
-        e.g. ``{"colour": {"response~": "colors"}, "plain": {"response!~": "colors"}}``."""
-        from vlmsteer.steer.builders import describe_filter, select_records
-
+        """One concept per named filter of the store (see :class:`~vlmsteer.data.filters.Filter`),
+        e.g. ``{"colour": "response~colors", "plain": "response!~colors"}``."""
         groups = {}
         for name, flt in filters.items():
-            idx = select_records(store, flt)
+            idx = store.select(flt)
             if len(idx) == 0:
-                raise VlmsteerError(f"{store.path}: no samples for concept {name!r} ({describe_filter(flt)})")
+                raise VlmsteerError(f"{store.path}: no samples for concept {name!r} ({flt})")
             groups[name] = [int(i) for i in idx]
         missing = [a for a in active if a not in groups]
         if missing:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 
@@ -23,7 +24,8 @@ from vlmsteer.model import Batch, VLM
 from vlmsteer.regions import Region
 from vlmsteer.steer.vector import SteeringVector
 
-Condition = Callable[[torch.Tensor], torch.Tensor]  # (batch, hidden) -> (batch,) bool
+# (batch, hidden) features at the steering layer, last prompt position -> (batch,) bool: steer this row?
+SteeringCondition = Callable[[torch.Tensor], torch.Tensor]
 
 
 def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,7 @@ def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.
 @contextmanager
 def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
           layers: Sequence[int] | None = None, region: Region | str = Region.PROMPT,
-          condition: Condition | None = None) -> Iterator[dict]:
+          condition: SteeringCondition | None = None) -> Iterator[dict]:
     """Steer every forward call on ``batch`` inside the block; hooks are removed on exit.
 
     Yields a dict that records, once known, which rows were steered (``"rows"``).
@@ -95,3 +97,45 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
 
         stack.enter_context(edit_residual(vlm.layers, {layer: make_edit(layer) for layer in chosen}))
         yield state
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What to add where, as one value: runners take it, ``run.json`` records it.
+
+    ``layers`` None means the vector's own layers. ``condition`` (see
+    :mod:`vlmsteer.steer.conditions`) restricts steering to the samples it accepts.
+    """
+
+    vector: SteeringVector
+    alpha: float = 1.0
+    layers: tuple[int, ...] | None = None
+    region: Region = Region.PROMPT
+    condition: SteeringCondition | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "region", Region.parse(self.region))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+        if not math.isfinite(self.alpha):
+            raise VlmsteerError(f"alpha must be a finite number, got {self.alpha}")
+
+    def check(self, vlm: VLM) -> "Steering":
+        """The same steering with its layers resolved against ``vlm`` (sizes and ranges checked)."""
+        layers = self.vector.check_model(vlm, list(self.layers) if self.layers is not None else None)
+        return Steering(self.vector, self.alpha, tuple(layers), self.region, self.condition)
+
+    def apply(self, vlm: VLM, batch: Batch) -> ContextManager[dict]:
+        """``with steering.apply(vlm, batch): vlm.generate(batch)``."""
+        return steer(vlm, self.vector, batch, alpha=self.alpha, layers=self.layers, region=self.region,
+                     condition=self.condition)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready: the vector's provenance, alpha, layers, region and condition."""
+        describe_condition = getattr(self.condition, "describe", None)
+        return {"vector": {"method": self.vector.method, "source": self.vector.source, "target": self.vector.target,
+                           "norm": round(self.vector.norm(), 6), "layers": self.vector.layers},
+                "alpha": self.alpha, "layers": list(self.layers) if self.layers is not None else None,
+                "region": self.region.value,
+                "condition": (describe_condition() if describe_condition else
+                              None if self.condition is None else repr(self.condition))}

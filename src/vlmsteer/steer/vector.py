@@ -175,8 +175,8 @@ def load_vector(path: str | Path, name: str | None = None, vlm=None) -> Steering
     vectors = load_vectors(path)
     if name is None:
         if len(vectors) != 1:
-            raise input_error(path, f"holds {len(vectors)} vectors; name one with --name "
-                                    f"(e.g. {', '.join(list(vectors)[:3])})")
+            raise input_error(path, f"holds {len(vectors)} vectors; name one (e.g. {', '.join(list(vectors)[:3])})",
+                              "name")
         vec = next(iter(vectors.values()))
     elif name not in vectors:
         raise input_error(path, f"no vector named {name!r}")

@@ -1,0 +1,47 @@
+"""``vlmsteer select``: rank candidate steering vectors by the paper's selection metric
+(:mod:`vlmsteer.steer.selection`) on VQA answers, and write ``selection.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlmsteer.data.sample import Sample
+from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.model import VLM
+from vlmsteer.progress import progress_bar
+from vlmsteer.regions import Region
+from vlmsteer.steer.selection import rank, selection_score
+from vlmsteer.steer.steerer import Steering
+from vlmsteer.steer.vector import SteeringVector
+
+
+def rank_vectors(vlm: VLM, samples: list[Sample], candidates: dict[str, SteeringVector], *, alpha: float = 1.0,
+                 region: Region | str = Region.LAST_PROMPT, top_n: int = 5, relative_to: str = "total",
+                 distinct: bool = True, batch_size: int = 64, max_new_tokens: int = 3,
+                 progress: bool = False) -> dict:
+    """Answer ``samples`` without steering and with each candidate; score every candidate by
+    the selection metric and rank them (``distinct``: the best per set of primary answers)."""
+    region = Region.parse(region)
+    steerings = {name: Steering(vec, alpha, region=region).check(vlm) for name, vec in candidates.items()}
+    base = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                               progress=progress, description="baseline")]
+    selections = []
+    with progress_bar("candidates", len(candidates), enabled=progress) as advance:
+        for name, steering in steerings.items():
+            steered = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size,
+                                                          max_new_tokens=max_new_tokens, steering=steering)]
+            selections.append(selection_score(base, steered, top_n=top_n, name=name, relative_to=relative_to))
+            advance(1)
+    ranking = [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
+               for s in rank(selections, distinct=distinct)]
+    return {"alpha": alpha, "region": region.value, "n": len(samples), "relative_to": relative_to,
+            "ranking": ranking}
+
+
+def write_selection(result: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "selection.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
