@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vlmsteer.concepts.dictionary import METHODS
+
 from vlmsteer.concepts import (KMeansConcepts, NMFConcepts, PCAConcepts, SemiNMFConcepts, ground_text,
                                load_dictionary, make_dictionary, mean_pairwise_overlap, t_overlap)
 from vlmsteer.concepts.grounding import TextGrounding, cosine_matrix
@@ -61,9 +63,11 @@ def test_nmf_needs_nonnegative_features():
         NMFConcepts(k=3).fit(_blobs()[0])
 
 
-@pytest.mark.parametrize("method", ["kmeans", "pca", "semi_nmf"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_deterministic_and_saved(method, tmp_path):
+    """The contract every registered method keeps: seeded fits agree, save/load round-trips."""
     z, _, _ = _blobs()
+    z = np.abs(z) if method == "nmf" else z
     a = make_dictionary(method, 4, seed=3).fit(z)
     b = make_dictionary(method, 4, seed=3).fit(z)
     assert np.array_equal(a.components_, b.components_)
@@ -105,3 +109,38 @@ def test_t_overlap():
     assert t_overlap([], ["a"]) == 0.0
     gs = [TextGrounding(["a", "b"], [1, 0]), TextGrounding(["b", "c"], [1, 0])]
     assert mean_pairwise_overlap(gs) == 50.0
+
+
+def test_chunked_torch_kmeans_equals_sklearn_from_the_same_init():
+    """The bounded-memory Lloyd (float16 input, row chunks) reaches scikit-learn's inertia
+    and labels from the same initial centres; assignment chunked at any size is exact."""
+    from sklearn.cluster import KMeans
+
+    from vlmsteer.concepts.kmeans import kmeans_plus_plus, lloyd, nearest
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(12, 64)) * 3
+    z = (centres[rng.integers(12, size=3000)] + rng.normal(size=(3000, 64))).astype(np.float16)
+    init = kmeans_plus_plus(z, 8, seed=1)
+    ours = lloyd(z, init, chunk=700)
+    ref = KMeans(8, init=init, n_init=1, algorithm="lloyd").fit(z.astype(np.float32))
+    assert abs(ours.inertia / ref.inertia_ - 1) < 1e-4
+    assert (ours.labels == ref.labels_).mean() > 0.999
+    brute = ((z.astype(np.float64)[:, None] - ours.centers[None]) ** 2).sum(-1)
+    labels, dist = nearest(z, ours.centers, chunk=333)
+    assert (labels == brute.argmin(1)).all() and np.allclose(dist, brute.min(1), rtol=1e-3)
+
+
+def test_kmeans_backends_agree_and_auto_switches_on_size():
+    z, _, _ = _blobs()
+    sk = KMeansConcepts(k=4, seed=0, backend="sklearn").fit(z)
+    th = KMeansConcepts(k=4, seed=0, backend="torch", n_init=3).fit(z)
+    assert abs(th.inertia_ / sk.inertia_ - 1) < 1e-3
+    np.testing.assert_allclose(np.sort(sk.components_, axis=0), np.sort(th.components_, axis=0), atol=1e-3)
+    assert (th.assign(z) == th.labels_).all()
+    np.testing.assert_allclose(th.encode(z[:5]), 1 / (1 + np.sqrt(((z[:5, None] - th.components_[None]) ** 2)
+                                                                 .sum(-1))), rtol=1e-6)
+    small, big = np.zeros((10, 4)), np.zeros((2 ** 20, 64), dtype=np.float16)
+    assert KMeansConcepts().chosen_backend(small) == "sklearn" and KMeansConcepts().chosen_backend(big) == "torch"
+    with pytest.raises(VlmsteerError, match="unknown K-Means backend"):
+        KMeansConcepts(backend="faiss")

@@ -192,3 +192,37 @@ def test_bad_inputs_exit_2(tiny_folder, shapes_data, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "d"), "--layer", "1", "--selector", "middle"]) == 2
     assert "unknown selector" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "idefics3"])
+def test_token_offsets_are_exact_and_linear(arch, tiny_vlm):
+    """Word positions come from one incremental pass: the spans tile the fully decoded text,
+    and the tokens decoded grow linearly with the sequence (150 -> 2400 tokens)."""
+    import random
+
+    from vlmsteer.selectors import token_offsets
+
+    tok = tiny_vlm(arch).tokenizer
+    rng = random.Random(0)
+    ids = tok("the red circle is next to a blue square; what colour? naïve café ünïcödé 2 + 2", add_special_tokens=False)[
+        "input_ids"]
+    ids = ids + [rng.randrange(len(tok)) for _ in range(40)]
+    text, spans = token_offsets(tok, ids)
+    assert text == tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a <= b and b <= c for (a, b), (c, _) in zip(spans, spans[1:]))
+
+    class Counting:
+        def __init__(self):
+            self.tokens = 0
+
+        def decode(self, part, **kw):
+            self.tokens += len(part)
+            return tok.decode(part, **kw)
+
+    work = {}
+    for n in (150, 2400):
+        counting = Counting()
+        token_offsets(counting, (ids * (n // len(ids) + 1))[:n])
+        work[n] = counting.tokens
+    assert work[2400] / work[150] < 16 * 1.2, work  # 16x the tokens, about 16x the work

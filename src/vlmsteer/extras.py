@@ -8,6 +8,7 @@ extra           package         needed for
 ``ot``          POT             optimal-transport concept matching (``shift --matching ot``)
 ``plots``       matplotlib      PNG figures (sweep, separability, shift, concept PCA)
 ``finetune``    peft            LoRA fine-tuning and loading adapters
+``accelerate``  accelerate      ``--device-map auto`` (a model larger than one device)
 ==============  ==============  ====================================================
 
 ``pip install "vlmsteer[all]"`` installs every one; without them vlmsteer still extracts
@@ -22,7 +23,7 @@ from types import ModuleType
 from vlmsteer.errors import VlmsteerError
 
 EXTRAS = {"pycocoevalcap": ("captions", "pycocoevalcap"), "ot": ("ot", "POT"), "matplotlib": ("plots", "matplotlib"),
-          "peft": ("finetune", "peft")}
+          "peft": ("finetune", "peft"), "accelerate": ("accelerate", "accelerate")}
 
 
 def available(module: str) -> bool:

@@ -95,7 +95,7 @@ def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: Finetune
             resp = [response_ids(vlm, p, t) + ([eos] if eos is not None else []) for p, (_, t) in zip(prompts, chunk)]
             full = append_responses(vlm, batch, resp)
             logits = peft_model(**vlm.model_inputs(full)).logits
-            labels = torch.full(full.input_ids.shape, -100, dtype=torch.long)
+            labels = torch.full(full.input_ids.shape, -100, dtype=torch.long, device=logits.device)
             for i, (a, b) in enumerate(full.answer_spans):
                 labels[i, a:b] = full.input_ids[i, a:b]
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),

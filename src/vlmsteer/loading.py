@@ -55,6 +55,19 @@ def load_image(image: Image.Image | str | Path) -> Image.Image:
         raise VlmsteerError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
 
 
+def check_images(samples, progress: bool = False) -> int:
+    """Decode every distinct image of ``samples`` (a missing, truncated or corrupt one is a
+    one-line error naming it); returns how many were decoded."""
+    from vlmsteer.progress import progress_bar
+
+    paths = sorted({s.image_path for s in samples if s.image_path})
+    with progress_bar("decoding images", len(paths), enabled=progress) as advance:
+        for image in paths:
+            load_image(image)
+            advance(1)
+    return len(paths)
+
+
 def _image_only_processor_class(cls):
     """``cls`` without its video part, for processors whose video half needs torchvision."""
 

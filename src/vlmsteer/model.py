@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
+from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.layers import resolve_layer
 from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, load_image, load_processor, parse_dtype,
@@ -73,24 +74,35 @@ class VLM:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, model_id: str | Path, *, adapter: str | Path | None = None, dtype: str | torch.dtype = "auto",
-             device: str = "cpu", trust_remote_code: bool = False, revision: str | None = None) -> "VLM":
-        """Load from a hub id, a local folder or ``shapes-llava``; optionally add a LoRA adapter."""
+             device: str = "cpu", trust_remote_code: bool = False, revision: str | None = None,
+             device_map: str | dict | None = None) -> "VLM":
+        """Load from a hub id, a local folder or ``shapes-llava``; optionally add a LoRA adapter.
+
+        ``device_map`` (``"auto"`` or a module -> device dict) spreads a model too large for one
+        device over the available ones with accelerate's big-model loading; ``device`` is then
+        ignored."""
         from transformers import AutoModelForImageTextToText
 
         path = resolve_model_id(model_id)
         if Path(path).exists() and not (Path(path) / "config.json").exists():
             raise VlmsteerError(f"{path}: not a model folder (no config.json)")
         torch_dtype = parse_dtype(dtype)
+        extra = {}
+        if device_map is not None:
+            require("accelerate", "loading with a device map")
+            extra["device_map"] = device_map
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=torch_dtype if torch_dtype is not None else "auto",
-                trust_remote_code=trust_remote_code, revision=revision,
+                trust_remote_code=trust_remote_code, revision=revision, **extra,
             )
         except (OSError, ValueError, KeyError) as exc:
             raise VlmsteerError(f"{model_id}: cannot load model ({str(exc).splitlines()[0]})") from None
         if adapter is not None:
             model = _attach_adapter(model, adapter)
-        model.to(device).eval()
+        if device_map is None:
+            model.to(device)
+        model.eval()
         processor = load_processor(path, trust_remote_code=trust_remote_code, revision=revision)
         vlm = cls.from_hf(model, processor, model_id=str(model_id), revision=revision)
         if adapter is not None:

@@ -73,25 +73,31 @@ def word_spans(text: str, word: str) -> list[tuple[int, int]]:
 
 
 def token_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Decoded text of ``ids`` and each token's character span in it (incremental decoding,
-    so it is exact for any tokenizer, whatever its spacing rules)."""
-    spans = []
-    prev = ""
-    for k in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        start = len(prev) if text.startswith(prev) else _common_prefix(prev, text)
-        spans.append((start, len(text)))
-        prev = text
-    return prev, spans
+    """Decoded text of ``ids`` and each token's character span in it, in linear time.
 
+    Incremental decoding over a short moving window (the method of streaming detokenizers):
+    each step decodes only the tokens since the last complete piece of text, so it is exact
+    for any tokenizer's spacing rules (SentencePiece's dropped leading space, byte-level
+    BPE); a token that ends inside a multi-byte character gets an empty span and the token
+    that completes the character gets the whole of it.
+    """
 
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    text, spans = "", []
+    prefix = read = 0  # ids[prefix:read] is the decoded context of the next piece
+    for k in range(len(ids)):
+        before = decode(ids[prefix:read])
+        after = decode(ids[prefix:k + 1])
+        if len(after) > len(before) and after.startswith(before) and not after.endswith("\ufffd"):
+            start = len(text)
+            text += after[len(before):]
+            spans.append((start, len(text)))
+            prefix, read = read, k + 1
+        else:
+            spans.append((len(text), len(text)))
+    return text, spans
 
 
 def word_token_indices(tokenizer, ids: list[int], word: str) -> list[int] | None:

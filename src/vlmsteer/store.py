@@ -175,7 +175,7 @@ class FeatureStore:
             total = store.header.get("n_samples")
             raise input_error(path, f"incomplete store ({len(store)} of {total if total is not None else '?'} "
                                     "samples: its extraction did not finish); rerun the extraction to complete "
-                                    "it, or accept a partial store (--allow-partial)")
+                                    "it, or accept a partial store", "allow_partial")
         return store
 
     @property
@@ -265,11 +265,17 @@ class FeatureStore:
     def features(self, layer: int, indices: Iterable[int] | None = None,
                  where: "Filter | str | Callable[[dict], bool] | None" = None, only_found: bool = True,
                  dtype=np.float32) -> np.ndarray:
-        """``(N, D)`` features of ``layer`` for the selected records (see :meth:`select`)."""
+        """``(N, D)`` features of ``layer`` for the selected records (see :meth:`select`), as
+        ``dtype`` (None: the store's own, e.g. float16 stays float16; one copy of the selected
+        rows, read from memory-mapped shards)."""
         arrays = self.layer_arrays(layer)
+        dtype = dtype or (arrays[0].dtype if arrays else np.float32)
         if indices is None:
             indices = self.select(where=where, only_found=only_found)
-        indices = np.asarray(list(indices), dtype=np.int64)
+        indices = np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)
+        if (len(arrays) == 1 and arrays[0].dtype == dtype and len(indices) == len(arrays[0])
+                and (indices == np.arange(len(indices))).all()):
+            return arrays[0]  # every row of one shard: the read-only memory map itself, no copy
         out = np.empty((len(indices), self.hidden_size), dtype=dtype)
         if len(indices) == 0:
             return out

@@ -18,10 +18,13 @@ app = typer.Typer(help="Concept-level analysis and training-free steering of mul
 data_app = typer.Typer(help="Datasets: generate the shapes world, check dataset files.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a model (optionally steered).", no_args_is_help=True)
 vectors_app = typer.Typer(help="Build steering vectors from feature stores.", no_args_is_help=True)
+store_app = typer.Typer(help="Feature stores: import features extracted by other tools, export them.",
+                        no_args_is_help=True)
 demo_app = typer.Typer(help="The end-to-end demo on the shipped shapes-llava model.", invoke_without_command=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(vectors_app, name="vectors")
+app.add_typer(store_app, name="store")
 app.add_typer(demo_app, name="demo")
 
 out_console = Console()
@@ -37,11 +40,19 @@ def _quiet_transformers() -> None:
 
 
 def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto", device: str = "cpu",
-                trust_remote_code: bool = False):
+                device_map: Optional[str] = None, trust_remote_code: bool = False):
     _quiet_transformers()
     from vlmsteer.model import VLM
 
-    return VLM.load(model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return VLM.load(model, adapter=adapter, dtype=dtype, device=device, device_map=device_map or None,
+                    trust_remote_code=trust_remote_code)
+
+
+# options of every command that loads a model
+_DTYPE = typer.Option("auto", help="Model dtype: auto (the checkpoint's), float32, bfloat16 or float16.")
+_DEVICE = typer.Option("cpu", help="Device for the model: cpu, cuda, cuda:1, mps.")
+_DEVICE_MAP = typer.Option(None, help="'auto': spread a model too large for one device over all of them "
+                                      "(accelerate); overrides --device.")
 
 
 

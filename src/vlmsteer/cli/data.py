@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _load_model, app, data_app, err_console,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _load_model, app, data_app, err_console,
                                  out_console)
 from vlmsteer.errors import VlmsteerError
 
@@ -16,11 +16,12 @@ from vlmsteer.errors import VlmsteerError
 @app.command()
 def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-llava."),
          adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder."),
-         trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run.")):
+         trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run."),
+         dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
     """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
     from vlmsteer.evaluate.runinfo import version_warnings, versions
 
-    vlm = _load_model(model, adapter, trust_remote_code=trust_remote_code)
+    vlm = _load_model(model, adapter, dtype, device, device_map, trust_remote_code=trust_remote_code)
     table = Table(show_header=False)
     for k, v in vlm.describe().items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
@@ -59,18 +60,13 @@ def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coc
     from collections import Counter
 
     from vlmsteer.data import load_samples
-    from vlmsteer.loading import load_image
-    from vlmsteer.progress import progress_bar
+    from vlmsteer.loading import check_images
 
     samples = load_samples(fmt, path, split=split, images=images, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
-    paths = sorted({s.image_path for s in samples if s.image_path})
-    with progress_bar("decoding images", len(paths)) as advance:
-        for image in paths:
-            load_image(image)
-            advance(1)
+    decoded = check_images(samples, progress=True)
     types = Counter(s.answer_type for s in samples if s.answer_type)
-    out_console.print(f"{len(samples)} samples, {len(paths)} images decoded"
+    out_console.print(f"{len(samples)} samples, {decoded} images decoded"
                       + (f"; answer types: {dict(types)}" if types else ""))
     if samples:
         s = samples[0]

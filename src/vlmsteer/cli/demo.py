@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_quiet_transformers, demo_app, out_console)
+from vlmsteer.cli.common import _DEVICE, _DEVICE_MAP, _DTYPE, _quiet_transformers, demo_app, out_console
 from vlmsteer.errors import VlmsteerError
 
 
@@ -16,14 +16,17 @@ def demo(ctx: typer.Context,
          out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
          n_scenes: int = typer.Option(400, help="Held-out scenes to generate (about 9 questions each)."),
          seed: int = typer.Option(7, help="Seed of the held-out world (the model was trained on 1000)."),
-         batch_size: int = typer.Option(64), model: str = typer.Option("shapes-llava", help="Model to demo.")):
+         batch_size: int = typer.Option(64), model: str = typer.Option("shapes-llava", help="Model to demo."),
+         dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
     """Run the whole story on the shipped model and write one HTML page linking every report."""
     if ctx.invoked_subcommand is not None:
         return
     from vlmsteer.demo.run import DemoSettings, run_demo
 
     _quiet_transformers()
-    page = run_demo(out, DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size), progress=True)
+    settings = DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size, dtype=dtype,
+                            device=device, device_map=device_map)
+    page = run_demo(out, settings, progress=True)
     out_console.print(f"demo page: {page}")
 
 

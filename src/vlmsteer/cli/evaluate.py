@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALPHA, _BASELINE, _LAYERS, _LIMIT, _NAME, _VECTOR,
-                                 _load_model, _steering, _write_run_json, eval_app, out_console)
+                                 _DEVICE, _DEVICE_MAP, _DTYPE, _load_model, _steering, _write_run_json, eval_app, out_console)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -31,7 +31,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
              target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
-             dtype: str = typer.Option("auto"), device: str = typer.Option("cpu"),
+             dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
     from vlmsteer.data import load_samples
@@ -40,7 +40,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     region_ = Region.parse(region)
     samples = load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, adapter, dtype, device)
+    vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_)
     metrics = evaluate_vqa_run(vlm, samples, out, steering=steering, baseline=baseline, source=source, target=target,
                                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
@@ -68,7 +68,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
                                                              "installed), java or python."),
-                  dtype: str = typer.Option("auto"), device: str = typer.Option("cpu"),
+                  dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                   allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
     from vlmsteer.data import load_samples
@@ -79,7 +79,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     resolve_tokenizer(tokenizer)  # fail before loading anything
     samples = load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, adapter, dtype, device)
+    vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_)
     metrics = evaluate_caption_run(vlm, samples, out, steering=steering, baseline=baseline, tokenizer=tokenizer,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
@@ -113,7 +113,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 layer: Optional[list[str]] = _LAYERS,
                 region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
                 baseline: Optional[Path] = _BASELINE,
-                dtype: str = typer.Option("auto"), device: str = typer.Option("cpu"),
+                dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                 allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
     from vlmsteer.data import DataFormat, load_samples
@@ -125,7 +125,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
     samples = load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, adapter, dtype, device)
+    vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_)
     metrics = evaluate_safety_run(vlm, samples, out, steering=steering, baseline=baseline, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, progress=True)

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
-                                 _parse_layers, _write_run_json, app, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store,
+                                 _parse_layers, _write_run_json, app, out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -35,8 +35,8 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             max_new_tokens: int = typer.Option(32), prompt: Optional[str] = typer.Option(None),
             where: Optional[str] = typer.Option(None, help="Keep samples whose fields match, e.g. "
                                                            "'question_type=what color is the' or 'answer=yes|no'."),
-            adapter: Optional[Path] = typer.Option(None), dtype: str = typer.Option("auto"),
-            device: str = typer.Option("cpu"), allow_outside_images: bool = _ALLOW_OUTSIDE):
+            adapter: Optional[Path] = typer.Option(None), dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+            allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
     from vlmsteer.data import load_samples
     from vlmsteer.extract import ExtractConfig
@@ -52,7 +52,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
         raise VlmsteerError(str(exc)) from None
     samples = load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images, where=where)
-    vlm = _load_model(model, adapter, dtype, device)
+    vlm = _load_model(model, adapter, dtype, device, device_map)
     dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
                "where": where}
     store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=True)
@@ -72,15 +72,20 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
              no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
              top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0),
+             backend: str = typer.Option("auto", help="K-Means: sklearn (reference, n_init 10), torch (chunked, "
+                                                       "bounded memory) or auto (sklearn up to 2^25 values)."),
+             dtype: str = _DTYPE, device: str = typer.Option("cpu", help="Device for the grounding model and the "
+                                                                          "torch K-Means backend."),
+             device_map: Optional[str] = _DEVICE_MAP,
              allow_partial: bool = _ALLOW_PARTIAL):
     """Learn concepts from stored features; ground them in words and images; write an HTML report."""
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
     st = _open_store(store, allow_partial)
     absolute = st.layer_index(layer)
-    vlm = None if no_words else _load_model(model or st.header["model_id"])
+    vlm = None if no_words else _load_model(model or st.header["model_id"], None, dtype, device, device_map)
     result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
-                                             top_images=top_images), vlm=vlm)
+                                             top_images=top_images, backend=backend, device=device), vlm=vlm)
     _write_run_json(out, model_id=st.header.get("model_id"))
     table = Table(title=f"{k} {method} concepts, layer {absolute}")
     table.add_column("#", justify="right")
@@ -121,3 +126,32 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
     out_console.print(f"wrote {out}/separability.json, {out}/probe_accuracy.png, {out}/pca_layers.png")
 
 
+
+
+@store_app.command("import")
+def store_import(features: Path = typer.Option(..., help="(N, D) features: .npy or .safetensors (one tensor)."),
+                 records: Path = typer.Option(..., help="JSONL with one record (an object with an 'id') per row."),
+                 layer: int = typer.Option(..., help="Model layer the features come from."),
+                 out: Path = typer.Option(..., help="Store folder to write."),
+                 num_layers: Optional[int] = typer.Option(None, help="The model's number of layers (default "
+                                                                      "layer + 1)."),
+                 model: Optional[str] = typer.Option(None, help="Model id, for word grounding later.")):
+    """Make a store from features extracted by another tool (float16 stays float16)."""
+    from vlmsteer.store_io import import_features
+
+    st = import_features(features, records, layer, out, num_layers=num_layers, model_id=model, progress=True)
+    out_console.print(f"{len(st)} samples × {st.hidden_size} ({st.layer_arrays(st.layers[0])[0].dtype}), "
+                      f"layer {st.layers[0]} -> {out}")
+
+
+@store_app.command("export")
+def store_export(store: Path = typer.Argument(..., help="Feature store folder."),
+                 layer: int = typer.Option(..., help="Layer to export."),
+                 features: Path = typer.Option(..., help="Output array: .npy or .safetensors."),
+                 records: Path = typer.Option(..., help="Output records JSONL."),
+                 allow_partial: bool = _ALLOW_PARTIAL):
+    """Write one layer of a store as an (N, D) array and its records as JSONL."""
+    from vlmsteer.store_io import export_features
+
+    n = export_features(_open_store(store, allow_partial), layer, features, records)
+    out_console.print(f"{n} rows -> {features}, {records}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store,
                                  _parse_ints, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
@@ -25,6 +25,7 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
              split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None),
              prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0),
+             dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE):
     """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
     from vlmsteer.data import load_samples
@@ -38,7 +39,7 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
         samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
         if not samples:
             raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
-    vlm = _load_model(model)
+    vlm = _load_model(model, None, dtype, device, device_map)
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
                          target=target)
     summary = run_finetune(vlm, samples, out, cfg, merge=merge, progress=True)
@@ -58,7 +59,8 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
           keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
           model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
-          no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL):
+          no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL,
+          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
     """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""
     from vlmsteer.data.keywords import keyword_set
     from vlmsteer.report.shift import ShiftConfig, run_shift
@@ -78,7 +80,7 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
     if any(v < 1 for v in k_values + [k]):
         raise VlmsteerError(f"-k and --ks need positive integers, got {[k] + k_values}")
     layer_values = [a.layer_index(v) for v in _parse_ints(layers, "--layers")] if layers else []
-    vlm = None if no_words else _load_model(model or a.header["model_id"])
+    vlm = None if no_words else _load_model(model or a.header["model_id"], None, dtype, device, device_map)
     result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
     _write_run_json(out, model_id=a.header.get("model_id"))
     m = result["main"]

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _load_model, _open_store, _parse_layers,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store, _parse_layers,
                                  _write_run_json, app, out_console, vectors_app)
 from vlmsteer.errors import VlmsteerError
 
@@ -71,7 +71,7 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
            seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),
-           max_new_tokens: int = _VQA_TOKENS,
+           max_new_tokens: int = _VQA_TOKENS, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
            allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Rank candidate steering vectors with the paper's selection metric."""
     from vlmsteer.data import load_samples
@@ -81,7 +81,7 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     candidates = load_vectors(vectors)
     samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model)
+    vlm = _load_model(model, None, dtype, device, device_map)
     result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n, relative_to=relative_to,
                           distinct=distinct, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
     write_selection(result, out)
@@ -109,7 +109,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
           seed: int = typer.Option(0), batch_size: int = typer.Option(64), max_new_tokens: int = _VQA_TOKENS,
-          allow_partial: bool = _ALLOW_PARTIAL,
+          allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
     from vlmsteer.data import load_samples
@@ -120,7 +120,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
 
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
     st = _open_store(store, allow_partial)
-    vlm = _load_model(model)
+    vlm = _load_model(model, None, dtype, device, device_map)
     try:
         grid = SweepGrid(layers=[vlm.layer_index(int(x)) for x in layers.split(",")],
                          alphas=[float(x) for x in alphas.split(",")],

@@ -19,12 +19,16 @@ from safetensors.numpy import load_file, save_file
 from vlmsteer.errors import VlmsteerError, input_error
 
 
-def check_features(z: np.ndarray, k: int) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
+def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:
+    """``z`` as a 2-D array of ``dtype`` (None: keep its own floating dtype, no copy), checked
+    for NaN/inf chunk by chunk and for having at least ``k`` rows."""
+    z = np.asarray(z) if dtype is None else np.asarray(z, dtype=dtype)
     if z.ndim != 2:
         raise VlmsteerError(f"features must be a 2-D (samples, dims) array, got shape {z.shape}")
-    if not np.isfinite(z).all():
-        bad = int((~np.isfinite(z)).any(axis=1).sum())
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float32)
+    bad = sum(int((~np.isfinite(z[i:i + 8192])).any(axis=1).sum()) for i in range(0, len(z), 8192))
+    if bad:
         raise VlmsteerError(f"features contain NaN or infinite values ({bad} of {len(z)} samples)")
     if k < 1:
         raise VlmsteerError(f"the number of concepts must be >= 1, got {k}")
@@ -79,39 +83,71 @@ class ConceptDictionary(ABC):
 
 
 class KMeansConcepts(ConceptDictionary):
-    """K-Means: concepts are centroids; activation ``1 / (1 + distance)`` or one-hot (``hard``)."""
+    """K-Means: concepts are centroids; activation ``1 / (1 + distance)`` or one-hot (``hard``).
+
+    ``backend``: ``"sklearn"`` (scikit-learn's ``KMeans`` with ``n_init`` restarts, float64:
+    the reference), ``"torch"`` (greedy k-means++ then chunked float32 Lloyd on ``device``,
+    ``n_init`` restarts: bounded memory, GPU-capable, see :mod:`vlmsteer.concepts.kmeans`), or
+    ``"auto"``: sklearn while the features hold at most ``2**25`` values (≈ 32k × 1024), torch
+    with one restart above.
+    Assignment and encoding are chunked either way.
+    """
 
     method = "kmeans"
+    AUTO_LIMIT = 2 ** 25
 
-    def __init__(self, k: int = 20, seed: int = 0, hard: bool = False, n_init: int = 10):
+    def __init__(self, k: int = 20, seed: int = 0, hard: bool = False, n_init: int = 10, backend: str = "auto",
+                 device: str = "cpu"):
         super().__init__(k, seed)
+        if backend not in ("auto", "sklearn", "torch"):
+            raise VlmsteerError(f"unknown K-Means backend {backend!r}; choose auto, sklearn or torch")
         self.hard = hard
         self.n_init = n_init
+        self.backend = backend
+        self.device = device
+
+    def chosen_backend(self, features) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "sklearn" if features.shape[0] * features.shape[1] <= self.AUTO_LIMIT else "torch"
 
     def fit(self, features):
-        from sklearn.cluster import KMeans
+        z = check_features(features, self.k, dtype=None)
+        if self.chosen_backend(z) == "sklearn":
+            from sklearn.cluster import KMeans
 
-        z = check_features(features, self.k)
-        km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=self.n_init).fit(z)
-        self.components_ = km.cluster_centers_.astype(np.float64)
-        self.labels_ = km.labels_
-        self.inertia_ = float(km.inertia_)
+            km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=self.n_init).fit(z.astype(np.float64))
+            self.components_ = km.cluster_centers_.astype(np.float64)
+            self.labels_ = km.labels_
+            self.inertia_ = float(km.inertia_)
+            return self
+        from vlmsteer.concepts.kmeans import kmeans_plus_plus, lloyd
+
+        best = None
+        for restart in range(max(1, self.n_init if self.backend == "torch" else 1)):
+            init = kmeans_plus_plus(z, self.k, seed=self.seed + restart, device=self.device)
+            result = lloyd(z, init, device=self.device)
+            if best is None or result.inertia < best.inertia:
+                best = result
+        self.components_, self.labels_, self.inertia_ = best.centers, best.labels, best.inertia
         return self
 
     def encode(self, features):
         self._check_fitted()
-        z = np.asarray(features, dtype=np.float64)
-        d = np.sqrt(((z[:, None, :] - self.components_[None]) ** 2).sum(-1))
         if self.hard:
-            out = np.zeros_like(d)
-            out[np.arange(len(d)), d.argmin(1)] = 1.0
+            labels = self.assign(features)
+            out = np.zeros((len(labels), self.k))
+            out[np.arange(len(labels)), labels] = 1.0
             return out
-        return 1.0 / (1.0 + d)
+        from vlmsteer.concepts.kmeans import distances
+
+        return 1.0 / (1.0 + distances(features, self.components_))
 
     def assign(self, features):
         self._check_fitted()
-        z = np.asarray(features, dtype=np.float64)
-        return np.sqrt(((z[:, None, :] - self.components_[None]) ** 2).sum(-1)).argmin(1)
+        from vlmsteer.concepts.kmeans import nearest
+
+        return nearest(features, self.components_)[0]
 
     def decode(self, activations):
         a = np.asarray(activations, dtype=np.float64)
@@ -120,7 +156,7 @@ class KMeansConcepts(ConceptDictionary):
         return onehot @ self.components_
 
     def params(self):
-        return {**super().params(), "hard": self.hard, "n_init": self.n_init}
+        return {**super().params(), "hard": self.hard, "n_init": self.n_init, "backend": self.backend}
 
 
 class PCAConcepts(ConceptDictionary):

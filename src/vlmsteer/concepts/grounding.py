@@ -87,10 +87,11 @@ def ground_text(vlm, dictionary: ConceptDictionary | np.ndarray, top_n: int = 15
 
 
 def ground_images(dictionary: ConceptDictionary, store: FeatureStore, layer: int, top_n: int = 8,
-                  indices: np.ndarray | None = None) -> list[ImageGrounding]:
-    """Per concept, the ``top_n`` samples (store records) with the highest activation."""
+                  indices: np.ndarray | None = None, features: np.ndarray | None = None) -> list[ImageGrounding]:
+    """Per concept, the ``top_n`` samples (store records) with the highest activation
+    (``features``: the rows of ``indices`` already read, to avoid reading them twice)."""
     idx = store.select() if indices is None else np.asarray(indices)
-    acts = dictionary.encode(store.features(layer, indices=idx))
+    acts = dictionary.encode(store.features(layer, indices=idx) if features is None else features)
     out = []
     for k in range(acts.shape[1]):
         best = np.argsort(-acts[:, k], kind="stable")[:top_n]

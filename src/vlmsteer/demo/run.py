@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class DemoSettings:
     model: str = "shapes-llava"
+    dtype: str = "auto"
+    device: str = "cpu"
+    device_map: str | None = None
     n_scenes: int = 400  # held-out scenes (about 9 questions each)
     seed: int = 7  # held-out world seed (training used 1000)
     vector_scenes: int = 120  # scenes used to build vectors (seed + 1)
@@ -86,7 +89,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
     build = out / "data" / "vectors"
     shapes.write_dataset(heldout, n=s.n_scenes, seed=s.seed)
     shapes.write_dataset(build, n=s.vector_scenes, seed=s.seed + 1)
-    vlm = VLM.load(s.model)
+    vlm = VLM.load(s.model, dtype=s.dtype, device=s.device, device_map=s.device_map)
     last = vlm.num_layers - 1
     _stage(s, "data and model", t0)
 

@@ -24,6 +24,8 @@ class ConceptRun:
     seed: int = 0
     top_words: int = 15
     top_images: int = 8
+    backend: str = "auto"  # K-Means only: auto, sklearn or torch (see KMeansConcepts)
+    device: str = "cpu"  # K-Means torch backend
 
 
 def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None) -> dict:
@@ -31,10 +33,11 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
     out = Path(out)
     layer = store.layer_index(cfg.layer)
     idx = store.select()
-    feats = store.features(layer, indices=idx)
     if len(idx) == 0:
         raise VlmsteerError(f"{store.path}: no samples with the selected token")
-    dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed).fit(feats)
+    feats = store.features(layer, indices=idx, dtype=None)  # float16 stores stay float16
+    options = {"backend": cfg.backend, "device": cfg.device} if cfg.method == "kmeans" else {}
+    dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed, **options).fit(feats)
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     assign = dictionary.assign(feats)
     words = ground_text(vlm, dictionary, top_n=cfg.top_words) if vlm is not None else None
@@ -43,7 +46,7 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
     labels = [f"{k}:{(words[k].words or ['?'])[0]}" for k in range(cfg.k)] if words else None
     dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path),
                     model_id=store.header.get("model_id"), labels=labels)
-    images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx)
+    images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx, features=feats)
     concepts = []
     for k in range(cfg.k):
         concepts.append({

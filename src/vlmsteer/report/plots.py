@@ -110,6 +110,10 @@ def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -
     if plt is None:
         return None
 
+    if len(features) > 2000:  # a seeded sample is enough for a scatter plot, and keeps the SVD small
+        keep = np.sort(np.random.default_rng(0).choice(len(features), 2000, replace=False))
+        features, labels = features[keep], np.asarray(labels)[keep]
+    features = np.asarray(features, dtype=np.float32)
     centred = features - features.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     xy = centred @ vt[:2].T

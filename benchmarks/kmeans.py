@@ -1,0 +1,71 @@
+"""Claim: vlmsteer's chunked torch K-Means matches scikit-learn's inertia from the same
+initial centres (within 0.5 %) in a fraction of the time, on float16 features.
+
+Both run Lloyd from the same greedy k-means++ centres (vlmsteer also stops once an iteration
+lowers the inertia by less than 1e-4 of it): scikit-learn ``KMeans(n_init=1,
+algorithm="lloyd", init=centres)`` on a float32 copy (what it needs), vlmsteer's
+``concepts.kmeans.lloyd`` on the float16 array in row chunks. Synthetic features: K' Gaussian
+blobs in D dimensions plus isotropic noise (seeded).
+
+    python benchmarks/kmeans.py [--n 50000] [--d 1024] [--k 50] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def features(n: int, d: int, blobs: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, blobs), d)).astype(np.float32) * (1.5 if blobs else 0.0)
+    out = np.empty((n, d), dtype=np.float16)
+    for start in range(0, n, 8192):
+        m = min(n, start + 8192) - start
+        out[start:start + m] = centres[rng.integers(len(centres), size=m)] + rng.standard_normal((m, d), np.float32)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=50000)
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--blobs", type=int, default=80, help="true clusters in the synthetic data (0: pure noise)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+    from sklearn.cluster import KMeans
+
+    from vlmsteer.concepts.kmeans import kmeans_plus_plus, lloyd
+
+    z = features(args.n, args.d, args.blobs, args.seed)
+    t0 = time.perf_counter()
+    init = kmeans_plus_plus(z, args.k, seed=args.seed)
+    t_init = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = lloyd(z, init)
+    t_ours = time.perf_counter() - t0
+    with threadpool_limits(args.threads):
+        t0 = time.perf_counter()
+        ref = KMeans(args.k, init=init, n_init=1, algorithm="lloyd").fit(z.astype(np.float32))
+        t_ref = time.perf_counter() - t0
+    result = {"n": args.n, "d": args.d, "k": args.k, "threads": args.threads, "init_s": round(t_init, 2),
+              "vlmsteer_s": round(t_ours, 2), "vlmsteer_iters": ours.n_iter, "sklearn_s": round(t_ref, 2),
+              "sklearn_iters": int(ref.n_iter_), "speedup": round(t_ref / t_ours, 2),
+              "inertia_ratio": ours.inertia / float(ref.inertia_)}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Features from other tools into a store, and out again.
+
+``import_features`` turns an ``(N, D)`` array (``.npy``, read memory-mapped, or
+``.safetensors`` with one tensor) and an ``N``-line records JSONL (one object per row, each
+with a unique ``id``) into a store of one layer, shard by shard: nnsight, TransformerLens or
+vLLM extractions then feed concepts, vectors and shift analysis. float16 stays float16.
+``export_features`` writes a layer of a store back as one array and a records JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vlmsteer.data.io import read_jsonl
+from vlmsteer.errors import VlmsteerError, input_error
+from vlmsteer.layers import resolve_layer
+from vlmsteer.store import FeatureStore, StoreWriter
+
+def _load_array(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise input_error(path, "features file not found")
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise input_error(path, f"not a readable .npy array ({str(exc).splitlines()[0]})") from None
+    elif path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise input_error(path, f"not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+        if len(tensors) != 1:
+            raise input_error(path, f"holds {len(tensors)} tensors ({', '.join(list(tensors)[:4])}); "
+                                    "keep one (N, D) feature tensor per file")
+        arr = next(iter(tensors.values()))
+    else:
+        raise input_error(path, "features must be a .npy or .safetensors file")
+    if arr.ndim != 2:
+        raise input_error(path, f"features must be a 2-D (samples, hidden) array, got shape {arr.shape}")
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        raise input_error(path, f"features must be float16, float32 or float64, got {arr.dtype}")
+    return arr
+
+
+def import_features(features: str | Path, records: str | Path, layer: int, out: str | Path, *,
+                    num_layers: int | None = None, model_id: str | None = None, shard_size: int | None = None,
+                    progress: bool = False) -> FeatureStore:
+    """A one-layer store at ``out`` from an ``(N, D)`` array and ``N`` records (see the module
+    docstring). ``layer`` is the model layer the features come from; ``num_layers`` the
+    model's depth (default ``layer + 1``), so negative layers resolve as for extracted stores.
+    ``shard_size`` None writes one shard, which readers memory-map without copying."""
+    from vlmsteer.progress import progress_bar
+
+    features, records = Path(features), Path(records)
+    arr = _load_array(features)
+    rows = read_jsonl(records)
+    if len(rows) != len(arr):
+        raise input_error(records, f"{len(rows)} records for {len(arr)} feature rows: give one record per row")
+    ids = [r.get("id") for r in rows]
+    if any(not isinstance(i, (str, int)) for i in ids):
+        bad = next(n for n, i in enumerate(ids, 1) if not isinstance(i, (str, int)))
+        raise input_error(records, f"line {bad} has no string 'id'")
+    if len(set(map(str, ids))) != len(ids):
+        raise input_error(records, "record ids are not unique")
+    if layer < 0 and num_layers is None:
+        raise VlmsteerError(f"a negative layer ({layer}) needs the model's number of layers", "num_layers")
+    num_layers = num_layers if num_layers is not None else layer + 1
+    absolute = resolve_layer(layer, num_layers, "the imported features' model")
+    dtype = np.float16 if arr.dtype == np.float16 else np.float32
+    shard_size = shard_size or len(rows)
+    header = {"model_id": model_id, "hidden_size": int(arr.shape[1]), "num_layers": int(num_layers),
+              "layers": [absolute], "dtype": np.dtype(dtype).name, "shard_size": shard_size,
+              "selector": None, "selector_description": "imported", "n_samples": len(rows),
+              "imported_from": {"features": str(features.resolve()), "records": str(records.resolve())}}
+    with StoreWriter(out, header) as writer, progress_bar("importing", len(rows), enabled=progress) as advance:
+        start = writer.samples_done  # resumes after the last complete shard
+        advance(start)
+        for a in range(start, len(rows), shard_size):
+            b = min(len(rows), a + shard_size)
+            chunk = np.asarray(arr[a:b], dtype=dtype)
+            if not np.isfinite(chunk).all():
+                raise input_error(features, f"rows {a}..{b - 1} contain NaN or infinite values")
+            writer.write_shard([{**r, "id": str(r["id"])} for r in rows[a:b]], {absolute: chunk})
+            advance(b - a)
+        writer.finish(found=len(rows))
+    return FeatureStore.open(out)
+
+
+def export_features(store: FeatureStore, layer: int, features: str | Path, records: str | Path) -> int:
+    """Layer ``layer`` of ``store`` as one ``.npy`` / ``.safetensors`` array (the store's
+    dtype) and its records as JSONL, row for row; returns the number of rows."""
+    features, records = Path(features), Path(records)
+    absolute = store.layer_index(layer)
+    idx = np.arange(len(store))
+    arr = store.features(absolute, indices=idx, dtype=None)
+    features.parent.mkdir(parents=True, exist_ok=True)
+    if features.suffix == ".npy":
+        np.save(features, arr)
+    elif features.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"features": np.ascontiguousarray(arr)}, str(features),
+                  metadata={"layer": str(absolute), "model_id": str(store.header.get("model_id"))})
+    else:
+        raise input_error(features, "features must be a .npy or .safetensors file")
+    records.parent.mkdir(parents=True, exist_ok=True)
+    records.write_text("".join(json.dumps(store.records[i]) + "\n" for i in idx))
+    return len(idx)
