@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from vlmsteer.data import shapes
 from vlmsteer.loading import demo_model_path
 from vlmsteer.model import VLM
 
@@ -108,3 +110,74 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     top = [s.primary for s in rank(selections, distinct=True)[:5]]
     colours = {"red", "green", "blue", "yellow", "white", "black"}
     assert ["no"] in top and any(len(p) == 1 and p[0] in colours for p in top), top
+
+
+def test_fine_grained_yes_to_no_from_the_cli(tmp_path, capsys):
+    """Issue 15, acceptance 1 (reduced): from the CLI alone, the Yes->No vector applied only where
+    the "yes" concept of a store is active moves the "yes" answers and leaves number and other
+    questions alone; the same command without the condition is coarse steering."""
+    from vlmsteer.cli import main
+
+    shapes.write_dataset(tmp_path / "build", 60, seed=31)
+    shapes.write_dataset(tmp_path / "held", 25, seed=32)
+    held = str(tmp_path / "held")
+    assert main(["extract", "--model", "shapes-llava", "--data", str(tmp_path / "build"), "--layer", "-1",
+                 "--selector", "last_prompt", "--out", str(tmp_path / "s")]) == 0
+    assert main(["vectors", "coarse", "--store", str(tmp_path / "s"), "--source", "answer=yes", "--target",
+                 "answer=no", "--out", str(tmp_path / "v.safetensors")]) == 0
+    common = ["--model", "shapes-llava", "--data", held, "--max-new-tokens", "3"]
+    assert main(["eval", "vqa", *common, "--out", str(tmp_path / "base")]) == 0
+    steer = ["--vector", str(tmp_path / "v.safetensors"), "--region", "last_prompt", "--baseline",
+             str(tmp_path / "base"), "--source", "yes", "--target", "no"]
+    assert main(["eval", "vqa", *common, *steer, "--condition-store", str(tmp_path / "s"), "--active", "answer=yes",
+                 "--out", str(tmp_path / "fine")]) == 0
+    assert main(["eval", "vqa", *common, *steer, "--out", str(tmp_path / "coarse")]) == 0
+    fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
+    coarse = json.loads((tmp_path / "coarse" / "metrics.json").read_text())
+    vs = fine["vs_baseline"]
+    assert vs["source_moved_fraction"] >= 0.8, vs
+    assert abs(vs["accuracy_delta"]["number"]) <= 3 and abs(vs["accuracy_delta"]["other"]) <= 3, vs
+    assert fine["steering"]["condition"]["kind"] == "nearest_concept"
+    assert fine["steering"]["condition"]["active"] == ["yes"]
+    assert json.loads((tmp_path / "fine" / "run.json").read_text())["options"]["active"] == "answer=yes"
+    # without the condition every question is steered: other answer types break
+    assert coarse["steering"]["condition"] is None
+    assert coarse["vs_baseline"]["accuracy_delta"]["number"] < -20, coarse["vs_baseline"]
+
+
+def test_dictionary_condition_steers_only_its_concept(tmp_path):
+    """``--dictionary D --concept I``: rows whose feature the dictionary assigns elsewhere are
+    not steered at all (their answers equal the unsteered ones)."""
+    from vlmsteer.cli import main
+    from vlmsteer.concepts import load_dictionary
+    from vlmsteer.store import FeatureStore
+
+    shapes.write_dataset(tmp_path / "w", 20, seed=33)
+    w = str(tmp_path / "w")
+    assert main(["extract", "--model", "shapes-llava", "--data", w, "--layer", "-1", "--selector", "last_prompt",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert main(["concepts", str(tmp_path / "s"), "--layer", "-1", "-k", "4", "--out", str(tmp_path / "c")]) == 0
+    assert main(["vectors", "concepts", "--dictionary", str(tmp_path / "c" / "dictionary.safetensors"),
+                 "--out", str(tmp_path / "vc.safetensors")]) == 0
+    d, meta = load_dictionary(tmp_path / "c" / "dictionary.safetensors")
+    store = FeatureStore.open(tmp_path / "s")
+    assigned = d.assign(store.features(meta["layer"]))
+    active = int(np.bincount(assigned).argmax())
+    other = (active + 1) % 4
+    common = ["--model", "shapes-llava", "--data", w, "--max-new-tokens", "3"]
+    assert main(["eval", "vqa", *common, "--out", str(tmp_path / "base")]) == 0
+    assert main(["eval", "vqa", *common, "--vector", str(tmp_path / "vc.safetensors"), "--name",
+                 f"{active}->{other}", "--alpha", "3", "--region", "last_prompt", "--dictionary",
+                 str(tmp_path / "c" / "dictionary.safetensors"), "--concept", str(active),
+                 "--out", str(tmp_path / "fine")]) == 0
+    rows = lambda p: {json.loads(x)["id"]: json.loads(x)["prediction"]  # noqa: E731
+                      for x in (p / "predictions.jsonl").read_text().splitlines()}
+    base, fine = rows(tmp_path / "base"), rows(tmp_path / "fine")
+    ids = [r["id"] for r in store.records]
+    outside = [i for i, a in zip(ids, assigned) if a != active]
+    inside = [i for i, a in zip(ids, assigned) if a == active]
+    assert outside and all(base[i] == fine[i] for i in outside)
+    assert sum(base[i] != fine[i] for i in inside) > 0
+    run = json.loads((tmp_path / "fine" / "run.json").read_text())
+    assert run["steering"]["condition"]["kind"] == "dictionary" and run["steering"]["condition"]["active"][0].startswith(
+        f"{active}:")

@@ -74,6 +74,14 @@ _ALPHA = typer.Option(1.0, help="Steering strength.")
 _LAYERS = typer.Option(None, help="Layer(s) to steer (default: the vector's).")
 _BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
 _LIMIT = typer.Option(None, help="Evaluate a seeded random subset.")
+# fine-grained steering: apply the vector only where a concept is active
+_DICTIONARY = typer.Option(None, help="Fine-grained: dictionary.safetensors from `vlmsteer concepts`; steer only "
+                                      "samples whose feature at the steering layer (last prompt token) falls in "
+                                      "--concept.")
+_CONCEPT = typer.Option(None, help="Active concept(s) of --dictionary: an index, repeated or comma-separated.")
+_CONDITION_STORE = typer.Option(None, help="Fine-grained: a store whose labelled groups are the concepts "
+                                           "(centroid = mean feature); use with --active.")
+_ACTIVE = typer.Option(None, help="The active group(s) of --condition-store, e.g. answer=yes or answer=1|2.")
 
 
 def _parse_ints(values: str | list[str], option: str = "--layer") -> list[int]:
@@ -97,16 +105,36 @@ def _parse_layers(values: list[str]) -> list[int]:
     return _parse_ints(values, "--layer")
 
 
+def _condition_spec(dictionary: Optional[Path], concept: Optional[list[str]], condition_store: Optional[Path],
+                    active: Optional[str], allow_partial: bool = False):
+    """The fine-grained condition the options name (None for coarse steering)."""
+    if dictionary is None and condition_store is None:
+        if concept or active:
+            raise VlmsteerError("--concept needs --dictionary, and --active needs --condition-store")
+        return None
+    from vlmsteer.steer.conditions import ConditionSpec
+
+    return ConditionSpec(dictionary=str(dictionary) if dictionary else None,
+                         concepts=tuple(_parse_ints(concept, "--concept")) if concept else (),
+                         store=str(condition_store) if condition_store else None, active=active,
+                         allow_partial=allow_partial)
+
+
 def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, layer: Optional[list[str]],
-              region: str):
-    """The ``Steering`` the vector options describe (None without ``--vector``), checked against the model."""
+              region: str, condition=None):
+    """The ``Steering`` the vector options describe (None without ``--vector``), checked against
+    the model; ``condition`` (a ConditionSpec) is built at the first steered layer."""
     if vector is None:
+        if condition is not None:
+            raise VlmsteerError("a steering condition needs a steering vector (--vector)")
         return None
     from vlmsteer.steer import Steering
     from vlmsteer.steer.vector import load_vector
 
-    return Steering(load_vector(vector, name, vlm), alpha, _parse_layers(layer) if layer else None,
-                    region).check(vlm)
+    vec = load_vector(vector, name, vlm)
+    layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
+    built = condition.build(min(layers)) if condition is not None else None
+    return Steering(vec, alpha, layers, region, built).check(vlm)
 
 
 def _current_params() -> dict:

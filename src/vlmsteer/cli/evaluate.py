@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALPHA, _BASELINE, _LAYERS, _LIMIT, _NAME, _VECTOR,
-                                 _DEVICE, _DEVICE_MAP, _DTYPE, _load_model, _steering, _write_run_json, eval_app, out_console)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _CONCEPT, _CONDITION_STORE, _DEVICE,
+                                 _DEVICE_MAP, _DICTIONARY, _DTYPE, _LAYERS, _LIMIT, _NAME, _VECTOR, _condition_spec,
+                                 _load_model, _steering, _write_run_json, eval_app, out_console)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -27,6 +28,8 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              name: Optional[str] = _NAME,
              alpha: float = _ALPHA,
              layer: Optional[list[str]] = _LAYERS,
+             dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
+             condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
              region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
              baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
@@ -38,10 +41,11 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     from vlmsteer.evaluate.vqa_run import evaluate_vqa_run
 
     region_ = Region.parse(region)
+    condition = _condition_spec(dictionary, concept, condition_store, active)
     samples = load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
-    steering = _steering(vlm, vector, name, alpha, layer, region_)
+    steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_vqa_run(vlm, samples, out, steering=steering, baseline=baseline, source=source, target=target,
                                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
     _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
@@ -64,6 +68,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   name: Optional[str] = _NAME,
                   alpha: float = _ALPHA,
                   layer: Optional[list[str]] = _LAYERS,
+                  dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
+                  condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
                   region: str = typer.Option("generated", help="prompt, image, text, last_prompt, generated or all."),
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
@@ -76,11 +82,12 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     from vlmsteer.evaluate.cider import resolve_tokenizer
 
     region_ = Region.parse(region)
+    condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
     samples = load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
-    steering = _steering(vlm, vector, name, alpha, layer, region_)
+    steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_caption_run(vlm, samples, out, steering=steering, baseline=baseline, tokenizer=tokenizer,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
     _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
@@ -111,6 +118,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 name: Optional[str] = _NAME,
                 alpha: float = _ALPHA,
                 layer: Optional[list[str]] = _LAYERS,
+                dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
+                condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
                 region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
                 baseline: Optional[Path] = _BASELINE,
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
@@ -120,13 +129,14 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     from vlmsteer.evaluate.safety import evaluate_safety_run
 
     region_ = Region.parse(region)
+    condition = _condition_spec(dictionary, concept, condition_store, active)
     formats = (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value)
     if fmt not in formats:
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
     samples = load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
-    steering = _steering(vlm, vector, name, alpha, layer, region_)
+    steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_safety_run(vlm, samples, out, steering=steering, baseline=baseline, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, progress=True)
     _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))

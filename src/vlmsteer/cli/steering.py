@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store, _parse_layers,
-                                 _write_run_json, app, out_console, vectors_app)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _CONCEPT, _CONDITION_STORE, _DEVICE,
+                                 _DEVICE_MAP, _DICTIONARY, _DTYPE, _condition_spec, _load_model, _open_store,
+                                 _parse_layers, _write_run_json, app, out_console, vectors_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -71,19 +72,23 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
            seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),
-           max_new_tokens: int = _VQA_TOKENS, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+           max_new_tokens: int = _VQA_TOKENS,
+           dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
+           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
            allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Rank candidate steering vectors with the paper's selection metric."""
     from vlmsteer.data import load_samples
     from vlmsteer.evaluate.selection_run import rank_vectors, write_selection
     from vlmsteer.steer.vector import load_vectors
 
+    condition = _condition_spec(dictionary, concept, condition_store, active)
     candidates = load_vectors(vectors)
     samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, None, dtype, device, device_map)
     result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n, relative_to=relative_to,
-                          distinct=distinct, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
+                          distinct=distinct, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          condition=condition, progress=True)
     write_selection(result, out)
     _write_run_json(out, model_id=model, revision=vlm.revision)
     results = result["ranking"]
@@ -109,7 +114,9 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
           seed: int = typer.Option(0), batch_size: int = typer.Option(64), max_new_tokens: int = _VQA_TOKENS,
-          allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+          allow_partial: bool = _ALLOW_PARTIAL,
+          dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
+          condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
     from vlmsteer.data import load_samples
@@ -119,6 +126,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     from vlmsteer.regions import Region
 
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
+    condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial)
     st = _open_store(store, allow_partial)
     vlm = _load_model(model, None, dtype, device, device_map)
     try:
@@ -131,7 +139,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       seed=seed, progress=True)
+                       seed=seed, condition=condition, progress=True)
     write_sweep(result, out)
     _write_run_json(out, model_id=model, revision=vlm.revision)
     types = list(result["baseline_accuracy"])

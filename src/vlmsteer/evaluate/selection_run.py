@@ -11,6 +11,7 @@ from vlmsteer.evaluate.runner import generate_responses
 from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
 from vlmsteer.regions import Region
+from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.steer.selection import rank, selection_score
 from vlmsteer.steer.steerer import Steering
 from vlmsteer.steer.vector import SteeringVector
@@ -19,11 +20,20 @@ from vlmsteer.steer.vector import SteeringVector
 def rank_vectors(vlm: VLM, samples: list[Sample], candidates: dict[str, SteeringVector], *, alpha: float = 1.0,
                  region: Region | str = Region.LAST_PROMPT, top_n: int = 5, relative_to: str = "total",
                  distinct: bool = True, batch_size: int = 64, max_new_tokens: int = 3,
-                 progress: bool = False) -> dict:
+                 condition: ConditionSpec | None = None, progress: bool = False) -> dict:
     """Answer ``samples`` without steering and with each candidate; score every candidate by
-    the selection metric and rank them (``distinct``: the best per set of primary answers)."""
+    the selection metric and rank them (``distinct``: the best per set of primary answers).
+    With ``condition``, each candidate steers only where the condition holds (fine-grained)."""
     region = Region.parse(region)
-    steerings = {name: Steering(vec, alpha, region=region).check(vlm) for name, vec in candidates.items()}
+    built: dict[int, object] = {}  # one condition per steering layer
+
+    def steering(vec: SteeringVector) -> Steering:
+        first = min(vec.check_model(vlm))
+        if condition is not None and first not in built:
+            built[first] = condition.build(first)
+        return Steering(vec, alpha, region=region, condition=built.get(first)).check(vlm)
+
+    steerings = {name: steering(vec) for name, vec in candidates.items()}
     base = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                                progress=progress, description="baseline")]
     selections = []
@@ -36,6 +46,7 @@ def rank_vectors(vlm: VLM, samples: list[Sample], candidates: dict[str, Steering
     ranking = [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
                for s in rank(selections, distinct=distinct)]
     return {"alpha": alpha, "region": region.value, "n": len(samples), "relative_to": relative_to,
+            "condition": next(iter(steerings.values())).describe()["condition"] if steerings else None,
             "ranking": ranking}
 
 

@@ -15,6 +15,7 @@ from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
 from vlmsteer.regions import Region
 from vlmsteer.steer.builders import coarse_vector
+from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.steer.steerer import Steering
 from vlmsteer.store import FeatureStore
 
@@ -32,10 +33,11 @@ class SweepGrid:
 
 def run_sweep(vlm: VLM, store: FeatureStore, source: Filter | str, target: Filter | str, samples: list[Sample],
               grid: SweepGrid, batch_size: int = 64, max_new_tokens: int = 3, seed: int = 0,
-              progress: bool = False) -> dict:
+              condition: ConditionSpec | None = None, progress: bool = False) -> dict:
     """VQA answers steered by the coarse vector ``mean(target) - mean(source)`` of ``store`` at
     every grid point: answers changed, share of ``source`` answers moved to the ``target``
-    answer (when the filters name one answer each), accuracy deltas per answer type."""
+    answer (when the filters name one answer each), accuracy deltas per answer type. With
+    ``condition``, steering applies only where it holds (built at each swept layer)."""
     source, target = as_filter(source), as_filter(target)
     missing = [l for l in grid.layers if l not in store.layers]
     if missing:
@@ -49,9 +51,10 @@ def run_sweep(vlm: VLM, store: FeatureStore, source: Filter | str, target: Filte
     with progress_bar("sweep", len(grid), enabled=progress) as advance:
         for layer, n in itertools.product(grid.layers, grid.n_samples):
             vec = coarse_vector(store, source, target=target, layers=[layer], max_samples=n, seed=seed)
+            cond = condition.build(layer) if condition is not None else None
             for alpha, region in itertools.product(grid.alphas, grid.regions):
                 preds, rep = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                     steering=Steering(vec, alpha, region=region))
+                                     steering=Steering(vec, alpha, region=region, condition=cond))
                 cmp = compare_runs(base, preds, source=source_answer, target=target_answer)
                 rows.append({"layer": layer, "alpha": alpha, "region": region.value, "n_samples": n,
                              "vector_samples": vec.n_source + vec.n_target, "changed": cmp["changed"],
@@ -60,7 +63,8 @@ def run_sweep(vlm: VLM, store: FeatureStore, source: Filter | str, target: Filte
                              "accuracy": rep.per_type,
                              "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
                 advance(1)
-    return {"source": str(source), "target": str(target), "baseline_accuracy": base_rep.per_type,
+    return {"source": str(source), "target": str(target), "condition": condition and vars(condition),
+            "baseline_accuracy": base_rep.per_type,
             "n": len(samples), "rows": rows,
             "target_before": compare_runs(base, base, target=target_answer).get("target", {}).get("before")}
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlmsteer.concepts.dictionary import ConceptDictionary, load_dictionary
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.data.filters import Filter, normalized, record_value
 from vlmsteer.store import FeatureStore
@@ -24,6 +25,7 @@ class NearestConceptCondition:
     centroids: torch.Tensor  # (K, hidden)
     active: list[int]
     labels: list[str] | None = None
+    layer: int | None = None  # the layer whose features it reads (checked by Steering)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         c = self.centroids.to(device=features.device, dtype=torch.float32)
@@ -32,7 +34,8 @@ class NearestConceptCondition:
 
     def describe(self) -> dict:
         names = self.labels or [str(k) for k in range(len(self.centroids))]
-        return {"kind": "nearest_concept", "concepts": names, "active": [names[k] for k in self.active]}
+        return {"kind": "nearest_concept", "layer": self.layer, "concepts": names,
+                "active": [names[k] for k in self.active]}
 
     @classmethod
     def from_store(cls, store: FeatureStore, layer: int, field: str = "answer",
@@ -80,4 +83,86 @@ class NearestConceptCondition:
             n = len(groups[k])
             cents.append(feats[start:start + n].mean(0))
             start += n
-        return cls(torch.tensor(np.stack(cents), dtype=torch.float32), [labels.index(v) for v in active], labels)
+        return cls(torch.tensor(np.stack(cents), dtype=torch.float32), [labels.index(v) for v in active], labels,
+                   layer)
+
+
+@dataclass
+class DictionaryCondition:
+    """Steer the samples whose feature a concept dictionary assigns to one of the ``active``
+    concepts (for K-Means: the nearest centroid) — the paper's fine-grained application of
+    ``u_j - u_i``: only where concept ``i`` is active."""
+
+    dictionary: ConceptDictionary
+    active: list[int]
+    layer: int | None = None
+    labels: list[str] | None = None
+    source: str | None = None
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        assigned = self.dictionary.assign(features.detach().float().cpu().numpy())
+        return torch.from_numpy(np.isin(assigned, self.active)).to(features.device)
+
+    def describe(self) -> dict:
+        names = self.labels or [str(k) for k in range(self.dictionary.k)]
+        return {"kind": "dictionary", "dictionary": self.source, "method": self.dictionary.method,
+                "layer": self.layer, "active": [names[k] for k in self.active]}
+
+    @classmethod
+    def load(cls, path, active: Sequence[int]) -> "DictionaryCondition":
+        """From a ``dictionary.safetensors`` written by ``vlmsteer concepts``."""
+        dictionary, meta = load_dictionary(path)
+        bad = [i for i in active if not 0 <= i < dictionary.k]
+        if bad:
+            raise VlmsteerError(f"{path}: concept {bad[0]} out of range (the dictionary has {dictionary.k}: "
+                                f"0..{dictionary.k - 1})", "concept")
+        if not active:
+            raise VlmsteerError("name at least one active concept", "concept")
+        return cls(dictionary, [int(i) for i in active], meta.get("layer"), meta.get("labels"), str(path))
+
+
+def condition_from_store(store: FeatureStore, layer: int, active: Filter | str,
+                         min_count: int = 5) -> NearestConceptCondition:
+    """One concept per value of the active filter's field (groups of at least ``min_count``
+    samples of ``store``, centroid = their mean feature at ``layer``); steer where the
+    nearest is one of the values the filter names (``"answer=yes"``, ``"answer=1|2"``)."""
+    active = Filter.parse(active) if isinstance(active, str) else active
+    cond = active.conditions[0] if len(active.conditions) == 1 else None
+    if cond is None or cond.op.value != "=":
+        raise VlmsteerError(f"the active concepts are named as field=value (e.g. answer=yes), got {active}", "active")
+    if layer not in store.layers:
+        raise VlmsteerError(f"{store.path}: no features of layer {layer}, where steering starts (has {store.layers})")
+    return NearestConceptCondition.from_store(store, layer, field=cond.field, active_values=list(cond.values),
+                                              min_count=min_count)
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """Where a fine-grained condition comes from, as a value the CLI parses and runners
+    build at their steering layer: a concept dictionary and its active concepts
+    (``dictionary`` + ``concepts``), or a store whose labelled groups are the concepts
+    (``store`` + ``active``, e.g. ``answer=yes``)."""
+
+    dictionary: str | None = None
+    concepts: tuple[int, ...] = ()
+    store: str | None = None
+    active: str | None = None
+    allow_partial: bool = False
+
+    def __post_init__(self):
+        if (self.dictionary is None) == (self.store is None):
+            raise VlmsteerError("a condition comes from a concept dictionary or from a store: give exactly one",
+                                "dictionary")
+        if self.dictionary is not None and not self.concepts:
+            raise VlmsteerError("a dictionary condition needs its active concept(s)", "concept")
+        if self.store is not None and not self.active:
+            raise VlmsteerError("a store condition needs its active group (e.g. answer=yes)", "active")
+        if self.store is not None:
+            Filter.parse(self.active)  # a malformed filter fails before any model work
+
+    def build(self, layer: int):
+        """The condition reading features at ``layer`` (a dictionary must have been learnt there)."""
+        if self.dictionary is not None:
+            return DictionaryCondition.load(self.dictionary, self.concepts)
+        store = FeatureStore.open(self.store, allow_partial=self.allow_partial)
+        return condition_from_store(store, layer, self.active)

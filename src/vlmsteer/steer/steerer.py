@@ -123,6 +123,11 @@ class Steering:
     def check(self, vlm: VLM) -> "Steering":
         """The same steering with its layers resolved against ``vlm`` (sizes and ranges checked)."""
         layers = self.vector.check_model(vlm, list(self.layers) if self.layers is not None else None)
+        first = min(layers)
+        wanted = getattr(self.condition, "layer", None)
+        if wanted is not None and wanted != first:
+            raise VlmsteerError(f"the steering condition reads layer {wanted} but steering starts at layer {first}: "
+                                "build the condition at the steering layer", "layer")
         return Steering(self.vector, self.alpha, tuple(layers), self.region, self.condition)
 
     def apply(self, vlm: VLM, batch: Batch) -> ContextManager[dict]:
