@@ -106,7 +106,7 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     for name, v in all_concept_shifts(concepts.components_, layer=last).items():
         steered = [r.text for r in generate_responses(vlm, held, batch_size=100, max_new_tokens=3, progress=False,
                                                       steering=Steering(v, region="last_prompt"))]
-        selections.append(selection_score(base, steered, name=name))
+        selections.append(selection_score(base, steered, name=name, relative_to="total"))
     top = [s.primary for s in rank(selections, distinct=True)[:5]]
     colours = {"red", "green", "blue", "yellow", "white", "black"}
     assert ["no"] in top and any(len(p) == 1 and p[0] in colours for p in top), top

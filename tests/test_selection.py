@@ -34,13 +34,14 @@ def test_relative_to_base_favours_rare_answers_and_distinct_ranking():
     base = ["yes"] * 50 + ["no"] * 50 + ["red"] * 10 + ["blue"] * 0
     to_no = ["no"] * 95 + ["yes"] * 5 + ["red"] * 10
     to_blue = ["yes"] * 50 + ["no"] * 50 + ["blue"] * 3 + ["red"] * 7
-    no_total, blue_total = selection_score(base, to_no, name="no"), selection_score(base, to_blue, name="blue")
+    no_total = selection_score(base, to_no, name="no", relative_to="total")
+    blue_total = selection_score(base, to_blue, name="blue", relative_to="total")
     assert no_total.primary == ["no"] and no_total.increases["no"] == pytest.approx(100 * 45 / 110)
     assert [s.name for s in rank([blue_total, no_total])] == ["no", "blue"]
-    no_base = selection_score(base, to_no, name="no", relative_to="base")
+    no_base = selection_score(base, to_no, name="no")  # the paper's form is the default
     blue_base = selection_score(base, to_blue, name="blue", relative_to="base")
     assert [s.name for s in rank([no_base, blue_base])] == ["blue", "no"]  # 3 / 1 beats 45 / 51
-    twin = selection_score(base, to_no, name="twin")
+    twin = selection_score(base, to_no, name="twin", relative_to="total")
     assert [s.name for s in rank([no_total, twin, blue_total], distinct=True)] == ["no", "blue"]
     with pytest.raises(VlmsteerError, match="unknown relative_to"):
         selection_score(base, to_no, relative_to="median")
@@ -70,8 +71,11 @@ def test_vectors_concepts_and_select_cli(tiny_vlm, tiny_folder, tmp_path, capsys
     assert main(["select", "--model", str(tiny_folder("llava")), "--data", str(data), "--vectors",
                  str(tmp_path / "pairs.safetensors"), "--out", str(tmp_path / "sel"), "--limit", "20",
                  "--alpha", "3", "--no-distinct"]) == 0
-    ranking = json.loads((tmp_path / "sel" / "selection.json").read_text())["ranking"]
+    result = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    ranking = result["ranking"]
     assert len(ranking) == 6 and [r["score"] for r in ranking] == sorted([r["score"] for r in ranking], reverse=True)
+    assert result["relative_to"] == "base" and ranking == result["rankings"]["base"]  # the paper's form by default
+    assert sorted(r["name"] for r in result["rankings"]["total"]) == sorted(r["name"] for r in ranking)
 
 
 def test_sweep_cli(tiny_folder, tmp_path):

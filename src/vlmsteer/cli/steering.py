@@ -66,9 +66,9 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            out: Path = typer.Option(Path("runs/select"), help="Output folder."),
            alpha: float = typer.Option(1.0), region: str = typer.Option("last_prompt"),
            top_n: int = typer.Option(5, help="Answers kept per vector before the 2-means split."),
-           relative_to: str = typer.Option("total", help="Answer increase relative to its baseline count "
-                                                        "('base', (s-b)/(b+1)) or to all answers ('total', "
-                                                        "points of share)."),
+           relative_to: str = typer.Option("base", help="Answer increase relative to its baseline count "
+                                                       "('base', (s-b)/(b+1), the paper's) or to all answers "
+                                                       "('total', points of share); selection.json has both."),
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
            seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),

@@ -1,10 +1,11 @@
 """The paper's selection metric for discovering meaningful steering directions.
 
 For a candidate vector: count how often each (normalized) answer occurs with and without
-steering; take the ``top_n`` answers by relative increase — by default the change of the
-answer's share of all answers, ``100 * (steered - base) / N`` (``relative_to="total"``), or
-relative to its own baseline count, ``(steered - base) / (base + 1)`` (``"base"``, which
-favours answers that were rare and rarely lets a common answer such as "no" rank); split
+steering; take the ``top_n`` answers by relative increase — by default the paper's,
+relative to the answer's own baseline count, ``(steered - base) / (base + 1)``
+(``relative_to="base"``, which favours answers that were rare and rarely lets a common answer
+such as "no" rank), or the change of the answer's share of all answers,
+``100 * (steered - base) / N`` (``"total"``, which lets common answers compete); split
 those increases into two groups with 1-D k-means (k = 2, solved exactly); the group
 with the larger total is the primary (target) answers; the score is the gap between the
 mean increase of the primary and of the secondary group. Vectors are ranked by score.
@@ -53,7 +54,7 @@ RELATIVE_TO = ("base", "total")
 
 
 def selection_score(base_answers: list[str], steered_answers: list[str], top_n: int = 5,
-                    name: str = "vector", relative_to: str = "total") -> Selection:
+                    name: str = "vector", relative_to: str = "base") -> Selection:
     """``relative_to="base"``: an answer's increase is ``(steered - base) / (base + 1)`` (favours
     answers that were rare); ``"total"``: ``100 * (steered - base) / N``, the change in the
     answer's share of all answers in points (lets common answers such as "no" compete)."""
