@@ -155,3 +155,11 @@ def test_device_map_and_dtype_load_paths(tiny_folder, capsys):
                  "--device-map", "auto"]) == 0
     assert main(["info", str(tiny_folder("llava")), "--dtype", "float8"]) == 2
     assert "float8" in capsys.readouterr().err
+
+
+def test_each_torchrun_rank_takes_its_own_gpu():
+    from vlmsteer.cli.common import _device_for_rank
+
+    assert _device_for_rank("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
+    assert _device_for_rank("cuda:1", {"LOCAL_RANK": "3"}) == "cuda:1"
+    assert _device_for_rank("cuda", {}) == "cuda" and _device_for_rank("cpu", {"LOCAL_RANK": "1"}) == "cpu"

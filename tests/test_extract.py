@@ -226,3 +226,55 @@ def test_token_offsets_are_exact_and_linear(arch, tiny_vlm):
         token_offsets(counting, (ids * (n // len(ids) + 1))[:n])
         work[n] = counting.tokens
     assert work[2400] / work[150] < 16 * 1.2, work  # 16x the tokens, about 16x the work
+
+
+def test_torchrun_two_processes_give_the_single_process_store(tiny_folder, tmp_path):
+    """Issue 14, acceptance 3: ``torchrun --nproc_per_node 2 -m vlmsteer extract`` on CPU writes
+    one part per rank and a store that reads exactly like the single-process one; a rank whose
+    part was cut short resumes from its last complete shard on rerun."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from vlmsteer.cli import main
+    from vlmsteer.data import shapes
+    from vlmsteer.store import FeatureStore
+
+    shapes.write_dataset(tmp_path / "w", n=8, seed=6)
+    args = ["extract", "--model", str(tiny_folder("llava")), "--data", str(tmp_path / "w"), "--layer", "0,1",
+            "--shard-size", "8", "--batch-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+                "-m", "vlmsteer"]
+    run = lambda: subprocess.run([*torchrun, *args, "--out", str(tmp_path / "multi")],  # noqa: E731
+                                 capture_output=True, text=True, timeout=300)
+    done = run()
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def same():
+        a, b = FeatureStore.open(tmp_path / "single"), FeatureStore.open(tmp_path / "multi")
+        assert [r["id"] for r in a.records] == [r["id"] for r in b.records]
+        for layer in (0, 1):
+            np.testing.assert_allclose(a.features(layer), b.features(layer), atol=1e-6, rtol=1e-5)
+        return b
+
+    merged = same()
+    assert json.loads((tmp_path / "multi" / "manifest.json").read_text())["parts"] == [
+        "rank-00000-of-00002", "rank-00001-of-00002"]
+    assert len(merged.manifest["shards"]) > 2 and (tmp_path / "multi" / "run.json").exists()
+
+    # cut rank 1's part short (as if it was killed after its first shard) and rerun
+    part = tmp_path / "multi" / "rank-00001-of-00002" / "manifest.json"
+    m = json.loads(part.read_text())
+    kept = m["shards"][:1]
+    m.update(shards=kept, complete=False)
+    part.write_text(json.dumps(m))
+    (tmp_path / "multi" / "manifest.json").unlink()
+    done = run()
+    assert done.returncode == 0 and f"resumed from {kept[0]['n']} samples" in done.stdout + done.stderr
+    same()
+    # a single-process store is never overwritten by a data-parallel run
+    shutil.rmtree(tmp_path / "multi")
+    shutil.copytree(tmp_path / "single", tmp_path / "multi")
+    assert run().returncode != 0

@@ -9,6 +9,9 @@ token ids, so the response spans are exact whatever the tokenizer.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -23,7 +26,9 @@ from vlmsteer.hooks import capture_residual, stop_after
 from vlmsteer.model import Batch, VLM
 from vlmsteer.progress import progress_bar
 from vlmsteer.selectors import Selector, SelectorKind, WordPosition, WordSource, word_token_indices
-from vlmsteer.store import FeatureStore, StoreWriter
+from vlmsteer.store import MANIFEST, FeatureStore, StoreWriter
+
+log = logging.getLogger(__name__)
 
 STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -133,10 +138,16 @@ def select_positions(vlm: VLM, full: Batch, selector: Selector, row: int,
 
 
 def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: ExtractConfig,
-            dataset: dict | None = None, progress: bool = False) -> tuple[FeatureStore, int]:
+            dataset: dict | None = None, progress: bool = False,
+            part: tuple[int, int] | None = None) -> tuple[FeatureStore, int]:
     """Extract features of ``samples`` into the store at ``out``; resumes a partial store.
 
-    Returns the store and the number of samples resumed from.
+    ``part=(rank, world)`` (a data-parallel run, e.g. under ``torchrun``): this process takes
+    the rank-th contiguous slice of the samples into its own part store ``out/rank-R-of-W``
+    (resumable on its own); rank 0 then waits for every part and writes ``out``'s manifest,
+    which lists the parts' shards in sample order, so the store reads exactly like a
+    single-process one. Returns the store (a non-zero rank: its part) and the number of
+    samples resumed from.
     """
     layers = sorted({vlm.layer_index(layer) for layer in config.layers})
     if not samples:
@@ -149,15 +160,49 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
         "mode": config.mode.value, "target": config.target.value, "dtype": config.dtype,
         "shard_size": config.shard_size, "max_new_tokens": config.max_new_tokens,
         "dataset": dataset or {}, "n_samples": len(samples),
-        "sample_ids_sha1": hashlib.sha1("\n".join(s.id for s in samples).encode()).hexdigest(),
+        "sample_ids_sha1": _sample_hash(samples),
     }
+    if part is not None and part[1] > 1:
+        return _extract_part(vlm, samples, Path(out), config, header, layers, progress, *part)
     with StoreWriter(out, header) as writer:
         resumed = _write_shards(vlm, samples, writer, layers, config, progress)
-    found = writer.manifest["summary"]["found"]
+    _check_found(out, writer.manifest["summary"]["found"], config)
+    return FeatureStore.open(out), resumed
+
+
+def _sample_hash(samples: Sequence[Sample]) -> str:
+    return hashlib.sha1("\n".join(s.id for s in samples).encode()).hexdigest()
+
+
+def _extract_part(vlm: VLM, samples: Sequence[Sample], out: Path, config: ExtractConfig, header: dict,
+                  layers: list[int], progress: bool, rank: int, world: int) -> tuple[FeatureStore, int]:
+    if not 0 <= rank < world:
+        raise VlmsteerError(f"rank {rank} is outside a world of {world} processes")
+    top = out / MANIFEST
+    if top.exists() and "parts" not in json.loads(top.read_text()):
+        raise VlmsteerError(f"{out}: a single-process store is already here; choose another output folder")
+    bounds = [len(samples) * r // world for r in range(world + 1)]
+    mine = samples[bounds[rank]:bounds[rank + 1]]
+    names = [f"rank-{r:05d}-of-{world:05d}" for r in range(world)]
+    part_header = {**header, "n_samples": len(mine), "sample_ids_sha1": _sample_hash(mine), "part": [rank, world]}
+    with StoreWriter(out / names[rank], part_header) as writer:
+        resumed = _write_shards(vlm, mine, writer, layers, config, progress)
+    if rank != 0:
+        return FeatureStore.open(out / names[rank]), resumed
+    waited = 0.0
+    while not StoreWriter.merge_parts(out, names, header):  # the other ranks are still extracting
+        if waited == 0.0:
+            log.info("rank 0 done; waiting for the other %d ranks", world - 1)
+        time.sleep(1.0)
+        waited += 1.0
+    _check_found(out, json.loads(top.read_text())["summary"]["found"], config)
+    return FeatureStore.open(out), resumed
+
+
+def _check_found(out, found: int, config: ExtractConfig) -> None:
     if found == 0:
         what = f"the word {config.selector.word!r}" if config.selector.word else "a selected token"
         raise VlmsteerError(f"{out}: empty selection: no sample contains {what} (the store is written and readable)")
-    return FeatureStore.open(out), resumed
 
 
 def _write_shards(vlm: VLM, samples: Sequence[Sample], writer: StoreWriter, layers: list[int],

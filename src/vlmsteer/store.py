@@ -134,6 +134,28 @@ class StoreWriter:
             self._lock.close()
             self._lock = None
 
+    @staticmethod
+    def merge_parts(path: str | Path, parts: list[str], header: dict[str, Any]) -> bool:
+        """Write ``path/manifest.json`` listing the shards of the complete part stores
+        ``path/<part>`` in order (a data-parallel run writes one part per rank); the shard files
+        stay where they are. Returns False, writing nothing, while a part is unfinished."""
+        path = Path(path)
+        shards, found = [], 0
+        for part in parts:
+            mpath = path / part / MANIFEST
+            if not mpath.exists():
+                return False
+            manifest = _read_manifest(mpath)
+            if not manifest.get("complete"):
+                return False
+            shards += [{**s, "dir": part} for s in manifest["shards"]]
+            found += int(manifest.get("summary", {}).get("found", 0))
+        atomic_write_json(path / MANIFEST, {"format_version": FORMAT_VERSION, "header": header, "shards": shards,
+                                            "complete": True, "summary": {"found": found,
+                                                                          "total": sum(s["n"] for s in shards)},
+                                            "parts": parts})
+        return True
+
     def __enter__(self) -> "StoreWriter":
         return self
 
@@ -212,7 +234,7 @@ class FeatureStore:
         if not hasattr(self, "_records"):
             recs = []
             for s in self.manifest["shards"]:
-                f = self.path / _records_file(s["index"])
+                f = self.path / s.get("dir", "") / _records_file(s["index"])
                 try:
                     shard = json.loads(f.read_text(encoding="utf-8"))
                 except FileNotFoundError:
@@ -251,7 +273,7 @@ class FeatureStore:
         return [self._load_shard(s, layer) for s in self.manifest["shards"]]
 
     def _load_shard(self, shard: dict, layer: int) -> np.ndarray:
-        f = self.path / _layer_file(shard["index"], layer)
+        f = self.path / shard.get("dir", "") / _layer_file(shard["index"], layer)
         try:
             arr = np.load(f, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:

@@ -44,8 +44,16 @@ def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto",
     _quiet_transformers()
     from vlmsteer.model import VLM
 
-    return VLM.load(model, adapter=adapter, dtype=dtype, device=device, device_map=device_map or None,
-                    trust_remote_code=trust_remote_code)
+    return VLM.load(model, adapter=adapter, dtype=dtype, device=_device_for_rank(device),
+                    device_map=device_map or None, trust_remote_code=trust_remote_code)
+
+
+def _device_for_rank(device: str, env: Optional[dict] = None) -> str:
+    """Under torchrun (LOCAL_RANK set), a bare ``cuda`` means this rank's own GPU."""
+    env = os.environ if env is None else env
+    if device == "cuda" and "LOCAL_RANK" in env:
+        return f"cuda:{int(env['LOCAL_RANK'])}"
+    return device
 
 
 # options of every command that loads a model

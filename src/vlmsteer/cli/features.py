@@ -55,12 +55,27 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     vlm = _load_model(model, adapter, dtype, device, device_map)
     dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
                "where": where}
-    store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=True)
+    rank, world = _rank_and_world()
+    store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=rank == 0,
+                                 part=(rank, world) if world > 1 else None)
     if resumed:
-        out_console.print(f"resumed from {resumed} samples already in {out}")
-    _write_run_json(out, model_id=model, revision=vlm.revision)
+        out_console.print(f"resumed from {resumed} samples already in {store.path}")
+    if rank != 0:  # rank 0 merges the parts, writes run.json and reports
+        return
+    _write_run_json(out, model_id=model, revision=vlm.revision, world_size=world)
     found = int(len(store.select()))
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes, as torchrun (or any launcher setting
+    RANK and WORLD_SIZE) gives them; (0, 1) when run alone."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise VlmsteerError("RANK and WORLD_SIZE must be integers (set by torchrun)") from None
 
 
 @app.command()
