@@ -163,3 +163,32 @@ def test_each_torchrun_rank_takes_its_own_gpu():
     assert _device_for_rank("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
     assert _device_for_rank("cuda:1", {"LOCAL_RANK": "3"}) == "cuda:1"
     assert _device_for_rank("cuda", {}) == "cuda" and _device_for_rank("cpu", {"LOCAL_RANK": "1"}) == "cpu"
+
+
+def test_batches_shrink_on_out_of_memory(tiny_vlm, monkeypatch, caplog):
+    """A batch that runs out of accelerator memory is retried at half the size (and later
+    batches keep it); answers equal an unconstrained run. A batch of one that still does not
+    fit is a one-line error."""
+    from vlmsteer.batching import OOM
+    from vlmsteer.data.sample import Sample
+    from vlmsteer.evaluate.runner import generate_responses
+
+    vlm = tiny_vlm("llava")
+    samples = [Sample(str(i), None, f"question {i}?") for i in range(10)]
+    want = [r.text for r in generate_responses(vlm, samples, batch_size=8, max_new_tokens=3)]
+    real, sizes = vlm.generate, []
+
+    def limited(batch, **kw):
+        sizes.append(batch.input_ids.shape[0])
+        if batch.input_ids.shape[0] > 3:
+            raise OOM("CUDA out of memory (simulated)")
+        return real(batch, **kw)
+
+    monkeypatch.setattr(vlm, "generate", limited)
+    with caplog.at_level("WARNING", logger="vlmsteer"):
+        got = [r.text for r in generate_responses(vlm, samples, batch_size=8, max_new_tokens=3)]
+    assert got == want and sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2
+    assert "batch size lowered to 2" in caplog.text
+    monkeypatch.setattr(vlm, "generate", lambda batch, **kw: (_ for _ in ()).throw(OOM("no memory")))
+    with pytest.raises(VlmsteerError, match="batch of one sample"):
+        generate_responses(vlm, samples[:2], batch_size=2)

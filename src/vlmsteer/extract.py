@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlmsteer.batching import shrinking_batches
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.hooks import capture_residual, stop_after
@@ -219,9 +220,9 @@ def _write_shards(vlm: VLM, samples: Sequence[Sample], writer: StoreWriter, laye
             shard = todo[start:start + config.shard_size]
             feats = {layer: np.zeros((len(shard), vlm.hidden_size), dtype=np_dtype) for layer in layers}
             records: list[dict] = []
-            for b0 in range(0, len(shard), config.batch_size):
-                chunk = shard[b0:b0 + config.batch_size]
-                chunk_records, chunk_feats = _extract_batch(vlm, chunk, layers, config)
+            run = lambda chunk: _extract_batch(vlm, chunk, layers, config)  # noqa: E731
+            for chunk, (chunk_records, chunk_feats) in shrinking_batches(shard, config.batch_size, run):
+                b0 = len(records)
                 records.extend(chunk_records)
                 found += sum(r["found"] for r in chunk_records)
                 for layer in layers:
