@@ -192,3 +192,28 @@ def test_batches_shrink_on_out_of_memory(tiny_vlm, monkeypatch, caplog):
     monkeypatch.setattr(vlm, "generate", lambda batch, **kw: (_ for _ in ()).throw(OOM("no memory")))
     with pytest.raises(VlmsteerError, match="batch of one sample"):
         generate_responses(vlm, samples[:2], batch_size=2)
+
+
+def test_default_threads_follow_the_cgroup_quota_and_torchrun(tmp_path, monkeypatch):
+    import os
+
+    from vlmsteer.threads import cpu_quota, default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert cpu_quota(tmp_path) == 2.0
+    assert default_threads({}, tmp_path) == 2  # 2 CPUs of quota, not 64 cores
+    assert default_threads({"LOCAL_WORLD_SIZE": "2"}, tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert default_threads({}, tmp_path) == 64 and default_threads({"LOCAL_WORLD_SIZE": "8"}, tmp_path) == 8
+
+
+def test_threads_option_sets_torch_threads(tiny_folder):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "info", str(tiny_folder("llava"))]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -21,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
-    {"errors", "extras", "layers", "progress", "batching"},
+    {"errors", "extras", "layers", "progress", "batching", "threads"},
     {"data"},
     {"regions", "selectors", "loading", "model", "hooks", "store", "store_io", "extract", "finetune"},
     {"concepts", "steer"},

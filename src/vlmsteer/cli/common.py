@@ -27,6 +27,20 @@ app.add_typer(vectors_app, name="vectors")
 app.add_typer(store_app, name="store")
 app.add_typer(demo_app, name="demo")
 
+@app.callback()
+def _root(threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: the CPUs "
+                                                                      "this process may use, split among torchrun "
+                                                                      "ranks).")):
+    """Concept-level analysis and training-free steering of multimodal LLMs."""
+    import torch
+
+    from vlmsteer.threads import default_threads
+
+    if threads is not None and threads < 1:
+        raise VlmsteerError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads or default_threads())
+
+
 out_console = Console()
 err_console = Console(stderr=True)
 
