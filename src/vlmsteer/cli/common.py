@@ -62,6 +62,17 @@ def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto",
                     device_map=device_map or None, trust_remote_code=trust_remote_code)
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes, as torchrun (or any launcher setting
+    RANK and WORLD_SIZE) gives them; (0, 1) when run alone."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise VlmsteerError("RANK and WORLD_SIZE must be integers (set by torchrun)") from None
+
+
 def _device_for_rank(device: str, env: Optional[dict] = None) -> str:
     """Under torchrun (LOCAL_RANK set), a bare ``cuda`` means this rank's own GPU."""
     env = os.environ if env is None else env

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _CONCEPT, _CONDITION_STORE, _DEVICE,
                                  _DEVICE_MAP, _DICTIONARY, _DTYPE, _LAYERS, _LIMIT, _NAME, _VECTOR, _condition_spec,
-                                 _load_model, _steering, _write_run_json, eval_app, out_console)
+                                 _load_model, _rank_and_world, _steering, _write_run_json, eval_app, out_console)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -47,7 +47,9 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_vqa_run(vlm, samples, out, steering=steering, baseline=baseline, source=source, target=target,
-                               batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part())
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+        return
     _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
     _print_vqa_table(metrics)
     if "vs_baseline" in metrics:
@@ -89,7 +91,9 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_caption_run(vlm, samples, out, steering=steering, baseline=baseline, tokenizer=tokenizer,
-                                   batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part())
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+        return
     _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
     table = Table(title=f"captions ({metrics['n']} images)")
     for col in ("metric", "value", "vs baseline"):
@@ -138,7 +142,9 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_safety_run(vlm, samples, out, steering=steering, baseline=baseline, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, progress=True)
+                                  max_new_tokens=max_new_tokens, progress=True, part=_part())
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+        return
     _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
     table = Table(title=f"attack success rate ({metrics['n']} prompts)")
     for col in ("category", "prompts", "ASR %"):
@@ -150,6 +156,11 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     if "vs_baseline" in metrics:
         out_console.print_json(json.dumps(metrics["vs_baseline"]))
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+
+
+def _part():
+    rank, world = _rank_and_world()
+    return (rank, world) if world > 1 else None
 
 
 def _print_vqa_table(metrics: dict) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store,
-                                 _parse_layers, _write_run_json, app, out_console, store_app)
+                                 _parse_layers, _rank_and_world, _write_run_json, app, out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -65,17 +65,6 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     _write_run_json(out, model_id=model, revision=vlm.revision, world_size=world)
     found = int(len(store.select()))
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes, as torchrun (or any launcher setting
-    RANK and WORLD_SIZE) gives them; (0, 1) when run alone."""
-    import os
-
-    try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise VlmsteerError("RANK and WORLD_SIZE must be integers (set by torchrun)") from None
 
 
 @app.command()

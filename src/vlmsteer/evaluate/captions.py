@@ -9,7 +9,7 @@ from vlmsteer.data.keywords import STYLE_KEYWORDS, KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.cider import Tokenizer, cider, resolve_tokenizer
-from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.evaluate.runner import generate_responses, generate_texts
 from vlmsteer.model import VLM
 from vlmsteer.steer.steerer import Steering
 
@@ -85,13 +85,17 @@ def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_n
 
 def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                          baseline: str | Path | None = None, tokenizer: Tokenizer = "auto", batch_size: int = 32,
-                         max_new_tokens: int = 32, progress: bool = False) -> dict:
+                         max_new_tokens: int = 32, progress: bool = False,
+                         part: tuple[int, int] | None = None) -> dict | None:
     """``vlmsteer eval captions``: caption, score (CIDEr, style shares), compare with a baseline
-    run folder, write ``predictions.jsonl`` and ``metrics.json`` to ``out``; returns the metrics."""
+    run folder, write ``predictions.jsonl`` and ``metrics.json`` to ``out``; returns the metrics
+    (with ``part``, see :func:`~vlmsteer.evaluate.runner.generate_texts`: rank 0 only)."""
     resolve_tokenizer(tokenizer)  # fail before generating
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
-    caps = run_captions(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
-                        progress=progress)
+    caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
+                          progress=progress, description="captioning", part=part, parts_dir=Path(out) / "parts")
+    if caps is None:
+        return None
     report = evaluate_captions(samples, caps, tokenizer=tokenizer)
     extra = {}
     if steering is not None:

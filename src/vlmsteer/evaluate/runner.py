@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from vlmsteer.batching import shrinking_batches
 from vlmsteer.data.sample import Sample
 from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.steer.steerer import Steering
+from vlmsteer.store import atomic_write_json
 
 
 @dataclass
@@ -39,3 +44,40 @@ def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int =
             out.extend(Response(s.id, t, n) for s, t, n in zip(chunk, gen.texts, gen.lengths))
             advance(len(chunk))
     return out
+
+
+def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
+                   steering: Steering | None = None, progress: bool = False, description: str = "generating",
+                   part: tuple[int, int] | None = None, parts_dir: str | Path | None = None) -> list[str] | None:
+    """Greedy response texts for every sample; with ``part=(rank, world)`` (a data-parallel
+    run), this process answers the rank-th contiguous slice and saves it to
+    ``parts_dir/rank-R-of-W.json`` (reused on a rerun: resumable per rank); rank 0 waits for
+    every slice and returns all texts in sample order, the other ranks return None."""
+    def answer(chunk: Sequence[Sample]) -> list[str]:
+        return [r.text for r in generate_responses(vlm, chunk, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                   steering=steering, progress=progress, description=description)]
+
+    if part is None or part[1] == 1:
+        return answer(samples)
+    rank, world = part
+    if parts_dir is None:
+        raise VlmsteerError("a data-parallel run needs a folder for its parts")
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    bounds = [len(samples) * r // world for r in range(world + 1)]
+    slices = [samples[bounds[r]:bounds[r + 1]] for r in range(world)]
+    files = [parts_dir / f"rank-{r:05d}-of-{world:05d}.json" for r in range(world)]
+
+    def saved(r: int) -> list[str] | None:
+        if not files[r].exists():
+            return None
+        data = json.loads(files[r].read_text())
+        return data["texts"] if data.get("ids") == [s.id for s in slices[r]] else None
+
+    if saved(rank) is None:
+        atomic_write_json(files[rank], {"ids": [s.id for s in slices[rank]], "texts": answer(slices[rank])})
+    if rank != 0:
+        return None
+    while any(saved(r) is None for r in range(world)):  # the other ranks are still answering
+        time.sleep(1.0)
+    return [t for r in range(world) for t in saved(r)]

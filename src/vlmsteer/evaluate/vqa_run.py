@@ -6,7 +6,7 @@ from pathlib import Path
 from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.evaluate.runner import generate_responses, generate_texts
 from vlmsteer.evaluate.vqa import VQAReport, compare_runs, evaluate_vqa
 from vlmsteer.model import VLM
 from vlmsteer.steer.steerer import Steering
@@ -15,9 +15,7 @@ from vlmsteer.steer.steerer import Steering
 def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 8,
             steering: Steering | None = None, progress: bool = False) -> tuple[list[str], VQAReport]:
     """Greedy answers (steered by ``steering`` if given) and their official accuracy."""
-    missing = [s.id for s in samples if not s.answers]
-    if missing:
-        raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
+    _require_answers(samples)
     responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    steering=steering, progress=progress, description="answering")
     preds = [r.text for r in responses]
@@ -26,13 +24,19 @@ def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_to
 
 def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                      baseline: str | Path | None = None, source: str | None = None, target: str | None = None,
-                     batch_size: int = 32, max_new_tokens: int = 8, progress: bool = False) -> dict:
+                     batch_size: int = 32, max_new_tokens: int = 8, progress: bool = False,
+                     part: tuple[int, int] | None = None) -> dict | None:
     """``vlmsteer eval vqa``: answer, score, compare with a baseline run folder (answers
     changed, ``source`` -> ``target`` counts, accuracy deltas), write ``predictions.jsonl`` and
-    ``metrics.json`` to ``out``; returns the metrics."""
+    ``metrics.json`` to ``out``; returns the metrics. With ``part=(rank, world)`` the ranks
+    answer slices and rank 0 scores them all (the other ranks return None)."""
+    _require_answers(samples)
     base = read_baseline(baseline, samples, what="questions") if baseline is not None else None
-    preds, report = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
-                            progress=progress)
+    preds = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
+                           progress=progress, description="answering", part=part, parts_dir=Path(out) / "parts")
+    if preds is None:
+        return None
+    report = score_vqa(samples, preds)
     extra = {}
     if steering is not None:
         extra["steering"] = steering.describe()
@@ -40,6 +44,12 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
         extra["vs_baseline"] = compare_to_baseline(base, samples, preds, report, source=source, target=target)
     write_vqa_outputs(out, samples, preds, report, extra=extra)
     return {**report.to_dict(), **extra}
+
+
+def _require_answers(samples: list[Sample]) -> None:
+    missing = [s.id for s in samples if not s.answers]
+    if missing:
+        raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
 
 
 def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
