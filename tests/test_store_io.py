@@ -56,6 +56,9 @@ def test_imported_store_feeds_concepts_and_vectors(tmp_path):
     assert sizes == sorted(np.bincount(which).tolist())  # three well-separated blobs found exactly
     assert main(["vectors", "coarse", "--store", str(tmp_path / "s"), "--source", "answer=a", "--target", "answer=b",
                  "--out", str(tmp_path / "v.safetensors")]) == 0
+    # without --layer, concepts use the store's deepest layer (here the only one, 3)
+    assert main(["concepts", str(tmp_path / "s"), "-k", "3", "--no-words", "--out", str(tmp_path / "c2")]) == 0
+    assert json.loads((tmp_path / "c2" / "concepts.json").read_text())["layer"] == 3
 
 
 @pytest.mark.parametrize("records, message", [

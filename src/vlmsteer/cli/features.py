@@ -72,7 +72,8 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              out: Path = typer.Option(..., help="Output folder."),
              method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
              k: int = typer.Option(20, "-k", "--k", help="Number of concepts."),
-             layer: int = typer.Option(-1, help="Layer of the store to use (negative counts from the end)."),
+             layer: Optional[int] = typer.Option(None, help="Model layer to use (negative counts from the model's "
+                                                             "end; default: the deepest layer in the store)."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
              no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
              top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0),
@@ -86,7 +87,7 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
     st = _open_store(store, allow_partial)
-    absolute = st.layer_index(layer)
+    absolute = st.layer_index(layer) if layer is not None else max(st.layers)
     vlm = None if no_words else _load_model(model or st.header["model_id"], None, dtype, device, device_map)
     result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
                                              top_images=top_images, backend=backend, device=device), vlm=vlm)

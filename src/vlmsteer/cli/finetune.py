@@ -51,7 +51,7 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
 @app.command()
 def shift(original: Path = typer.Option(..., help="Store extracted from the original model."),
           finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
-          out: Path = typer.Option(Path("runs/shift")), layer: int = typer.Option(-1),
+          out: Path = typer.Option(Path("runs/shift")), layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
           k: int = typer.Option(10, "-k", "--k"), method: str = typer.Option("kmeans"),
           matching: str = typer.Option("hungarian", help="hungarian or ot."),
           checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
@@ -66,8 +66,8 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
     from vlmsteer.report.shift import ShiftConfig, run_shift
 
     a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
-    absolute = a.layer_index(layer)
-    b.layer_index(layer)
+    absolute = a.layer_index(layer) if layer is not None else max(a.layers)
+    b.layer_index(absolute)
     checkpoints = {}
     for item in checkpoint or []:
         step, _, path = item.partition("=")
