@@ -28,7 +28,7 @@ LAYERS = [
     {"analysis", "evaluate"},
     {"report"},
     {"demo", "testing"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 MAX_LINES = 400
