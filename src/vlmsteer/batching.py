@@ -38,3 +38,16 @@ def shrinking_batches(items: Sequence[T], batch_size: int, run: Callable[[Sequen
             continue
         yield chunk, result
         start += len(chunk)
+
+
+def rank_slice(items: Sequence[T], rank: int, world: int) -> Sequence[T]:
+    """The rank-th of ``world`` contiguous, near-equal slices of ``items`` (a data-parallel
+    run's share; the slices in rank order are ``items`` again)."""
+    if not 0 <= rank < world:
+        raise VlmsteerError(f"rank {rank} is outside a world of {world} processes")
+    return items[len(items) * rank // world:len(items) * (rank + 1) // world]
+
+
+def part_name(rank: int, world: int) -> str:
+    """The name of rank ``rank``'s part of a data-parallel output (a folder or file stem)."""
+    return f"rank-{rank:05d}-of-{world:05d}"

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vlmsteer.batching import shrinking_batches
+from vlmsteer.batching import part_name, rank_slice, shrinking_batches
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.hooks import capture_residual, stop_after
@@ -177,25 +177,20 @@ def _sample_hash(samples: Sequence[Sample]) -> str:
 
 def _extract_part(vlm: VLM, samples: Sequence[Sample], out: Path, config: ExtractConfig, header: dict,
                   layers: list[int], progress: bool, rank: int, world: int) -> tuple[FeatureStore, int]:
-    if not 0 <= rank < world:
-        raise VlmsteerError(f"rank {rank} is outside a world of {world} processes")
+    mine = rank_slice(samples, rank, world)
     top = out / MANIFEST
     if top.exists() and "parts" not in json.loads(top.read_text()):
         raise VlmsteerError(f"{out}: a single-process store is already here; choose another output folder")
-    bounds = [len(samples) * r // world for r in range(world + 1)]
-    mine = samples[bounds[rank]:bounds[rank + 1]]
-    names = [f"rank-{r:05d}-of-{world:05d}" for r in range(world)]
+    names = [part_name(r, world) for r in range(world)]
     part_header = {**header, "n_samples": len(mine), "sample_ids_sha1": _sample_hash(mine), "part": [rank, world]}
     with StoreWriter(out / names[rank], part_header) as writer:
         resumed = _write_shards(vlm, mine, writer, layers, config, progress)
     if rank != 0:
         return FeatureStore.open(out / names[rank]), resumed
-    waited = 0.0
-    while not StoreWriter.merge_parts(out, names, header):  # the other ranks are still extracting
-        if waited == 0.0:
-            log.info("rank 0 done; waiting for the other %d ranks", world - 1)
-        time.sleep(1.0)
-        waited += 1.0
+    if not StoreWriter.merge_parts(out, names, header):
+        log.info("rank 0 done; waiting for the other %d ranks", world - 1)
+        while not StoreWriter.merge_parts(out, names, header):  # the other ranks are still extracting
+            time.sleep(1.0)
     _check_found(out, json.loads(top.read_text())["summary"]["found"], config)
     return FeatureStore.open(out), resumed
 

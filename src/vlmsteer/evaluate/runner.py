@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from vlmsteer.batching import shrinking_batches
+from vlmsteer.batching import part_name, rank_slice, shrinking_batches
 from vlmsteer.data.sample import Sample
 from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
@@ -64,9 +64,8 @@ def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16,
         raise VlmsteerError("a data-parallel run needs a folder for its parts")
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    bounds = [len(samples) * r // world for r in range(world + 1)]
-    slices = [samples[bounds[r]:bounds[r + 1]] for r in range(world)]
-    files = [parts_dir / f"rank-{r:05d}-of-{world:05d}.json" for r in range(world)]
+    slices = [rank_slice(samples, r, world) for r in range(world)]
+    files = [parts_dir / f"{part_name(r, world)}.json" for r in range(world)]
 
     def saved(r: int) -> list[str] | None:
         if not files[r].exists():
@@ -78,6 +77,8 @@ def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16,
         atomic_write_json(files[rank], {"ids": [s.id for s in slices[rank]], "texts": answer(slices[rank])})
     if rank != 0:
         return None
-    while any(saved(r) is None for r in range(world)):  # the other ranks are still answering
+    parts = [saved(r) for r in range(world)]
+    while any(p is None for p in parts):  # the other ranks are still answering
         time.sleep(1.0)
-    return [t for r in range(world) for t in saved(r)]
+        parts = [p if p is not None else saved(r) for r, p in enumerate(parts)]
+    return [t for p in parts for t in p]
