@@ -41,6 +41,15 @@ def _rows(features, start: int, stop: int, device) -> torch.Tensor:
     return torch.from_numpy(np.array(features[start:stop])).to(device=device, dtype=torch.float32)
 
 
+def _sq_distances(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None = None,
+                  c_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """``(len(x), len(c))`` squared distances as ``|x|² − 2·x·cᵀ + |c|²`` (one matmul); pass
+    the squared norms when they are already known."""
+    x_sq = (x * x).sum(1) if x_sq is None else x_sq
+    c_sq = (c * c).sum(1) if c_sq is None else c_sq
+    return x_sq[:, None] - 2.0 * (x @ c.T) + c_sq[None]
+
+
 def nearest(features, centers: np.ndarray | torch.Tensor, chunk: int | None = None,
             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """For each row: the index of its nearest centre and the squared distance to it."""
@@ -50,8 +59,7 @@ def nearest(features, centers: np.ndarray | torch.Tensor, chunk: int | None = No
     dist = np.empty(len(features), dtype=np.float64)
     for start, stop in _chunks(features, chunk):
         x = _rows(features, start, stop, device)
-        d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.T) + c_sq[None]
-        best, idx = d.min(1)
+        best, idx = _sq_distances(x, c, c_sq=c_sq).min(1)
         labels[start:stop] = idx.cpu().numpy()
         dist[start:stop] = best.clamp_min(0).double().cpu().numpy()
     return labels, dist
@@ -63,8 +71,7 @@ def distances(features, centers: np.ndarray, chunk: int | None = None) -> np.nda
     out = np.empty((len(features), len(c)), dtype=np.float64)
     for start, stop in _chunks(features, chunk):
         x = torch.from_numpy(np.array(features[start:stop], dtype=np.float64))
-        d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.T) + (c * c).sum(1)[None]
-        out[start:stop] = d.clamp_min(0).sqrt().numpy()
+        out[start:stop] = _sq_distances(x, c).clamp_min(0).sqrt().numpy()
     return out
 
 
@@ -83,7 +90,7 @@ def kmeans_plus_plus(features, k: int, seed: int = 0, sample: int | None = None,
     trials = 2 + int(np.log(k))
     first = int(rng.integers(len(x)))
     centers = [first]
-    closest = (x_sq - 2.0 * (x @ x[first]) + x_sq[first]).clamp_min(0)
+    closest = _sq_distances(x, x[first:first + 1], x_sq, x_sq[first:first + 1])[:, 0].clamp_min(0)
     for _ in range(1, k):
         total = float(closest.sum())
         if total <= 0:  # fewer distinct points than k: take unused rows in order
@@ -93,7 +100,7 @@ def kmeans_plus_plus(features, k: int, seed: int = 0, sample: int | None = None,
         probs = (closest / total).double().cpu().numpy()
         cand = rng.choice(len(x), size=trials, p=probs / probs.sum())
         cx = x[torch.from_numpy(cand).to(device)]
-        d = (x_sq[None] - 2.0 * (cx @ x.T) + (cx * cx).sum(1)[:, None]).clamp_min(0)
+        d = _sq_distances(cx, x, c_sq=x_sq).clamp_min(0)
         new = torch.minimum(closest[None], d)
         best = int(new.sum(1).argmin())
         centers.append(int(cand[best]))
@@ -137,7 +144,7 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
                 row_sq = torch.empty(n, dtype=torch.float32, device=device)
             if n_iter == 1:
                 row_sq[start:stop] = (x * x).sum(1)
-            best, idx = (row_sq[start:stop, None] - 2.0 * (x @ c32.T) + c_sq[None]).min(1)
+            best, idx = _sq_distances(x, c32, row_sq[start:stop], c_sq).min(1)
             inertia += float(best.clamp_min(0).sum(dtype=torch.float64))
             old = labels[start:stop]
             moved = (idx != old).nonzero().flatten()
