@@ -22,33 +22,20 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 
 def build(layers: int):
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    """LLaVA-1.5-7B's configuration with ``layers`` decoder layers and random weights."""
+    from vlmsteer.testing.tiny_models import build_llava
 
-    from vlmsteer.testing.tiny_models import WORDS, chat_template, word_tokenizer
-
-    vocab = 32064
-    words = WORDS + [f"w{i}" for i in range(vocab)]
-    tok = word_tokenizer(["<image>"], extra={"image_token": "<image>"}, words=words[:vocab - 6])
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1,
-                          chat_template=chat_template(("USER: ", " "), ("ASSISTANT: ", "</s>"), "<image>\n",
-                                                      "ASSISTANT:"))
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, hidden_size=4096,
-                                intermediate_size=11008, num_hidden_layers=layers, num_attention_heads=32,
-                                num_key_value_heads=32, max_position_embeddings=4096),
-        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        vision_feature_layer=-2, image_seq_length=576,
-    )
-    model = LlavaForConditionalGeneration(cfg).eval()
-    return model, proc
+    model, proc = build_llava(
+        image_size=336, patch_size=14, vocab_size=32064, vision_feature_layer=-2,
+        vision={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                "projection_dim": 768},
+        text={"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": layers, "num_attention_heads": 32,
+              "num_key_value_heads": 32, "max_position_embeddings": 4096, "initializer_range": 0.02})
+    return model.eval(), proc
 
 
 def main() -> None:
@@ -85,8 +72,6 @@ def main() -> None:
             texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
                                                                             {"type": "text", "text": s.prompt}]}],
                                               add_generation_prompt=True) for s in chunk]
-            from PIL import Image
-
             images = [Image.open(s.image).convert("RGB") for s in chunk]
             inputs = proc(images=images, text=texts, return_tensors="pt", padding=True).to(args.device)
             with torch.no_grad():

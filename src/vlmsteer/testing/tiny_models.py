@@ -74,22 +74,28 @@ def _ids(tok, **names) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- builders
-def build_llava():
+def build_llava(image_size: int = 32, patch_size: int = 16, vision: dict | None = None, text: dict | None = None,
+                vocab_size: int | None = None, vision_feature_layer: int = -1):
+    """The tiny LLaVA; the arguments scale it (``benchmarks/scale.py`` builds LLaVA-1.5-7B's
+    shapes with them): image size and patch, vision/text config overrides, vocabulary size."""
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    tok = word_tokenizer(["<image>"], extra={"image_token": "<image>"})
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
+    words = WORDS if vocab_size is None else (WORDS + [f"w{i}" for i in range(vocab_size)])[:vocab_size - 6]
+    tok = word_tokenizer(["<image>"], extra={"image_token": "<image>"}, words=words)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size,
+                          vision_feature_select_strategy="default",
                           num_additional_image_tokens=1,
                           chat_template=chat_template(("USER: ", " "), ("ASSISTANT: ", "</s>"), "<image>\n",
                                                       "ASSISTANT:"))
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "projection_dim": 32, **(vision or {})}
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=32, patch_size=16, projection_dim=32),
-        text_config=LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **_text()),
+        vision_config=CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **vision),
+        text_config=LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **_text(**(text or {}))),
         image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        vision_feature_layer=-1, image_seq_length=4,
+        vision_feature_layer=vision_feature_layer, image_seq_length=(image_size // patch_size) ** 2,
     )
     return LlavaForConditionalGeneration(cfg), proc
 
