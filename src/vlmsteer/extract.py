@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vlmsteer.batching import part_name, rank_slice, shrinking_batches
+from vlmsteer.batching import Prefetch, choose_prefetch, part_name, rank_slice, shrinking_batches
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.hooks import capture_residual, stop_after
@@ -76,10 +76,13 @@ def target_text(sample: Sample, target: Target) -> str:
                         " to teacher-force")
 
 
-def response_ids(vlm: VLM, prompt_text: str, response: str) -> list[int]:
-    """Token ids of ``response`` as it follows the prompt (same separator as ``build_prompt``)."""
-    sep = "" if prompt_text.endswith((" ", "\n")) else " "
-    return vlm.tokenizer(sep + response, add_special_tokens=False)["input_ids"]
+def response_ids(vlm: VLM, prompt_texts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+    """Token ids of each response as it follows its templated prompt (same separator as
+    ``build_prompt``); one tokenizer call for the batch."""
+    if not responses:
+        return []
+    texts = [("" if p.endswith((" ", "\n")) else " ") + r for p, r in zip(prompt_texts, responses)]
+    return list(vlm.tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def append_responses(vlm: VLM, batch: Batch, responses: Sequence[Sequence[int]]) -> Batch:
@@ -107,7 +110,7 @@ def append_responses(vlm: VLM, batch: Batch, responses: Sequence[Sequence[int]])
             inputs[k] = v
     p = batch.prompt_length
     spans = [(p, p + len(r)) for r in responses]
-    return Batch(inputs=inputs, regions=batch.regions, prompt_length=p, answer_spans=spans)
+    return Batch(inputs=inputs, regions=batch.regions, prompt_length=p, answer_spans=spans, texts=batch.texts)
 
 
 def select_positions(vlm: VLM, full: Batch, selector: Selector, row: int,
@@ -203,48 +206,86 @@ def _check_found(out, found: int, config: ExtractConfig) -> None:
 
 def _write_shards(vlm: VLM, samples: Sequence[Sample], writer: StoreWriter, layers: list[int],
                   config: ExtractConfig, progress: bool) -> int:
-    """Extract the samples the store does not hold yet, shard by shard; finish the store.
-    Returns the number of samples resumed from."""
+    """Extract the samples the store does not hold yet, writing a shard every ``shard_size``
+    samples; finish the store. Returns the number of samples resumed from.
+
+    Batches are prepared (images, templates, tokens, positions) one batch ahead while the
+    model runs (see :func:`~vlmsteer.batching.choose_prefetch`)."""
     resumed = writer.samples_done
     np_dtype = STORE_DTYPES[config.dtype]
-    todo = list(samples[resumed:])
+    todo = samples[resumed:]
     found = sum(r["found"] for r in FeatureStore.open(writer.path, allow_partial=True).records) if resumed else 0
+    records: list[dict] = []
+    feats: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+
+    def write(n: int) -> None:  # the first n buffered samples become one shard
+        stacked = {layer: np.concatenate(feats[layer]) for layer in layers}
+        writer.write_shard(records[:n], {layer: stacked[layer][:n] for layer in layers})
+        del records[:n]
+        for layer in layers:
+            feats[layer] = [stacked[layer][n:]]
+
     with progress_bar("extracting", len(samples), enabled=progress) as advance:
         advance(resumed)
-        for start in range(0, len(todo), config.shard_size):
-            shard = todo[start:start + config.shard_size]
-            feats = {layer: np.zeros((len(shard), vlm.hidden_size), dtype=np_dtype) for layer in layers}
-            records: list[dict] = []
-            run = lambda chunk: _extract_batch(vlm, chunk, layers, config)  # noqa: E731
-            for chunk, (chunk_records, chunk_feats) in shrinking_batches(shard, config.batch_size, run):
-                b0 = len(records)
-                records.extend(chunk_records)
-                found += sum(r["found"] for r in chunk_records)
-                for layer in layers:
-                    feats[layer][b0:b0 + len(chunk)] = chunk_feats[layer]
-                advance(len(chunk))
-            writer.write_shard(records, feats)
+        for chunk, (chunk_records, chunk_feats) in shrinking_batches(
+                todo, config.batch_size, lambda prepared: _run_batch(vlm, prepared, layers, config),
+                prepare=lambda chunk: _prepare_batch(vlm, chunk, config), prefetch=_prefetch(vlm, config)):
+            records.extend(chunk_records)
+            found += sum(r["found"] for r in chunk_records)
+            for layer in layers:
+                feats[layer].append(chunk_feats[layer].astype(np_dtype, copy=False))
+            advance(len(chunk))
+            while len(records) >= config.shard_size:
+                write(config.shard_size)
+        if records:
+            write(len(records))
     writer.finish(found=found, total=len(samples))
     return resumed
 
 
-@torch.no_grad()
-def _extract_batch(vlm: VLM, chunk: Sequence[Sample], layers: list[int], config: ExtractConfig):
+def _prefetch(vlm: VLM, config: ExtractConfig) -> Prefetch:
+    prefetch = choose_prefetch(vlm.device)
+    # generation decodes with the tokenizer that a preparing thread would be using
+    return Prefetch.NONE if prefetch is Prefetch.THREAD and config.mode is Mode.GENERATE else prefetch
+
+
+@dataclass
+class _Prepared:
+    """A batch ready for the model: teacher-forced, the full batch with its responses and the
+    positions to read; to generate, the prompt batch only."""
+
+    chunk: Sequence[Sample]
+    batch: Batch
+    texts: list[str] | None = None
+    responses: list[list[int]] | None = None
+    positions: list[list[int]] | None = None
+
+
+def _prepare_batch(vlm: VLM, chunk: Sequence[Sample], config: ExtractConfig) -> _Prepared:
     prompt_batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
     if config.mode is Mode.GENERATE:
-        gen = vlm.generate(prompt_batch, max_new_tokens=config.max_new_tokens)
+        return _Prepared(chunk, prompt_batch)
+    texts = [target_text(s, config.target) for s in chunk]
+    responses = response_ids(vlm, prompt_batch.texts, texts)
+    full = append_responses(vlm, prompt_batch, responses)
+    positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
+    return _Prepared(chunk, full, texts, responses, positions)
+
+
+@torch.no_grad()
+def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: ExtractConfig):
+    chunk, full, texts, responses, positions = (prepared.chunk, prepared.batch, prepared.texts,
+                                                prepared.responses, prepared.positions)
+    if config.mode is Mode.GENERATE:
+        gen = vlm.generate(full, max_new_tokens=config.max_new_tokens)
         responses = [gen.tokens[i, :gen.lengths[i]].tolist() for i in range(len(chunk))]
         texts = gen.texts
-    else:
-        texts = [target_text(s, config.target) for s in chunk]
-        prompts = [vlm.build_prompt(s.prompt, image=s.image is not None) for s in chunk]
-        responses = [response_ids(vlm, p, t) for p, t in zip(prompts, texts)]
-    full = append_responses(vlm, prompt_batch, responses)
+        full = append_responses(vlm, full, responses)
+        positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
     # the forward stops after the deepest captured layer: later layers and logits are not needed
     with capture_residual(vlm.layers, layers) as captured, stop_after(vlm.layers[max(layers)]):
         vlm.forward(full)
     hidden = {layer: captured[layer][0] for layer in layers}
-    positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
     found = [bool(pos) and min(pos) >= 0 for pos in positions]
     features = {}
     rows = torch.arange(len(chunk))

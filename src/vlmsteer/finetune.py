@@ -91,8 +91,7 @@ def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: Finetune
         for step in range(1, cfg.steps + 1):
             chunk = [items[rng.randrange(len(items))] for _ in range(cfg.batch_size)]
             batch = vlm.prepare([s.image for s, _ in chunk], [s.prompt for s, _ in chunk])
-            prompts = [vlm.build_prompt(s.prompt, image=s.image is not None) for s, _ in chunk]
-            resp = [response_ids(vlm, p, t) + ([eos] if eos is not None else []) for p, (_, t) in zip(prompts, chunk)]
+            resp = [r + ([eos] if eos is not None else []) for r in response_ids(vlm, batch.texts, [t for _, t in chunk])]
             full = append_responses(vlm, batch, resp)
             logits = peft_model(**vlm.model_inputs(full)).logits
             labels = torch.full(full.input_ids.shape, -100, dtype=torch.long, device=logits.device)

@@ -38,6 +38,7 @@ class Batch:
     prompt_length: int
     # For teacher-forced batches: per row, the (start, end) span of the response tokens.
     answer_spans: list[tuple[int, int]] | None = None
+    texts: list[str] | None = None  # the templated prompt of each row
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -217,7 +218,7 @@ class VLM:
         texts = [self.build_prompt(p, image=im is not None) for p, im in zip(prompts, pil)]
         inputs = self._encode(pil, texts)
         regions = TokenRegions.from_batch(inputs["input_ids"], inputs["attention_mask"], self.image_token_ids)
-        return Batch(inputs=inputs, regions=regions, prompt_length=inputs["input_ids"].shape[1])
+        return Batch(inputs=inputs, regions=regions, prompt_length=inputs["input_ids"].shape[1], texts=texts)
 
     def _encode(self, images: list[Image.Image | None], texts: list[str]) -> dict[str, torch.Tensor]:
         if self.prepare_fn is not None:

@@ -9,7 +9,9 @@ Layout::
 
 Every file is written to a temporary name and renamed, and a shard is listed in the
 manifest only once all its files exist, so a killed run leaves a readable store and a
-rerun resumes after the last complete shard. A writer holds an exclusive lock on
+rerun resumes after the last complete shard. Only the manifest is forced to disk (one fsync
+per shard); a resumed writer checks every listed shard and redoes any that a power loss
+left short. A writer holds an exclusive lock on
 ``store/.lock`` (released when it finishes or its process dies), so two runs cannot write
 one store. Readers refuse a store whose extraction did not finish unless asked to accept
 a partial one, and name the file when a shard is corrupt.
@@ -18,6 +20,7 @@ a partial one, and name the file when a shard is corrupt.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -30,21 +33,25 @@ from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
 
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+def _atomic_write_bytes(path: Path, write: Callable[[Any], None], durable: bool = True) -> None:
+    """Write to a temporary name, then rename: readers see the old file or the whole new one.
+    ``durable`` also forces it to disk before the rename (survives a power loss, not only a kill)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+def atomic_write_json(path: Path, obj: Any, durable: bool = True, indent: int | None = 1) -> None:
+    _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=indent).encode()), durable)
 
 
 def _layer_file(shard: int, layer: int) -> str:
@@ -99,9 +106,26 @@ class StoreWriter:
                 raise VlmsteerError(f"{self.path}: a store made with other settings is already here ({detail}); "
                                     "choose another output folder")
             self.manifest = manifest
+            self._drop_damaged_shards()
         else:
             self.manifest = {"format_version": FORMAT_VERSION, "header": header, "shards": [], "complete": False}
             atomic_write_json(mpath, self.manifest)
+
+    def _drop_damaged_shards(self) -> None:
+        """Keep the listed shards up to the first whose files are missing or short (data the
+        system had not written to disk when it lost power); the rest are extracted again."""
+        reader = FeatureStore(path=self.path, manifest=self.manifest)
+        for i, shard in enumerate(self.manifest["shards"]):
+            try:
+                reader._read_records(shard)
+                for layer in reader.layers:
+                    reader._load_shard(shard, layer)
+            except VlmsteerError as exc:
+                log.warning("%s; extracting shard %d and later ones again", exc, i)
+                self.manifest["shards"] = self.manifest["shards"][:i]
+                self.manifest["complete"] = False
+                atomic_write_json(self.path / MANIFEST, self.manifest)
+                return
 
     @property
     def samples_done(self) -> int:
@@ -117,8 +141,8 @@ class StoreWriter:
         for layer, arr in features.items():
             if arr.shape[0] != n:
                 raise ValueError("features and records differ in length")
-            _atomic_write_bytes(self.path / _layer_file(index, layer), lambda f, a=arr: np.save(f, a))
-        atomic_write_json(self.path / _records_file(index), records)
+            _atomic_write_bytes(self.path / _layer_file(index, layer), lambda f, a=arr: np.save(f, a), durable=False)
+        atomic_write_json(self.path / _records_file(index), records, durable=False, indent=None)  # C encoder
         self.manifest["shards"].append({"index": index, "n": n})
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
@@ -234,18 +258,21 @@ class FeatureStore:
         if not hasattr(self, "_records"):
             recs = []
             for s in self.manifest["shards"]:
-                f = self.path / s.get("dir", "") / _records_file(s["index"])
-                try:
-                    shard = json.loads(f.read_text(encoding="utf-8"))
-                except FileNotFoundError:
-                    raise input_error(f, "store shard missing") from None
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise input_error(f, f"corrupt store shard ({exc})") from None
-                if not isinstance(shard, list) or len(shard) != s["n"]:
-                    raise input_error(f, f"corrupt store shard (expected {s['n']} records)")
-                recs.extend(shard)
+                recs.extend(self._read_records(s))
             self._records = recs
         return self._records
+
+    def _read_records(self, shard: dict) -> list[dict]:
+        f = self.path / shard.get("dir", "") / _records_file(shard["index"])
+        try:
+            records = json.loads(f.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise input_error(f, "store shard missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise input_error(f, f"corrupt store shard ({exc})") from None
+        if not isinstance(records, list) or len(records) != shard["n"]:
+            raise input_error(f, f"corrupt store shard (expected {shard['n']} records)")
+        return records
 
     def __len__(self) -> int:
         return sum(s["n"] for s in self.manifest["shards"])

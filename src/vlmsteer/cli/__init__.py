@@ -8,6 +8,8 @@ code 2, never a traceback; Ctrl-C exits with 130.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 
 import typer
@@ -109,7 +111,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    _exit_now(main())
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown, which spends about a second freeing
+    torch's and transformers' objects one by one (measured: 1.0 s of a 7 s ``extract``). The
+    exit handlers (logging, temporary folders) run and the standard streams are flushed first,
+    so nothing is lost."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     if rank != 0:  # rank 0 merges the parts, writes run.json and reports
         return
     _write_run_json(out, model_id=model, revision=vlm.revision, world_size=world)
-    found = int(len(store.select()))
+    found = int(store.manifest["summary"]["found"])  # not store.select(): that reads every record
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
 
 

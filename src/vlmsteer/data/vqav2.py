@@ -19,6 +19,10 @@ from vlmsteer.errors import VlmsteerError, input_error
 def entry_identity(entry: dict) -> Hashable:
     """What, besides its answer text, tells an official answer entry apart from another
     (``answer_id``, ``answer_confidence``, ...): compared as the official code compares dicts."""
+    rest = [(str(k), v) for k, v in entry.items() if k != "answer"]
+    if all(isinstance(v, (str, int, float, bool, type(None))) for _, v in rest):  # the usual case, fast
+        return tuple(sorted(rest))
+
     def frozen(v: Any) -> Hashable:
         if isinstance(v, dict):
             return tuple(sorted((str(k), frozen(x)) for k, x in v.items()))
