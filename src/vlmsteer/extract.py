@@ -193,7 +193,7 @@ def _extract_part(vlm: VLM, samples: Sequence[Sample], out: Path, config: Extrac
     if not StoreWriter.merge_parts(out, names, header):
         log.info("rank 0 done; waiting for the other %d ranks", world - 1)
         while not StoreWriter.merge_parts(out, names, header):  # the other ranks are still extracting
-            time.sleep(1.0)
+            time.sleep(0.1)
     _check_found(out, json.loads(top.read_text())["summary"]["found"], config)
     return FeatureStore.open(out), resumed
 

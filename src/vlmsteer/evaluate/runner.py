@@ -79,6 +79,6 @@ def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16,
         return None
     parts = [saved(r) for r in range(world)]
     while any(p is None for p in parts):  # the other ranks are still answering
-        time.sleep(1.0)
+        time.sleep(0.1)
         parts = [p if p is not None else saved(r) for r, p in enumerate(parts)]
     return [t for p in parts for t in p]
