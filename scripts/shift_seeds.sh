@@ -3,7 +3,8 @@
 # original model's caption features once, then per seed a LoRA fine-tune on the colour-caption
 # subset, features of each checkpoint, and the shift analysis; finally mean ± sd over seeds of
 # the recovery cosine and T-Overlap (α = 0 and 1), the colour-word share of shifted concepts,
-# and the evolution of T-Overlap per checkpoint. About 2 minutes per seed on 2 CPU cores.
+# the evolution of T-Overlap per checkpoint, and every α of the recovery grid. About 2 minutes
+# per seed on 2 CPU cores.
 #
 #     bash scripts/shift_seeds.sh [OUT] [WORLD_SEED] [FT_SEEDS]   (defaults: runs/shift-seeds 21 "0 1 2")
 set -euo pipefail
@@ -47,7 +48,11 @@ summary = {"world_seed": world, "finetune_seeds": seeds,
            "evolution_t_overlap": {str(e["step"]): ms([next(x for x in r["evolution"] if x["step"] == e["step"])
                                                        ["mean_t_overlap"] for r in runs])
                                    for e in runs[0]["evolution"]},
-           "evolution_per_seed": {s: [e["mean_t_overlap"] for e in r["evolution"]] for s, r in zip(seeds, runs)}}
+           "evolution_per_seed": {s: [e["mean_t_overlap"] for e in r["evolution"]] for s, r in zip(seeds, runs)},
+           "alpha_grid": {str(x["alpha"]): {"cosine": ms([at(r, x["alpha"])["mean_cosine"] for r in runs]),
+                                            "t_overlap": ms([at(r, x["alpha"])["mean_t_overlap"] for r in runs]),
+                                            "keyword_share": ms([at(r, x["alpha"])["keyword_share"] for r in runs])}
+                          for x in runs[0]["main"]["recovery"]}}
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 PY

@@ -181,3 +181,42 @@ def test_dictionary_condition_steers_only_its_concept(tmp_path):
     run = json.loads((tmp_path / "fine" / "run.json").read_text())
     assert run["steering"]["condition"]["kind"] == "dictionary" and run["steering"]["condition"]["active"][0].startswith(
         f"{active}:")
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_per_concept_neutralization_routes_each_image_to_its_concept_vector(tmp_path, paired):
+    """The paper's per-concept vectors: one per colour concept, each steering only the images
+    routed to it; routing before generation equals the same condition applied inside
+    generation, and images routed to no concept keep their baseline caption."""
+    from vlmsteer.data import load_coco_captions, shapes
+    from vlmsteer.data.keywords import COLORS
+    from vlmsteer.evaluate.captions import run_captions
+    from vlmsteer.evaluate.experiments import GenerationSettings
+    from vlmsteer.evaluate.neutralization import per_concept_routes, routed_captions
+    from vlmsteer.model import VLM
+    from vlmsteer.regions import Region
+    from vlmsteer.steer import Steering
+    from vlmsteer.steer.conditions import NearestConceptCondition
+
+    vlm = VLM.load("shapes-llava")
+    shapes.write_dataset(tmp_path / "build", 80, seed=1501)
+    shapes.write_dataset(tmp_path / "held", 60, seed=501)
+    build = load_coco_captions(tmp_path / "build", prompt=shapes.CAPTION_PROMPT)
+    held = load_coco_captions(tmp_path / "held", prompt=shapes.CAPTION_PROMPT)
+    g = GenerationSettings(batch_size=32, max_new_tokens=24)
+    routes = per_concept_routes(vlm, build, COLORS, shapes.STYLE_PROMPTS["plain"], 2, tmp_path / "work", g,
+                                k_attribute=3, k_neutral=3, paired=paired)
+    assert routes.vectors[0] is None and len(routes.vectors) >= 3 and routes.labels[0] == "neutral"
+    assert all(v.layers == [2] and v.method == "concept-pair" for v in routes.vectors[1:])
+    groups = routes.route(vlm, held, tmp_path / "held-prompts", g)
+    assert set(groups) <= set(range(len(routes.vectors))) and (groups == 0).any() and (groups > 0).any()
+    base = run_captions(vlm, held, batch_size=32, max_new_tokens=24)
+    steered = routed_captions(vlm, held, base, routes, groups, 6.0, g)
+    assert all(s == b for s, b, c in zip(steered, base, groups) if c == 0)
+    assert any(s != b for s, b, c in zip(steered, base, groups) if c > 0)
+    c = int(np.bincount(groups)[1:].argmax()) + 1  # the busiest concept
+    inside = run_captions(vlm, held, batch_size=32, max_new_tokens=24, steering=Steering(
+        routes.vectors[c], 6.0, region=Region.GENERATED,
+        condition=NearestConceptCondition(routes.centroids, [c], routes.labels, 2)))
+    assert [t for t, k in zip(inside, groups) if k == c] == [t for t, k in zip(steered, groups) if k == c]
+    assert [t for t, k in zip(inside, groups) if k != c] == [t for t, k in zip(base, groups) if k != c]

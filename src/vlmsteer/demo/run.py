@@ -59,11 +59,14 @@ class DemoSettings:
     batch_size: int = 64
     yes_no_alpha: float = 1.0
     yes_no_region: str = "last_prompt"
-    # style -> (layer, alphas, region), from the sweep of benchmarks/caption_style.py; the page shows
-    # the alpha with the best CIDEr among those raising the style's share by >= 30 points
+    # style -> (layer, alphas, region): the settings benchmarks/caption_style.py chooses on its tuning
+    # world (seed 9, vectors from world 8), never on the demo's world; the page shows the alpha with
+    # the best CIDEr among those raising the style's share by >= 30 points
     styles: dict = field(default_factory=lambda: {"colors": (3, (5.0, 6.0), "generated"),
                                                   "places": (3, (5.0, 6.0), "generated"),
                                                   "sentiments": (2, (4.0, 5.0), "generated")})
+    # fixed in advance; benchmarks/neutralize.py and benchmarks/refusal.py report them (neutralization:
+    # the whole alpha grid 3/5/7) on worlds 17, 19 and 23
     neutral_layer: int = 2
     neutral_alpha: float = 5.0
     refusal_layer: int = 2

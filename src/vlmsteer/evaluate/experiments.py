@@ -134,8 +134,7 @@ def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list
     condition is learnt from the model's captions of ``build``: their last-prompt features,
     grouped by whether the caption expresses the attribute.
 
-    A caption is **converted** when the baseline expresses the attribute and the steered
-    caption does not (and, with ``faithful(caption, index)``, still describes the image).
+    Figures per mode: see :func:`conversion`.
     """
     name = attribute.name
     with_attr, without = f"response~{name}", f"response!~{name}"
@@ -151,18 +150,25 @@ def neutralize(vlm: VLM, vector: SteeringVector, build: list[Sample], held: list
     for mode, cond in (("coarse", None), ("fine_grained", condition)):
         caps = run_captions(vlm, held, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, progress=g.progress,
                             steering=Steering(vector, alpha, region=Region.GENERATED, condition=cond))
-        after = [attribute.matches(c) for c in caps]
-        converted = [i for i, (b, a) in enumerate(zip(before, after)) if b and not a]
-        ok = [i for i in converted if faithful is None or faithful(caps[i], i)]
-        untouched = [i for i, b in enumerate(before) if not b]
-        result[mode] = {
-            "converted": len(converted), "converted_faithful": len(ok),
-            "expressions_after": sum(len(attribute.find(c)) for c in caps),
-            "neutral_captions_changed": sum(base_captions[i] != caps[i] for i in untouched),
-            "neutral_captions": len(untouched),
-            "examples": [{"before": base_captions[i], "after": caps[i]} for i in ok[:4]],
-        }
+        result[mode] = conversion(base_captions, caps, attribute, faithful)
     return result
+
+
+def conversion(base_captions: list[str], captions: list[str], attribute: KeywordSet,
+               faithful: Callable[[str, int], bool] | None = None) -> dict:
+    """How steering changed captions w.r.t. ``attribute``: captions **converted** (the
+    baseline expresses it, the steered caption does not; ``converted_faithful``: and still
+    describes the image, by ``faithful(caption, index)``), expressions left, and how many of
+    the captions that did not express it changed anyway."""
+    before = [attribute.matches(c) for c in base_captions]
+    converted = [i for i, (b, c) in enumerate(zip(before, captions)) if b and not attribute.matches(c)]
+    ok = [i for i in converted if faithful is None or faithful(captions[i], i)]
+    untouched = [i for i, b in enumerate(before) if not b]
+    return {"converted": len(converted), "converted_faithful": len(ok),
+            "expressions_after": sum(len(attribute.find(c)) for c in captions),
+            "neutral_captions_changed": sum(base_captions[i] != captions[i] for i in untouched),
+            "neutral_captions": len(untouched),
+            "examples": [{"before": base_captions[i], "after": captions[i]} for i in ok[:4]]}
 
 
 def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], held_unsafe: list[Sample],
