@@ -1,0 +1,86 @@
+"""The shipped model's quality and its layers' separability, over several held-out worlds.
+
+Per world seed: (1) VQA accuracy per answer type (official metric) on every question and the
+share of captions naming every shape (``scripts/evaluate_demo_model.py``'s figures); (2) a
+linear probe predicting the answer from last-prompt features of the first 750 questions,
+per layer (5-fold cross-validated, the 10 most frequent answers; ``vlmsteer separability``).
+Mean ± sd over the seeds.
+
+    python benchmarks/model_and_layers.py [--seeds 17,19,23] [--n-scenes 400] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import load_model  # noqa: E402
+
+
+def one_world(vlm, seed: int, n_scenes: int, probe_questions: int, tmp: Path) -> dict:
+    from vlmsteer.analysis.separability import separability
+    from vlmsteer.data import load_coco_captions, load_vqav2, shapes
+    from vlmsteer.evaluate.captions import run_captions
+    from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape
+    from vlmsteer.evaluate.vqa_run import run_vqa
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.selectors import Selector
+
+    root = tmp / f"world-{seed}"
+    shapes.write_dataset(root, n_scenes, seed=seed)
+    questions = load_vqav2(root)
+    _, report = run_vqa(vlm, questions, batch_size=64, max_new_tokens=3)
+    caps = load_coco_captions(root, prompt=shapes.CAPTION_PROMPT)
+    scenes = load_scenes(root)
+    texts = run_captions(vlm, caps, batch_size=64, max_new_tokens=32)
+    every = 100.0 * sum(mentions_every_shape(t, scenes[c.meta["image_id"]]) for t, c in zip(texts, caps)) / len(caps)
+    store, _ = extract(vlm, questions[:probe_questions], tmp / f"store-{seed}",
+                       ExtractConfig(layers=list(range(vlm.num_layers)), selector=Selector("last_prompt"),
+                                     batch_size=64))
+    sep = separability(store, label="answer", top=10, seed=seed)
+    return {"seed": seed, "questions": len(questions), "vqa": report.per_type, "every_shape": every,
+            "probe_accuracy": {r.layer: r.probe_accuracy for r in sep.layers},
+            "majority_baseline": sep.majority_baseline}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="shapes-llava")
+    ap.add_argument("--seeds", default="17,19,23")
+    ap.add_argument("--n-scenes", type=int, default=400)
+    ap.add_argument("--probe-questions", type=int, default=750)
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "model_and_layers.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    vlm = load_model(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        worlds = [one_world(vlm, int(s), args.n_scenes, args.probe_questions, Path(tmp)) for s in args.seeds.split(",")]
+
+    def ms(values):
+        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+    summary = {"questions": ms([w["questions"] for w in worlds]),
+               "vqa": {t: ms([w["vqa"][t] for w in worlds]) for t in worlds[0]["vqa"]},
+               "every_shape": ms([w["every_shape"] for w in worlds]),
+               "probe_accuracy": {l: ms([w["probe_accuracy"][l] for w in worlds]) for l in worlds[0]["probe_accuracy"]},
+               "majority_baseline": ms([w["majority_baseline"] for w in worlds])}
+    f = lambda v: f"{v[0]:.1f} ± {v[1]:.1f}"  # noqa: E731
+    print(f"worlds {args.seeds}: {f(summary['questions'])} questions each")
+    print("VQA accuracy: " + ", ".join(f"{t} {f(v)}" for t, v in summary["vqa"].items()))
+    print(f"captions naming every shape: {f(summary['every_shape'])} %")
+    print("probe accuracy per layer: " + ", ".join(f"{l}: {f(v)}" for l, v in summary["probe_accuracy"].items())
+          + f" (majority class {f(summary['majority_baseline'])})")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
+                                           "summary": summary, "worlds": worlds}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
