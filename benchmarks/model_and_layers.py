@@ -3,7 +3,8 @@
 Per world seed: (1) VQA accuracy per answer type (official metric) on every question and the
 share of captions naming every shape (``scripts/evaluate_demo_model.py``'s figures); (2) a
 linear probe predicting the answer from last-prompt features of the first 750 questions,
-per layer (5-fold cross-validated, the 10 most frequent answers; ``vlmsteer separability``).
+per layer (5-fold cross-validated, the 10 most frequent answers; ``vlmsteer separability``);
+(3) the words K-Means concepts of colour (K = 6) and shape (K = 4) questions ground to first.
 Mean ± sd over the seeds.
 
     python benchmarks/model_and_layers.py [--seeds 17,19,23] [--n-scenes 400] [--json out.json]
@@ -47,7 +48,26 @@ def one_world(vlm, seed: int, n_scenes: int, probe_questions: int, tmp: Path) ->
     sep = separability(store, label="answer", top=10, seed=seed)
     return {"seed": seed, "questions": len(questions), "vqa": report.per_type, "every_shape": every,
             "probe_accuracy": {r.layer: r.probe_accuracy for r in sep.layers},
-            "majority_baseline": sep.majority_baseline}
+            "majority_baseline": sep.majority_baseline,
+            "concepts": {qt: grounded_words(vlm, questions, qt, k, tmp / f"concepts-{seed}-{k}")
+                         for qt, k in CONCEPT_QUESTIONS.items()}}
+
+
+CONCEPT_QUESTIONS = {"what color is the": 6, "what shape is": 4}
+
+
+def grounded_words(vlm, questions, question_type: str, k: int, out: Path) -> list[str]:
+    """The first word each of K K-Means concepts of these questions' last-prompt features
+    (last layer) grounds to."""
+    from vlmsteer.concepts import KMeansConcepts, ground_text
+    from vlmsteer.data.filters import Filter
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.selectors import Selector
+
+    last = vlm.num_layers - 1
+    samples = Filter.parse(f"question_type={question_type}").samples(questions)
+    store, _ = extract(vlm, samples, out, ExtractConfig(layers=[last], selector=Selector("last_prompt"), batch_size=64))
+    return [g.words[0] for g in ground_text(vlm, KMeansConcepts(k=k, seed=0).fit(store.features(last)))]
 
 
 def main() -> None:
@@ -75,6 +95,9 @@ def main() -> None:
     print(f"worlds {args.seeds}: {f(summary['questions'])} questions each")
     print("VQA accuracy: " + ", ".join(f"{t} {f(v)}" for t, v in summary["vqa"].items()))
     print(f"captions naming every shape: {f(summary['every_shape'])} %")
+    for qt, k in CONCEPT_QUESTIONS.items():
+        print(f"'{qt}' questions, K = {k}: first words " + "; ".join(
+            f"world {w['seed']}: {', '.join(w['concepts'][qt])} ({len(set(w['concepts'][qt]))} distinct)" for w in worlds))
     print("probe accuracy per layer: " + ", ".join(f"{l}: {f(v)}" for l, v in summary["probe_accuracy"].items())
           + f" (majority class {f(summary['majority_baseline'])})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

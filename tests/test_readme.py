@@ -44,8 +44,8 @@ def test_worked_example_runs_and_steers_captions(tmp_path):
     colours = vs["styles"]["colors"]
     # the effect happened (region "generated"), and it is the one the README reports
     assert vs["captions_changed"] > 0 and colours["share_after"] - colours["share_before"] >= 10, vs
-    figures = re.search(r"changes (\d+) of the 200 captions and raises the share of\s+captions naming a colour "
-                        r"from ([\d.]+) % to ([\d.]+) %", README)
+    figures = re.search(r"changes\s+(\d+)\s+of\s+the\s+200\s+captions\s+and\s+raises\s+the\s+share\s+of\s+captions"
+                        r"\s+naming\s+a\s+colour\s+from\s+([\d.]+)\s+%\s+to\s+([\d.]+)\s+%", README)
     assert figures, "the README's caption-steering figures moved; update this test's pattern"
     changed, before, after = int(figures[1]), float(figures[2]), float(figures[3])
     assert abs(vs["captions_changed"] - changed) <= 5
