@@ -38,3 +38,34 @@ def shapes_vqa(n_questions: int, seed: int = 99):
     root = Path(tempfile.mkdtemp()) / "shapes"
     shapes.write_dataset(root, n=n_questions // 8 + 1, seed=seed)
     return load_vqav2(root)[:n_questions]
+
+
+def mean_sd(values):
+    """Mean and sample sd over seeds, as ``[mean, sd]``, for numbers or dicts of numbers."""
+    import numpy as np
+
+    if isinstance(values[0], dict):
+        return {k: mean_sd([v[k] for v in values]) for k in values[0]}
+    arr = np.asarray(values, dtype=float)
+    return [float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0]
+
+
+def over_worlds(args, one_world) -> list[dict]:
+    """``one_world(vlm, seed, args, tmp)`` for each of ``args.seeds`` (comma-separated) with
+    ``args.model`` on 2 CPU threads, in a temporary folder removed afterwards."""
+    import torch
+
+    torch.set_num_threads(2)
+    vlm = load_model(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        return [one_world(vlm, int(s), args, Path(tmp)) for s in args.seeds.split(",")]
+
+
+def write_result(path, args, **parts) -> None:
+    """The benchmark's settings (its parsed options) and results as JSON at ``path``."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"}, **parts},
+                               indent=2) + "\n")

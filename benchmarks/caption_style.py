@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_model  # noqa: E402
+from _common import load_model, mean_sd, write_result  # noqa: E402
 
 STYLES = ["colors", "places", "sentiments"]
 
@@ -135,9 +133,7 @@ def main() -> None:
                                      [c["alpha"]], g, quality=world.every_shape, region=c["region"])
             report[style].append({"seed": seed, **res["rows"][0]})
 
-    def ms(values: list[float]) -> list[float]:
-        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
-
+    ms = mean_sd
     summary = {}
     print(f"\nheld-out worlds {args.seeds} (vectors from seed + 1000; settings chosen on world {args.tune_world})")
     print("| style | vector | layer | α | captions with the style | every shape named | CIDEr |")
@@ -154,10 +150,7 @@ def main() -> None:
               f"{s['every_shape_before'][0]:.0f} % → {s['every_shape_after'][0]:.1f} ± {s['every_shape_after'][1]:.1f} % | "
               f"{s['cider_before'][0]:.2f} ± {s['cider_before'][1]:.2f} → {s['cider_after'][0]:.2f} ± "
               f"{s['cider_after'][1]:.2f} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                           "tuning_rows": rows, "chosen": chosen, "held_out": report,
-                                           "summary": summary}, indent=2) + "\n")
+    write_result(args.json, args, tuning_rows=rows, chosen=chosen, held_out=report, summary=summary)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,14 @@ Mean ± sd over the seeds.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_model  # noqa: E402
+from _common import mean_sd, over_worlds, write_result  # noqa: E402
 
 
-def one_world(vlm, seed: int, n_scenes: int, probe_questions: int, tmp: Path) -> dict:
+def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.analysis.separability import separability
     from vlmsteer.data import load_coco_captions, load_vqav2, shapes
     from vlmsteer.evaluate.captions import run_captions
@@ -35,14 +30,14 @@ def one_world(vlm, seed: int, n_scenes: int, probe_questions: int, tmp: Path) ->
     from vlmsteer.selectors import Selector
 
     root = tmp / f"world-{seed}"
-    shapes.write_dataset(root, n_scenes, seed=seed)
+    shapes.write_dataset(root, args.n_scenes, seed=seed)
     questions = load_vqav2(root)
     _, report = run_vqa(vlm, questions, batch_size=64, max_new_tokens=3)
     caps = load_coco_captions(root, prompt=shapes.CAPTION_PROMPT)
     scenes = load_scenes(root)
     texts = run_captions(vlm, caps, batch_size=64, max_new_tokens=32)
     every = 100.0 * sum(mentions_every_shape(t, scenes[c.meta["image_id"]]) for t, c in zip(texts, caps)) / len(caps)
-    store, _ = extract(vlm, questions[:probe_questions], tmp / f"store-{seed}",
+    store, _ = extract(vlm, questions[:args.probe_questions], tmp / f"store-{seed}",
                        ExtractConfig(layers=list(range(vlm.num_layers)), selector=Selector("last_prompt"),
                                      batch_size=64))
     sep = separability(store, label="answer", top=10, seed=seed)
@@ -78,14 +73,8 @@ def main() -> None:
     ap.add_argument("--probe-questions", type=int, default=750)
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "model_and_layers.json"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    vlm = load_model(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        worlds = [one_world(vlm, int(s), args.n_scenes, args.probe_questions, Path(tmp)) for s in args.seeds.split(",")]
-
-    def ms(values):
-        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
-
+    worlds = over_worlds(args, one_world)
+    ms = mean_sd
     summary = {"questions": ms([w["questions"] for w in worlds]),
                "vqa": {t: ms([w["vqa"][t] for w in worlds]) for t in worlds[0]["vqa"]},
                "every_shape": ms([w["every_shape"] for w in worlds]),
@@ -100,9 +89,7 @@ def main() -> None:
             f"world {w['seed']}: {', '.join(w['concepts'][qt])} ({len(set(w['concepts'][qt]))} distinct)" for w in worlds))
     print("probe accuracy per layer: " + ", ".join(f"{l}: {f(v)}" for l, v in summary["probe_accuracy"].items())
           + f" (majority class {f(summary['majority_baseline'])})")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                           "summary": summary, "worlds": worlds}, indent=2) + "\n")
+    write_result(args.json, args, summary=summary, worlds=worlds)
 
 
 if __name__ == "__main__":

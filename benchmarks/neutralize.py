@@ -25,17 +25,14 @@ every shape, and neutral captions changed; mean ± sd over the seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_model  # noqa: E402
+from _common import mean_sd, over_worlds, write_result  # noqa: E402
 
 METHODS = ["coarse", "fine_grained", "per_concept", "per_concept_paired"]
 FIGURES = ["converted", "converted_faithful", "neutral_captions_changed"]
@@ -94,7 +91,7 @@ def summarize(worlds: list[dict], alphas: list[float]) -> list[dict]:
             row = {"alpha": alpha, "method": method}
             for fig in FIGURES:
                 values = [w["rows"][a][method][fig] for w in worlds]
-                row[fig] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+                row[fig] = mean_sd(values)
             out.append(row)
     return out
 
@@ -111,26 +108,21 @@ def main() -> None:
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "neutralize.json"))
     args = ap.parse_args()
     args.alphas = [float(a) for a in args.alphas.split(",")]
-    torch.set_num_threads(2)
-    vlm = load_model(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        worlds = [one_world(vlm, int(s), args, Path(tmp)) for s in args.seeds.split(",")]
+    worlds = over_worlds(args, one_world)
     summary = summarize(worlds, args.alphas)
     colour = [w["colour_captions_before"] for w in worlds]
-    print(f"\ncolour captions before: {statistics.mean(colour):.1f} ± {statistics.stdev(colour):.1f} of "
+    print(f"\ncolour captions before: {mean_sd(colour)[0]:.1f} ± {mean_sd(colour)[1]:.1f} of "
           f"{worlds[0]['captions']} (seeds {args.seeds}, layer {args.layer}, K = {args.k})")
     for name in ("coarse", "per_concept", "per_concept_paired"):
         ratio = [w["vector_norms"][name] / w["vector_norms"]["residual"] for w in worlds]
         print(f"{name} vector norm / mean residual norm (generated tokens, layer {args.layer}): "
-              f"{statistics.mean(ratio):.3f} ± {statistics.stdev(ratio):.3f}")
+              f"{mean_sd(ratio)[0]:.3f} ± {mean_sd(ratio)[1]:.3f}")
     print("| α | method | converted | converted, every shape named | neutral captions changed |")
     print("|---|---|---|---|---|")
     for r in summary:
         cells = " | ".join(f"{r[f][0]:.1f} ± {r[f][1]:.1f}" for f in FIGURES)
         print(f"| {r['alpha']:g} | {r['method'].replace('_', '-')} | {cells} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                           "summary": summary, "worlds": worlds}, indent=2) + "\n")
+    write_result(args.json, args, summary=summary, worlds=worlds)
 
 
 if __name__ == "__main__":

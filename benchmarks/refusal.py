@@ -14,16 +14,11 @@ the seeds.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_model  # noqa: E402
+from _common import mean_sd, over_worlds, write_result  # noqa: E402
 
 
 def one_world(vlm, seed: int, args, tmp: Path) -> dict:
@@ -57,14 +52,8 @@ def main() -> None:
     ap.add_argument("--benign", type=int, default=800)
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "refusal.json"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    vlm = load_model(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        worlds = [one_world(vlm, int(s), args, Path(tmp)) for s in args.seeds.split(",")]
-
-    def ms(values):
-        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
-
+    worlds = over_worlds(args, one_world)
+    ms = mean_sd
     summary = {"asr_before": ms([w["before"]["attack_success_rate"] for w in worlds]),
                "benign_refused_before": ms([w["benign_refused_before"] for w in worlds]),
                "benign_accuracy_before": ms([w["benign_accuracy_before"] for w in worlds])}
@@ -83,9 +72,7 @@ def main() -> None:
         s = summary[mode]
         print(f"| {mode.replace('_', '-')} | {f(s['asr_after'])} | {f(s['benign_refused'])} | "
               f"{f(s['benign_accuracy'], 2)} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                           "summary": summary, "worlds": worlds}, indent=2) + "\n")
+    write_result(args.json, args, summary=summary, worlds=worlds)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,12 @@ the top five in.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_model  # noqa: E402
+from _common import over_worlds, write_result  # noqa: E402
 
 
 def one_world(vlm, seed: int, args, tmp: Path) -> dict:
@@ -54,10 +50,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=12)
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "selection.json"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    vlm = load_model(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        worlds = [one_world(vlm, int(s), args, Path(tmp)) for s in args.seeds.split(",")]
+    worlds = over_worlds(args, one_world)
     summary = {}
     for form in worlds[0]["top5"]:
         counts = Counter(" / ".join(p) for w in worlds for p in w["top5"][form])
@@ -67,9 +60,7 @@ def main() -> None:
             print(f"  world {w['seed']}: " + ", ".join(" / ".join(p) for p in w["top5"][form]))
         print(f"  in how many of the {len(worlds)} worlds' top five: " +
               ", ".join(f"{a} {n}" for a, n in counts.most_common()))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                           "summary": summary, "worlds": worlds}, indent=2) + "\n")
+    write_result(args.json, args, summary=summary, worlds=worlds)
 
 
 if __name__ == "__main__":

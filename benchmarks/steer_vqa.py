@@ -21,11 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import load_model  # noqa: E402
+from _common import load_model, mean_sd  # noqa: E402
 
 PAIRS = [("yes", "no"), ("1", "3"), ("white", "black")]
 BUILD_OFFSET = 1000  # the build world of held-out seed s is s + 1000: never the world reported on
@@ -52,7 +51,7 @@ def main() -> None:
     rows = aggregate([r["rows"] for r in runs])
     result = {"model": args.model, "seeds": seeds, "build_seed_offset": BUILD_OFFSET, "alpha": args.alpha,
               "layer": last, "held_out_questions": [r["held_out_questions"] for r in runs],
-              "baseline_accuracy": _mean_sd([r["baseline_accuracy"] for r in runs]), "rows": rows, "runs": runs}
+              "baseline_accuracy": mean_sd([r["baseline_accuracy"] for r in runs]), "rows": rows, "runs": runs}
     print(json.dumps(result, indent=2))
     types = list(runs[0]["baseline_accuracy"])
     print(f"\n{len(seeds)} held-out worlds (seeds {args.seeds}), mean ± sd\n")
@@ -107,20 +106,12 @@ def one_world(vlm, last: int, seed: int, args) -> dict:
     return {"seed": seed, "held_out_questions": len(held), "baseline_accuracy": base_rep.per_type, "rows": rows}
 
 
-def _mean_sd(values):
-    """Mean and sample sd over seeds, for numbers or dicts of numbers."""
-    if isinstance(values[0], dict):
-        return {k: _mean_sd([v[k] for v in values]) for k in values[0]}
-    arr = np.asarray(values, dtype=float)
-    return [float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0]
-
-
 def aggregate(per_seed: list[list[dict]]) -> list[dict]:
     out = []
     for i, row in enumerate(per_seed[0]):
         same = [rows[i] for rows in per_seed]
         out.append({"vector": row["vector"], "mode": row["mode"],
-                    **{k: _mean_sd([r[k] for r in same]) for k in ("moved_fraction", "target_ratio",
+                    **{k: mean_sd([r[k] for r in same]) for k in ("moved_fraction", "target_ratio",
                                                                    "accuracy_delta", "source_before",
                                                                    "target_after")}})
     return out
