@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
     {"errors", "extras", "layers", "progress", "batching", "threads"},
     {"data"},
-    {"regions", "selectors", "loading", "model", "hooks", "store", "store_io", "extract", "finetune"},
+    {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune"},
     {"concepts", "steer"},
     {"analysis", "evaluate"},
     {"report"},

@@ -62,6 +62,17 @@ def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto",
                     device_map=device_map or None, trust_remote_code=trust_remote_code)
 
 
+def _load_head(model: str, dtype: str = "auto", device: str = "cpu", device_map: Optional[str] = None):
+    """The final norm and unembedding alone, for word grounding (see :mod:`vlmsteer.head`); the
+    whole model with a device map."""
+    if device_map:
+        return _load_model(model, None, dtype, device, device_map)
+    _quiet_transformers()
+    from vlmsteer.head import load_head
+
+    return load_head(model, dtype=dtype, device=_device_for_rank(device))
+
+
 def _rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes, as torchrun (or any launcher setting
     RANK and WORLD_SIZE) gives them; (0, 1) when run alone."""

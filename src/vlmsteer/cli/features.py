@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _open_store,
                                  _parse_layers, _rank_and_world, _write_run_json, app, out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
@@ -88,7 +88,7 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
 
     st = _open_store(store, allow_partial)
     absolute = st.layer_index(layer) if layer is not None else max(st.layers)
-    vlm = None if no_words else _load_model(model or st.header["model_id"], None, dtype, device, device_map)
+    vlm = None if no_words else _load_head(model or st.header["model_id"], dtype, device, device_map)
     result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
                                              top_images=top_images, backend=backend, device=device), vlm=vlm)
     _write_run_json(out, model_id=st.header.get("model_id"))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_model, _open_store,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _open_store,
                                  _parse_ints, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
@@ -80,7 +80,7 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
     if any(v < 1 for v in k_values + [k]):
         raise VlmsteerError(f"-k and --ks need positive integers, got {[k] + k_values}")
     layer_values = [a.layer_index(v) for v in _parse_ints(layers, "--layers")] if layers else []
-    vlm = None if no_words else _load_model(model or a.header["model_id"], None, dtype, device, device_map)
+    vlm = None if no_words else _load_head(model or a.header["model_id"], dtype, device, device_map)
     result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
     _write_run_json(out, model_id=a.header.get("model_id"))
     m = result["main"]
