@@ -49,9 +49,9 @@ class LanguageHead:
 
 def load_head(model_id: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu",
               trust_remote_code: bool = False):
-    """The final norm and unembedding of ``model_id`` (a folder, a hub id or ``shapes-llava``)
-    with its tokenizer; the whole :class:`~vlmsteer.model.VLM` where the checkpoint does not
-    allow reading the head alone."""
+    """The final norm and unembedding of ``model_id`` (a model folder or ``shapes-llava``) with
+    its tokenizer; the whole :class:`~vlmsteer.model.VLM` where the checkpoint does not allow
+    reading the head alone (a hub id not saved to a folder, weights not in safetensors)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = resolve_model_id(model_id)
