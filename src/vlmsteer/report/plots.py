@@ -32,6 +32,14 @@ def pyplot(what: str):
     return plt
 
 
+def _save(plt, fig, path: Path, dpi: int | None = None) -> Path:
+    """Lay out, write and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, **({"dpi": dpi} if dpi else {}))
+    plt.close(fig)
+    return path
+
+
 def write_sweep(result: dict, out: str | Path) -> None:
     """``sweep.json`` and ``sweep.png`` (share of source answers moved, per layer/region/samples, vs alpha)."""
     out = Path(out)
@@ -57,12 +65,7 @@ def plot_sweep(result: dict, path: Path, metric: str = "moved_fraction") -> Path
     ax.set_xlabel("alpha")
     ax.set_ylabel("share of source answers moved to the target" if metric == "moved_fraction" else metric)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
+    return _save(plt, fig, path)
 
 
 def write_separability(store: FeatureStore, result: SeparabilityResult, out: str | Path, seed: int = 0) -> Path:
@@ -83,9 +86,7 @@ def write_separability(store: FeatureStore, result: SeparabilityResult, out: str
     ax.set_ylabel(f"accuracy predicting {result.label} (%)")
     ax.set_ylim(0, 101)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "probe_accuracy.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "probe_accuracy.png", dpi=110)
 
     idx, y = labelled_features(store, result.label, len(result.labels), min_count=result.folds)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
@@ -99,9 +100,7 @@ def write_separability(store: FeatureStore, result: SeparabilityResult, out: str
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][-1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.tight_layout()
-    fig.savefig(out / "pca_layers.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "pca_layers.png", dpi=110)
     return out
 
 
@@ -123,10 +122,7 @@ def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -
     ax.set_ylabel("PC 2")
     ax.set_title(title)
     fig.colorbar(sc, ax=ax, label="concept")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 
@@ -149,10 +145,7 @@ def shift_plots(result: dict, out: Path) -> list[str]:
     ax.set_xlabel("alpha")
     ax.set_ylabel("mean recovery cosine")
     ax.set_title("recovery of fine-tuned concepts vs alpha")
-    fig.tight_layout()
-    fig.savefig(out / "recovery_vs_alpha.png")
-    plt.close(fig)
-    made.append("recovery_vs_alpha.png")
+    made.append(_save(plt, fig, out / "recovery_vs_alpha.png").name)
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
     gain = [c["recovery_cosine_alpha1"] - c["recovery_cosine_alpha0"] for c in main["concepts"]]
@@ -161,10 +154,7 @@ def shift_plots(result: dict, out: Path) -> list[str]:
     axes[0].set_ylabel("recovery gain (cos at α=1 − α=0)")
     axes[1].scatter([c["consistency"] for c in main["concepts"]], gain)
     axes[1].set_xlabel("shift consistency")
-    fig.tight_layout()
-    fig.savefig(out / "magnitude_consistency.png")
-    plt.close(fig)
-    made.append("magnitude_consistency.png")
+    made.append(_save(plt, fig, out / "magnitude_consistency.png").name)
 
     if result.get("evolution"):
         fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
@@ -174,10 +164,7 @@ def shift_plots(result: dict, out: Path) -> list[str]:
         ax.set_xlabel("fine-tuning step")
         ax.set_ylabel(key.replace("_", " "))
         ax.set_title("matched concepts: original vs checkpoint")
-        fig.tight_layout()
-        fig.savefig(out / "evolution.png")
-        plt.close(fig)
-        made.append("evolution.png")
+        made.append(_save(plt, fig, out / "evolution.png").name)
     if result.get("layers"):
         fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
         rows = result["layers"]
@@ -186,8 +173,5 @@ def shift_plots(result: dict, out: Path) -> list[str]:
         ax.set_xlabel("layer")
         ax.set_ylabel("mean recovery cosine")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "layers.png")
-        plt.close(fig)
-        made.append("layers.png")
+        made.append(_save(plt, fig, out / "layers.png").name)
     return made
