@@ -49,12 +49,20 @@ class GenerationSettings:
 
 
 def generated_store(vlm: VLM, samples: list[Sample], out: Path, layers: list[int], selector: str,
-                    g: GenerationSettings, max_new_tokens: int | None = None):
+                    g: GenerationSettings):
     """Features of the model's own responses to ``samples`` (generation-mode extraction)."""
     cfg = ExtractConfig(layers=layers, selector=Selector(selector), mode="generate",
-                        max_new_tokens=max_new_tokens or g.max_new_tokens, batch_size=g.batch_size)
+                        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
     store, _ = extract(vlm, samples, out, cfg, progress=g.progress)
     return store
+
+
+def last_prompt_features(vlm: VLM, samples: list[Sample], out: Path, layer: int, g: GenerationSettings) -> np.ndarray:
+    """(N, hidden) float64 features at ``layer``, last prompt token (one forward each: the prompt
+    alone decides them, so the teacher-forced answer or caption does not matter)."""
+    cfg = ExtractConfig(layers=[layer], selector=Selector("last_prompt"), batch_size=g.batch_size)
+    store, _ = extract(vlm, samples, out, cfg, progress=g.progress)
+    return store.features(layer, only_found=False, dtype=np.float64)
 
 
 def style_vector(vlm: VLM, build: list[Sample], style_prompts: dict[str, str], style: str, layers: list[int],
@@ -180,11 +188,10 @@ def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], he
     vec = coarse_vector(unsafe_store, "response!~refusal", target="response~refusal", layers=[layer])
     vec.source, vec.target = "answered harmful prompts", "refused harmful prompts"
     vec.save(out / "vectors" / "answer-to-refusal.safetensors")
-    # the "harmful request" concept vs ordinary questions, at the same layer and position (the
-    # last-prompt feature does not depend on the response: one generated token is enough)
-    benign_store = generated_store(vlm, build_benign, out / "features-benign", [layer], "last_prompt", g,
-                                   max_new_tokens=1)
-    condition = _two_store_condition(unsafe_store, benign_store, layer)
+    # the "harmful request" concept vs ordinary questions, at the same layer and position
+    benign = last_prompt_features(vlm, build_benign, out / "features-benign", layer, g)
+    cents = np.stack([unsafe_store.features(layer, dtype=np.float64).mean(0), benign.mean(0)])
+    condition = NearestConceptCondition(torch.tensor(cents, dtype=torch.float32), [0], ["harmful", "benign"])
 
     def answer(samples, cond=None, steered=True):
         steering = Steering(vec, alpha, region=Region.LAST_PROMPT, condition=cond) if steered else None
@@ -207,8 +214,3 @@ def refusal(vlm: VLM, build_unsafe: list[Sample], build_benign: list[Sample], he
             row["benign_accuracy"] = benign_ok(benign)
         result[mode] = row
     return result
-
-
-def _two_store_condition(harmful, benign, layer: int) -> NearestConceptCondition:
-    cents = np.stack([harmful.features(layer, dtype=np.float64).mean(0), benign.features(layer, dtype=np.float64).mean(0)])
-    return NearestConceptCondition(torch.tensor(cents, dtype=torch.float32), [0], ["harmful", "benign"])

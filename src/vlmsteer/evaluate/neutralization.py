@@ -29,11 +29,9 @@ from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.captions import run_captions
-from vlmsteer.evaluate.experiments import GenerationSettings, generated_store
-from vlmsteer.extract import ExtractConfig, extract
+from vlmsteer.evaluate.experiments import GenerationSettings, generated_store, last_prompt_features
 from vlmsteer.model import VLM
 from vlmsteer.regions import Region
-from vlmsteer.selectors import Selector
 from vlmsteer.steer import Steering
 from vlmsteer.steer.vector import SteeringVector
 
@@ -52,14 +50,6 @@ class ConceptRoutes:
         """The group of each sample: its nearest last-prompt centroid."""
         feats = last_prompt_features(vlm, samples, out, self.layer, g)
         return torch.cdist(torch.from_numpy(feats), self.centroids.double()).argmin(1).numpy()
-
-
-def last_prompt_features(vlm: VLM, samples: list[Sample], out: Path, layer: int, g: GenerationSettings) -> np.ndarray:
-    """(N, hidden) float64 features at ``layer``, last prompt token (one forward each: the prompt
-    alone decides them, so the teacher-forced caption does not matter)."""
-    cfg = ExtractConfig(layers=[layer], selector=Selector("last_prompt"), batch_size=g.batch_size)
-    store, _ = extract(vlm, samples, out, cfg, progress=g.progress)
-    return store.features(layer, only_found=False, dtype=np.float64)
 
 
 def per_concept_routes(vlm: VLM, build: list[Sample], attribute: KeywordSet, neutral_prompt: str, layer: int,
