@@ -1,10 +1,12 @@
 """K-Means in bounded memory: Lloyd iterations over row chunks in torch (CPU or GPU).
 
 Features stay in their own dtype (float16 stores are read as float16); each chunk of rows is
-cast to float32 on the device, distances come from one matmul per chunk
-(``|x|² − 2·x·cᵀ + |c|²``), and per-cluster sums accumulate in float64. Peak memory beyond the
-features is ``chunk × (D + K)`` floats, whatever N is. scikit-learn's ``KMeans`` stays the
-reference (``benchmarks/kmeans.py`` compares the two from the same initial centres).
+cast to float32 on the device and measured from a point near the data (so a large component
+that every row shares costs no precision), distances come from one matmul per chunk
+(``|x|² − 2·x·cᵀ + |c|²``), and per-cluster sums accumulate in float64. Memory beyond the
+features: a chunk of ``CHUNK_VALUES`` floats, and Lloyd's bounds, norms and labels, 4 (K + 4)
+bytes a row (for float16 features of width D, 2 (K + 4) / D of their size). scikit-learn's ``KMeans`` stays
+the reference (``benchmarks/kmeans.py`` compares the two from the same initial centres).
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ class _RowReader:
         self.buffer: torch.Tensor | None = None
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
-        rows = self.features[start:stop]
+        return self._fill(self.features[start:stop])
+
+    def rows(self, index: np.ndarray) -> torch.Tensor:
+        """The rows at ``index`` (sorted row numbers)."""
+        return self._fill(np.asarray(self.features[index]))
+
+    def _fill(self, rows) -> torch.Tensor:
         if self.buffer is None or len(self.buffer) < len(rows):
             self.buffer = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
         with warnings.catch_warnings():  # a read-only memory map: torch warns about writes, and only reads here
@@ -68,13 +76,15 @@ def _sq_distances(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None = 
 def nearest(features, centers: np.ndarray | torch.Tensor, chunk: int | None = None,
             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """For each row: the index of its nearest centre and the squared distance to it."""
-    c = torch.as_tensor(np.asarray(centers), dtype=torch.float32, device=device)
+    c64 = torch.as_tensor(np.asarray(centers), dtype=torch.float64, device=device)
+    origin = c64.mean(0)  # measured from the centres' mean: see the module's docstring
+    c, origin = (c64 - origin).float(), origin.float()
     c_sq = _sq_norms(c)
     labels = np.empty(len(features), dtype=np.int64)
     dist = np.empty(len(features), dtype=np.float64)
     read = _RowReader(features, device)
     for start, stop in _chunks(features, chunk):
-        x = read(start, stop)
+        x = read(start, stop).sub_(origin)
         best, idx = _sq_distances(x, c, c_sq=c_sq).min(1)
         labels[start:stop] = idx.cpu().numpy()
         dist[start:stop] = best.clamp_min(0).double().cpu().numpy()
@@ -131,62 +141,166 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
     (scikit-learn's rule), or when an iteration lowers the inertia by less than
     ``inertia_tol`` of it (0 turns this off: then the iterations are scikit-learn's).
 
-    Row norms are computed once; each pass is one matmul and one index-add per row chunk.
+    The first pass measures every row against every centre (one matmul per row chunk). Later
+    passes keep Elkan's bounds (an upper bound on each row's distance to its centre, a lower
+    bound on its distance to each centre) and measure only the rows whose bounds no longer
+    prove their label, so the labels are Lloyd's while settled rows are skipped. (In high
+    dimensions the bounds prove little while the centres still move far: the early passes
+    measure nearly every row.) Cluster sums, squared norms and counts are updated by the rows
+    that change cluster, and the inertia comes from them.
     """
     n, dim = features.shape
-    k = len(init)
-    f64 = dict(dtype=torch.float64, device=device)
-    row_sq = torch.empty(n, dtype=torch.float32, device=device)  # row norms, filled during the first pass
-    col_sum = torch.zeros(dim, **f64)  # for scikit-learn's tolerance: tol × the mean per-dimension variance
-    threshold = 0.0
-    read = _RowReader(features, device)
-
-    centers = torch.as_tensor(np.asarray(init), **f64)
-    labels = torch.full((n,), -1, dtype=torch.int64, device=device)
-    previous = float("inf")
+    state = _LloydState(features, init, chunk, device)
+    previous, threshold = float("inf"), 0.0
+    current = False  # do the labels belong to the current centres?
     n_iter = 0
-    current = False  # do ``labels`` hold every row's nearest of the current centres?
     for n_iter in range(1, max_iter + 1):
-        c32 = centers.float()
-        c_sq = _sq_norms(c32)
-        changed, inertia = 0, 0.0
-        far_value, far_row = -1.0, 0
-        sums, counts = torch.zeros(k, dim, **f64), torch.zeros(k, **f64)
-        part = torch.empty(k, dim, dtype=torch.float32, device=device)
-        for start, stop in _chunks(features, chunk):
-            x = read(start, stop)
-            if n_iter == 1:
-                row_sq[start:stop] = _sq_norms(x)
-                col_sum += x.sum(0).double()
-            best, idx = _sq_distances(x, c32, row_sq[start:stop], c_sq).min(1)
-            inertia += float(best.clamp_min(0).sum(dtype=torch.float64))
-            changed += int((idx != labels[start:stop]).sum())
-            labels[start:stop] = idx
-            # per-cluster sums of this chunk in float32 (an index_add, ~5 × cheaper than a one-hot
-            # matmul), accumulated over chunks in float64
-            sums += part.zero_().index_add_(0, idx, x).double()
-            counts += torch.bincount(idx, minlength=k).double()
-            top = int(best.argmax())
-            if float(best[top]) > far_value:
-                far_value, far_row = float(best[top]), start + top
+        changed = state.full_pass() if n_iter == 1 else state.bounded_pass()
+        if n_iter > 1 and (state.counts < 0.5).any():  # an empty cluster takes the farthest row: measure all
+            changed += state.full_pass()
         current = True
         if n_iter == 1:  # mean variance = (mean |x|² − |mean x|²) / D, over every row
-            mean = col_sum / n
-            threshold = tol * float(row_sq.double().mean() - (mean * mean).sum()) / dim
+            mean = state.col_sum / n
+            threshold = tol * float(state.row_sq.double().mean() - (mean * mean).sum()) / dim
+        inertia = state.inertia()
         if changed == 0:  # strict convergence: the centres are already the means
             break
         if inertia_tol > 0 and previous - inertia < inertia_tol * inertia:
             break  # the labels and inertia of this pass belong to the current centres
         previous = inertia
-        new = sums / counts.clamp_min(1)[:, None]
-        empty = (counts < 0.5).nonzero().flatten().tolist()
-        for j in empty:  # an empty cluster takes the row farthest from its centre
-            new[j] = torch.as_tensor(np.asarray(features[far_row], dtype=np.float64), device=device)
-        shift = float(((new - centers) ** 2).sum())
-        centers, current = new, False
-        if shift <= threshold and not empty:
+        empty = state.move_centres()
+        current = False
+        if state.shift <= threshold and not empty:
             break
-    if current:  # no final pass needed: this pass assigned every row to the centres returned
-        return KMeansResult(centers.cpu().numpy(), labels.cpu().numpy(), inertia, n_iter)
-    labels_np, dist = nearest(features, centers, chunk, device)
-    return KMeansResult(centers.cpu().numpy(), labels_np, float(dist.sum()), n_iter)
+    if not current:  # label the rows for the centres returned (the bounds skip most of them)
+        state.bounded_pass()
+    return state.result(n_iter)
+
+
+class _LloydState:
+    """Labels, Elkan bounds and per-cluster sums of one Lloyd run (see :func:`lloyd`)."""
+
+    def __init__(self, features, init: np.ndarray, chunk: int | None, device):
+        n, dim = features.shape
+        self.features, self.chunk, self.device = features, chunk, device
+        self.read = _RowReader(features, device)
+        # rows and centres are measured from the mean of the first chunk of rows, near the data's
+        # own: the ``|x|² − 2·x·c + |c|²`` distances and the inertia from sums then lose no
+        # precision to a large shared component (hidden states have one)
+        self.origin = self.read(*next(_chunks(features, chunk))).double().mean(0)
+        self._origin32 = self.origin.float()
+        self._set_centres(torch.as_tensor(np.asarray(init), dtype=torch.float64, device=device) - self.origin)
+        k = len(self.centers)
+        self.labels = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.upper = torch.zeros(n, dtype=torch.float32, device=device)  # >= distance to own centre
+        self.lower = torch.zeros(n, k, dtype=torch.float32, device=device)  # <= distance to each centre
+        self.row_sq = torch.empty(n, dtype=torch.float32, device=device)
+        self.col_sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(k, dim, dtype=torch.float64, device=device)
+        self.sq_sums = torch.zeros(k, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(k, dtype=torch.float64, device=device)
+        self.far_row, self.shift, self.first = 0, 0.0, True
+        self._part = torch.empty(k, dim, dtype=torch.float32, device=device)
+
+    def _set_centres(self, centers: torch.Tensor) -> None:
+        self.centers, self.c32 = centers, centers.float()
+        self.c_sq = _sq_norms(self.c32)
+
+    def _read(self, start: int, stop: int) -> torch.Tensor:
+        return self.read(start, stop).sub_(self._origin32)
+
+    def result(self, n_iter: int) -> KMeansResult:
+        return KMeansResult((self.centers + self.origin).cpu().numpy(), self.labels.cpu().numpy(),
+                            self.inertia(), n_iter)
+
+    def _measure(self, x: torch.Tensor, rows) -> torch.Tensor:
+        """Distances from rows ``x`` (row numbers ``rows``) to every centre; their bounds and
+        labels updated. Returns the labels."""
+        d = _sq_distances(x, self.c32, self.row_sq[rows], self.c_sq).clamp_min_(0).sqrt_()
+        near, idx = d.min(1)
+        self.lower[rows], self.upper[rows] = d, near
+        return idx
+
+    def _add(self, idx: torch.Tensor, x: torch.Tensor, sq: torch.Tensor, sign: float) -> None:
+        """Add (sign 1) or remove (sign -1) rows ``x`` to / from clusters ``idx``."""
+        self.sums.add_(self._part.zero_().index_add_(0, idx, x).double(), alpha=sign)
+        self.sq_sums.index_add_(0, idx, sq.double(), alpha=sign)
+        self.counts.add_(torch.bincount(idx, minlength=len(self.counts)).double(), alpha=sign)
+
+    def full_pass(self) -> int:
+        """Measure every row against every centre; rebuild the sums. Returns how many rows changed."""
+        for total in (self.sums, self.sq_sums, self.counts):
+            total.zero_()
+        changed, far = 0, -1.0
+        for start, stop in _chunks(self.features, self.chunk):
+            x = self._read(start, stop)
+            if self.first:
+                self.row_sq[start:stop] = _sq_norms(x)
+                self.col_sum += x.sum(0).double()
+            idx = self._measure(x, slice(start, stop))
+            changed += int((idx != self.labels[start:stop]).sum())
+            self.labels[start:stop] = idx
+            self._add(idx, x, self.row_sq[start:stop], 1.0)
+            top = int(self.upper[start:stop].argmax())
+            if float(self.upper[start + top]) > far:
+                far, self.far_row = float(self.upper[start + top]), start + top
+        self.first = False
+        return changed
+
+    def bounded_pass(self) -> int:
+        """Measure only the rows whose bounds allow a closer centre (Elkan's tests), first
+        against their own centre alone, then the few still in doubt against all; move changed
+        rows' sums. Returns how many rows changed."""
+        c = self.centers
+        half_between = (torch.cdist(c, c) / 2).float()  # a row nearer its centre than half the gap stays
+        changed = 0
+        for start, stop in _chunks(self.features, self.chunk):
+            labels, upper = self.labels[start:stop], self.upper[start:stop]
+            # a centre j can be nearer only if upper > max(lower bound to j, half the gap to j)
+            bar = torch.maximum(self.lower[start:stop], half_between[labels])
+            bar[torch.arange(len(bar)), labels] = float("inf")
+            # small slack: rows within rounding of a tie are measured, never skipped
+            rows = ((upper * (1 + 1e-5))[:, None] > bar).any(1).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            if len(rows) > (stop - start) // 2:  # most of the chunk: measure it whole
+                rows, x = torch.arange(stop - start, device=self.device), self._read(start, stop)
+            else:  # the exact distance to the own centre settles most of them
+                x = self.read.rows(start + rows.cpu().numpy()).sub_(self._origin32)
+                own = labels[rows]
+                exact = (self.row_sq[start + rows] - 2 * (x * self.c32[own]).sum(1) + self.c_sq[own]).clamp_min_(0).sqrt_()
+                self.upper[start + rows] = exact
+                self.lower[start + rows, own] = exact
+                doubt = ((exact * (1 + 1e-5))[:, None] > bar[rows]).any(1)
+                rows, x = rows[doubt], x[doubt]
+                if len(rows) == 0:
+                    continue
+            idx = self._measure(x, start + rows)
+            moved = (idx != labels[rows]).nonzero().flatten()
+            if len(moved):
+                changed += len(moved)
+                sq = self.row_sq[start + rows[moved]]
+                self._add(labels[rows[moved]], x[moved], sq, -1.0)
+                self._add(idx[moved], x[moved], sq, 1.0)
+                self.labels[start + rows[moved]] = idx[moved]
+        return changed
+
+    def inertia(self) -> float:
+        """Σ |x − c(x)|² over rows, from the per-cluster sums: Σ |x|² − 2 c·S + n |c|²."""
+        c = self.centers
+        return float((self.sq_sums - 2 * (c * self.sums).sum(1) + self.counts * (c * c).sum(1)).sum().clamp_min(0))
+
+    def move_centres(self) -> list[int]:
+        """Centres to their clusters' means (an empty cluster to the farthest row); loosen the
+        bounds by how far each centre moved. Returns the empty clusters."""
+        new = self.sums / self.counts.clamp_min(1)[:, None]
+        empty = (self.counts < 0.5).nonzero().flatten().tolist()
+        for j in empty:
+            new[j] = torch.as_tensor(np.asarray(self.features[self.far_row], dtype=np.float64),
+                                     device=self.device) - self.origin
+        moved = torch.linalg.vector_norm(new - self.centers, dim=1).float()
+        self.shift = float((moved.double() ** 2).sum())
+        self._set_centres(new)
+        self.upper += moved[self.labels]
+        self.lower.sub_(moved).clamp_min_(0)
+        return empty
