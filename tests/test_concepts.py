@@ -41,6 +41,20 @@ def test_pca_matches_numpy_svd():
     for i in range(3):
         assert abs(abs(float(d.components_[i] @ vt[i])) - 1) < 1e-8
     np.testing.assert_allclose(d.decode(d.encode(z)), d.mean_ + (z - d.mean_) @ vt[:3].T @ vt[:3], atol=1e-8)
+    # many rows (float16, a shared offset): the chunked covariance gives the SVD's components and variances
+    rng = np.random.default_rng(3)
+    big = (rng.normal(size=(20000, 16)) * np.linspace(4, 0.5, 16) + 30).astype(np.float16)
+    PCAConcepts.CHUNK_ROWS, chunk = 3000, PCAConcepts.CHUNK_ROWS
+    try:
+        d = PCAConcepts(k=4).fit(big)
+    finally:
+        PCAConcepts.CHUNK_ROWS = chunk
+    b64 = big.astype(np.float64)
+    _, s, vt = np.linalg.svd(b64 - b64.mean(0), full_matrices=False)
+    for i in range(4):
+        assert abs(abs(float(d.components_[i] @ vt[i])) - 1) < 1e-8
+    np.testing.assert_allclose(d.explained_variance_, s[:4] ** 2 / (len(big) - 1), rtol=1e-8)
+    np.testing.assert_allclose(d.mean_, b64.mean(0), rtol=1e-10)
 
 
 def test_semi_nmf_codes_nonnegative_and_error_falls_with_k():
@@ -174,6 +188,28 @@ def test_kmeans_labels_exact_despite_a_large_shared_component():
         lab = ((z64[:, None] - c[None]) ** 2).sum(-1).argmin(1)
         c = np.stack([z64[lab == j].mean(0) if (lab == j).any() else c[j] for j in range(len(c))])
     assert (lab == result.labels).mean() > 0.999
+
+
+def test_kmeans_sample_start_reaches_a_lloyd_fixed_point_on_all_rows():
+    """With a sample start, the returned centres are the means of their clusters over all rows
+    (a fixed point of Lloyd on the whole data, not on the sample), and the inertia is
+    scikit-learn's from the same k-means++ centres, within 0.5 %."""
+    from sklearn.cluster import KMeans
+
+    from vlmsteer.concepts.kmeans import kmeans_plus_plus, lloyd
+
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(20, 32)) * 2
+    z = (centres[rng.integers(20, size=20000)] + rng.normal(size=(20000, 32))).astype(np.float16)
+    init = kmeans_plus_plus(z, 16, seed=0)
+    result = lloyd(z, init, sample=2000, tol=0, inertia_tol=0)
+    z64 = z.astype(np.float64)
+    for j in range(16):
+        # (a mean over the sample alone would be ~0.1 off; float32 partial sums drift ~1e-4)
+        np.testing.assert_allclose(result.centers[j], z64[result.labels == j].mean(0), atol=1e-3)
+    ref = KMeans(16, init=init, n_init=1, algorithm="lloyd").fit(z.astype(np.float32))
+    assert result.inertia <= ref.inertia_ * 1.005
+    assert lloyd(z, init, sample=0).n_iter > result.n_iter  # the sample took the long first moves
 
 
 def test_kmeans_backends_agree_and_auto_switches_on_size():

@@ -126,7 +126,7 @@ class KMeansConcepts(ConceptDictionary):
         best = None
         for restart in range(max(1, self.n_init if self.backend == "torch" else 1)):
             init = kmeans_plus_plus(z, self.k, seed=self.seed + restart, device=self.device)
-            result = lloyd(z, init, device=self.device)
+            result = lloyd(z, init, device=self.device, seed=self.seed + restart)
             if best is None or result.inertia < best.inertia:
                 best = result
         self.components_, self.labels_, self.inertia_ = best.centers, best.labels, best.inertia
@@ -164,19 +164,40 @@ class PCAConcepts(ConceptDictionary):
 
     method = "pca"
 
+    CHUNK_ROWS = 2048  # rows per float64 chunk (64 MiB at D = 4096)
+
     def fit(self, features):
-        z = check_features(features, self.k)
-        self.mean_ = z.mean(0)
-        _, s, vt = np.linalg.svd(z - self.mean_, full_matrices=False)
+        z = check_features(features, self.k, dtype=None)
+        n, dim = z.shape
+        if n <= dim:  # few rows: the SVD of the centred rows
+            z = np.asarray(z, dtype=np.float64)
+            self.mean_ = z.mean(0)
+            _, s, vt = np.linalg.svd(z - self.mean_, full_matrices=False)
+            variance = s[:self.k] ** 2 / max(1, n - 1)
+        else:  # many rows: the D × D covariance, accumulated chunk by chunk (memory independent of N)
+            self.mean_ = sum(np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64).sum(0)
+                             for i in range(0, n, self.CHUNK_ROWS)) / n
+            cov = np.zeros((dim, dim))
+            for i in range(0, n, self.CHUNK_ROWS):
+                c = np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64) - self.mean_
+                cov += c.T @ c
+            values, vectors = np.linalg.eigh(cov / max(1, n - 1))
+            top = np.argsort(values)[::-1][:self.k]
+            vt, variance = vectors[:, top].T, values[top].clip(0)
         # deterministic sign: the largest-magnitude entry of each component is positive
         signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
         self.components_ = (vt * signs[:, None])[:self.k]
-        self.explained_variance_ = (s[:self.k] ** 2) / max(1, len(z) - 1)
+        self.explained_variance_ = variance
         return self
 
     def encode(self, features):
         self._check_fitted()
-        return (np.asarray(features, dtype=np.float64) - self.mean_) @ self.components_.T
+        z = np.asarray(features)
+        out = np.empty((len(z), len(self.components_)))
+        for i in range(0, len(z), self.CHUNK_ROWS):  # no float64 copy of all the features
+            out[i:i + self.CHUNK_ROWS] = (np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64) - self.mean_) \
+                @ self.components_.T
+        return out
 
     def decode(self, activations):
         return np.asarray(activations, dtype=np.float64) @ self.components_ + self.mean_

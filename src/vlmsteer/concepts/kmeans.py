@@ -135,11 +135,18 @@ def kmeans_plus_plus(features, k: int, seed: int = 0, sample: int | None = None,
 
 
 def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, inertia_tol: float = 1e-4,
-          chunk: int | None = None, device: str | torch.device = "cpu") -> KMeansResult:
+          chunk: int | None = None, device: str | torch.device = "cpu", sample: int | None = None,
+          seed: int = 0) -> KMeansResult:
     """Lloyd iterations from ``init``, chunked over rows. Stops when no label changes, when the
     centres move less than ``tol`` × the mean per-dimension variance of the data
     (scikit-learn's rule), or when an iteration lowers the inertia by less than
     ``inertia_tol`` of it (0 turns this off: then the iterations are scikit-learn's).
+
+    With more than twice ``sample`` rows (default ``max(10000, 100 K)``; 0: never), the centres
+    first converge on a seeded random sample of that many rows, held in memory: the long first
+    moves cost a sample's passes instead of the data's, and the passes over all rows, which
+    then start near their end, are few and mostly skipped by the bounds. The result is Lloyd's
+    on all rows, from those centres (``n_iter`` counts the passes over all rows).
 
     The first pass measures every row against every centre (one matmul per row chunk). Later
     passes keep Elkan's bounds (an upper bound on each row's distance to its centre, a lower
@@ -150,6 +157,10 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
     that change cluster, and the inertia comes from them.
     """
     n, dim = features.shape
+    sample = max(10000, 100 * len(init)) if sample is None else sample
+    if sample and n > 2 * sample:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        init = lloyd(features[rows], init, max_iter, tol, inertia_tol, chunk, device, sample=0).centers
     state = _LloydState(features, init, chunk, device)
     previous, threshold = float("inf"), 0.0
     current = False  # do the labels belong to the current centres?
@@ -160,7 +171,7 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
             changed += state.full_pass()
         current = True
         if n_iter == 1:  # mean variance = (mean |x|² − |mean x|²) / D, over every row
-            mean = state.col_sum / n
+            mean = state.sums.sum(0) / n  # the clusters' sums add up to the column sums
             threshold = tol * float(state.row_sq.double().mean() - (mean * mean).sum()) / dim
         inertia = state.inertia()
         if changed == 0:  # strict convergence: the centres are already the means
@@ -195,7 +206,6 @@ class _LloydState:
         self.upper = torch.zeros(n, dtype=torch.float32, device=device)  # >= distance to own centre
         self.lower = torch.zeros(n, k, dtype=torch.float32, device=device)  # <= distance to each centre
         self.row_sq = torch.empty(n, dtype=torch.float32, device=device)
-        self.col_sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.sums = torch.zeros(k, dim, dtype=torch.float64, device=device)
         self.sq_sums = torch.zeros(k, dtype=torch.float64, device=device)
         self.counts = torch.zeros(k, dtype=torch.float64, device=device)
@@ -236,7 +246,6 @@ class _LloydState:
             x = self._read(start, stop)
             if self.first:
                 self.row_sq[start:stop] = _sq_norms(x)
-                self.col_sum += x.sum(0).double()
             idx = self._measure(x, slice(start, stop))
             changed += int((idx != self.labels[start:stop]).sum())
             self.labels[start:stop] = idx
