@@ -69,6 +69,32 @@ def test_semi_nmf_codes_nonnegative_and_error_falls_with_k():
     assert (d.components_ < 0).any()  # the dictionary itself is real-valued
 
 
+def test_semi_nmf_in_row_chunks_equals_the_whole_matrix_algorithm():
+    """Fit and encode read float16 features in row chunks; they give what the textbook
+    updates on the whole float64 matrix give (written out here with numpy)."""
+    rng = np.random.default_rng(5)
+    z = (rng.normal(size=(6, 24))[rng.integers(6, size=900)] + rng.normal(size=(900, 24)) * 0.3).astype(np.float16)
+    z64 = z.astype(np.float64)
+    d = SemiNMFConcepts(k=5, seed=0)
+    d.CHUNK_ROWS = 128
+    d.fit(z)
+
+    v = KMeansConcepts(5, 0, hard=True).fit(z64).encode(z64) + 0.2
+    prev = np.inf
+    for _ in range(200):
+        u = np.linalg.lstsq(v, z64, rcond=None)[0]
+        v = SemiNMFConcepts._update_codes(z64 @ u.T, u, v, 1)
+        err = np.linalg.norm(z64 - v @ u)
+        if abs(prev - err) <= 1e-6 * max(1.0, err):
+            break
+        prev = err
+    u = np.linalg.lstsq(v, z64, rcond=None)[0]
+    np.testing.assert_allclose(d.components_, u, atol=1e-6 * np.abs(u).max())
+    assert abs(d.reconstruction_err_ / np.linalg.norm(z64 - v @ u) - 1) < 1e-8
+    np.testing.assert_allclose(d.encode(z[:50]), SemiNMFConcepts._update_codes(
+        z64[:50] @ u.T, u, np.full((50, 5), 0.2), 500, tol=1e-9), atol=1e-6)
+
+
 def test_nmf_needs_nonnegative_features():
     z = np.abs(_blobs()[0])
     codes = NMFConcepts(k=3).fit(z).encode(z)

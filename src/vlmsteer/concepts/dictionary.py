@@ -208,9 +208,14 @@ class PCAConcepts(ConceptDictionary):
 
 class SemiNMFConcepts(ConceptDictionary):
     """Semi-NMF (Ding, Li & Jordan 2010): ``Z ≈ V·U`` with ``V >= 0`` and ``U`` real-valued,
-    by multiplicative updates from a K-Means start."""
+    by multiplicative updates from a K-Means start.
+
+    The features are read in float64 row chunks: what is held is ``V`` (N × K) and D × K
+    products, never a float64 copy of ``Z`` (two passes over the rows per iteration; the
+    error comes from ``Vᵀ·Z`` without one)."""
 
     method = "semi_nmf"
+    CHUNK_ROWS = 2048
 
     def __init__(self, k: int = 20, seed: int = 0, n_iter: int = 200, tol: float = 1e-6):
         super().__init__(k, seed)
@@ -218,11 +223,11 @@ class SemiNMFConcepts(ConceptDictionary):
         self.tol = tol
 
     @staticmethod
-    def _update_codes(z, u, v, n_iter, tol=0.0):
+    def _update_codes(zu, u, v, n_iter, tol=0.0):
+        """Multiplicative updates of codes ``v`` (N × K) for fixed ``u``, given ``zu = Z·Uᵀ``."""
         eps = 1e-12
         uut = u @ u.T
         uut_p, uut_n = (np.abs(uut) + uut) / 2, (np.abs(uut) - uut) / 2
-        zu = z @ u.T
         zu_p, zu_n = (np.abs(zu) + zu) / 2, (np.abs(zu) - zu) / 2
         for _ in range(n_iter):
             new = v * np.sqrt((zu_p + v @ uut_n + eps) / (zu_n + v @ uut_p + eps))
@@ -232,27 +237,57 @@ class SemiNMFConcepts(ConceptDictionary):
                 break
         return v
 
+    def _rows(self, z):
+        for i in range(0, len(z), self.CHUNK_ROWS):
+            yield i, np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64)
+
+    def _project(self, z, u) -> np.ndarray:
+        """``Z·Uᵀ`` (N × K)."""
+        out = np.empty((len(z), len(u)))
+        for i, rows in self._rows(z):
+            out[i:i + len(rows)] = rows @ u.T
+        return out
+
+    def _gram(self, z, v) -> np.ndarray:
+        """``Vᵀ·Z`` (K × D)."""
+        vtz = np.zeros((v.shape[1], z.shape[1]))
+        for i, rows in self._rows(z):
+            vtz += v[i:i + len(rows)].T @ rows
+        return vtz
+
+    @staticmethod
+    def _error(z_sq: float, v, u, vtz) -> float:
+        """``‖Z − V·U‖`` from ``‖Z‖²``, ``Vᵀ·Z`` and ``V``: ‖Z‖² − 2⟨VᵀZ, U⟩ + ⟨VᵀV, U·Uᵀ⟩ (no pass over Z)."""
+        return float(np.sqrt(max(0.0, z_sq - 2 * float((vtz * u).sum()) + float(((v.T @ v) * (u @ u.T)).sum()))))
+
+    @staticmethod
+    def _solve(v, vtz) -> np.ndarray:
+        """The least-squares ``U`` of ``V·U ≈ Z`` from the normal equations (K × K)."""
+        return np.linalg.lstsq(v.T @ v, vtz, rcond=None)[0]
+
     def fit(self, features):
-        z = check_features(features, self.k)
+        z = check_features(features, self.k, dtype=None)
         km = KMeansConcepts(self.k, self.seed, hard=True).fit(z)
         v = km.encode(z) + 0.2
-        prev = np.inf
+        z_sq = sum(float((rows ** 2).sum()) for _, rows in self._rows(z))
+        vtz, prev = self._gram(z, v), np.inf
         for _ in range(self.n_iter):
-            u = np.linalg.lstsq(v, z, rcond=None)[0]
-            v = self._update_codes(z, u, v, 1)
-            err = float(np.linalg.norm(z - v @ u))
+            u = self._solve(v, vtz)
+            v = self._update_codes(self._project(z, u), u, v, 1)
+            vtz = self._gram(z, v)  # for this iterate's error and the next U
+            err = self._error(z_sq, v, u, vtz)
             if abs(prev - err) <= self.tol * max(1.0, err):
                 break
             prev = err
-        self.components_ = np.linalg.lstsq(v, z, rcond=None)[0]
-        self.reconstruction_err_ = float(np.linalg.norm(z - v @ self.components_))
+        self.components_ = self._solve(v, vtz)
+        self.reconstruction_err_ = self._error(z_sq, v, self.components_, vtz)
         return self
 
     def encode(self, features):
         self._check_fitted()
-        z = np.asarray(features, dtype=np.float64)
+        z = np.asarray(features)
         v = np.full((len(z), self.k), 1.0 / self.k)
-        return self._update_codes(z, self.components_, v, 500, tol=1e-9)
+        return self._update_codes(self._project(z, self.components_), self.components_, v, 500, tol=1e-9)
 
     def params(self):
         return {**super().params(), "n_iter": self.n_iter, "tol": self.tol}
