@@ -40,6 +40,27 @@ def test_planted_shifts_are_recovered():
     np.testing.assert_allclose(consistency(a, b, assign, delta), 1.0, atol=1e-9)
 
 
+def test_shift_statistics_of_float16_features_in_blocks(monkeypatch):
+    """Stores keep float16: shift vectors and consistency read them in float64 blocks (no
+    float64 copy of all the features, no float16 arithmetic) and equal the float64
+    computation; blocks smaller than a concept change nothing."""
+    import vlmsteer.analysis.shift as shift
+
+    a, b, labels, _ = _planted(n=300, d=16)
+    a16, b16 = (a + 300).astype(np.float16), (b + 300).astype(np.float16)  # a large shared component
+    a64, b64 = a16.astype(np.float64), b16.astype(np.float64)
+    ref_delta = np.stack([(b64[labels == c] - a64[labels == c]).mean(0) for c in range(4)])
+    monkeypatch.setattr(shift, "BLOCK_ROWS", 70)
+    delta = shift_vectors(a16, b16, labels, 4)
+    np.testing.assert_allclose(delta, ref_delta, rtol=1e-10, atol=1e-10)
+    diffs = b64 - a64
+    ref = [np.mean(diffs[labels == c] @ ref_delta[c] / np.linalg.norm(diffs[labels == c], axis=1)
+                   / np.linalg.norm(ref_delta[c])) for c in range(4)]
+    np.testing.assert_allclose(consistency(a16, b16, labels, delta), ref, rtol=1e-10)
+    # numpy's own float16 mean would be rounded to float16
+    assert np.abs((b16[labels == 0] - a16[labels == 0]).mean(0) - ref_delta[0]).max() > 1e-5
+
+
 def test_hungarian_and_ot_agree_on_square_problems():
     rng = np.random.default_rng(1)
     for _ in range(5):

@@ -56,7 +56,8 @@ def match_concepts(u_a: np.ndarray, u_b: np.ndarray, method: str = "hungarian") 
 
 
 def aligned_features(store_a: FeatureStore, store_b: FeatureStore, layer: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Features of the samples present (with the token found) in both stores, same order."""
+    """Features of the samples present (with the token found) in both stores, same order, in
+    the stores' own dtype (float16 stays float16: the analyses read them in float64 blocks)."""
     if store_a.hidden_size != store_b.hidden_size:
         raise VlmsteerError(f"stores have different hidden sizes ({store_a.hidden_size} vs {store_b.hidden_size}); "
                             "they come from different models")
@@ -67,18 +68,28 @@ def aligned_features(store_a: FeatureStore, store_b: FeatureStore, layer: int) -
     common = [k for k in ia if k in ib]
     if not common:
         raise VlmsteerError(f"{store_a.path} and {store_b.path} have no common samples")
-    a = store_a.features(layer, indices=[ia[k] for k in common], dtype=np.float64)
-    b = store_b.features(layer, indices=[ib[k] for k in common], dtype=np.float64)
+    a = store_a.features(layer, indices=[ia[k] for k in common], dtype=None)
+    b = store_b.features(layer, indices=[ib[k] for k in common], dtype=None)
     return a, b, common
+
+
+BLOCK_ROWS = 4096
+
+
+def _shifts(a: np.ndarray, b: np.ndarray, members: np.ndarray):
+    """``b_m − a_m`` in float64, for the rows ``members``, a block at a time."""
+    for i in range(0, len(members), BLOCK_ROWS):
+        rows = members[i:i + BLOCK_ROWS]
+        yield np.asarray(b[rows], dtype=np.float64) - np.asarray(a[rows], dtype=np.float64)
 
 
 def shift_vectors(a: np.ndarray, b: np.ndarray, assignment: np.ndarray, k: int) -> np.ndarray:
     """``Δ_k`` = mean of ``b_m − a_m`` over samples assigned to concept k (zeros if none)."""
     delta = np.zeros((k, a.shape[1]))
     for c in range(k):
-        members = assignment == c
-        if members.any():
-            delta[c] = (b[members] - a[members]).mean(0)
+        members = np.flatnonzero(assignment == c)
+        if len(members):
+            delta[c] = sum(block.sum(0) for block in _shifts(a, b, members)) / len(members)
     return delta
 
 
@@ -86,9 +97,9 @@ def consistency(a: np.ndarray, b: np.ndarray, assignment: np.ndarray, delta: np.
     """Per concept, mean cosine between each sample's shift ``b_m − a_m`` and ``Δ_k``."""
     out = np.zeros(len(delta))
     for c in range(len(delta)):
-        members = assignment == c
-        if members.any():
-            out[c] = cosine_matrix(b[members] - a[members], delta[c:c + 1]).mean()
+        members = np.flatnonzero(assignment == c)
+        if len(members):
+            out[c] = sum(cosine_matrix(block, delta[c:c + 1]).sum() for block in _shifts(a, b, members)) / len(members)
     return out
 
 
