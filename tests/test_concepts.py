@@ -250,4 +250,23 @@ def test_kmeans_backends_agree_and_auto_switches_on_size():
     small, big = np.zeros((10, 4)), np.zeros((2 ** 20, 64), dtype=np.float16)
     assert KMeansConcepts().chosen_backend(small) == "sklearn" and KMeansConcepts().chosen_backend(big) == "torch"
     with pytest.raises(VlmsteerError, match="unknown K-Means backend"):
-        KMeansConcepts(backend="faiss")
+        KMeansConcepts(backend="annoy")
+
+
+def test_faiss_backend_matches_torch_inertia_and_names_its_extra(monkeypatch):
+    """The optional faiss backend starts from the same k-means++ centres, labels every row
+    exactly for its centres, and reaches the torch backend's inertia; without faiss it is a
+    one-line error naming the extra."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    z = (rng.normal(size=(10, 32))[rng.integers(10, size=6000)] * 3 + rng.normal(size=(6000, 32))).astype(np.float16)
+    fa = KMeansConcepts(k=8, seed=0, backend="faiss", n_init=1).fit(z)
+    th = KMeansConcepts(k=8, seed=0, backend="torch", n_init=1).fit(z)
+    assert abs(fa.inertia_ / th.inertia_ - 1) < 5e-3
+    z64 = z.astype(np.float64)
+    assert (fa.labels_ == ((z64[:, None] - fa.components_[None]) ** 2).sum(-1).argmin(1)).all()
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    with pytest.raises(VlmsteerError, match=r"vlmsteer\[faiss\]"):
+        KMeansConcepts(k=8, backend="faiss").fit(z)

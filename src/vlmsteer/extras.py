@@ -9,6 +9,7 @@ extra           package         needed for
 ``plots``       matplotlib      PNG figures (sweep, separability, shift, concept PCA)
 ``finetune``    peft            LoRA fine-tuning and loading adapters
 ``accelerate``  accelerate      ``--device-map auto`` (a model larger than one device)
+``faiss``       faiss-cpu       ``concepts --backend faiss`` (faiss-gpu works too)
 ==============  ==============  ====================================================
 
 ``pip install "vlmsteer[all]"`` installs every one; without them vlmsteer still extracts
@@ -23,7 +24,7 @@ from types import ModuleType
 from vlmsteer.errors import VlmsteerError
 
 EXTRAS = {"pycocoevalcap": ("captions", "pycocoevalcap"), "ot": ("ot", "POT"), "matplotlib": ("plots", "matplotlib"),
-          "peft": ("finetune", "peft"), "accelerate": ("accelerate", "accelerate")}
+          "peft": ("finetune", "peft"), "accelerate": ("accelerate", "accelerate"), "faiss": ("faiss", "faiss-cpu")}
 
 
 def available(module: str) -> bool:

@@ -78,7 +78,8 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
              top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0),
              backend: str = typer.Option("auto", help="K-Means: sklearn (reference, n_init 10), torch (chunked, "
-                                                       "bounded memory) or auto (sklearn up to 2^25 values)."),
+                                                       "bounded memory), faiss (optional extra: a sample of 256 "
+                                                       "rows per concept) or auto (sklearn up to 2^25 values)."),
              dtype: str = _DTYPE, device: str = typer.Option("cpu", help="Device for the grounding model and the "
                                                                           "torch K-Means backend."),
              device_map: Optional[str] = _DEVICE_MAP,

@@ -87,9 +87,10 @@ class KMeansConcepts(ConceptDictionary):
 
     ``backend``: ``"sklearn"`` (scikit-learn's ``KMeans`` with ``n_init`` restarts, float64:
     the reference), ``"torch"`` (greedy k-means++ then chunked float32 Lloyd on ``device``,
-    ``n_init`` restarts: bounded memory, GPU-capable, see :mod:`vlmsteer.concepts.kmeans`), or
-    ``"auto"``: sklearn while the features hold at most ``2**25`` values (≈ 32k × 1024), torch
-    with one restart above.
+    ``n_init`` restarts: bounded memory, GPU-capable, see :mod:`vlmsteer.concepts.kmeans`),
+    ``"faiss"`` (the same k-means++ start, faiss's Lloyd on a sample of 256 rows per concept:
+    optional, ``vlmsteer[faiss]``), or ``"auto"``: sklearn while the features hold at most
+    ``2**25`` values (≈ 32k × 1024), torch with one restart above.
     Assignment and encoding are chunked either way.
     """
 
@@ -99,8 +100,8 @@ class KMeansConcepts(ConceptDictionary):
     def __init__(self, k: int = 20, seed: int = 0, hard: bool = False, n_init: int = 10, backend: str = "auto",
                  device: str = "cpu"):
         super().__init__(k, seed)
-        if backend not in ("auto", "sklearn", "torch"):
-            raise VlmsteerError(f"unknown K-Means backend {backend!r}; choose auto, sklearn or torch")
+        if backend not in ("auto", "sklearn", "torch", "faiss"):
+            raise VlmsteerError(f"unknown K-Means backend {backend!r}; choose auto, sklearn, torch or faiss")
         self.hard = hard
         self.n_init = n_init
         self.backend = backend
@@ -121,12 +122,13 @@ class KMeansConcepts(ConceptDictionary):
             self.labels_ = km.labels_
             self.inertia_ = float(km.inertia_)
             return self
-        from vlmsteer.concepts.kmeans import kmeans_plus_plus, lloyd
+        from vlmsteer.concepts.kmeans import faiss_kmeans, kmeans_plus_plus, lloyd
 
         best = None
-        for restart in range(max(1, self.n_init if self.backend == "torch" else 1)):
+        for restart in range(max(1, self.n_init if self.backend in ("torch", "faiss") else 1)):
             init = kmeans_plus_plus(z, self.k, seed=self.seed + restart, device=self.device)
-            result = lloyd(z, init, device=self.device, seed=self.seed + restart)
+            run = faiss_kmeans if self.backend == "faiss" else lloyd
+            result = run(z, init, device=self.device, seed=self.seed + restart)
             if best is None or result.inertia < best.inertia:
                 best = result
         self.components_, self.labels_, self.inertia_ = best.centers, best.labels, best.inertia

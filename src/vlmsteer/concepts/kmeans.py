@@ -134,6 +134,27 @@ def kmeans_plus_plus(features, k: int, seed: int = 0, sample: int | None = None,
     return x[centers].double().cpu().numpy()
 
 
+def faiss_kmeans(features, init: np.ndarray, seed: int = 0, points_per_centre: int = 256, n_iter: int = 25,
+                 device: str | torch.device = "cpu") -> KMeansResult:
+    """faiss's K-Means (``pip install "vlmsteer[faiss]"``, or faiss-gpu for ``device`` cuda):
+    ``n_iter`` Lloyd iterations from ``init`` on a seeded sample of ``points_per_centre`` rows
+    per centre (faiss's own default), then every row labelled by :func:`nearest`. Only the
+    sample is copied to float32; the centres are the sample's, not a fixed point of all rows."""
+    from vlmsteer.extras import require
+
+    faiss = require("faiss", "the faiss K-Means backend")
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    n, k = len(features), len(init)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, points_per_centre * k), replace=False))
+    x = np.ascontiguousarray(features[rows], dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, max_points_per_centroid=len(x), verbose=False,
+                      gpu=torch.device(device).type == "cuda")
+    km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+    centers = km.centroids.astype(np.float64)
+    labels, dist = nearest(features, centers, device=device)
+    return KMeansResult(centers, labels, float(dist.sum()), n_iter)
+
+
 def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, inertia_tol: float = 1e-4,
           chunk: int | None = None, device: str | torch.device = "cpu", sample: int | None = None,
           seed: int = 0) -> KMeansResult:
