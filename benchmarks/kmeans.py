@@ -6,7 +6,8 @@ algorithm="lloyd", init=centres)`` on a float32 copy (what it needs; the copy is
 from the fit, and both ratios are reported), vlmsteer's ``concepts.kmeans.lloyd`` as
 ``vlmsteer concepts`` runs it, on the float16 array in row chunks: Lloyd on a 10k-row sample
 first, then Lloyd on all rows with Elkan's bounds (it also stops once an iteration lowers the
-inertia by less than 1e-4 of it), timed whole. Synthetic features: K' Gaussian blobs in D
+inertia by less than 1e-4 of it), timed whole; and, where faiss is installed, the faiss
+backend (faiss's Lloyd on 256 rows per centre, then every row labelled). Synthetic features: K' Gaussian blobs in D
 dimensions plus isotropic noise (seeded).
 
     python benchmarks/kmeans.py [--n 50000] [--d 1024] [--k 50] [--threads 2] [--json out.json]
@@ -67,6 +68,16 @@ def main() -> None:
               "sklearn_copy_s": round(t_copy, 2), "sklearn_iters": int(ref.n_iter_),
               "speedup_fit": round(t_ref / t_ours, 2), "speedup_with_copy": round((t_ref + t_copy) / t_ours, 2),
               "inertia_ratio": ours.inertia / float(ref.inertia_)}
+    from vlmsteer.extras import available
+
+    if available("faiss"):  # the optional backend, as `concepts --backend faiss` runs it
+        from vlmsteer.concepts.kmeans import faiss_kmeans
+
+        t0 = time.perf_counter()
+        fa = faiss_kmeans(z, init, seed=args.seed)
+        t_fa = time.perf_counter() - t0
+        result.update({"faiss_s": round(t_fa, 2), "faiss_speedup_fit": round(t_ref / t_fa, 2),
+                       "faiss_inertia_ratio": fa.inertia / float(ref.inertia_)})
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:
