@@ -259,7 +259,8 @@ class SemiNMFConcepts(ConceptDictionary):
 
     @staticmethod
     def _error(z_sq: float, v, u, vtz) -> float:
-        """``‖Z − V·U‖`` from ``‖Z‖²``, ``Vᵀ·Z`` and ``V``: ‖Z‖² − 2⟨VᵀZ, U⟩ + ⟨VᵀV, U·Uᵀ⟩ (no pass over Z)."""
+        """``‖Z − V·U‖`` from ``‖Z‖²``, ``Vᵀ·Z`` and ``V`` (no pass over Z):
+        ‖Z‖² − 2⟨VᵀZ, U⟩ + ⟨VᵀV, U·Uᵀ⟩."""
         return float(np.sqrt(max(0.0, z_sq - 2 * float((vtz * u).sum()) + float(((v.T @ v) * (u @ u.T)).sum()))))
 
     @staticmethod

@@ -5,8 +5,9 @@ cast to float32 on the device and measured from a point near the data (so a larg
 that every row shares costs no precision), distances come from one matmul per chunk
 (``|x|² − 2·x·cᵀ + |c|²``), and per-cluster sums accumulate in float64. Memory beyond the
 features: a chunk of ``CHUNK_VALUES`` floats, and Lloyd's bounds, norms and labels, 4 (K + 4)
-bytes a row (for float16 features of width D, 2 (K + 4) / D of their size). scikit-learn's ``KMeans`` stays
-the reference (``benchmarks/kmeans.py`` compares the two from the same initial centres).
+bytes a row (for float16 features of width D, 2 (K + 4) / D of their size). scikit-learn's
+``KMeans`` stays the reference (``benchmarks/kmeans.py`` compares the two from the same
+initial centres).
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ class _LloydState:
             else:  # the exact distance to the own centre settles most of them
                 x = self.read.rows(start + rows.cpu().numpy()).sub_(self._origin32)
                 own = labels[rows]
-                exact = (self.row_sq[start + rows] - 2 * (x * self.c32[own]).sum(1) + self.c_sq[own]).clamp_min_(0).sqrt_()
+                exact = (self.row_sq[start + rows] - 2 * (x * self.c32[own]).sum(1) + self.c_sq[own])
+                exact = exact.clamp_min_(0).sqrt_()
                 self.upper[start + rows] = exact
                 self.lower[start + rows, own] = exact
                 doubt = ((exact * (1 + 1e-5))[:, None] > bar[rows]).any(1)
