@@ -49,6 +49,27 @@ def test_vqav2_official_layout(vqa_root):
     assert templated[1].prompt == "Is it red? Answer in one word."
 
 
+def test_vqav2_images_found_from_one_listing_and_answer_identities(vqa_root):
+    """Image names come from one listing of the folder (.jpg preferred to .png, .png found
+    alone); answer entries with distinct answer_ids are told apart by position, others by
+    their identity, so that identical entries without ids are left out together as the
+    official evaluator does."""
+    from vlmsteer.evaluate.vqa import vqa_accuracy
+
+    Image.new("RGB", (8, 8)).save(vqa_root / "val2014" / "COCO_val2014_000000000042.png")  # beside the .jpg
+    folder = vqa_root / "val2014"
+    (folder / "COCO_val2014_000000000007.jpg").rename(folder / "COCO_val2014_000000000007.png")
+    anns = json.loads((vqa_root / "v2_mscoco_val2014_annotations.json").read_text())
+    anns["annotations"][1]["answers"] = [{"answer": "yes", "answer_confidence": "yes"}] * 10  # no ids
+    _write(vqa_root / "v2_mscoco_val2014_annotations.json", anns)
+    first, second = load_vqav2(vqa_root)
+    assert Path(first.image).name.endswith("042.jpg") and Path(second.image).name.endswith("007.png")
+    assert first.answer_ids == list(range(10))
+    assert len(set(second.answer_ids)) == 1
+    assert vqa_accuracy("red", first.answers, first.answer_ids) == 1.0
+    assert vqa_accuracy("yes", second.answers, second.answer_ids) == 0.0  # the official code's result
+
+
 def test_vqav2_questions_and_annotations_subfolders(vqa_root):
     (vqa_root / "Questions").mkdir()
     (vqa_root / "Annotations").mkdir()

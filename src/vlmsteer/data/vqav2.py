@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -19,9 +20,12 @@ from vlmsteer.errors import VlmsteerError, input_error
 def entry_identity(entry: dict) -> Hashable:
     """What, besides its answer text, tells an official answer entry apart from another
     (``answer_id``, ``answer_confidence``, ...): compared as the official code compares dicts."""
-    rest = [(str(k), v) for k, v in entry.items() if k != "answer"]
-    if all(isinstance(v, (str, int, float, bool, type(None))) for _, v in rest):  # the usual case, fast
-        return tuple(sorted(rest))
+    rest = tuple(sorted((str(k), v) for k, v in entry.items() if k != "answer"))
+    try:
+        hash(rest)  # scalar values, the usual case: the sorted items are the identity
+        return rest
+    except TypeError:
+        pass
 
     def frozen(v: Any) -> Hashable:
         if isinstance(v, dict):
@@ -32,6 +36,17 @@ def entry_identity(entry: dict) -> Hashable:
     return frozen({k: v for k, v in entry.items() if k != "answer"})
 
 
+def _answer_ids(entries: list) -> list[Hashable]:
+    """Per answer entry, what tells it apart (:func:`entry_identity`). Entries with distinct
+    ``answer_id`` (the official files) are all distinct: their positions say as much, without
+    building each identity (10 per question)."""
+    if all(isinstance(a, dict) for a in entries):
+        ids = {a.get("answer_id") for a in entries}
+        if len(ids) == len(entries) and None not in ids:
+            return list(range(len(entries)))
+    return [entry_identity(a) if isinstance(a, dict) else i for i, a in enumerate(entries)]
+
+
 def _find(root: Path, sub: str, name: str) -> Path | None:
     for cand in (root / name, root / sub / name):
         if cand.exists():
@@ -39,14 +54,27 @@ def _find(root: Path, sub: str, name: str) -> Path | None:
     return None
 
 
-def coco_image_path(folder: Path, split: str, image_id: int) -> Path:
-    """The image of ``image_id`` under COCO naming; ``.jpg`` first, then ``.png``."""
-    stem = f"COCO_{split}_{int(image_id):012d}"
-    for ext in (".jpg", ".png", ".jpeg"):
-        p = folder / (stem + ext)
-        if p.exists():
-            return p
-    return folder / (stem + ".jpg")
+class CocoImages:
+    """Images under COCO naming in one folder, found from one listing of it (not a file-system
+    lookup per question: VQAv2 val has 214k questions on 40k images)."""
+
+    EXTENSIONS = (".jpg", ".png", ".jpeg")  # in this order of preference
+
+    def __init__(self, folder: Path, split: str):
+        self.folder, self.split = folder, split
+        try:
+            with os.scandir(folder) as entries:
+                self.names = {e.name for e in entries if e.is_file()}
+        except OSError:  # no such folder: every image is missing
+            self.names = set()
+
+    def path(self, image_id: int) -> tuple[Path, bool]:
+        """The image of ``image_id`` (``.jpg`` first) and whether it exists."""
+        stem = f"COCO_{self.split}_{int(image_id):012d}"
+        for ext in self.EXTENSIONS:
+            if stem + ext in self.names:
+                return self.folder / (stem + ext), True
+        return self.folder / (stem + ".jpg"), False
 
 
 def available_splits(root: Path) -> list[str]:
@@ -81,7 +109,7 @@ def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | No
     for i, ann in enumerate(adata["annotations"]):
         require_keys(ann, ["question_id", "answers"], apath, f"annotations[{i}]")
         annotations[ann["question_id"]] = ann
-    image_dir = Path(images) if images is not None else root / split
+    found_images = CocoImages(Path(images) if images is not None else root / split, split)
     questions = qdata["questions"]
     for i, q in enumerate(questions):
         require_keys(q, ["question_id", "image_id", "question"], qpath, f"questions[{i}]")
@@ -90,11 +118,11 @@ def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | No
         ann = annotations.get(q["question_id"])
         if ann is None:
             raise input_error(apath, f"no annotation for question {q['question_id']} of {qpath.name}")
-        image = coco_image_path(image_dir, split, q["image_id"])
-        if check_images and not image.exists():
+        image, exists = found_images.path(q["image_id"])
+        if check_images and not exists:
             raise input_error(image, f"image of question {q['question_id']} not found")
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in ann["answers"]]
-        answer_ids = [entry_identity(a) if isinstance(a, dict) else i for i, a in enumerate(ann["answers"])]
+        answer_ids = _answer_ids(ann["answers"])
         meta = {"image_id": q["image_id"], "question_id": q["question_id"], "split": split}
         if "multiple_choice_answer" in ann:
             meta["multiple_choice_answer"] = ann["multiple_choice_answer"]
