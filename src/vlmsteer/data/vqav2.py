@@ -41,7 +41,10 @@ def _answer_ids(entries: list) -> list[Hashable]:
     ``answer_id`` (the official files) are all distinct: their positions say as much, without
     building each identity (10 per question)."""
     if all(isinstance(a, dict) for a in entries):
-        ids = {a.get("answer_id") for a in entries}
+        try:
+            ids = {a.get("answer_id") for a in entries}
+        except TypeError:  # an unhashable answer_id: compare the entries whole
+            ids = set()
         if len(ids) == len(entries) and None not in ids:
             return list(range(len(entries)))
     return [entry_identity(a) if isinstance(a, dict) else i for i, a in enumerate(entries)]
