@@ -289,7 +289,7 @@ class _LloydState:
             labels, upper = self.labels[start:stop], self.upper[start:stop]
             # a centre j can be nearer only if upper > max(lower bound to j, half the gap to j)
             bar = torch.maximum(self.lower[start:stop], half_between[labels])
-            bar[torch.arange(len(bar)), labels] = float("inf")
+            bar[torch.arange(len(bar), device=bar.device), labels] = float("inf")
             # small slack: rows within rounding of a tie are measured, never skipped
             rows = ((upper * (1 + 1e-5))[:, None] > bar).any(1).nonzero().flatten()
             if len(rows) == 0:
