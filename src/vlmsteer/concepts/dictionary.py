@@ -19,6 +19,13 @@ from safetensors.numpy import load_file, save_file
 from vlmsteer.errors import VlmsteerError, input_error
 
 
+def float64_rows(z, chunk: int):
+    """``(start, rows)`` over ``z`` in chunks of ``chunk`` rows, each as float64 (no float64
+    copy of the whole array)."""
+    for i in range(0, len(z), chunk):
+        yield i, np.asarray(z[i:i + chunk], dtype=np.float64)
+
+
 def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:
     """``z`` as a 2-D array of ``dtype`` (None: keep its own floating dtype, no copy), checked
     for NaN/inf chunk by chunk and for having at least ``k`` rows."""
@@ -177,11 +184,10 @@ class PCAConcepts(ConceptDictionary):
             _, s, vt = np.linalg.svd(z - self.mean_, full_matrices=False)
             variance = s[:self.k] ** 2 / max(1, n - 1)
         else:  # many rows: the D × D covariance, accumulated chunk by chunk (memory independent of N)
-            self.mean_ = sum(np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64).sum(0)
-                             for i in range(0, n, self.CHUNK_ROWS)) / n
+            self.mean_ = sum(rows.sum(0) for _, rows in float64_rows(z, self.CHUNK_ROWS)) / n
             cov = np.zeros((dim, dim))
-            for i in range(0, n, self.CHUNK_ROWS):
-                c = np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64) - self.mean_
+            for _, rows in float64_rows(z, self.CHUNK_ROWS):
+                c = rows - self.mean_
                 cov += c.T @ c
             values, vectors = np.linalg.eigh(cov / max(1, n - 1))
             top = np.argsort(values)[::-1][:self.k]
@@ -196,9 +202,8 @@ class PCAConcepts(ConceptDictionary):
         self._check_fitted()
         z = np.asarray(features)
         out = np.empty((len(z), len(self.components_)))
-        for i in range(0, len(z), self.CHUNK_ROWS):  # no float64 copy of all the features
-            out[i:i + self.CHUNK_ROWS] = (np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64) - self.mean_) \
-                @ self.components_.T
+        for i, rows in float64_rows(z, self.CHUNK_ROWS):
+            out[i:i + len(rows)] = (rows - self.mean_) @ self.components_.T
         return out
 
     def decode(self, activations):
@@ -239,21 +244,17 @@ class SemiNMFConcepts(ConceptDictionary):
                 break
         return v
 
-    def _rows(self, z):
-        for i in range(0, len(z), self.CHUNK_ROWS):
-            yield i, np.asarray(z[i:i + self.CHUNK_ROWS], dtype=np.float64)
-
     def _project(self, z, u) -> np.ndarray:
         """``Z·Uᵀ`` (N × K)."""
         out = np.empty((len(z), len(u)))
-        for i, rows in self._rows(z):
+        for i, rows in float64_rows(z, self.CHUNK_ROWS):
             out[i:i + len(rows)] = rows @ u.T
         return out
 
     def _gram(self, z, v) -> np.ndarray:
         """``Vᵀ·Z`` (K × D)."""
         vtz = np.zeros((v.shape[1], z.shape[1]))
-        for i, rows in self._rows(z):
+        for i, rows in float64_rows(z, self.CHUNK_ROWS):
             vtz += v[i:i + len(rows)].T @ rows
         return vtz
 
@@ -272,7 +273,7 @@ class SemiNMFConcepts(ConceptDictionary):
         z = check_features(features, self.k, dtype=None)
         km = KMeansConcepts(self.k, self.seed, hard=True).fit(z)
         v = km.encode(z) + 0.2
-        z_sq = sum(float((rows ** 2).sum()) for _, rows in self._rows(z))
+        z_sq = sum(float((rows ** 2).sum()) for _, rows in float64_rows(z, self.CHUNK_ROWS))
         vtz, prev = self._gram(z, v), np.inf
         for _ in range(self.n_iter):
             u = self._solve(v, vtz)

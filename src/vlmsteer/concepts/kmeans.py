@@ -135,6 +135,11 @@ def kmeans_plus_plus(features, k: int, seed: int = 0, sample: int | None = None,
     return x[centers].double().cpu().numpy()
 
 
+def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """A seeded random sample of at most ``size`` of ``n`` row numbers, sorted (reads in order)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
+
+
 def faiss_kmeans(features, init: np.ndarray, seed: int = 0, points_per_centre: int = 256, n_iter: int = 25,
                  device: str | torch.device = "cpu") -> KMeansResult:
     """faiss's K-Means (``pip install "vlmsteer[faiss]"``, or faiss-gpu for ``device`` cuda):
@@ -146,8 +151,7 @@ def faiss_kmeans(features, init: np.ndarray, seed: int = 0, points_per_centre: i
     faiss = require("faiss", "the faiss K-Means backend")
     faiss.omp_set_num_threads(torch.get_num_threads())
     n, k = len(features), len(init)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, points_per_centre * k), replace=False))
-    x = np.ascontiguousarray(features[rows], dtype=np.float32)
+    x = np.ascontiguousarray(features[_sample_rows(n, points_per_centre * k, seed)], dtype=np.float32)
     km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, max_points_per_centroid=len(x), verbose=False,
                       gpu=torch.device(device).type == "cuda")
     km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
@@ -181,8 +185,7 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
     n, dim = features.shape
     sample = max(10000, 100 * len(init)) if sample is None else sample
     if sample and n > 2 * sample:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
-        init = lloyd(features[rows], init, max_iter, tol, inertia_tol, chunk, device, sample=0).centers
+        init = lloyd(features[_sample_rows(n, sample, seed)], init, max_iter, tol, inertia_tol, chunk, device, sample=0).centers
     state = _LloydState(features, init, chunk, device)
     previous, threshold = float("inf"), 0.0
     current = False  # do the labels belong to the current centres?
