@@ -7,8 +7,8 @@ from the fit, and both ratios are reported), vlmsteer's ``concepts.kmeans.lloyd`
 ``vlmsteer concepts`` runs it, on the float16 array in row chunks: Lloyd on a 10k-row sample
 first, then Lloyd on all rows with Elkan's bounds (it also stops once an iteration lowers the
 inertia by less than 1e-4 of it), timed whole; and, where faiss is installed, the faiss
-backend (faiss's Lloyd on 256 rows per centre, then every row labelled). Synthetic features: K' Gaussian blobs in D
-dimensions plus isotropic noise (seeded).
+backend (faiss's Lloyd on 256 rows per centre, then every row labelled). Synthetic features:
+K' Gaussian blobs in D dimensions plus isotropic noise (seeded).
 
     python benchmarks/kmeans.py [--n 50000] [--d 1024] [--k 50] [--threads 2] [--json out.json]
 """
