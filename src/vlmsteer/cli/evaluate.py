@@ -11,7 +11,7 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _CONCEPT, _CONDITION_STORE, _DEVICE,
                                  _DEVICE_MAP, _DICTIONARY, _DTYPE, _LAYERS, _LIMIT, _NAME, _VECTOR, _condition_spec,
-                                 _load_model, _rank_and_world, _steering, _write_run_json, eval_app, out_console)
+                                 _load_model, _load_samples, _rank_and_world, _steering, _write_run_json, eval_app, out_console)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -37,12 +37,11 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
-    from vlmsteer.data import load_samples
     from vlmsteer.evaluate.vqa_run import evaluate_vqa_run
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
-    samples = load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
+    samples = _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
@@ -79,14 +78,13 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                   allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
-    from vlmsteer.data import load_samples
     from vlmsteer.evaluate.captions import evaluate_caption_run
     from vlmsteer.evaluate.cider import resolve_tokenizer
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
-    samples = load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+    samples = _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
@@ -129,7 +127,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                 allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
-    from vlmsteer.data import DataFormat, load_samples
+    from vlmsteer.data import DataFormat
     from vlmsteer.evaluate.safety import evaluate_safety_run
 
     region_ = Region.parse(region)
@@ -137,7 +135,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     formats = (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value)
     if fmt not in formats:
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
-    samples = load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
+    samples = _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _open_store,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _load_samples, _open_store,
                                  _parse_layers, _rank_and_world, _write_run_json, app, out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
@@ -38,7 +38,6 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             adapter: Optional[Path] = typer.Option(None), dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
             allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
-    from vlmsteer.data import load_samples
     from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
     from vlmsteer.selectors import Selector
@@ -50,7 +49,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                             max_new_tokens=max_new_tokens)
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
-    samples = load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+    samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images, where=where)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,

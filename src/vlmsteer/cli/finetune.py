@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _open_store,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _load_samples, _open_store,
                                  _parse_ints, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
@@ -28,12 +28,11 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE):
     """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
-    from vlmsteer.data import load_samples
     from vlmsteer.data.keywords import filter_samples, keyword_set
     from vlmsteer.finetune import FinetuneConfig
     from vlmsteer.finetune import finetune as run_finetune
 
-    samples = load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
+    samples = _load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
                            allow_outside_images=allow_outside_images)
     if keywords:
         samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _CONCEPT, _CONDITION_STORE, _DEVICE,
-                                 _DEVICE_MAP, _DICTIONARY, _DTYPE, _condition_spec, _load_model, _open_store,
+                                 _DEVICE_MAP, _DICTIONARY, _DTYPE, _condition_spec, _load_model, _load_samples, _open_store,
                                  _parse_layers, _write_run_json, app, out_console, vectors_app)
 from vlmsteer.errors import VlmsteerError
 
@@ -77,13 +77,12 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
            allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Rank candidate steering vectors with the paper's selection metric."""
-    from vlmsteer.data import load_samples
     from vlmsteer.evaluate.selection_run import rank_vectors, write_selection
     from vlmsteer.steer.vector import load_vectors
 
     condition = _condition_spec(dictionary, concept, condition_store, active)
     candidates = load_vectors(vectors)
-    samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+    samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, None, dtype, device, device_map)
     result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n, relative_to=relative_to,
@@ -119,7 +118,6 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           allow_outside_images: bool = _ALLOW_OUTSIDE):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
-    from vlmsteer.data import load_samples
     from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
     from vlmsteer.report.plots import write_sweep
     from vlmsteer.data.filters import Filter
@@ -136,7 +134,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
                          n_samples=[None if x.strip() == "all" else int(x) for x in n_samples.split(",")])
     except ValueError as exc:
         raise VlmsteerError(f"bad sweep values ({exc})") from None
-    samples = load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+    samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                            allow_outside_images=allow_outside_images)
     result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size, max_new_tokens=max_new_tokens,
                        seed=seed, condition=condition, progress=True)

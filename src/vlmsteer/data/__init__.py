@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlmsteer.data.coco import load_coco_captions
 from vlmsteer.data.filters import Filter, as_filter
+from vlmsteer.data.io import collector_paused
 from vlmsteer.data.jsonl import load_jsonl
 from vlmsteer.data.safety import MM_SAFETYBENCH_IMAGE_TYPES, load_figstep, load_mm_safetybench
 from vlmsteer.data.sample import Sample, subsample
@@ -35,12 +36,13 @@ def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val20
     inside its folder unless ``allow_outside_images``. ``where`` keeps the samples that match
     a filter, before the seeded ``limit`` subset is drawn. An empty selection is an error."""
     where = as_filter(where)
-    samples = _load(fmt, path, split=split, images=images, limit=None if where else limit, seed=seed, prompt=prompt,
-                    allow_outside_images=allow_outside_images)
-    if where is not None:
-        samples = subsample(where.samples(samples), limit, seed)
-        if not samples:
-            raise VlmsteerError(f"{path}: no sample matches the filter {where}")
+    with collector_paused():
+        samples = _load(fmt, path, split=split, images=images, limit=None if where else limit, seed=seed,
+                        prompt=prompt, allow_outside_images=allow_outside_images)
+        if where is not None:
+            samples = subsample(where.samples(samples), limit, seed)
+    if where is not None and not samples:
+        raise VlmsteerError(f"{path}: no sample matches the filter {where}")
     if not samples:
         raise VlmsteerError(f"{path}: no samples" + (" selected (limit 0)" if limit == 0 else " in this dataset"))
     return samples

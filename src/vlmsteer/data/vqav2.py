@@ -40,13 +40,12 @@ def _answer_ids(entries: list) -> list[Hashable]:
     """Per answer entry, what tells it apart (:func:`entry_identity`). Entries with distinct
     ``answer_id`` (the official files) are all distinct: their positions say as much, without
     building each identity (10 per question)."""
-    if all(isinstance(a, dict) for a in entries):
-        try:
-            ids = {a.get("answer_id") for a in entries}
-        except TypeError:  # an unhashable answer_id: compare the entries whole
-            ids = set()
-        if len(ids) == len(entries) and None not in ids:
-            return list(range(len(entries)))
+    try:
+        ids = {a["answer_id"] for a in entries}
+    except (KeyError, TypeError):  # an entry without answer_id, not a dict, or an unhashable id
+        ids = set()
+    if len(ids) == len(entries) and None not in ids:
+        return list(range(len(entries)))
     return [entry_identity(a) if isinstance(a, dict) else i for i, a in enumerate(entries)]
 
 
@@ -65,6 +64,7 @@ class CocoImages:
 
     def __init__(self, folder: Path, split: str):
         self.folder, self.split = folder, split
+        self._paths: dict[int, tuple[Path, bool]] = {}  # ~5 questions per image: one Path each
         try:
             with os.scandir(folder) as entries:
                 self.names = {e.name for e in entries if e.is_file()}
@@ -73,7 +73,14 @@ class CocoImages:
 
     def path(self, image_id: int) -> tuple[Path, bool]:
         """The image of ``image_id`` (``.jpg`` first) and whether it exists."""
-        stem = f"COCO_{self.split}_{int(image_id):012d}"
+        image_id = int(image_id)
+        found = self._paths.get(image_id)
+        if found is None:
+            found = self._paths[image_id] = self._look_up(image_id)
+        return found
+
+    def _look_up(self, image_id: int) -> tuple[Path, bool]:
+        stem = f"COCO_{self.split}_{image_id:012d}"
         for ext in self.EXTENSIONS:
             if stem + ext in self.names:
                 return self.folder / (stem + ext), True
