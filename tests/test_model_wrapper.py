@@ -80,3 +80,23 @@ def test_layer_index_negative_and_out_of_range(tiny_vlm):
     assert vlm.layer_index(0) == 0
     with pytest.raises(VlmsteerError, match="out of range"):
         vlm.layer_index(vlm.num_layers)
+
+
+def test_prepare_decodes_each_image_path_once_per_batch(tiny_vlm, tmp_path, monkeypatch):
+    import vlmsteer.model as model_module
+    from vlmsteer.loading import load_image
+
+    vlm = tiny_vlm("llava")
+    paths = []
+    for i, im in enumerate(_images(2)):
+        paths.append(tmp_path / f"{i}.png")
+        im.save(paths[-1])
+    batch_images = [paths[0], str(paths[0]), paths[1], paths[0]]
+    prompts = [PROMPTS[i % 3] for i in range(4)]
+    decoded = []
+    monkeypatch.setattr(model_module, "load_image", lambda im: decoded.append(str(im)) or load_image(im))
+    once = vlm.prepare(batch_images, prompts)
+    assert sorted(decoded) == sorted(map(str, paths))  # two files, two decodes for four rows
+    each = vlm.prepare([load_image(p) for p in batch_images], prompts)
+    for key, value in each.inputs.items():
+        assert torch.equal(once.inputs[key], value), key

@@ -52,6 +52,22 @@ class Batch:
         return self.input_ids.shape[0]
 
 
+def _decode_once(images: Images) -> list[Image.Image | None]:
+    """The batch's images as RGB PIL images, each path decoded once: VQAv2 lists an image's
+    ~5 questions together, so most of a batch shares a few images."""
+    decoded: dict[str, Image.Image] = {}
+    out: list[Image.Image | None] = []
+    for im in images:
+        if im is None or isinstance(im, Image.Image):
+            out.append(None if im is None else load_image(im))
+            continue
+        key = str(im)
+        if key not in decoded:
+            decoded[key] = load_image(im)
+        out.append(decoded[key])
+    return out
+
+
 @dataclass
 class VLM:
     """A vision-language model with generic access to its residual stream.
@@ -214,7 +230,7 @@ class VLM:
         """
         if len(images) != len(prompts):
             raise VlmsteerError(f"{len(images)} images but {len(prompts)} prompts")
-        pil = [load_image(im) if im is not None else None for im in images]
+        pil = _decode_once(images)
         texts = [self.build_prompt(p, image=im is not None) for p, im in zip(prompts, pil)]
         inputs = self._encode(pil, texts)
         regions = TokenRegions.from_batch(inputs["input_ids"], inputs["attention_mask"], self.image_token_ids)
