@@ -42,7 +42,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     samples = _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
-                           allow_outside_images=allow_outside_images)
+                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_vqa_run(vlm, samples, out, steering=steering, baseline=baseline, source=source, target=target,
@@ -85,7 +85,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
     samples = _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
-                           allow_outside_images=allow_outside_images)
+                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_caption_run(vlm, samples, out, steering=steering, baseline=baseline, tokenizer=tokenizer,
@@ -136,7 +136,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     if fmt not in formats:
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
     samples = _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
-                           allow_outside_images=allow_outside_images)
+                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
     metrics = evaluate_safety_run(vlm, samples, out, steering=steering, baseline=baseline, batch_size=batch_size,

@@ -50,7 +50,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
     samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
-                           allow_outside_images=allow_outside_images, where=where)
+                            allow_outside_images=allow_outside_images, where=where)
     vlm = _load_model(model, adapter, dtype, device, device_map)
     dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
                "where": where}

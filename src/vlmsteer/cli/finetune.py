@@ -33,7 +33,7 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
     from vlmsteer.finetune import finetune as run_finetune
 
     samples = _load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
-                           allow_outside_images=allow_outside_images)
+                            allow_outside_images=allow_outside_images)
     if keywords:
         samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
         if not samples:

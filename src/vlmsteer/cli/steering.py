@@ -83,7 +83,7 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     condition = _condition_spec(dictionary, concept, condition_store, active)
     candidates = load_vectors(vectors)
     samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
-                           allow_outside_images=allow_outside_images)
+                            allow_outside_images=allow_outside_images)
     vlm = _load_model(model, None, dtype, device, device_map)
     result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n, relative_to=relative_to,
                           distinct=distinct, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -135,7 +135,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     except ValueError as exc:
         raise VlmsteerError(f"bad sweep values ({exc})") from None
     samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
-                           allow_outside_images=allow_outside_images)
+                            allow_outside_images=allow_outside_images)
     result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size, max_new_tokens=max_new_tokens,
                        seed=seed, condition=condition, progress=True)
     write_sweep(result, out)
