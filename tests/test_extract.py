@@ -172,6 +172,55 @@ def test_resume_after_kill_is_byte_identical(tiny_folder, shapes_data, tmp_path)
         assert a.features(layer, only_found=False).tobytes() == b.features(layer, only_found=False).tobytes()
 
 
+def _rank_pid(rank: int, out) -> int | None:
+    """The pid of torchrun's rank ``rank`` writing to ``out`` (Linux /proc), or None."""
+    for entry in os.listdir("/proc"):
+        try:
+            env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"RANK={rank}".encode() in env and str(out).encode() in cmd:
+            return int(entry)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
+def test_torchrun_rank_killed_midway_resumes_to_the_single_process_store(tiny_folder, tmp_path):
+    """Issue 14, acceptance 3: SIGKILL one rank of ``torchrun --nproc_per_node 2`` after its
+    first shard; torchrun stops the other; the same command again resumes both parts and gives
+    the single-process store."""
+    data = tmp_path / "w"
+    shapes.write_dataset(data, n=20, seed=13)
+    args = ["extract", "--model", str(tiny_folder("llava")), "--data", str(data), "--layer", "1",
+            "--batch-size", "1", "--shard-size", "4"]
+    single = _cli([*args, "--out", str(tmp_path / "single")])
+    assert single.returncode == 0, single.stderr
+    out = tmp_path / "multi"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+                "-m", "vlmsteer", *args, "--out", str(out)]
+    proc = subprocess.Popen(torchrun, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = out / "rank-00001-of-00002" / "manifest.json"
+    deadline, pid = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        if part.exists() and json.loads(part.read_text())["shards"]:
+            pid = _rank_pid(1, out)
+            break
+        time.sleep(0.01)
+    assert pid is not None, "rank 1 wrote no shard, or finished, before it could be killed"
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    kept = len(json.loads(part.read_text())["shards"])
+    assert not json.loads(part.read_text())["complete"] and kept >= 1
+    assert not (out / "manifest.json").exists()  # rank 0 never merged an unfinished part
+    again = subprocess.run(torchrun, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {4 * kept} samples" in again.stdout  # rank 1, from its last whole shard
+    a, b = FeatureStore.open(tmp_path / "single"), FeatureStore.open(out)
+    assert [r["id"] for r in a.records] == [r["id"] for r in b.records]
+    np.testing.assert_allclose(a.features(1), b.features(1), atol=1e-6, rtol=1e-5)
+
+
 def test_bad_inputs_exit_2(tiny_folder, shapes_data, tmp_path, capsys):
     folder = str(tiny_folder("llava"))
     base = ["extract", "--model", folder, "--data", str(shapes_data), "--limit", "12"]
