@@ -131,8 +131,8 @@ def test_resume_with_other_model_dtype_or_adapter_is_refused(world, tiny_folder,
 
     root, model = world
     base = ["extract", "--data", str(root / "w"), "--layer", "0,1", "--out", str(root / "store")]
-    _one_error(capsys, 2, base + ["--model", str(tiny_folder("qwen2_vl"))], "other settings", "model_id")
-    _one_error(capsys, 2, base + ["--model", model, "--dtype", "bfloat16"], "model_dtype")
+    _one_error(capsys, 2, base + ["--model", str(tiny_folder("qwen2_vl"))], "other settings", "model.weights")
+    _one_error(capsys, 2, base + ["--model", model, "--dtype", "bfloat16"], "model.dtype")
     lora = get_peft_model(AutoModelForImageTextToText.from_pretrained(model),
                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")

@@ -8,7 +8,6 @@ token ids, so the response spans are exact whatever the tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from vlmsteer.batching import Prefetch, choose_prefetch, part_name, rank_slice, shrinking_batches
+from vlmsteer.data.identity import dataset_identity
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.hooks import capture_residual, stop_after
@@ -156,15 +156,16 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
     layers = sorted({vlm.layer_index(layer) for layer in config.layers})
     if not samples:
         raise VlmsteerError("no samples to extract")
+    dataset = dict(dataset or {})
+    origin = {"data": dataset.pop("path", None), "model": vlm.source, "adapter": vlm.adapter}
     header = {
-        "model_id": vlm.model_id, "model_revision": vlm.revision, "architecture": vlm.architecture,
-        "adapter": vlm.adapter, "model_dtype": vlm.dtype,
+        "model_id": vlm.model_id, "model": vlm.identity, "model_revision": vlm.revision,
+        "architecture": vlm.architecture, "model_dtype": vlm.dtype,
         "hidden_size": vlm.hidden_size, "num_layers": vlm.num_layers, "layers": layers,
         "selector": config.selector.to_dict(), "selector_description": config.selector.describe(),
         "mode": config.mode.value, "target": config.target.value, "dtype": config.dtype,
         "shard_size": config.shard_size, "max_new_tokens": config.max_new_tokens,
-        "dataset": dataset or {}, "n_samples": len(samples),
-        "sample_ids_sha1": _sample_hash(samples),
+        "dataset": {**dataset, **dataset_identity(samples)}, "n_samples": len(samples), "origin": origin,
     }
     if part is not None and part[1] > 1:
         return _extract_part(vlm, samples, Path(out), config, header, layers, progress, *part)
@@ -174,10 +175,6 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
     return FeatureStore.open(out), resumed
 
 
-def _sample_hash(samples: Sequence[Sample]) -> str:
-    return hashlib.sha1("\n".join(s.id for s in samples).encode()).hexdigest()
-
-
 def _extract_part(vlm: VLM, samples: Sequence[Sample], out: Path, config: ExtractConfig, header: dict,
                   layers: list[int], progress: bool, rank: int, world: int) -> tuple[FeatureStore, int]:
     mine = rank_slice(samples, rank, world)
@@ -185,7 +182,8 @@ def _extract_part(vlm: VLM, samples: Sequence[Sample], out: Path, config: Extrac
     if top.exists() and "parts" not in json.loads(top.read_text()):
         raise VlmsteerError(f"{out}: a single-process store is already here; choose another output folder")
     names = [part_name(r, world) for r in range(world)]
-    part_header = {**header, "n_samples": len(mine), "sample_ids_sha1": _sample_hash(mine), "part": [rank, world]}
+    part_header = {**header, "n_samples": len(mine), "dataset": {**header["dataset"], **dataset_identity(mine)},
+                   "part": [rank, world]}
     with StoreWriter(out / names[rank], part_header) as writer:
         resumed = _write_shards(vlm, mine, writer, layers, config, progress)
     if rank != 0:
@@ -301,7 +299,8 @@ def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: Extract
     for i, s in enumerate(chunk):
         record = {"id": s.id, "prompt": s.prompt, "response": texts[i], "answers": s.answers,
                   "answer": s.answer, "answer_type": s.answer_type, "question_type": s.question_type,
-                  "image": s.image_path, "found": found[i], "positions": positions[i],
+                  "image": s.image_path, "digest": s.digest, "image_digest": s.image_digest,
+                  "found": found[i], "positions": positions[i],
                   "n_response_tokens": len(responses[i])}
         if s.captions:
             record["captions"] = s.captions

@@ -4,12 +4,16 @@ weights). :class:`vlmsteer.model.VLM` puts them together."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, regular_file
 from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 
@@ -41,21 +45,27 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def load_image(image: Image.Image | str | Path) -> Image.Image:
-    """An RGB PIL image from a PIL image or a path; a one-line error if it cannot be read."""
+def load_image(image: Image.Image | str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB PIL image from a PIL image or a path; a one-line error if it cannot be read, is
+    not a regular file, or announces more than ``max_pixels`` pixels (checked from the header,
+    before decoding)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     path = Path(image)
-    if not path.exists():
-        raise VlmsteerError(f"{path}: image not found")
+    regular_file(path)
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                check_pixels(im.size, max_pixels, path)
+                return im.convert("RGB")
+    except VlmsteerError:
+        raise
     except Exception as exc:  # PIL raises several types for corrupt files
         raise VlmsteerError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
 
 
-def check_images(samples, progress: bool = False) -> int:
+def check_images(samples, progress: bool = False, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> int:
     """Decode every distinct image of ``samples`` (a missing, truncated or corrupt one is a
     one-line error naming it); returns how many were decoded."""
     from vlmsteer.progress import progress_bar
@@ -63,7 +73,7 @@ def check_images(samples, progress: bool = False) -> int:
     paths = sorted({s.image_path for s in samples if s.image_path})
     with progress_bar("decoding images", len(paths), enabled=progress) as advance:
         for image in paths:
-            load_image(image)
+            load_image(image, max_pixels)
             advance(1)
     return len(paths)
 
@@ -115,20 +125,55 @@ def _processor_class_name(path: str) -> str | None:
     return None
 
 
+def _hash_files(files: list[Path], root: Path, digest, sampled: bool) -> None:
+    """Names and bytes of ``files`` into ``digest``; ``sampled``: size + 64 evenly spread
+    64 KiB blocks per file instead of every byte (weights of 7B+ models)."""
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode())
+        size = f.stat().st_size
+        digest.update(str(size).encode())
+        with open(f, "rb") as fh:
+            if not sampled:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+                continue
+            block = 1 << 16
+            for i in range(64):
+                fh.seek(max(0, size - block) * i // 63)
+                digest.update(fh.read(block))
+
+
+FULL_HASH_LIMIT = 1 << 30  # model folders up to 1 GiB are hashed byte for byte
+
+
 def adapter_fingerprint(adapter: str | Path) -> str:
     """SHA-256 over an adapter folder's config and weight files (names and bytes)."""
-    import hashlib
-
     path = Path(adapter)
     digest = hashlib.sha256()
     files = sorted(f for f in path.iterdir() if f.is_file() and (f.name == "adapter_config.json"
                                                                  or f.name.startswith("adapter_model")))
-    for f in files:
-        digest.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+    _hash_files(files, path, digest, sampled=False)
     return digest.hexdigest()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_fingerprint(model_id: str | Path, resolved: str, model=None, revision: str | None = None) -> dict:
+    """What identifies a model's weights, whatever name it was loaded by: for a folder, a
+    digest of its config and weight files (every byte up to 1 GiB, else 64 blocks per file,
+    said in ``"hash"``); for a hub id, the commit it resolved to."""
+    path = Path(resolved)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and (f.name == "config.json"
+                                                                       or f.suffix in WEIGHT_SUFFIXES))
+        sampled = sum(f.stat().st_size for f in files) > FULL_HASH_LIMIT
+        digest = hashlib.sha256()
+        _hash_files(files, path, digest, sampled)
+        return {"weights_sha256": digest.hexdigest(), "hash": "sampled" if sampled else "full",
+                "path": os.path.realpath(path)}
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return {"hub_id": str(model_id), "commit": commit or revision}
 
 
 def _attach_adapter(model, adapter: str | Path):

@@ -22,8 +22,9 @@ from PIL import Image
 from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.layers import resolve_layer
-from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, load_image, load_processor, parse_dtype,
-                              resolve_model_id)
+from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS
+from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, load_image, load_processor, model_fingerprint,
+                              parse_dtype, resolve_model_id)
 from vlmsteer.regions import TokenRegions
 
 Images = Sequence[Image.Image | str | Path | None]
@@ -52,18 +53,19 @@ class Batch:
         return self.input_ids.shape[0]
 
 
-def _decode_once(images: Images) -> list[Image.Image | None]:
+def _decode_once(images: Images, max_pixels: int | None) -> list[Image.Image | None]:
     """The batch's images as RGB PIL images, each path decoded once: VQAv2 lists an image's
-    ~5 questions together, so most of a batch shares a few images."""
+    ~5 questions together, so most of a batch shares a few images. Images above
+    ``max_pixels`` are refused before decoding."""
     decoded: dict[str, Image.Image] = {}
     out: list[Image.Image | None] = []
     for im in images:
         if im is None or isinstance(im, Image.Image):
-            out.append(None if im is None else load_image(im))
+            out.append(None if im is None else load_image(im, max_pixels))
             continue
         key = str(im)
         if key not in decoded:
-            decoded[key] = load_image(im)
+            decoded[key] = load_image(im, max_pixels)
         out.append(decoded[key])
     return out
 
@@ -87,6 +89,8 @@ class VLM:
     revision: str | None = None
     info: dict = field(default_factory=dict)
     adapter: dict | None = None  # {"path", "sha256"} of a LoRA adapter loaded on top
+    source: dict | None = None  # where the weights came from and their digest (see loading.model_fingerprint)
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused before decoding
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -121,7 +125,10 @@ class VLM:
             model.to(device)
         model.eval()
         processor = load_processor(path, trust_remote_code=trust_remote_code, revision=revision)
-        vlm = cls.from_hf(model, processor, model_id=str(model_id), revision=revision)
+        # a folder is recorded by its absolute path, so outputs name it the same from any folder
+        shown = str(Path(path).resolve()) if path == str(model_id) and Path(path).exists() else str(model_id)
+        vlm = cls.from_hf(model, processor, model_id=shown, revision=revision)
+        vlm.source = model_fingerprint(model_id, path, model, revision)
         if adapter is not None:
             vlm.adapter = {"path": str(Path(adapter).resolve()), "sha256": adapter_fingerprint(adapter)}
         return vlm
@@ -191,6 +198,24 @@ class VLM:
         archs = getattr(cfg, "architectures", None)
         return archs[0] if archs else type(self.model).__name__
 
+    @property
+    def identity(self) -> dict:
+        """What this model computes with, by content, whatever path or name it was loaded by:
+        its weights' digest (or hub commit), the adapter's digest, the dtype. Outputs record it
+        and whatever combines outputs compares it. A model built in Python (no ``source``) is
+        identified by a digest of its parameters, computed once."""
+        if self.source is None:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self.source = {"weights_sha256": digest.hexdigest(), "hash": "parameters"}
+        weights = self.source.get("weights_sha256") or f"{self.source.get('hub_id')}@{self.source.get('commit')}"
+        return {"weights": weights, "adapter": (self.adapter or {}).get("sha256"), "dtype": self.dtype,
+                "architecture": self.architecture}
+
     def layer_index(self, layer: int) -> int:
         """Normalize a layer index (negative counts from the end); error if out of range."""
         return resolve_layer(layer, self.num_layers, self.model_id)
@@ -230,7 +255,7 @@ class VLM:
         """
         if len(images) != len(prompts):
             raise VlmsteerError(f"{len(images)} images but {len(prompts)} prompts")
-        pil = _decode_once(images)
+        pil = _decode_once(images, self.max_image_pixels)
         texts = [self.build_prompt(p, image=im is not None) for p, im in zip(prompts, pil)]
         inputs = self._encode(pil, texts)
         regions = TokenRegions.from_batch(inputs["input_ids"], inputs["attention_mask"], self.image_token_ids)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -32,26 +30,11 @@ import numpy as np
 from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
+from vlmsteer.outputs import atomic_write, atomic_write_json, differences, fingerprint, lock_file, make_folder
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None], durable: bool = True) -> None:
-    """Write to a temporary name, then rename: readers see the old file or the whole new one.
-    ``durable`` also forces it to disk before the rename (survives a power loss, not only a kill)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        if durable:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any, durable: bool = True, indent: int | None = 1) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=indent).encode()), durable)
 
 
 def _layer_file(shard: int, layer: int) -> str:
@@ -63,19 +46,8 @@ def _records_file(shard: int) -> str:
 
 
 def _lock(path: Path):
-    """An open file holding an exclusive, non-blocking lock on ``path/.lock``; the OS releases
-    it when the process ends, so a killed writer never leaves a stale lock."""
-    f = open(path / ".lock", "a+")
-    if sys.platform != "win32":
-        import fcntl
-
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise VlmsteerError(f"{path}: another process is writing this store; wait for it or choose "
-                                "another output folder") from None
-    return f
+    """An exclusive lock on ``path/.lock``, released when the writer finishes or its process dies."""
+    return lock_file(path / ".lock", "this store")
 
 
 class StoreWriter:
@@ -86,7 +58,7 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, header: dict[str, Any]):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         self._lock = _lock(self.path)
         try:
             self._open(header)
@@ -98,13 +70,12 @@ class StoreWriter:
         mpath = self.path / MANIFEST
         if mpath.exists():
             manifest = _read_manifest(mpath)
-            if manifest["header"] != header:
-                diff = sorted(k for k in set(header) | set(manifest["header"])
-                              if header.get(k) != manifest["header"].get(k))
-                detail = "; ".join(f"{k}: {_short(manifest['header'].get(k))} here, {_short(header.get(k))} now"
-                                   for k in diff)
-                raise VlmsteerError(f"{self.path}: a store made with other settings is already here ({detail}); "
-                                    "choose another output folder")
+            old, new = _compared(manifest["header"]), _compared(header)
+            if old != new:
+                diff = differences(old, new)
+                detail = "; ".join(f"{k}: {_short(_get(old, k))} here, {_short(_get(new, k))} now" for k in diff[:3])
+                raise VlmsteerError(f"{self.path}: a store made with other settings is already here; it differs in "
+                                    f"{', '.join(diff)} ({detail}); choose another output folder")
             self.manifest = manifest
             self._drop_damaged_shards()
         else:
@@ -141,7 +112,8 @@ class StoreWriter:
         for layer, arr in features.items():
             if arr.shape[0] != n:
                 raise ValueError("features and records differ in length")
-            _atomic_write_bytes(self.path / _layer_file(index, layer), lambda f, a=arr: np.save(f, a), durable=False)
+            atomic_write(self.path / _layer_file(index, layer), lambda f, a=arr: np.save(f, a), durable=False,
+                         kept="the store keeps its complete shards; rerun to resume")
         atomic_write_json(self.path / _records_file(index), records, durable=False, indent=None)  # C encoder
         self.manifest["shards"].append({"index": index, "n": n})
         atomic_write_json(self.path / MANIFEST, self.manifest)
@@ -187,6 +159,21 @@ class StoreWriter:
         self.close()
 
 
+# where the inputs were found (paths as given, the model's name): recorded, never compared,
+# so the same model and data named by another path, or from another folder, resume the store
+UNCOMPARED = ("model_id", "origin")
+
+
+def _compared(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k not in UNCOMPARED}
+
+
+def _get(obj: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -227,6 +214,16 @@ class FeatureStore:
     @property
     def header(self) -> dict:
         return self.manifest["header"]
+
+    @property
+    def identity(self) -> dict:
+        """What made this store (model, data by content, selector, settings): its header without
+        where the inputs were found."""
+        return _compared(self.header)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.identity)
 
     @property
     def layers(self) -> list[int]:

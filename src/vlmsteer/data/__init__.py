@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlmsteer.data.coco import load_coco_captions
 from vlmsteer.data.filters import Filter, as_filter
+from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS, fingerprint_samples
 from vlmsteer.data.io import collector_paused
 from vlmsteer.data.jsonl import load_jsonl
 from vlmsteer.data.safety import MM_SAFETYBENCH_IMAGE_TYPES, load_figstep, load_mm_safetybench
@@ -29,12 +30,17 @@ class DataFormat(str, Enum):
 
 def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val2014", images: str | Path | None = None,
                  limit: int | None = None, seed: int = 0, prompt: str | None = None,
-                 allow_outside_images: bool = False, where: Filter | str | None = None) -> list[Sample]:
+                 allow_outside_images: bool = False, where: Filter | str | None = None,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> list[Sample]:
     """Load any supported format; ``prompt`` overrides the caption prompt (COCO) or is a
     ``{question}`` template (VQAv2); for MM-SafetyBench ``split`` names the image type
     (SD, SD_TYPO or TYPO; default SD_TYPO). Image paths written in a dataset file must stay
     inside its folder unless ``allow_outside_images``. ``where`` keeps the samples that match
-    a filter, before the seeded ``limit`` subset is drawn. An empty selection is an error."""
+    a filter, before the seeded ``limit`` subset is drawn. An empty selection is an error.
+
+    Every selected sample gets its content digest (text and image bytes, see
+    :mod:`vlmsteer.data.identity`); images must be regular files of at most
+    ``max_image_pixels`` pixels (None: no limit), checked from their headers."""
     where = as_filter(where)
     with collector_paused():
         samples = _load(fmt, path, split=split, images=images, limit=None if where else limit, seed=seed,
@@ -45,6 +51,7 @@ def load_samples(fmt: DataFormat | str, path: str | Path, *, split: str = "val20
         raise VlmsteerError(f"{path}: no sample matches the filter {where}")
     if not samples:
         raise VlmsteerError(f"{path}: no samples" + (" selected (limit 0)" if limit == 0 else " in this dataset"))
+    fingerprint_samples(samples, max_image_pixels)
     return samples
 
 
@@ -57,7 +64,7 @@ def _load(fmt: DataFormat | str, path: str | Path, *, split: str, images: str | 
             from None
     if fmt is DataFormat.VQAV2:
         return load_vqav2(path, split=split, images=images, limit=limit, seed=seed,
-                          prompt_template=prompt or "{question}")
+                          prompt_template=prompt or "{question}", allow_outside_images=allow_outside_images)
     if fmt is DataFormat.COCO:
         kw = {"prompt": prompt} if prompt else {}
         return load_coco_captions(path, split=split, images=images, limit=limit, seed=seed,

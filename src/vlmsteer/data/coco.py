@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from vlmsteer.data.identity import check_unique_ids
 from vlmsteer.data.io import dataset_file, read_json, require_keys, require_string
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import input_error
@@ -46,9 +47,13 @@ def _official(path, split, image_dir, limit, seed, prompt, check_images, allow_o
         require_keys(ann, ["image_id", "caption"], path, f"annotations[{i}]")
         caps[ann["image_id"]].append(require_string(ann["caption"], path, f"annotations[{i}]: 'caption'"))
         styles[ann["image_id"]].append(ann.get("style"))
+    if not isinstance(data["images"], list):
+        raise input_error(path, "'images' must be a list")
+    for i, img in enumerate(data["images"]):
+        require_keys(img, ["id", "file_name"], path, f"images[{i}]")
+    check_unique_ids([str(img["id"]) for img in data["images"]], path, lambda i: f"images[{i}]")
     samples = []
     for img in subsample(data["images"], limit, seed):
-        require_keys(img, ["id", "file_name"], path, "images[]")
         image = dataset_file(image_dir, img["file_name"], path, f"image {img['id']}", allow_outside)
         if check_images and not image.exists():
             raise input_error(image, f"image {img['id']} not found")
@@ -64,7 +69,9 @@ def _karpathy(path, split, image_root, limit, seed, prompt, check_images, allow_
     require_keys(data, ["images"], path)
     if split not in KARPATHY_SPLITS:
         raise input_error(path, f"unknown Karpathy split {split!r}; choose one of: {', '.join(KARPATHY_SPLITS)}")
-    chosen = [im for im in data["images"] if im.get("split") == split]
+    chosen = [im for im in data["images"] if isinstance(im, dict) and im.get("split") == split]
+    check_unique_ids([str(im.get("cocoid", im.get("imgid"))) for im in chosen], path,
+                     lambda i: f"image {chosen[i].get('filename')!r}")
     samples = []
     for im in subsample(chosen, limit, seed):
         require_keys(im, ["filename", "sentences"], path, "images[]")

@@ -69,20 +69,27 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def dataset_file(folder: str | Path, name: Any, source: str | Path, where: str,
                  allow_outside: bool = False) -> Path:
     """The file ``name`` (as written in the dataset file ``source``) inside the dataset folder
-    ``folder``. A name that leads outside it (``../``, an absolute path) is refused unless
-    ``allow_outside``; the check is lexical, so symlinks inside the folder still work."""
+    ``folder``, as an absolute path with symlinks resolved. A name that leads outside the
+    folder (``../``, an absolute path, or a symlink — of the file or of a folder on its way —
+    pointing elsewhere) is refused unless ``allow_outside``."""
     if not isinstance(name, str) or not name.strip():
         raise input_error(source, f"{where}: the image path must be a non-empty string, got {name!r}")
-    folder = Path(folder)
     path = Path(name)
-    full = path if path.is_absolute() else folder / path
+    return inside_folder(folder, path if path.is_absolute() else Path(folder) / path, source,
+                         f"{where}: image path {name!r}", allow_outside)
+
+
+def inside_folder(folder: str | Path, path: str | Path, source: str | Path, what: str,
+                  allow_outside: bool = False) -> Path:
+    """``path`` with symlinks resolved, checked to lie inside ``folder`` (also resolved)."""
+    real = Path(os.path.realpath(path))
     if not allow_outside:
-        base = os.path.normpath(os.path.abspath(folder))
-        target = os.path.normpath(os.path.abspath(full))
-        if os.path.commonpath([base, target]) != base:
-            raise input_error(source, f"{where}: image path {name!r} leads outside the dataset folder {folder}; "
+        base = os.path.realpath(folder)
+        if os.path.commonpath([base, str(real)]) != base:
+            shown = f" (a symlink to {real})" if os.path.normpath(os.path.abspath(path)) != str(real) else ""
+            raise input_error(source, f"{what} leads outside the dataset folder {folder}{shown}; "
                                       "allow outside images to read it", "allow_outside_images")
-    return full
+    return real
 
 
 def require_string(value: Any, source: str | Path, where: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmsteer.data.identity import check_unique_ids
 from vlmsteer.data.io import dataset_file, read_jsonl, require_string, require_strings
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import input_error
@@ -18,6 +19,10 @@ def load_jsonl(path: str | Path, limit: int | None = None, seed: int = 0, check_
                allow_outside_images: bool = False) -> list[Sample]:
     path = Path(path)
     rows = read_jsonl(path)
+    for n, row in enumerate(rows, 1):
+        if "id" in row and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
+            raise input_error(path, f"line {n}: 'id' must be a string or an integer, got {row['id']!r}"[:200])
+    check_unique_ids([str(row.get("id", n)) for n, row in enumerate(rows, 1)], path, lambda i: f"line {i + 1}")
     samples = []
     for n, row in subsample(list(enumerate(rows, 1)), limit, seed):
         if "prompt" not in row:

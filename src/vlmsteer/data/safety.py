@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from vlmsteer.data.identity import check_unique_ids
 from vlmsteer.data.io import dataset_file, read_json, require_string
 
 from vlmsteer.data.sample import Sample, subsample
@@ -97,4 +98,5 @@ def load_figstep(root: str | Path, limit: int | None = None, seed: int = 0,
                               prompt=FIGSTEP_PROMPT,
                               meta={"category": row["category_name"], "question": row["question"],
                                     "instruction": row.get("instruction")}))
+    check_unique_ids([s.id for s in samples], table, lambda i: f"row {i + 2}")
     return subsample(samples, limit, seed)

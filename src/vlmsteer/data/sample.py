@@ -25,6 +25,9 @@ class Sample:
     # per reference answer, what else tells its annotation entry apart (answer_id, ...);
     # used only by the official accuracy's leave-one-out (see evaluate.vqa); [] = all distinct
     answer_ids: list[Any] = field(default_factory=list, repr=False)
+    # what the sample is, by content (see vlmsteer.data.identity): set while loading
+    digest: str | None = field(default=None, repr=False, compare=False)
+    image_digest: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def image_path(self) -> str | None:

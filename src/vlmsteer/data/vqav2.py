@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Hashable
 
-from vlmsteer.data.io import read_json, require_keys
+from vlmsteer.data.identity import check_unique_ids
+from vlmsteer.data.io import inside_folder, read_json, require_keys
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import VlmsteerError, input_error
 
@@ -49,6 +50,11 @@ def _answer_ids(entries: list) -> list[Hashable]:
     return [entry_identity(a) if isinstance(a, dict) else i for i, a in enumerate(entries)]
 
 
+def _hashable(value: Any, path: Path, where: str) -> None:
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        raise input_error(path, f"{where}: question_id must be an integer or a string, got {value!r}"[:200])
+
+
 def _find(root: Path, sub: str, name: str) -> Path | None:
     for cand in (root / name, root / sub / name):
         if cand.exists():
@@ -62,8 +68,8 @@ class CocoImages:
 
     EXTENSIONS = (".jpg", ".png", ".jpeg")  # in this order of preference
 
-    def __init__(self, folder: Path, split: str):
-        self.folder, self.split = folder, split
+    def __init__(self, folder: Path, split: str, allow_outside: bool = False):
+        self.folder, self.split, self.allow_outside = folder, split, allow_outside
         self._paths: dict[int, tuple[Path, bool]] = {}  # ~5 questions per image: one Path each
         try:
             with os.scandir(folder) as entries:
@@ -72,7 +78,8 @@ class CocoImages:
             self.names = set()
 
     def path(self, image_id: int) -> tuple[Path, bool]:
-        """The image of ``image_id`` (``.jpg`` first) and whether it exists."""
+        """The image of ``image_id`` (``.jpg`` first, symlinks resolved: it must stay inside the
+        folder unless ``allow_outside``) and whether it exists."""
         image_id = int(image_id)
         found = self._paths.get(image_id)
         if found is None:
@@ -83,8 +90,9 @@ class CocoImages:
         stem = f"COCO_{self.split}_{image_id:012d}"
         for ext in self.EXTENSIONS:
             if stem + ext in self.names:
-                return self.folder / (stem + ext), True
-        return self.folder / (stem + ".jpg"), False
+                return inside_folder(self.folder, self.folder / (stem + ext), self.folder, f"image {stem + ext}",
+                                     self.allow_outside), True
+        return Path(os.path.abspath(self.folder / (stem + ".jpg"))), False
 
 
 def available_splits(root: Path) -> list[str]:
@@ -97,7 +105,7 @@ def available_splits(root: Path) -> list[str]:
 
 def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | None = None,
                limit: int | None = None, seed: int = 0, prompt_template: str = "{question}",
-               check_images: bool = True) -> list[Sample]:
+               check_images: bool = True, allow_outside_images: bool = False) -> list[Sample]:
     root = Path(root)
     if not root.is_dir():
         raise input_error(root, "VQAv2 folder not found")
@@ -115,14 +123,21 @@ def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | No
     require_keys(qdata, ["questions"], qpath)
     adata = read_json(apath, "annotations file")
     require_keys(adata, ["annotations"], apath)
+    if not isinstance(adata["annotations"], list) or not isinstance(qdata["questions"], list):
+        raise input_error(apath if not isinstance(adata["annotations"], list) else qpath, "expected a list of entries")
     annotations = {}
     for i, ann in enumerate(adata["annotations"]):
         require_keys(ann, ["question_id", "answers"], apath, f"annotations[{i}]")
+        _hashable(ann["question_id"], apath, f"annotations[{i}]")
         annotations[ann["question_id"]] = ann
-    found_images = CocoImages(Path(images) if images is not None else root / split, split)
+    if len(annotations) != len(adata["annotations"]):
+        check_unique_ids([a["question_id"] for a in adata["annotations"]], apath, lambda i: f"annotations[{i}]")
+    found_images = CocoImages(Path(images) if images is not None else root / split, split, allow_outside_images)
     questions = qdata["questions"]
     for i, q in enumerate(questions):
         require_keys(q, ["question_id", "image_id", "question"], qpath, f"questions[{i}]")
+        _hashable(q["question_id"], qpath, f"questions[{i}]")
+    check_unique_ids([str(q["question_id"]) for q in questions], qpath, lambda i: f"questions[{i}]")
     samples = []
     for q in subsample(questions, limit, seed):
         ann = annotations.get(q["question_id"])

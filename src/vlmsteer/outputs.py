@@ -1,0 +1,247 @@
+"""Writing outputs whole, or not at all.
+
+* :func:`atomic_write` / :func:`atomic_write_json`: a file is written beside its target and
+  renamed over it only when complete, so readers see the old file or the whole new one.
+* :class:`Publication`: an output *folder* (a run, a report, a fine-tune) is built in a
+  staging folder beside it (``.<name>.partial``) and swapped in by rename when complete; an
+  earlier output at that path stays whole until then and survives any failure of the new run.
+  One lock per output folder keeps two runs from writing it at once. An existing output made
+  with other inputs or settings (its ``run.json`` fingerprint differs) is refused unless
+  overwriting was asked for.
+* Every ``OSError`` of a writer (a full disk, a read-only folder, no permission) becomes a
+  one-line :class:`~vlmsteer.errors.VlmsteerError` naming the path and what was kept.
+
+Fingerprints are SHA-256 digests of canonical JSON (:func:`fingerprint`), so an identity is
+a plain dict that any output can record and any reader can compare.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vlmsteer.errors import VlmsteerError
+
+RUN_FILE = "run.json"
+
+
+def fingerprint(obj: Any) -> str:
+    """SHA-256 of ``obj`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the entries where two JSON-like dicts differ (``settings.alpha``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "value"]
+
+
+def write_error(path: str | Path, exc: OSError, kept: str = "nothing earlier was replaced") -> VlmsteerError:
+    """One line for a failed write: the path, why, and what was kept."""
+    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+              errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno)
+    return VlmsteerError(f"{path}: cannot write ({reason or exc.strerror or exc}); {kept}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], durable: bool = True,
+                 kept: str = "nothing earlier was replaced") -> Path:
+    """Write through ``write(file)`` to a temporary name beside ``path``, then rename: readers
+    see the old file or the whole new one. ``durable`` forces it to disk before the rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise write_error(path, exc, kept) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, durable: bool = True, indent: int | None = 1) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, default=str).encode()), durable)
+
+
+def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), durable)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def make_folder(path: str | Path) -> Path:
+    """``path`` and its parents, or a one-line error saying why it cannot be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise VlmsteerError(f"{path}: exists and is not a folder") from None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    return path
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Fail now, before any model work, if files cannot be created in ``folder`` (made if absent)."""
+    folder = make_folder(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vlmsteer-write-check-"):
+            pass
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    return folder
+
+
+def lock_file(path: Path, what: str):
+    """An open file holding an exclusive, non-blocking lock on ``path``; the OS releases it
+    when the process ends, so a killed writer never leaves a stale lock."""
+    try:
+        f = open(path, "a+")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    if sys.platform != "win32":
+        import fcntl
+
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise VlmsteerError(f"{path.parent}: another process is writing {what}; wait for it or choose "
+                                "another output folder") from None
+    return f
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    ok = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    return ok
+
+
+def read_run_record(folder: Path) -> dict | None:
+    """The ``run.json`` of an output folder, or None if it has none (or an unreadable one)."""
+    try:
+        record = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class Publication:
+    """An output folder built whole in ``.<name>.partial`` beside ``out`` and published by rename.
+
+    ``begin()`` (or entering the ``with`` block) takes the folder's lock and checks that the
+    staging folder can be written; :meth:`claim` compares this run's identity with what is
+    already published at ``out`` (refused, unless ``overwrite``, when another output is
+    there); :meth:`commit` writes nothing itself: it swaps the staging folder in. On an error
+    the staging folder stays, so data-parallel parts that match the identity are reused by
+    the rerun; the published output is untouched.
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool = False, lock: bool = True):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.stage = self.out.with_name(f".{self.out.name}.partial")
+        self._lock_path = self.out.with_name(f".{self.out.name}.lock")
+        self._want_lock = lock
+        self._lock = None
+
+    def begin(self) -> "Publication":
+        if self.out.exists() and not self.out.is_dir():
+            raise VlmsteerError(f"{self.out}: exists and is not a folder; choose another output folder")
+        check_writable(self.out.parent)
+        if self._want_lock and self._lock is None:
+            self._lock = lock_file(self._lock_path, "this output")
+        make_folder(self.stage)
+        check_writable(self.stage)
+        return self
+
+    def claim(self, identity: dict) -> str:
+        """Record this run's identity; an output with a different one already at ``out`` is a
+        one-line error unless ``overwrite``. Returns the identity's fingerprint."""
+        self.identity = identity
+        self.fingerprint = fingerprint(identity)
+        if self.out.is_dir() and any(self.out.iterdir()) and not self.overwrite:
+            old = read_run_record(self.out)
+            old_identity = (old or {}).get("identity")
+            if old_identity is None:
+                raise VlmsteerError(f"{self.out}: holds another output (no vlmsteer run.json with a fingerprint); "
+                                    "choose another output folder, or overwrite it", "overwrite")
+            if fingerprint(old_identity) != self.fingerprint:
+                diff = ", ".join(differences(old_identity, identity)[:4])
+                raise VlmsteerError(f"{self.out}: holds an output made from other inputs or settings ({diff}); "
+                                    "choose another output folder, or overwrite it", "overwrite")
+        return self.fingerprint
+
+    def commit(self) -> Path:
+        """Swap the complete staging folder in for ``out``; the old output goes only after."""
+        try:
+            if self.out.exists():
+                if not _exchange(self.stage, self.out):
+                    old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                    os.rename(self.out, old)
+                    os.rename(self.stage, self.out)
+                    self.stage = old
+                shutil.rmtree(self.stage, ignore_errors=True)  # now the previous output
+            else:
+                os.rename(self.stage, self.out)
+        except OSError as exc:
+            raise write_error(self.out, exc, f"the new output is complete in {self.stage}") from None
+        self.close()
+        return self.out
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "Publication":
+        return self.begin()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def published(out: str | Path, overwrite: bool = False) -> Iterator[Publication]:
+    """``with published(out) as pub: write into pub.stage; pub.claim(identity)`` — swapped in
+    at the end of the block if it ends normally."""
+    pub = Publication(out, overwrite).begin()
+    try:
+        yield pub
+        pub.commit()
+    finally:
+        pub.close()
