@@ -83,7 +83,7 @@ def test_layer_index_negative_and_out_of_range(tiny_vlm):
 
 
 def test_prepare_decodes_each_image_path_once_per_batch(tiny_vlm, tmp_path, monkeypatch):
-    import vlmsteer.model as model_module
+    import vlmsteer.loading as loading_module
     from vlmsteer.loading import load_image
 
     vlm = tiny_vlm("llava")
@@ -94,7 +94,8 @@ def test_prepare_decodes_each_image_path_once_per_batch(tiny_vlm, tmp_path, monk
     batch_images = [paths[0], str(paths[0]), paths[1], paths[0]]
     prompts = [PROMPTS[i % 3] for i in range(4)]
     decoded = []
-    monkeypatch.setattr(model_module, "load_image", lambda im: decoded.append(str(im)) or load_image(im))
+    monkeypatch.setattr(loading_module, "load_image",
+                        lambda im, max_pixels=None: decoded.append(str(im)) or load_image(im, max_pixels))
     once = vlm.prepare(batch_images, prompts)
     assert sorted(decoded) == sorted(map(str, paths))  # two files, two decodes for four rows
     each = vlm.prepare([load_image(p) for p in batch_images], prompts)

@@ -39,8 +39,14 @@ def test_separability_cli_writes_png_and_json(tmp_path, capsys):
     assert [r["layer"] for r in data["layers"]] == [1]
     assert (tmp_path / "o" / "probe_accuracy.png").stat().st_size > 1000
     assert (tmp_path / "o" / "pca_layers.png").stat().st_size > 1000
-    assert main(["separability", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--label", "nothing"]) == 2
+    assert main(["separability", str(tmp_path / "s"), "--out", str(tmp_path / "o2"), "--label", "nothing"]) == 2
     assert "need at least 2 values of 'nothing'" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()  # a failed run publishes nothing
+    # the same folder with other settings is refused and the earlier output stays whole
+    before = (tmp_path / "o" / "separability.json").read_bytes()
+    assert main(["separability", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--folds", "3"]) == 2
+    assert "settings.folds" in capsys.readouterr().err
+    assert (tmp_path / "o" / "separability.json").read_bytes() == before
     with pytest.raises(VlmsteerError, match="layer 5 is out of range"):
         separability(FeatureStore.open(tmp_path / "s"), layers=[5])
 

@@ -8,6 +8,7 @@ and at the end (``final``), a ``loss.jsonl`` log, and optionally a merged model 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 import warnings
@@ -22,11 +23,14 @@ from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.extract import Target, append_responses, response_ids, target_text
 from vlmsteer.model import VLM
+from vlmsteer.outputs import atomic_write_json, make_folder
 from vlmsteer.progress import progress_bar
 
 
 @dataclass
 class FinetuneConfig:
+    """LoRA settings; counts must be positive and the learning rate a positive number."""
+
     steps: int = 300
     batch_size: int = 16
     lr: float = 1e-3
@@ -37,6 +41,16 @@ class FinetuneConfig:
     seed: int = 0
     target: str = "auto"  # auto | answer | caption
     modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "rank", "save_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise VlmsteerError(f"{name} must be a positive integer, got {value!r}", name)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise VlmsteerError(f"the learning rate must be a positive number, got {self.lr}", "lr")
+        if not 0 <= self.dropout < 1:
+            raise VlmsteerError(f"dropout must be in [0, 1), got {self.dropout}", "dropout")
 
 
 def lora_target_modules(vlm: VLM, names: Sequence[str]) -> list[str]:
@@ -68,8 +82,7 @@ def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: Finetune
     LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     cfg = cfg or FinetuneConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     items = _expand(samples, parse_choice(Target, cfg.target, "target"))
     if not items:
         raise VlmsteerError("no training samples")
@@ -121,5 +134,5 @@ def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: Finetune
         vlm.processor.save_pretrained(out / "merged")
         vlm.model = merged
         summary["merged"] = str(out / "merged")
-    (out / "finetune.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "finetune.json", summary, durable=False, indent=2)
     return summary

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.loading import load_processor, parse_dtype, resolve_model_id
+from vlmsteer.loading import load_processor, model_fingerprint, model_identity, parse_dtype, resolve_model_id
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ class LanguageHead:
     processor: Any
     model_id: str
     softcap: float | None = None
+    source: dict | None = None  # see vlmsteer.loading.model_fingerprint
+    architecture: str | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.unembed.weight.shape[1])
+
+    @property
+    def identity(self) -> dict:
+        return model_identity(self.source or {}, None, str(self.unembed.weight.dtype).replace("torch.", ""),
+                              self.architecture)
 
     @property
     def tokenizer(self):
@@ -71,8 +82,10 @@ def load_head(model_id: str | Path, dtype: str | torch.dtype = "auto", device: s
         module._parameters[name] = torch.nn.Parameter(value.to(device=device, dtype=torch_dtype or value.dtype),
                                                       requires_grad=False)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    archs = getattr(config, "architectures", None)
     return LanguageHead(norm.eval(), unembed.eval(), load_processor(path, trust_remote_code=trust_remote_code),
-                        str(model_id), getattr(text, "final_logit_softcapping", None))
+                        str(model_id), getattr(text, "final_logit_softcapping", None),
+                        model_fingerprint(model_id, path), archs[0] if archs else None)
 
 
 def _read_head(folder: Path, skeleton, norm, unembed) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:

@@ -65,6 +65,23 @@ def load_image(image: Image.Image | str | Path, max_pixels: int | None = DEFAULT
         raise VlmsteerError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
 
 
+def decode_images(images, max_pixels: int | None) -> list[Image.Image | None]:
+    """A batch's images as RGB PIL images, each path decoded once: VQAv2 lists an image's
+    ~5 questions together, so most of a batch shares a few images. Images above
+    ``max_pixels`` are refused before decoding."""
+    decoded: dict[str, Image.Image] = {}
+    out: list[Image.Image | None] = []
+    for im in images:
+        if im is None or isinstance(im, Image.Image):
+            out.append(None if im is None else load_image(im, max_pixels))
+            continue
+        key = str(im)
+        if key not in decoded:
+            decoded[key] = load_image(im, max_pixels)
+        out.append(decoded[key])
+    return out
+
+
 def check_images(samples, progress: bool = False, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> int:
     """Decode every distinct image of ``samples`` (a missing, truncated or corrupt one is a
     one-line error naming it); returns how many were decoded."""
@@ -174,6 +191,22 @@ def model_fingerprint(model_id: str | Path, resolved: str, model=None, revision:
                 "path": os.path.realpath(path)}
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     return {"hub_id": str(model_id), "commit": commit or revision}
+
+
+def parameters_fingerprint(model) -> dict:
+    """A digest of a model's parameters and buffers (names and bytes): the identity of a model
+    built in Python rather than loaded from files."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"weights_sha256": digest.hexdigest(), "hash": "parameters"}
+
+
+def model_identity(source: dict, adapter_sha256: str | None, dtype: str, architecture: str | None) -> dict:
+    """The compared identity of a model: weights (digest, or hub id @ commit), adapter, dtype."""
+    weights = source.get("weights_sha256") or f"{source.get('hub_id')}@{source.get('commit')}"
+    return {"weights": weights, "adapter": adapter_sha256, "dtype": dtype, "architecture": architecture}
 
 
 def _attach_adapter(model, adapter: str | Path):

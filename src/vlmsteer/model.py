@@ -23,8 +23,8 @@ from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.layers import resolve_layer
 from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS
-from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, load_image, load_processor, model_fingerprint,
-                              parse_dtype, resolve_model_id)
+from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, decode_images, load_processor, model_fingerprint,
+                              model_identity, parameters_fingerprint, parse_dtype, resolve_model_id)
 from vlmsteer.regions import TokenRegions
 
 Images = Sequence[Image.Image | str | Path | None]
@@ -51,23 +51,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
-
-
-def _decode_once(images: Images, max_pixels: int | None) -> list[Image.Image | None]:
-    """The batch's images as RGB PIL images, each path decoded once: VQAv2 lists an image's
-    ~5 questions together, so most of a batch shares a few images. Images above
-    ``max_pixels`` are refused before decoding."""
-    decoded: dict[str, Image.Image] = {}
-    out: list[Image.Image | None] = []
-    for im in images:
-        if im is None or isinstance(im, Image.Image):
-            out.append(None if im is None else load_image(im, max_pixels))
-            continue
-        key = str(im)
-        if key not in decoded:
-            decoded[key] = load_image(im, max_pixels)
-        out.append(decoded[key])
-    return out
 
 
 @dataclass
@@ -205,16 +188,8 @@ class VLM:
         and whatever combines outputs compares it. A model built in Python (no ``source``) is
         identified by a digest of its parameters, computed once."""
         if self.source is None:
-            import hashlib
-
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self.source = {"weights_sha256": digest.hexdigest(), "hash": "parameters"}
-        weights = self.source.get("weights_sha256") or f"{self.source.get('hub_id')}@{self.source.get('commit')}"
-        return {"weights": weights, "adapter": (self.adapter or {}).get("sha256"), "dtype": self.dtype,
-                "architecture": self.architecture}
+            self.source = parameters_fingerprint(self.model)
+        return model_identity(self.source, (self.adapter or {}).get("sha256"), self.dtype, self.architecture)
 
     def layer_index(self, layer: int) -> int:
         """Normalize a layer index (negative counts from the end); error if out of range."""
@@ -255,7 +230,7 @@ class VLM:
         """
         if len(images) != len(prompts):
             raise VlmsteerError(f"{len(images)} images but {len(prompts)} prompts")
-        pil = _decode_once(images, self.max_image_pixels)
+        pil = decode_images(images, self.max_image_pixels)
         texts = [self.build_prompt(p, image=im is not None) for p, im in zip(prompts, pil)]
         inputs = self._encode(pil, texts)
         regions = TokenRegions.from_batch(inputs["input_ids"], inputs["attention_mask"], self.image_token_ids)

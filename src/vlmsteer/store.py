@@ -174,6 +174,33 @@ def _get(obj: dict, dotted: str) -> Any:
     return obj
 
 
+def check_paired(a: "FeatureStore", b: "FeatureStore", what: str, same_model: bool = False,
+                 same_samples: bool = False) -> None:
+    """A one-line error when two stores that an analysis combines do not belong together: the
+    token selector, mode and teacher-forced target must agree; ``same_model``: the model's
+    weights too (a coarse vector's two sides); ``same_samples``: every sample both hold must
+    have the same content (the fine-tuning shift compares two models on the same samples)."""
+    if a.hidden_size != b.hidden_size:
+        raise VlmsteerError(f"{a.path} and {b.path} have different hidden sizes ({a.hidden_size} vs {b.hidden_size}): "
+                            f"they come from different models and cannot be combined for {what}")
+    ha, hb = a.identity, b.identity
+    keys = ["selector", "mode", "target"]
+    diff = [k for k in keys if ha.get(k) != hb.get(k)]
+    if same_model and (ha.get("model") or {}).get("weights") != (hb.get("model") or {}).get("weights"):
+        diff.append("model weights")
+    if diff:
+        raise VlmsteerError(f"{a.path} and {b.path} cannot be combined for {what}: they were extracted with "
+                            f"different {', '.join(diff)} ({_short(ha.get(diff[0].split()[0]))} vs "
+                            f"{_short(hb.get(diff[0].split()[0]))})")
+    if same_samples:
+        digests = {r["id"]: r.get("digest") for r in b.records}
+        for r in a.records:
+            other = digests.get(r["id"])
+            if other is not None and r.get("digest") is not None and other != r["digest"]:
+                raise VlmsteerError(f"{a.path} and {b.path} cannot be combined for {what}: sample {r['id']!r} has "
+                                    "different content in each (they were extracted from different datasets)")
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 3] + "..."

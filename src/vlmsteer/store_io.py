@@ -17,6 +17,7 @@ import numpy as np
 from vlmsteer.data.io import read_jsonl
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
+from vlmsteer.outputs import atomic_write, atomic_write_text, make_folder
 from vlmsteer.store import FeatureStore, StoreWriter
 
 def _load_array(path: Path) -> np.ndarray:
@@ -98,17 +99,21 @@ def export_features(store: FeatureStore, layer: int, features: str | Path, recor
     features, records = Path(features), Path(records)
     absolute = store.layer_index(layer)
     idx = np.arange(len(store))
-    arr = store.features(absolute, indices=idx, dtype=None)
-    features.parent.mkdir(parents=True, exist_ok=True)
-    if features.suffix == ".npy":
-        np.save(features, arr)
-    elif features.suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file({"features": np.ascontiguousarray(arr)}, str(features),
-                  metadata={"layer": str(absolute), "model_id": str(store.header.get("model_id"))})
-    else:
+    if features.suffix not in (".npy", ".safetensors"):
         raise input_error(features, "features must be a .npy or .safetensors file")
-    records.parent.mkdir(parents=True, exist_ok=True)
-    records.write_text("".join(json.dumps(store.records[i]) + "\n" for i in idx))
+    if features.resolve() == records.resolve():
+        raise input_error(features, "the features and the records would be the same file; give two files")
+    arr = store.features(absolute, indices=idx, dtype=None)
+    make_folder(features.parent)
+    if features.suffix == ".npy":
+        atomic_write(features, lambda f: np.save(f, arr), durable=False)
+    else:
+        from safetensors.numpy import save
+
+        data = save({"features": np.ascontiguousarray(arr)},
+                    metadata={"layer": str(absolute), "model_id": str(store.header.get("model_id")),
+                              "store_fingerprint": store.fingerprint})
+        atomic_write(features, lambda f: f.write(data), durable=False)
+    make_folder(records.parent)
+    atomic_write_text(records, "".join(json.dumps(store.records[i]) + "\n" for i in idx))
     return len(idx)

@@ -22,7 +22,7 @@ from scipy.stats import pearsonr, spearmanr
 from vlmsteer.concepts.grounding import cosine_matrix
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.extras import require
-from vlmsteer.store import FeatureStore
+from vlmsteer.store import FeatureStore, check_paired
 
 
 @dataclass
@@ -61,6 +61,7 @@ def aligned_features(store_a: FeatureStore, store_b: FeatureStore, layer: int) -
     if store_a.hidden_size != store_b.hidden_size:
         raise VlmsteerError(f"stores have different hidden sizes ({store_a.hidden_size} vs {store_b.hidden_size}); "
                             "they come from different models")
+    check_paired(store_a, store_b, "a fine-tuning shift", same_samples=True)
     layer = store_a.layer_index(layer)
     store_b.layer_index(layer)
     ia = {store_a.records[i]["id"]: int(i) for i in store_a.select()}

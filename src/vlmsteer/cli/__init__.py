@@ -23,6 +23,15 @@ __all__ = ["app", "main", "entry"]
 
 
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, ``kill PID``), handled like Ctrl-C: finished work is kept."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -30,10 +39,11 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def _interrupted() -> int:
-    err_console.print("interrupted: finished work is kept; rerun the same command to resume "
+def _interrupted(code: int = INTERRUPTED) -> int:
+    what = "terminated" if code == TERMINATED else "interrupted"
+    err_console.print(f"{what}: finished work is kept; rerun the same command to resume "
                       "(an extraction store continues from its last complete shard)", highlight=False, soft_wrap=True)
-    return INTERRUPTED
+    return code
 
 
 def _is(exc: BaseException, name: str) -> bool:
@@ -75,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C exits with 130 and a line saying how to resume."""
     from vlmsteer.hooks import PositionError
 
+    import signal
+    import threading
+
     command = typer.main.get_command(app)
     _log_to_stderr()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
     except VlmsteerError as exc:
@@ -84,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc) + (f" (option {flag})" if flag else ""), exc.exit_code)
     except PositionError as exc:  # steering cannot tell where it is: never a silent no-op
         return _error(f"steering stopped: {exc}", 1)
+    except Terminated:
+        return _interrupted(TERMINATED)
     except KeyboardInterrupt:
         return _interrupted()
-    except OSError as exc:
-        if exc.filename is None:
-            raise
-        return _error(f"{exc.filename}: {exc.strerror or exc}")
+    except OSError as exc:  # a writer or reader the library did not wrap: still one line
+        where = exc.filename if exc.filename is not None else "input/output"
+        return _error(f"{where}: {exc.strerror or exc}; finished outputs are kept", 1)
     except Exception as exc:
         if _is(exc, "NoArgsIsHelpError"):  # a bare `vlmsteer` or group: show the help
             exc.show()

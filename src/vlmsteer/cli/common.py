@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import gc
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -69,12 +70,16 @@ def _load_samples(*args, **kwargs):
 
 
 def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto", device: str = "cpu",
-                device_map: Optional[str] = None, trust_remote_code: bool = False):
+                device_map: Optional[str] = None, trust_remote_code: bool = False,
+                max_image_pixels: Optional[int] = None):
     _quiet_transformers()
     from vlmsteer.model import VLM
 
-    return VLM.load(model, adapter=adapter, dtype=dtype, device=_device_for_rank(device),
-                    device_map=device_map or None, trust_remote_code=trust_remote_code)
+    vlm = VLM.load(model, adapter=adapter, dtype=dtype, device=_device_for_rank(device),
+                   device_map=device_map or None, trust_remote_code=trust_remote_code)
+    if max_image_pixels is not None:
+        vlm.max_image_pixels = max_image_pixels
+    return vlm
 
 
 def _load_head(model: str, dtype: str = "auto", device: str = "cpu", device_map: Optional[str] = None):
@@ -116,7 +121,14 @@ _DEVICE_MAP = typer.Option(None, help="'auto': spread a model too large for one 
 
 
 _ALLOW_OUTSIDE = typer.Option(False, "--allow-outside-images",
-                              help="Read image paths that lead outside the dataset folder.")
+                              help="Read image paths that lead outside the dataset folder (symlinks resolved).")
+_MAX_PIXELS = typer.Option(4096 * 4096, "--max-image-pixels", min=1,
+                           help="Refuse images with more pixels than this (read from the header, before decoding).")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace an output made from other inputs or settings (the "
+                                                     "old one stays whole until the new one is complete).")
+_ALLOW_OTHER_MODEL = typer.Option(False, "--allow-other-model",
+                                  help="Use a vector, dictionary or condition store made with another model's "
+                                       "weights (same hidden size).")
 _ALLOW_PARTIAL = typer.Option(False, "--allow-partial", help="Accept a store whose extraction did not finish.")
 
 
@@ -132,7 +144,11 @@ _NAME = typer.Option(None, help="Vector name, for files holding several.")
 _ALPHA = typer.Option(1.0, help="Steering strength.")
 _LAYERS = typer.Option(None, help="Layer(s) to steer (default: the vector's).")
 _BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
-_LIMIT = typer.Option(None, help="Evaluate a seeded random subset.")
+_LIMIT = typer.Option(None, min=1, help="Evaluate a seeded random subset of this many samples.")
+
+
+def _BATCH(default: int):  # noqa: N802 - an option factory, like the constants around it
+    return typer.Option(default, min=1, help="Samples per batch (halved on an accelerator out-of-memory error).")
 # fine-grained steering: apply the vector only where a concept is active
 _DICTIONARY = typer.Option(None, help="Fine-grained: dictionary.safetensors from `vlmsteer concepts`; steer only "
                                       "samples whose feature at the steering layer (last prompt token) falls in "
@@ -180,9 +196,10 @@ def _condition_spec(dictionary: Optional[Path], concept: Optional[list[str]], co
 
 
 def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, layer: Optional[list[str]],
-              region: str, condition=None):
+              region: str, condition=None, allow_other_model: bool = False):
     """The ``Steering`` the vector options describe (None without ``--vector``), checked against
-    the model; ``condition`` (a ConditionSpec) is built at the first steered layer."""
+    the model (sizes, layers, the weights the vector and condition were made with, the
+    scale); ``condition`` (a ConditionSpec) is built at the first steered layer."""
     if vector is None:
         if condition is not None:
             raise VlmsteerError("a steering condition needs a steering vector (--vector)")
@@ -190,14 +207,99 @@ def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, la
     from vlmsteer.steer import Steering
     from vlmsteer.steer.vector import load_vector
 
-    vec = load_vector(vector, name, vlm)
-    layers = vec.check_model(vlm, _parse_layers(layer) if layer else None)
+    vec = load_vector(vector, name, vlm, allow_other_model)
+    layers = vec.check_model(vlm, _parse_layers(layer) if layer else None, allow_other_model)
     built = condition.build(min(layers)) if condition is not None else None
+    if built is not None and hasattr(built, "check_model"):
+        built.check_model(vlm, allow_other_model)
     return Steering(vec, alpha, layers, region, built).check(vlm)
 
 
 def _current_params() -> dict:
     """The running command's parsed options (typer >= 0.29 keeps its own copy of click)."""
+    ctx = _current_context()
+    if ctx is None:
+        raise RuntimeError("no command is running")
+    return dict(ctx.params)
+
+
+# options that do not change what a command computes (where it runs, how it reports): left out of
+# the identity an output records; options naming files are replaced by their contents' identity
+NOT_RESULTS = {"out", "overwrite", "device", "device_map", "threads", "show", "allow_partial",
+               "allow_outside_images", "max_image_pixels", "allow_other_model"}
+
+
+def _run_identity(**contents) -> dict:
+    """What an output folder is made of: ``contents`` (model, data, stores, steering by their
+    content identities) plus the command's options that change its result. Paths as typed
+    are not part of it: the same inputs named by another path make the same output."""
+    params = _current_params()
+    ctx = _current_context()
+    settings = {k: v for k, v in params.items()
+                if k not in NOT_RESULTS and not isinstance(v, Path) and k not in contents and k != "model"}
+    return {"command": ctx.command_path if ctx is not None else None, "settings": settings,
+            "versions": _result_versions(), **contents}
+
+
+def _result_versions() -> dict:
+    from vlmsteer.evaluate.runinfo import versions
+
+    v = versions()
+    return {k: v.get(k) for k in ("vlmsteer", "torch", "transformers")}
+
+
+@contextmanager
+def _publish(out: Path, overwrite: bool = False) -> Iterator:
+    """An output folder built in a staging folder beside ``out`` and swapped in whole at the end
+    (see :class:`vlmsteer.outputs.Publication`): the folder's lock is taken and writability
+    checked now, before any model work. Under torchrun every rank writes its part into the
+    same staging folder and rank 0 alone locks and publishes."""
+    from vlmsteer.outputs import Publication
+
+    rank, _ = _rank_and_world()
+    pub = Publication(out, overwrite, lock=rank == 0).begin()
+    try:
+        yield pub
+        if rank == 0:
+            pub.commit()
+    finally:
+        pub.close()
+
+
+def _claim(pub, identity: dict) -> str:
+    """Check ``identity`` against what ``pub``'s output folder holds (refused unless
+    --overwrite when it differs); the staging folder keeps only work of this identity (rank 0
+    clears the rest, the other ranks wait for it)."""
+    import time
+
+    from vlmsteer.outputs import atomic_write_text
+
+    rank, _ = _rank_and_world()
+    digest = pub.claim(identity)
+    marker = pub.stage / ".identity"
+    if rank == 0:
+        try:
+            current = marker.read_text()
+        except OSError:
+            current = None
+        if current != digest:
+            import shutil
+
+            for entry in pub.stage.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            atomic_write_text(marker, digest)
+    else:
+        while True:
+            try:
+                if marker.read_text() == digest:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+    return digest
+
+
+def _current_context():
     import importlib
 
     for module in ("typer._click.globals", "click.globals"):
@@ -206,13 +308,19 @@ def _current_params() -> dict:
         except ImportError:
             continue
         if ctx is not None:
-            return dict(ctx.params)
-    raise RuntimeError("no command is running")
+            return ctx
+    return None
 
 
-def _write_run_json(out: Path, *, model_id: Optional[str] = None, revision: Optional[str] = None, **extra) -> None:
-    """``out/run.json`` from the options this command was given, as parsed (nothing listed by hand)."""
+def _write_run_json(out, *, model_id: Optional[str] = None, revision: Optional[str] = None, **extra) -> None:
+    """``run.json`` from the options this command was given, as parsed (nothing listed by hand);
+    ``out`` is a folder or a :class:`~vlmsteer.outputs.Publication` (written into its staging
+    folder, with the identity it claimed)."""
     from vlmsteer.evaluate.runinfo import write_run_json
 
     params = _current_params()
+    identity = getattr(out, "identity", None)
+    if identity is not None:
+        extra = {**extra, "identity": identity, "fingerprint": out.fingerprint}
+        out = out.stage
     write_run_json(out, options=params, seed=params.get("seed"), model_id=model_id, revision=revision, **extra)

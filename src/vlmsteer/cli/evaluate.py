@@ -9,9 +9,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _CONCEPT, _CONDITION_STORE, _DEVICE,
-                                 _DEVICE_MAP, _DICTIONARY, _DTYPE, _LAYERS, _LIMIT, _NAME, _VECTOR, _condition_spec,
-                                 _load_model, _load_samples, _rank_and_world, _steering, _write_run_json, eval_app, out_console)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH, _CONCEPT,
+                                 _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE, _LAYERS, _LIMIT,
+                                 _MAX_PIXELS, _NAME, _OVERWRITE, _VECTOR, _claim, _condition_spec, _load_model,
+                                 _load_samples, _publish, _rank_and_world, _run_identity, _steering, _write_run_json,
+                                 eval_app, out_console)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -22,8 +24,8 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
              limit: Optional[int] = _LIMIT,
-             seed: int = typer.Option(0), batch_size: int = typer.Option(32),
-             max_new_tokens: int = typer.Option(8), adapter: Optional[Path] = typer.Option(None),
+             seed: int = typer.Option(0), batch_size: int = _BATCH(32),
+             max_new_tokens: int = typer.Option(8, min=1), adapter: Optional[Path] = typer.Option(None),
              vector: Optional[Path] = _VECTOR,
              name: Optional[str] = _NAME,
              alpha: float = _ALPHA,
@@ -35,21 +37,25 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
              target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-             allow_outside_images: bool = _ALLOW_OUTSIDE):
+             allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
+             allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
     from vlmsteer.evaluate.vqa_run import evaluate_vqa_run
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
-    samples = _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
-                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, adapter, dtype, device, device_map)
-    steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
-    metrics = evaluate_vqa_run(vlm, samples, out, steering=steering, baseline=baseline, source=source, target=target,
-                               batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part())
-    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
-        return
-    _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
+    with _publish(out, overwrite) as pub:
+        samples = _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
+                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+        vlm, steering = _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map,
+                                            max_image_pixels, vector, name, alpha, layer, region_, condition,
+                                            allow_other_model)
+        metrics = evaluate_vqa_run(vlm, samples, pub.stage, steering=steering, baseline=baseline, source=source,
+                                   target=target, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   progress=True, part=_part())
+        if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+            return
+        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
     _print_vqa_table(metrics)
     if "vs_baseline" in metrics:
         out_console.print_json(json.dumps(metrics["vs_baseline"]))
@@ -63,8 +69,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   prompt: Optional[str] = typer.Option(None, help="Caption prompt (default: the loader's)."),
                   out: Path = typer.Option(Path("runs/eval-captions"), help="Output folder."),
                   limit: Optional[int] = _LIMIT,
-                  seed: int = typer.Option(0), batch_size: int = typer.Option(32),
-                  max_new_tokens: int = typer.Option(32), adapter: Optional[Path] = typer.Option(None),
+                  seed: int = typer.Option(0), batch_size: int = _BATCH(32),
+                  max_new_tokens: int = typer.Option(32, min=1), adapter: Optional[Path] = typer.Option(None),
                   vector: Optional[Path] = _VECTOR,
                   name: Optional[str] = _NAME,
                   alpha: float = _ALPHA,
@@ -76,7 +82,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
                                                              "installed), java or python."),
                   dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-                  allow_outside_images: bool = _ALLOW_OUTSIDE):
+                  allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
+                  allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
     from vlmsteer.evaluate.captions import evaluate_caption_run
     from vlmsteer.evaluate.cider import resolve_tokenizer
@@ -84,15 +91,18 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
-    samples = _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
-                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, adapter, dtype, device, device_map)
-    steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
-    metrics = evaluate_caption_run(vlm, samples, out, steering=steering, baseline=baseline, tokenizer=tokenizer,
-                                   batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part())
-    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
-        return
-    _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
+    with _publish(out, overwrite) as pub:
+        samples = _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+        vlm, steering = _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map,
+                                            max_image_pixels, vector, name, alpha, layer, region_, condition,
+                                            allow_other_model)
+        metrics = evaluate_caption_run(vlm, samples, pub.stage, steering=steering, baseline=baseline,
+                                       tokenizer=tokenizer, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       progress=True, part=_part())
+        if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+            return
+        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
     table = Table(title=f"captions ({metrics['n']} images)")
     for col in ("metric", "value", "vs baseline"):
         table.add_column(col, justify="right" if col != "metric" else "left")
@@ -114,8 +124,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 image_type: str = typer.Option("SD_TYPO", help="MM-SafetyBench image type: SD, SD_TYPO or TYPO."),
                 out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
                 limit: Optional[int] = _LIMIT,
-                seed: int = typer.Option(0), batch_size: int = typer.Option(16),
-                max_new_tokens: int = typer.Option(64), adapter: Optional[Path] = typer.Option(None),
+                seed: int = typer.Option(0), batch_size: int = _BATCH(16),
+                max_new_tokens: int = typer.Option(64, min=1), adapter: Optional[Path] = typer.Option(None),
                 vector: Optional[Path] = _VECTOR,
                 name: Optional[str] = _NAME,
                 alpha: float = _ALPHA,
@@ -125,7 +135,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
                 baseline: Optional[Path] = _BASELINE,
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-                allow_outside_images: bool = _ALLOW_OUTSIDE):
+                allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
+                allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
     from vlmsteer.data import DataFormat
     from vlmsteer.evaluate.safety import evaluate_safety_run
@@ -135,15 +146,18 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     formats = (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value)
     if fmt not in formats:
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
-    samples = _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
-                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, adapter, dtype, device, device_map)
-    steering = _steering(vlm, vector, name, alpha, layer, region_, condition)
-    metrics = evaluate_safety_run(vlm, samples, out, steering=steering, baseline=baseline, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, progress=True, part=_part())
-    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
-        return
-    _write_run_json(out, model_id=model, revision=vlm.revision, steering=metrics.get("steering"))
+    with _publish(out, overwrite) as pub:
+        samples = _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
+                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+        vlm, steering = _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map,
+                                            max_image_pixels, vector, name, alpha, layer, region_, condition,
+                                            allow_other_model)
+        metrics = evaluate_safety_run(vlm, samples, pub.stage, steering=steering, baseline=baseline,
+                                      batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True,
+                                      part=_part())
+        if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+            return
+        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
     table = Table(title=f"attack success rate ({metrics['n']} prompts)")
     for col in ("category", "prompts", "ASR %"):
         table.add_column(col, justify="left" if col == "category" else "right")
@@ -154,6 +168,23 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     if "vs_baseline" in metrics:
         out_console.print_json(json.dumps(metrics["vs_baseline"]))
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+
+
+def _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map, max_image_pixels, vector,
+                        name, alpha, layer, region, condition, allow_other_model):
+    """Load the model and the steering, then claim the output folder for this run's identity
+    (model, data and steering by content, the result-changing options), before generating."""
+    from vlmsteer.data.identity import dataset_identity
+    from vlmsteer.outputs import read_run_record
+
+    vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
+    steering = _steering(vlm, vector, name, alpha, layer, region, condition, allow_other_model)
+    base = None
+    if baseline is not None:
+        base = (read_run_record(baseline) or {}).get("fingerprint")
+    _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+                              steering=steering.identity() if steering is not None else None, baseline=base))
+    return vlm, steering
 
 
 def _part():

@@ -8,8 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _load_samples, _open_store,
-                                 _parse_layers, _rank_and_world, _write_run_json, app, out_console, store_app)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
+                                 _OVERWRITE, _claim, _load_head, _load_model, _load_samples, _open_store,
+                                 _parse_layers, _publish, _rank_and_world, _run_identity, _write_run_json, app,
+                                 out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -29,14 +31,17 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             mode: str = typer.Option("teacher", help="teacher (reference answer/caption) or generate."),
             target: str = typer.Option("auto", help="Teacher-forced text: auto, answer or caption."),
             split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
-            limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
-            batch_size: int = typer.Option(16), shard_size: int = typer.Option(256),
+            limit: Optional[int] = typer.Option(None, min=1, help="Extract a seeded random subset of this many "
+                                                                   "samples."),
+            seed: int = typer.Option(0),
+            batch_size: int = _BATCH(16), shard_size: int = typer.Option(256, min=1, help="Samples per shard."),
             store_dtype: str = typer.Option("float32", help="float32 or float16 features on disk."),
-            max_new_tokens: int = typer.Option(32), prompt: Optional[str] = typer.Option(None),
+            max_new_tokens: int = typer.Option(32, min=1), prompt: Optional[str] = typer.Option(None),
             where: Optional[str] = typer.Option(None, help="Keep samples whose fields match, e.g. "
                                                            "'question_type=what color is the' or 'answer=yes|no'."),
-            adapter: Optional[Path] = typer.Option(None), dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-            allow_outside_images: bool = _ALLOW_OUTSIDE):
+            adapter: Optional[Path] = typer.Option(None), dtype: str = _DTYPE, device: str = _DEVICE,
+            device_map: Optional[str] = _DEVICE_MAP, allow_outside_images: bool = _ALLOW_OUTSIDE,
+            max_image_pixels: int = _MAX_PIXELS):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
     from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
@@ -49,11 +54,14 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                             max_new_tokens=max_new_tokens)
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
+    from vlmsteer.outputs import check_writable
+
+    check_writable(out)  # before any model work
     samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
-                            allow_outside_images=allow_outside_images, where=where)
-    vlm = _load_model(model, adapter, dtype, device, device_map)
-    dataset = {"format": fmt, "path": str(data), "split": split, "limit": limit, "seed": seed, "prompt": prompt,
-               "where": where}
+                            allow_outside_images=allow_outside_images, where=where, max_image_pixels=max_image_pixels)
+    vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
+    dataset = {"format": fmt, "path": str(data.resolve()), "split": split, "limit": limit, "seed": seed,
+               "prompt": prompt, "where": where}
     rank, world = _rank_and_world()
     store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=rank == 0,
                                  part=(rank, world) if world > 1 else None)
@@ -61,7 +69,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
         out_console.print(f"resumed from {resumed} samples already in {store.path}")
     if rank != 0:  # rank 0 merges the parts, writes run.json and reports
         return
-    _write_run_json(out, model_id=model, revision=vlm.revision, world_size=world)
+    _write_run_json(out, model_id=vlm.model_id, revision=vlm.revision, world_size=world, fingerprint=store.fingerprint)
     found = int(store.manifest["summary"]["found"])  # not store.select(): that reads every record
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
 
@@ -70,28 +78,33 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
 def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              out: Path = typer.Option(..., help="Output folder."),
              method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
-             k: int = typer.Option(20, "-k", "--k", help="Number of concepts."),
+             k: int = typer.Option(20, "-k", "--k", min=1, help="Number of concepts."),
              layer: Optional[int] = typer.Option(None, help="Model layer to use (negative counts from the model's "
                                                              "end; default: the deepest layer in the store)."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
              no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
-             top_words: int = typer.Option(15), top_images: int = typer.Option(8), seed: int = typer.Option(0),
+             top_words: int = typer.Option(15, min=1, help="Words per concept."),
+             top_images: int = typer.Option(8, min=0, help="Most activating images per concept (0: none)."),
+             seed: int = typer.Option(0),
              backend: str = typer.Option("auto", help="K-Means: sklearn (reference, n_init 10), torch (chunked, "
                                                        "bounded memory), faiss (optional extra: a sample of 256 "
                                                        "rows per concept) or auto (sklearn up to 2^25 values)."),
              dtype: str = _DTYPE, device: str = typer.Option("cpu", help="Device for the grounding model and the "
                                                                           "torch K-Means backend."),
              device_map: Optional[str] = _DEVICE_MAP,
-             allow_partial: bool = _ALLOW_PARTIAL):
+             allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Learn concepts from stored features; ground them in words and images; write an HTML report."""
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
-    st = _open_store(store, allow_partial)
-    absolute = st.layer_index(layer) if layer is not None else max(st.layers)
-    vlm = None if no_words else _load_head(model or st.header["model_id"], dtype, device, device_map)
-    result = run_concepts(st, out, ConceptRun(method=method, k=k, layer=absolute, seed=seed, top_words=top_words,
-                                             top_images=top_images, backend=backend, device=device), vlm=vlm)
-    _write_run_json(out, model_id=st.header.get("model_id"))
+    with _publish(out, overwrite) as pub:
+        st = _open_store(store, allow_partial)
+        absolute = st.layer_index(layer) if layer is not None else max(st.layers)
+        vlm = None if no_words else _load_head(model or st.header["model_id"], dtype, device, device_map)
+        _claim(pub, _run_identity(store=st.fingerprint, grounding=_grounding_identity(vlm, st)))
+        result = run_concepts(st, pub.stage, ConceptRun(method=method, k=k, layer=absolute, seed=seed,
+                                                        top_words=top_words, top_images=top_images, backend=backend,
+                                                        device=device), vlm=vlm)
+        _write_run_json(pub, model_id=st.header.get("model_id"))
     table = Table(title=f"{k} {method} concepts, layer {absolute}")
     table.add_column("#", justify="right")
     table.add_column("size", justify="right")
@@ -108,18 +121,21 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
                      label: str = typer.Option("answer", help="Record field to predict (e.g. answer, "
                                                               "answer_type, meta.style)."),
                      layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
-                     top: int = typer.Option(10, help="Keep the most frequent labels."),
-                     folds: int = typer.Option(5, help="Cross-validation folds."), seed: int = typer.Option(0),
-                     allow_partial: bool = _ALLOW_PARTIAL):
+                     top: int = typer.Option(10, min=2, help="Keep the most frequent labels."),
+                     folds: int = typer.Option(5, min=2, help="Cross-validation folds."),
+                     seed: int = typer.Option(0),
+                     allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Per-layer linear-probe accuracy and PCA plots of features coloured by a label (PNG + JSON)."""
     from vlmsteer.analysis.separability import separability
     from vlmsteer.report.plots import write_separability
 
-    st = _open_store(store, allow_partial)
-    result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
-                          seed=seed)
-    write_separability(st, result, out, seed=seed)
-    _write_run_json(out, model_id=st.header.get("model_id"))
+    with _publish(out, overwrite) as pub:
+        st = _open_store(store, allow_partial)
+        _claim(pub, _run_identity(store=st.fingerprint))
+        result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
+                              seed=seed)
+        write_separability(st, result, pub.stage, seed=seed)
+        _write_run_json(pub, model_id=st.header.get("model_id"))
     table = Table(title=f"linear separability of {label!r} ({sum(result.counts.values())} samples, "
                         f"{len(result.labels)} labels; majority class {result.majority_baseline:.1f} %)")
     for col in ("layer", "probe accuracy %", "PCA variance (2 comps)"):
@@ -131,6 +147,16 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
     out_console.print(f"wrote {out}/separability.json, {out}/probe_accuracy.png, {out}/pca_layers.png")
 
 
+
+
+def _grounding_identity(vlm, store) -> dict | None:
+    """The grounding head's identity, after checking it reads vectors of the store's size."""
+    if vlm is None:
+        return None
+    if vlm.hidden_size != store.hidden_size:
+        raise VlmsteerError(f"{vlm.model_id} has hidden size {vlm.hidden_size} but the store's features have "
+                            f"{store.hidden_size}: ground the words with the store's own model", "model")
+    return vlm.identity
 
 
 @store_app.command("import")
@@ -158,5 +184,7 @@ def store_export(store: Path = typer.Argument(..., help="Feature store folder.")
     """Write one layer of a store as an (N, D) array and its records as JSONL."""
     from vlmsteer.store_io import export_features
 
+    if features.resolve() == records.resolve():
+        raise VlmsteerError(f"--features and --records name the same file ({features}); give two files")
     n = export_features(_open_store(store, allow_partial), layer, features, records)
     out_console.print(f"{n} rows -> {features}, {records}")

@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _ALLOW_PARTIAL, _load_head, _load_model, _load_samples, _open_store,
-                                 _parse_ints, _write_run_json, app, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
+                                 _OVERWRITE, _claim, _load_head, _load_model, _load_samples, _open_store, _parse_ints,
+                                 _publish, _run_identity, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -19,30 +20,37 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              fmt: str = typer.Option("coco", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
              keywords: Optional[str] = typer.Option(None, help="Keep only texts with these keywords: colors, "
                                                                "places, sentiments, gender."),
-             steps: int = typer.Option(300), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),
-             rank: int = typer.Option(8), save_every: int = typer.Option(100),
+             steps: int = typer.Option(300, min=1, help="Optimizer steps."), batch_size: int = _BATCH(16),
+             lr: float = typer.Option(1e-3, help="Learning rate (a positive number)."),
+             rank: int = typer.Option(8, min=1, help="LoRA rank."),
+             save_every: int = typer.Option(100, min=1, help="Save an adapter checkpoint every this many steps."),
              merge: bool = typer.Option(False, help="Also write a merged model folder."),
              target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
-             split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None),
+             split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None, min=1),
              prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0),
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-             allow_outside_images: bool = _ALLOW_OUTSIDE):
+             allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
+             overwrite: bool = _OVERWRITE):
     """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
     from vlmsteer.data.keywords import filter_samples, keyword_set
     from vlmsteer.finetune import FinetuneConfig
     from vlmsteer.finetune import finetune as run_finetune
 
-    samples = _load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
-                            allow_outside_images=allow_outside_images)
-    if keywords:
-        samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
-        if not samples:
-            raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
-    vlm = _load_model(model, None, dtype, device, device_map)
+    from vlmsteer.data.identity import dataset_identity
+
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
                          target=target)
-    summary = run_finetune(vlm, samples, out, cfg, merge=merge, progress=True)
-    _write_run_json(out, model_id=model, revision=vlm.revision)
+    with _publish(out, overwrite) as pub:
+        samples = _load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
+                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+        if keywords:
+            samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
+            if not samples:
+                raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
+        vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples)))
+        summary = run_finetune(vlm, samples, pub.stage, cfg, merge=merge, progress=True)
+        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
                       f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
 
@@ -51,7 +59,7 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
 def shift(original: Path = typer.Option(..., help="Store extracted from the original model."),
           finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
           out: Path = typer.Option(Path("runs/shift")), layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
-          k: int = typer.Option(10, "-k", "--k"), method: str = typer.Option("kmeans"),
+          k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts per model."), method: str = typer.Option("kmeans"),
           matching: str = typer.Option("hungarian", help="hungarian or ot."),
           checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
           ks: Optional[str] = typer.Option(None, help="Ablation over K, e.g. '5,10,20'."),
@@ -59,7 +67,8 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
           model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
           no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL,
-          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
+          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+          overwrite: bool = _OVERWRITE):
     """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""
     from vlmsteer.data.keywords import keyword_set
     from vlmsteer.report.shift import ShiftConfig, run_shift
@@ -79,9 +88,20 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
     if any(v < 1 for v in k_values + [k]):
         raise VlmsteerError(f"-k and --ks need positive integers, got {[k] + k_values}")
     layer_values = [a.layer_index(v) for v in _parse_ints(layers, "--layers")] if layers else []
-    vlm = None if no_words else _load_head(model or a.header["model_id"], dtype, device, device_map)
-    result = run_shift(a, b, out, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
-    _write_run_json(out, model_id=a.header.get("model_id"))
+    from vlmsteer.store import check_paired
+
+    for other in [b, *checkpoints.values()]:
+        check_paired(a, other, "a fine-tuning shift", same_samples=True)
+    with _publish(out, overwrite) as pub:
+        vlm = None if no_words else _load_head(model or a.header["model_id"], dtype, device, device_map)
+        if vlm is not None and vlm.hidden_size != a.hidden_size:
+            raise VlmsteerError(f"{vlm.model_id} has hidden size {vlm.hidden_size} but the stores' features have "
+                                f"{a.hidden_size}: ground the words with the stores' own model", "model")
+        _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
+                                  checkpoints={str(k): v.fingerprint for k, v in checkpoints.items()},
+                                  grounding=vlm.identity if vlm is not None else None))
+        result = run_shift(a, b, pub.stage, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
+        _write_run_json(pub, model_id=a.header.get("model_id"))
     m = result["main"]
     out_console.print(f"mean recovery cosine: alpha 0 = {m['mean_recovery_alpha0']:.3f}, "
                       f"alpha 1 = {m['mean_recovery_alpha1']:.3f}; wrote {out}/shift.json, {out}/report.html")

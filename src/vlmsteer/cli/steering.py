@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _CONCEPT, _CONDITION_STORE, _DEVICE,
-                                 _DEVICE_MAP, _DICTIONARY, _DTYPE, _condition_spec, _load_model, _load_samples, _open_store,
-                                 _parse_layers, _write_run_json, app, out_console, vectors_app)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _CONCEPT,
+                                 _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE, _MAX_PIXELS, _OVERWRITE,
+                                 _claim, _condition_spec, _load_model, _load_samples, _open_store, _parse_layers,
+                                 _publish, _run_identity, _write_run_json, app, out_console, vectors_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -21,7 +23,7 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                    target: Optional[str] = typer.Option(None, help="Target filter, e.g. 'response=no'."),
                    target_store: Optional[Path] = typer.Option(None, help="A second store for the target."),
                    layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
-                   max_samples: Optional[int] = typer.Option(None, help="Use at most this many per side."),
+                   max_samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many per side."),
                    seed: int = typer.Option(0), name: str = typer.Option("vector"),
                    allow_partial: bool = _ALLOW_PARTIAL):
     """Coarse vector: mean(target features) - mean(source features)."""
@@ -51,12 +53,40 @@ def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safet
     layer = layer if layer is not None else meta.get("layer")
     if layer is None:
         raise VlmsteerError(f"{dictionary}: no layer recorded; pass --layer")
-    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=meta.get("labels"))
+    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=meta.get("labels"),
+                              model=meta.get("model"))
     save_vectors(out, vecs)
     out_console.print(f"{len(vecs)} concept-pair vectors (layer {layer}) -> {out}")
 
 
-_VQA_TOKENS = typer.Option(3, help="Tokens generated per answer (short VQA answers need few).")
+_VQA_TOKENS = typer.Option(3, min=1, help="Tokens generated per answer (short VQA answers need few).")
+
+
+def _sweep_values(text: str, option: str, parse) -> list:
+    """Comma-separated values of a sweep option, each parsed; a one-line error otherwise."""
+    parts = [x.strip() for x in text.split(",")]
+    try:
+        values = [parse(x) for x in parts if x]
+    except ValueError:
+        raise VlmsteerError(f"{option}: bad value in {text!r}") from None
+    if not values:
+        raise VlmsteerError(f"{option}: give at least one value")
+    if parse is float and not all(math.isfinite(v) for v in values):
+        raise VlmsteerError(f"{option}: values must be finite numbers, got {text!r}")
+    return values
+
+
+def _condition_identity(spec, vlm, layers, allow_other_model: bool):
+    """The digests of the conditions ``spec`` builds at ``layers`` (where steering starts),
+    after checking they were made for ``vlm``; None without a condition."""
+    if spec is None:
+        return None
+    digests = {}
+    for layer in sorted(set(layers)):
+        built = spec.build(layer)
+        built.check_model(vlm, allow_other_model)
+        digests[str(layer)] = built.digest()
+    return digests
 
 
 @app.command()
@@ -65,31 +95,43 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            vectors: Path = typer.Option(..., help="File of candidate vectors (e.g. from vectors concepts)."),
            out: Path = typer.Option(Path("runs/select"), help="Output folder."),
            alpha: float = typer.Option(1.0), region: str = typer.Option("last_prompt"),
-           top_n: int = typer.Option(5, help="Answers kept per vector before the 2-means split."),
+           top_n: int = typer.Option(5, min=2, help="Answers kept per vector before the 2-means split."),
            relative_to: str = typer.Option("base", help="Answer increase relative to its baseline count "
                                                        "('base', (s-b)/(b+1), the paper's) or to all answers "
                                                        "('total', points of share); selection.json has both."),
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
-           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
-           seed: int = typer.Option(0), batch_size: int = typer.Option(64), show: int = typer.Option(15),
+           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500, min=1),
+           seed: int = typer.Option(0), batch_size: int = _BATCH(64),
+           show: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
            max_new_tokens: int = _VQA_TOKENS,
            dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
-           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-           allow_outside_images: bool = _ALLOW_OUTSIDE):
+           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE,
+           device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+           allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
+           allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
     """Rank candidate steering vectors with the paper's selection metric."""
     from vlmsteer.evaluate.selection_run import rank_vectors, write_selection
     from vlmsteer.steer.vector import load_vectors
 
+    from vlmsteer.data.identity import dataset_identity
+
     condition = _condition_spec(dictionary, concept, condition_store, active)
     candidates = load_vectors(vectors)
-    samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
-                            allow_outside_images=allow_outside_images)
-    vlm = _load_model(model, None, dtype, device, device_map)
-    result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n, relative_to=relative_to,
-                          distinct=distinct, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                          condition=condition, progress=True)
-    write_selection(result, out)
-    _write_run_json(out, model_id=model, revision=vlm.revision)
+    with _publish(out, overwrite) as pub:
+        samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+        vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+        for vec in candidates.values():
+            vec.check_model(vlm, allow_other_model=allow_other_model)
+        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+                                  vectors={k: v.digest() for k, v in candidates.items()},
+                                  condition=_condition_identity(condition, vlm, [min(v.layers) for v in candidates.values()],
+                                                                allow_other_model)))
+        result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n,
+                              relative_to=relative_to, distinct=distinct, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, condition=condition, progress=True)
+        write_selection(result, pub.stage)
+        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     results = result["ranking"]
     table = Table(title=f"{len(results)} vectors ranked by the selection metric")
     for col in ("rank", "vector", "from", "to", "score", "primary answers"):
@@ -111,35 +153,48 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           alphas: str = typer.Option("0.5,1,2", help="Comma-separated alphas."),
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
-          split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500),
-          seed: int = typer.Option(0), batch_size: int = typer.Option(64), max_new_tokens: int = _VQA_TOKENS,
+          split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500, min=1),
+          seed: int = typer.Option(0), batch_size: int = _BATCH(64), max_new_tokens: int = _VQA_TOKENS,
           allow_partial: bool = _ALLOW_PARTIAL,
           dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
-          condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
-          allow_outside_images: bool = _ALLOW_OUTSIDE):
+          condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE,
+          device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+          allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
+          allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
     """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
     from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
     from vlmsteer.report.plots import write_sweep
     from vlmsteer.data.filters import Filter
     from vlmsteer.regions import Region
 
+    from vlmsteer.data.identity import dataset_identity
+    from vlmsteer.steer.vector import check_same_model
+
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
     condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial)
-    st = _open_store(store, allow_partial)
-    vlm = _load_model(model, None, dtype, device, device_map)
-    try:
-        grid = SweepGrid(layers=[vlm.layer_index(int(x)) for x in layers.split(",")],
-                         alphas=[float(x) for x in alphas.split(",")],
-                         regions=[Region.parse(x) for x in regions.split(",")],
-                         n_samples=[None if x.strip() == "all" else int(x) for x in n_samples.split(",")])
-    except ValueError as exc:
-        raise VlmsteerError(f"bad sweep values ({exc})") from None
-    samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
-                            allow_outside_images=allow_outside_images)
-    result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       seed=seed, condition=condition, progress=True)
-    write_sweep(result, out)
-    _write_run_json(out, model_id=model, revision=vlm.revision)
+    alpha_values = _sweep_values(alphas, "--alphas", float)
+    sample_counts = _sweep_values(n_samples, "--n-samples", lambda x: None if x == "all" else int(x))
+    if any(n is not None and n < 1 for n in sample_counts):
+        raise VlmsteerError(f"--n-samples needs positive counts or 'all', got {n_samples!r}")
+    region_values = [Region.parse(x) for x in _sweep_values(regions, "--regions", str)]
+    layer_values = _sweep_values(layers, "--layers", int)
+    with _publish(out, overwrite) as pub:
+        st = _open_store(store, allow_partial)
+        vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+        if st.hidden_size != vlm.hidden_size:
+            raise VlmsteerError(f"{store}: features of size {st.hidden_size} but {vlm.model_id} has hidden size "
+                                f"{vlm.hidden_size}")
+        check_same_model(st.header.get("model"), vlm, f"store {store}", allow_other_model)
+        grid = SweepGrid(layers=[vlm.layer_index(x) for x in layer_values], alphas=alpha_values,
+                         regions=region_values, n_samples=sample_counts)
+        samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples), store=st.fingerprint,
+                                  condition=_condition_identity(condition, vlm, grid.layers, allow_other_model)))
+        result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, seed=seed, condition=condition, progress=True)
+        write_sweep(result, pub.stage)
+        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     types = list(result["baseline_accuracy"])
     table = Table(title=f"sweep: {source} -> {target} ({result['n']} questions)")
     for col in ["layer", "alpha", "region", "samples", "moved", "changed"] + [f"Δ {t}" for t in types]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmsteer.errors import input_error
+from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
 
 
 @contextmanager
@@ -115,23 +116,32 @@ def require_keys(obj: Any, keys: list[str], path: str | Path, where: str = "top 
 
 
 def write_run_outputs(out: str | Path, predictions: list[dict], metrics: dict) -> None:
-    """``out/predictions.jsonl`` (one object per sample) and ``out/metrics.json``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    """``out/predictions.jsonl`` (one object per sample) and ``out/metrics.json``, each written
+    whole (a full disk is a one-line error; the CLI writes them into a staging folder)."""
+    out = make_folder(out)
+    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in predictions))
+    atomic_write_json(out / "metrics.json", metrics, durable=False, indent=2)
 
 
 def read_baseline(folder: str | Path, samples: list, field: str = "prediction", what: str = "samples") -> list:
     """``field`` of a previous run's ``predictions.jsonl`` for each of ``samples`` (joined by id,
-    in the samples' order); a baseline that lacks one of them is a one-line error."""
+    in the samples' order); a baseline that lacks one of them, lists an id twice, or answered
+    another version of a sample (its content digest differs) is a one-line error."""
     path = Path(folder) / "predictions.jsonl"
-    by_id = {}
+    by_id, digests, lines = {}, {}, {}
     for n, row in enumerate(read_jsonl(path), 1):
         if "id" not in row or field not in row:
             raise input_error(path, f"line {n} lacks 'id' or {field!r}: not a vlmsteer predictions file")
-        by_id[row["id"]] = row[field]
+        key = row["id"]
+        if not isinstance(key, (str, int)) or key in by_id:
+            raise input_error(path, f"line {n}: id {key!r} " + ("is listed twice (also line "
+                                                                f"{lines[key]})" if key in by_id else "is not a string"))
+        by_id[key], digests[key], lines[key] = row[field], row.get("digest"), n
     missing = [s.id for s in samples if s.id not in by_id]
     if missing:
         raise input_error(path, f"baseline lacks {len(missing)} of these {what} (first: {missing[0]})")
+    other = [s.id for s in samples if digests[s.id] is not None and s.digest is not None and digests[s.id] != s.digest]
+    if other:
+        raise input_error(path, f"baseline was run on other data: {len(other)} of these {what} differ in content "
+                                f"(first: id {other[0]}, line {lines[other[0]]})")
     return [by_id[s.id] for s in samples]

@@ -103,7 +103,7 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     if base is not None:
         extra["vs_baseline"] = compare_caption_runs(base, caps, evaluate_captions(samples, base, tokenizer=tokenizer),
                                                     report)
-    rows = [{"id": s.id, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
+    rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
             for s, c, sc in zip(samples, caps, report.per_sample_cider)]
     write_run_outputs(out, rows, {**report.to_dict(), **extra})
     return {**report.to_dict(), **extra}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from vlmsteer.outputs import atomic_write_json, make_folder
 
 PACKAGES = ("vlmsteer", "torch", "transformers", "typer", "peft", "safetensors", "numpy", "scikit-learn")
 # Versions CI ran the suite on: transformers is tested at both ends (the steering, hook and
@@ -57,14 +58,11 @@ def versions() -> dict[str, str]:
 
 def write_run_json(out: str | Path, *, options: dict[str, Any], seed: int | None = None,
                    model_id: str | None = None, revision: str | None = None, **extra: Any) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     record = {
         "command": " ".join(["vlmsteer"] + sys.argv[1:]) if Path(sys.argv[0]).name == "vlmsteer" else " ".join(sys.argv),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
         "seed": seed, "model_id": model_id, "model_revision": revision,
         "versions": versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
     }
-    path = out / "run.json"
-    path.write_text(json.dumps(record, indent=2, default=str))
-    return path
+    return atomic_write_json(out / "run.json", record, durable=False, indent=2)

@@ -15,7 +15,15 @@ from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.steer.steerer import Steering
-from vlmsteer.store import atomic_write_json
+from vlmsteer.data.identity import dataset_identity
+from vlmsteer.outputs import atomic_write_json, fingerprint
+
+
+def run_fingerprint(vlm: VLM, samples: Sequence[Sample], steering: Steering | None, **settings) -> str:
+    """The fingerprint of a generation run: the model's identity, the samples by content, the
+    whole steering (vector and condition digests included) and ``settings``."""
+    return fingerprint({"model": vlm.identity, "data": dataset_identity(samples),
+                        "steering": steering.identity() if steering is not None else None, "settings": settings})
 
 
 @dataclass
@@ -48,17 +56,24 @@ def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int =
 
 def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
                    steering: Steering | None = None, progress: bool = False, description: str = "generating",
-                   part: tuple[int, int] | None = None, parts_dir: str | Path | None = None) -> list[str] | None:
+                   part: tuple[int, int] | None = None, parts_dir: str | Path | None = None,
+                   identity: str | None = None) -> list[str] | None:
     """Greedy response texts for every sample; with ``part=(rank, world)`` (a data-parallel
     run), this process answers the rank-th contiguous slice and saves it to
     ``parts_dir/rank-R-of-W.json`` (reused on a rerun: resumable per rank); rank 0 waits for
-    every slice and returns all texts in sample order, the other ranks return None."""
+    every slice and returns all texts in sample order, the other ranks return None.
+
+    A part is reused only if it was made by a run of the same ``identity`` (the fingerprint of
+    model, data, steering and settings) on samples of the same ids and content digests: a
+    rerun with another vector, model or dataset never picks up the old answers."""
     def answer(chunk: Sequence[Sample]) -> list[str]:
         return [r.text for r in generate_responses(vlm, chunk, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                                    steering=steering, progress=progress, description=description)]
 
     if part is None or part[1] == 1:
         return answer(samples)
+    identity = identity or run_fingerprint(vlm, samples, steering, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, description=description)
     rank, world = part
     if parts_dir is None:
         raise VlmsteerError("a data-parallel run needs a folder for its parts")
@@ -67,14 +82,20 @@ def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16,
     slices = [rank_slice(samples, r, world) for r in range(world)]
     files = [parts_dir / f"{part_name(r, world)}.json" for r in range(world)]
 
+    def made_of(r: int) -> dict:
+        return {"identity": identity, "ids": [s.id for s in slices[r]], "digests": [s.digest for s in slices[r]]}
+
     def saved(r: int) -> list[str] | None:
-        if not files[r].exists():
+        try:
+            data = json.loads(files[r].read_text())
+        except (OSError, ValueError):  # not there yet (or being replaced)
             return None
-        data = json.loads(files[r].read_text())
-        return data["texts"] if data.get("ids") == [s.id for s in slices[r]] else None
+        if not isinstance(data, dict) or any(data.get(k) != v for k, v in made_of(r).items()):
+            return None
+        return data.get("texts")
 
     if saved(rank) is None:
-        atomic_write_json(files[rank], {"ids": [s.id for s in slices[rank]], "texts": answer(slices[rank])})
+        atomic_write_json(files[rank], {**made_of(rank), "texts": answer(slices[rank])})
     if rank != 0:
         return None
     parts = [saved(r) for r in range(world)]

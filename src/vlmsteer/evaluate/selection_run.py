@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlmsteer.data.sample import Sample
@@ -13,6 +12,7 @@ from vlmsteer.progress import progress_bar
 from vlmsteer.regions import Region
 from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.outputs import atomic_write_json
 from vlmsteer.steer.selection import RELATIVE_TO, rank, selection_score
 from vlmsteer.steer.steerer import Steering
 from vlmsteer.steer.vector import SteeringVector
@@ -61,5 +61,5 @@ def write_selection(result: dict, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "selection.json"
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_json(path, result, durable=False, indent=2)
     return path

@@ -3,7 +3,6 @@ and an HTML report (one card per concept: words + most activating images)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from vlmsteer.concepts.dictionary import make_dictionary
 from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.report import image_data_uri, render
+from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
 from vlmsteer.store import FeatureStore
 
 
@@ -38,14 +38,15 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
     feats = store.features(layer, indices=idx, dtype=None)  # float16 stores stay float16
     options = {"backend": cfg.backend, "device": cfg.device} if cfg.method == "kmeans" else {}
     dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed, **options).fit(feats)
-    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+    make_folder(out)  # only once there is something to write
     assign = dictionary.assign(feats)
     words = ground_text(vlm, dictionary, top_n=cfg.top_words) if vlm is not None else None
     # each concept's label ("3:red": index and top word) travels with the dictionary, so
     # vectors built from it name their source and target
     labels = [f"{k}:{(words[k].words or ['?'])[0]}" for k in range(cfg.k)] if words else None
-    dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path),
-                    model_id=store.header.get("model_id"), labels=labels)
+    dictionary.save(out / "dictionary.safetensors", layer=layer, store=str(store.path.resolve()),
+                    store_fingerprint=store.fingerprint, model_id=store.header.get("model_id"),
+                    model=store.header.get("model"), labels=labels)
     images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx, features=feats)
     concepts = []
     for k in range(cfg.k):
@@ -55,15 +56,16 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
             "words": words[k].words if words else [],
             "logits": words[k].logits if words else [],
             "top_samples": [{"id": r["id"], "activation": r["activation"], "response": r.get("response"),
-                             "image": r.get("image"), "prompt": r.get("prompt")} for r in images[k].samples],
+                             "image": r.get("image"), "image_digest": r.get("image_digest"),
+                             "prompt": r.get("prompt")} for r in images[k].samples],
         })
     result = {"method": cfg.method, "k": cfg.k, "layer": layer, "seed": cfg.seed, "n_samples": int(len(idx)),
               "store": str(store.path), "model_id": store.header.get("model_id"),
               "selector": store.header.get("selector_description"),
               "mean_pairwise_t_overlap": mean_pairwise_overlap(words) if words else None, "concepts": concepts}
-    (out / "concepts.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "concepts.json", result, durable=False, indent=2)
     pca_plot(feats, assign, out / "pca.png", f"{cfg.method} concepts, layer {layer}")
-    cards = [{**c, "samples": [{**s, "img": image_data_uri(s["image"])} for s in c["top_samples"]]}
-             for c in concepts]
-    (out / "report.html").write_text(render("concepts.html.j2", r=result, cards=cards))
+    cards = [{**c, "samples": [{**s, "img": image_data_uri(s["image"], digest=s["image_digest"])}
+                               for s in c["top_samples"]]} for c in concepts]
+    atomic_write_text(out / "report.html", render("concepts.html.j2", r=result, cards=cards))
     return result

@@ -6,7 +6,6 @@ warning naming the extra, and the JSON next to it is still written.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from vlmsteer.analysis.separability import SeparabilityResult, labelled_features
 from vlmsteer.extras import available
+from vlmsteer.outputs import atomic_write_json
 from vlmsteer.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def write_sweep(result: dict, out: str | Path) -> None:
     """``sweep.json`` and ``sweep.png`` (share of source answers moved, per layer/region/samples, vs alpha)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "sweep.json", result, durable=False, indent=2)
     plot_sweep(result, out / "sweep.png")
 
 
@@ -74,7 +74,7 @@ def write_separability(store: FeatureStore, result: SeparabilityResult, out: str
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "separability.json").write_text(json.dumps(result.to_dict(), indent=2))
+    atomic_write_json(out / "separability.json", result.to_dict(), durable=False, indent=2)
     plt = pyplot("probe_accuracy.png, pca_layers.png")
     if plt is None:
         return out

@@ -3,7 +3,6 @@ with plots and an HTML report."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.report import image_data_uri, render
 from vlmsteer.analysis.shift import (aligned_features, consistency, correlations, match_concepts, recovery_cosine,
                             shift_vectors)
+from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
 from vlmsteer.store import FeatureStore
 
 DEFAULT_ALPHAS = tuple(np.round(np.arange(0, 2.01, 0.25), 2).tolist())
@@ -98,7 +98,8 @@ def _top_samples(acts: np.ndarray, store: FeatureStore, ids: list[str], n: int) 
     for k in range(acts.shape[1]):
         order = np.argsort(-acts[:, k], kind="stable")[:n]
         out.append([{"id": ids[m], "activation": float(acts[m, k]), "image": by_id[ids[m]].get("image"),
-                     "response": by_id[ids[m]].get("response")} for m in order])
+                     "image_digest": by_id[ids[m]].get("image_digest"), "response": by_id[ids[m]].get("response")}
+                    for m in order])
     return out
 
 
@@ -135,12 +136,12 @@ def run_shift(store_a: FeatureStore, store_b: FeatureStore, out: str | Path, cfg
     if layers:
         result["layers"] = [{k: v for k, v in analyse(store_a, store_b, _with(cfg, layer=l), None).items()
                              if k not in ("concepts", "recovery")} for l in layers]
-    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+    make_folder(out)  # only once there is something to write
     result["plots"] = shift_plots(result, out)
-    (out / "shift.json").write_text(json.dumps(result, indent=2))
-    thumbs = {s["image"]: image_data_uri(s["image"]) for c in result["main"]["concepts"]
+    atomic_write_json(out / "shift.json", result, durable=False, indent=2)
+    thumbs = {s["image"]: image_data_uri(s["image"], digest=s.get("image_digest")) for c in result["main"]["concepts"]
               for s in c["top_samples"] + c["matched_top_samples"] if s.get("image")}
-    (out / "report.html").write_text(render("shift.html.j2", r=result, thumbs=thumbs))
+    atomic_write_text(out / "report.html", render("shift.html.j2", r=result, thumbs=thumbs))
     return result
 
 

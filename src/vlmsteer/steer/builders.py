@@ -16,7 +16,7 @@ import torch
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.steer.vector import SteeringVector
-from vlmsteer.store import FeatureStore
+from vlmsteer.store import FeatureStore, check_paired
 
 
 def coarse_vector(source_store: FeatureStore, source: Filter | str | None, target_store: FeatureStore | None = None,
@@ -30,6 +30,8 @@ def coarse_vector(source_store: FeatureStore, source: Filter | str | None, targe
         raise VlmsteerError(f"stores differ in hidden size ({source_store.hidden_size} vs {target_store.hidden_size})")
     if target_store is source_store and (source is None or target is None):
         raise VlmsteerError("with one store, give both a source and a target filter")
+    if target_store is not source_store:
+        check_paired(source_store, target_store, "a coarse vector", same_model=True)
     if layers is not None:
         layers = [source_store.layer_index(layer) for layer in layers]
         for layer in layers:
@@ -53,12 +55,16 @@ def coarse_vector(source_store: FeatureStore, source: Filter | str | None, targe
         vecs, model_id=source_store.header.get("model_id"), hidden_size=source_store.hidden_size, method="coarse",
         source=str(source or source_store.path), target=str(target or target_store.path),
         n_source=int(len(src_idx)), n_target=int(len(tgt_idx)),
-        options={"selector": source_store.header.get("selector"), "max_samples": max_samples, "seed": seed},
+        options={"selector": source_store.header.get("selector"), "max_samples": max_samples, "seed": seed,
+                 "model": source_store.header.get("model"),
+                 "source_store": {"path": str(source_store.path.resolve()), "fingerprint": source_store.fingerprint},
+                 "target_store": {"path": str(target_store.path.resolve()), "fingerprint": target_store.fingerprint}},
     )
 
 
 def concept_shift(components: np.ndarray | torch.Tensor, i: int, j: int, layer: int,
-                  model_id: str | None = None, labels: Sequence[str] | None = None) -> SteeringVector:
+                  model_id: str | None = None, labels: Sequence[str] | None = None,
+                  model: dict | None = None) -> SteeringVector:
     """The vector from concept ``i`` to concept ``j``: ``u_j - u_i`` (adding it moves a
     feature at ``u_i`` onto ``u_j``)."""
     u = torch.as_tensor(np.asarray(components), dtype=torch.float32)
@@ -66,12 +72,13 @@ def concept_shift(components: np.ndarray | torch.Tensor, i: int, j: int, layer: 
         raise VlmsteerError("concept_shift needs two different concepts")
     name = (lambda k: labels[k] if labels else f"concept {k}")
     return SteeringVector({layer: u[j] - u[i]}, model_id=model_id, method="concept_shift",
-                          source=name(i), target=name(j), options={"from": int(i), "to": int(j)})
+                          source=name(i), target=name(j), options={"from": int(i), "to": int(j), "model": model})
 
 
 def all_concept_shifts(components, layer: int, model_id: str | None = None,
-                       labels: Sequence[str] | None = None) -> dict[str, SteeringVector]:
-    """Every ordered pair ``i -> j`` (K·(K−1) vectors), named ``"i->j"``."""
+                       labels: Sequence[str] | None = None, model: dict | None = None) -> dict[str, SteeringVector]:
+    """Every ordered pair ``i -> j`` (K·(K−1) vectors), named ``"i->j"``; ``model``: the
+    identity of the model whose features the concepts come from."""
     k = len(components)
-    return {f"{i}->{j}": concept_shift(components, i, j, layer, model_id, labels)
+    return {f"{i}->{j}": concept_shift(components, i, j, layer, model_id, labels, model)
             for i in range(k) for j in range(k) if i != j}

@@ -8,6 +8,7 @@ steers the samples assigned to one of the ``active`` concepts.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +18,8 @@ import torch
 from vlmsteer.concepts.dictionary import ConceptDictionary, load_dictionary
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.data.filters import Filter, normalized, record_value
+from vlmsteer.outputs import fingerprint
+from vlmsteer.steer.vector import check_same_model
 from vlmsteer.store import FeatureStore
 
 
@@ -27,10 +30,23 @@ class NearestConceptCondition:
     labels: list[str] | None = None
     layer: int | None = None  # the layer whose features it reads (checked by Steering)
 
+    model: dict | None = None  # identity of the model whose features gave the centroids
+    source: str | None = None
+
+    def check_model(self, vlm, allow_other_model: bool = False) -> None:
+        if self.centroids.shape[1] != vlm.hidden_size:
+            raise VlmsteerError(f"{self.source or 'the condition'}: centroids of size {self.centroids.shape[1]} but "
+                                f"{vlm.model_id} has hidden size {vlm.hidden_size}")
+        check_same_model(self.model, vlm, f"condition store {self.source}", allow_other_model)
+
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         c = self.centroids.to(device=features.device, dtype=torch.float32)
         nearest = torch.cdist(features.float(), c).argmin(dim=1)
         return torch.isin(nearest, torch.tensor(self.active, device=features.device))
+
+    def digest(self) -> str:
+        return fingerprint({"centroids": hashlib.sha256(self.centroids.float().numpy().tobytes()).hexdigest(),
+                            "active": self.active, "layer": self.layer, "labels": self.labels})
 
     def describe(self) -> dict:
         names = self.labels or [str(k) for k in range(len(self.centroids))]
@@ -84,7 +100,7 @@ class NearestConceptCondition:
             cents.append(feats[start:start + n].mean(0))
             start += n
         return cls(torch.tensor(np.stack(cents), dtype=torch.float32), [labels.index(v) for v in active], labels,
-                   layer)
+                   layer, store.header.get("model"), str(store.path))
 
 
 @dataclass
@@ -103,10 +119,25 @@ class DictionaryCondition:
         assigned = self.dictionary.assign(features.detach().float().cpu().numpy())
         return torch.from_numpy(np.isin(assigned, self.active)).to(features.device)
 
+    def digest(self) -> str:
+        state = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+                 for k, v in sorted(self.dictionary.state().items())}
+        return fingerprint({"method": self.dictionary.method, "state": state, "active": self.active,
+                            "layer": self.layer})
+
     def describe(self) -> dict:
         names = self.labels or [str(k) for k in range(self.dictionary.k)]
         return {"kind": "dictionary", "dictionary": self.source, "method": self.dictionary.method,
                 "layer": self.layer, "active": [names[k] for k in self.active]}
+
+    model: dict | None = None  # identity of the model whose features the dictionary was learnt on
+
+    def check_model(self, vlm, allow_other_model: bool = False) -> None:
+        size = self.dictionary.components_.shape[1]
+        if size != vlm.hidden_size:
+            raise VlmsteerError(f"{self.source}: the dictionary's concepts have size {size} but {vlm.model_id} has "
+                                f"hidden size {vlm.hidden_size}")
+        check_same_model(self.model, vlm, f"dictionary {self.source}", allow_other_model)
 
     @classmethod
     def load(cls, path, active: Sequence[int]) -> "DictionaryCondition":
@@ -118,7 +149,8 @@ class DictionaryCondition:
                                 f"0..{dictionary.k - 1})", "concept")
         if not active:
             raise VlmsteerError("name at least one active concept", "concept")
-        return cls(dictionary, [int(i) for i in active], meta.get("layer"), meta.get("labels"), str(path))
+        return cls(dictionary, [int(i) for i in active], meta.get("layer"), meta.get("labels"), str(path),
+                   meta.get("model"))
 
 
 def condition_from_store(store: FeatureStore, layer: int, active: Filter | str,

@@ -38,6 +38,18 @@ def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.
     return torch.where(in_prompt[None, :], from_prompt, torch.full_like(from_prompt, region.covers_generated))
 
 
+def check_scale(vlm: VLM, vector: SteeringVector, alpha: float, layers: Sequence[int]) -> None:
+    """``alpha * |v|`` must be a finite number in the model's dtype (1e40 overflows float32)."""
+    dtype = next(vlm.model.parameters()).dtype
+    top = torch.finfo(dtype).max if dtype.is_floating_point else math.inf
+    for layer in layers:
+        size = abs(alpha) * vector.at(layer).norm().item()
+        if not math.isfinite(size) or size > top:
+            raise VlmsteerError(f"alpha {alpha:g} times the vector's norm ({vector.at(layer).norm().item():.4g}) at "
+                                f"layer {layer} overflows the model's {str(dtype).replace('torch.', '')} "
+                                f"(largest {top:.3g})", "alpha")
+
+
 @contextmanager
 def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
           layers: Sequence[int] | None = None, region: Region | str = Region.PROMPT,
@@ -49,7 +61,8 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
     region = Region.parse(region)
     if not math.isfinite(alpha):
         raise VlmsteerError(f"alpha must be a finite number, got {alpha}")
-    chosen = vector.check_model(vlm, list(layers) if layers is not None else None)
+    chosen = vector.check_model(vlm, list(layers) if layers is not None else None, allow_other_model=True)
+    check_scale(vlm, vector, alpha, chosen)
     state: dict = {"rows": None}
     if alpha == 0 or all(float(vector.at(l).abs().max()) == 0 for l in chosen):
         yield state  # nothing to add: leave the model untouched, bit for bit
@@ -121,8 +134,12 @@ class Steering:
             raise VlmsteerError(f"alpha must be a finite number, got {self.alpha}")
 
     def check(self, vlm: VLM) -> "Steering":
-        """The same steering with its layers resolved against ``vlm`` (sizes and ranges checked)."""
-        layers = self.vector.check_model(vlm, list(self.layers) if self.layers is not None else None)
+        """The same steering with its layers resolved against ``vlm`` (sizes, ranges and that
+        ``alpha * v`` fits the model's dtype checked; whether the vector was made for this
+        model is checked where it is loaded, see :func:`~vlmsteer.steer.vector.load_vector`)."""
+        layers = self.vector.check_model(vlm, list(self.layers) if self.layers is not None else None,
+                                         allow_other_model=True)
+        check_scale(vlm, self.vector, self.alpha, layers)
         first = min(layers)
         wanted = getattr(self.condition, "layer", None)
         if wanted is not None and wanted != first:
@@ -134,6 +151,13 @@ class Steering:
         """``with steering.apply(vlm, batch): vlm.generate(batch)``."""
         return steer(vlm, self.vector, batch, alpha=self.alpha, layers=self.layers, region=self.region,
                      condition=self.condition)
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`describe` plus digests of the vector and the condition: two steerings with the
+        same identity add the same values at the same places."""
+        digest = getattr(self.condition, "digest", None)
+        return {**self.describe(), "vector_sha256": self.vector.digest(),
+                "condition_sha256": digest() if digest else None if self.condition is None else repr(self.condition)}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: the vector's provenance, alpha, layers, region and condition."""

@@ -6,6 +6,7 @@ safetensors header, so one file can hold many named vectors (e.g. all concept pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from vlmsteer.errors import VlmsteerError, input_error
+from vlmsteer.outputs import atomic_write, make_folder
 
 
 @dataclass
@@ -98,12 +100,23 @@ class SteeringVector:
         return self.layers == other.layers and all(torch.equal(self.vectors[l], other.vectors[l]) for l in self.layers) \
             and self._meta() == other._meta()
 
+    def digest(self) -> str:
+        """SHA-256 of the directions (float32 bytes, by layer) and the metadata."""
+        h = hashlib.sha256(json.dumps(self._meta(), sort_keys=True, default=str).encode())
+        for layer in self.layers:
+            h.update(f"{layer}:".encode())
+            h.update(self.vectors[layer].numpy().tobytes())
+        return h.hexdigest()
+
     # ------------------------------------------------------------------ checks
-    def check_model(self, vlm, layers: list[int] | None = None) -> list[int]:
-        """Check hidden size and layer range against ``vlm``; return the absolute layers to use."""
+    def check_model(self, vlm, layers: list[int] | None = None, allow_other_model: bool = False) -> list[int]:
+        """Check hidden size and layer range against ``vlm`` — and, where the vector records the
+        weights it was built from (``options["model"]``), that they are ``vlm``'s, unless
+        ``allow_other_model``; return the absolute layers to use."""
         if self.hidden_size != vlm.hidden_size:
             raise VlmsteerError(f"steering vector has size {self.hidden_size} but {vlm.model_id} has hidden size "
                                 f"{vlm.hidden_size}")
+        check_same_model(self.options.get("model"), vlm, "steering vector", allow_other_model)
         for l in self.layers:
             if not 0 <= l < vlm.num_layers:
                 raise VlmsteerError(f"steering vector layer {l} is out of range for {vlm.model_id} "
@@ -130,9 +143,21 @@ class SteeringVector:
         return save_vectors(path, {name: self})
 
 
+def check_same_model(recorded: dict | None, vlm, what: str, allow_other_model: bool = False) -> None:
+    """A one-line error when ``recorded`` (a model identity an input was made with) names other
+    weights than ``vlm``'s; inputs that record none (imported, hand-made) pass."""
+    if allow_other_model or not isinstance(recorded, dict) or not recorded.get("weights"):
+        return
+    here = vlm.identity["weights"]
+    if recorded["weights"] != here:
+        raise VlmsteerError(f"the {what} was made with another model (weights {recorded['weights'][:12]}, "
+                            f"{vlm.model_id} has {here[:12]}); use it with its own model, or allow another model",
+                            "allow_other_model")
+
+
 def save_vectors(path: str | Path, vectors: dict[str, SteeringVector]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tensors, meta = {}, {}
     for name, v in vectors.items():
         if "/" in name:
@@ -140,10 +165,8 @@ def save_vectors(path: str | Path, vectors: dict[str, SteeringVector]) -> Path:
         for l, t in v.vectors.items():
             tensors[f"{name}/layer_{l}"] = t.contiguous()
         meta[name] = v._meta()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"vlmsteer": json.dumps({"format_version": 1, "vectors": meta})})
-    tmp.replace(path)
-    return path
+    data = save(tensors, metadata={"vlmsteer": json.dumps({"format_version": 1, "vectors": meta})})
+    return atomic_write(path, lambda f: f.write(data), durable=False)
 
 
 def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
@@ -170,7 +193,7 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
     return out
 
 
-def load_vector(path: str | Path, name: str | None = None, vlm=None) -> SteeringVector:
+def load_vector(path: str | Path, name: str | None = None, vlm=None, allow_other_model: bool = False) -> SteeringVector:
     """One vector from a file (the only one, or ``name``); checked against ``vlm`` if given."""
     vectors = load_vectors(path)
     if name is None:
@@ -183,5 +206,5 @@ def load_vector(path: str | Path, name: str | None = None, vlm=None) -> Steering
     else:
         vec = vectors[name]
     if vlm is not None:
-        vec.check_model(vlm)
+        vec.check_model(vlm, allow_other_model=allow_other_model)
     return vec
