@@ -58,6 +58,25 @@ def _as_is(x):
     return x
 
 
+def _quiet_worker(worker_id: int) -> None:
+    """In a prefetch worker: a connection its parent dropped (Ctrl-C, SIGTERM) while a batch was
+    being handed over ends the worker quietly, with no traceback on the user's terminal."""
+    import sys
+    import threading
+
+    default_thread_hook, default_hook = threading.excepthook, sys.excepthook
+
+    def thread_hook(args):
+        if not issubclass(args.exc_type, ConnectionError):
+            default_thread_hook(args)
+
+    def hook(exc_type, exc, tb):  # multiprocessing's resource sharer reports through this one
+        if not issubclass(exc_type, ConnectionError):
+            default_hook(exc_type, exc, tb)
+
+    threading.excepthook, sys.excepthook = thread_hook, hook
+
+
 def shrinking_batches(items: Sequence[T], batch_size: int, run: Callable[[P], R],
                       prepare: Callable[[Sequence[T]], P] | None = None,
                       prefetch: Prefetch = Prefetch.NONE) -> Iterator[tuple[Sequence[T], R]]:
@@ -81,7 +100,7 @@ def shrinking_batches(items: Sequence[T], batch_size: int, run: Callable[[P], R]
             if not worker or worker[0][:2] != (start, size):  # first batch, or the size changed
                 loader = torch.utils.data.DataLoader(_Chunks(items, start, size, prep), batch_size=None,
                                                      num_workers=1, prefetch_factor=2, collate_fn=_as_is,
-                                                     multiprocessing_context="fork")
+                                                     multiprocessing_context="fork", worker_init_fn=_quiet_worker)
                 worker[:] = [(start, size, iter(loader))]
             result = next(worker[0][2])
             worker[0] = (start + size, size, worker[0][2])

@@ -163,30 +163,35 @@ def read_run_record(folder: Path) -> dict | None:
 class Publication:
     """An output folder built whole in ``.<name>.partial`` beside ``out`` and published by rename.
 
-    ``begin()`` (or entering the ``with`` block) takes the folder's lock and checks that the
-    staging folder can be written; :meth:`claim` compares this run's identity with what is
-    already published at ``out`` (refused, unless ``overwrite``, when another output is
-    there); :meth:`commit` writes nothing itself: it swaps the staging folder in. On an error
-    the staging folder stays, so data-parallel parts that match the identity are reused by
-    the rerun; the published output is untouched.
+    ``begin()`` (or entering the ``with`` block) checks that the staging folder can be written
+    and takes its lock (``.lock`` inside it: one writer per output folder); :meth:`claim`
+    compares this run's identity with what is already published at ``out`` (refused, unless
+    ``overwrite``, when another output is there); :meth:`commit` swaps the staging folder in.
+    On an error the staging folder stays if it holds work (data-parallel parts that a rerun of
+    the same identity reuses) and is removed, with any folder ``begin`` made, if it holds none;
+    the published output is untouched either way.
     """
+
+    LOCK = ".lock"
+    KEEP = (".lock", ".identity")  # what a staging folder holds before any work
 
     def __init__(self, out: str | Path, overwrite: bool = False, lock: bool = True):
         self.out = Path(out)
         self.overwrite = overwrite
         self.stage = self.out.with_name(f".{self.out.name}.partial")
-        self._lock_path = self.out.with_name(f".{self.out.name}.lock")
         self._want_lock = lock
         self._lock = None
+        self._made: list[Path] = []
 
     def begin(self) -> "Publication":
         if self.out.exists() and not self.out.is_dir():
             raise VlmsteerError(f"{self.out}: exists and is not a folder; choose another output folder")
+        missing = [p for p in [self.stage, *self.stage.parents] if not p.exists()]
         check_writable(self.out.parent)
-        if self._want_lock and self._lock is None:
-            self._lock = lock_file(self._lock_path, "this output")
         make_folder(self.stage)
-        check_writable(self.stage)
+        self._made = [p for p in missing if p.exists()]  # deepest first
+        if self._want_lock and self._lock is None:
+            self._lock = lock_file(self.stage / self.LOCK, "this output")
         return self
 
     def claim(self, identity: dict) -> str:
@@ -206,6 +211,16 @@ class Publication:
                                     "choose another output folder, or overwrite it", "overwrite")
         return self.fingerprint
 
+    def clear_stage(self) -> None:
+        """Empty the staging folder of everything but its lock (work of another identity)."""
+        for entry in self.stage.iterdir():
+            if entry.name == self.LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
     def commit(self) -> Path:
         """Swap the complete staging folder in for ``out``; the old output goes only after."""
         try:
@@ -220,8 +235,21 @@ class Publication:
                 os.rename(self.stage, self.out)
         except OSError as exc:
             raise write_error(self.out, exc, f"the new output is complete in {self.stage}") from None
+        self._made = []
         self.close()
         return self.out
+
+    def abandon(self) -> None:
+        """After a failure: remove the staging folder (and the folders ``begin`` made) if it
+        holds no work; keep it otherwise, for a rerun to resume from."""
+        try:
+            if self.stage.is_dir() and all(p.name in self.KEEP for p in self.stage.iterdir()):
+                shutil.rmtree(self.stage, ignore_errors=True)
+                for folder in self._made[1:]:
+                    folder.rmdir()
+        except OSError:
+            pass  # a folder someone else filled meanwhile stays
+        self.close()
 
     def close(self) -> None:
         if self._lock is not None:
@@ -236,12 +264,18 @@ class Publication:
 
 
 @contextmanager
-def published(out: str | Path, overwrite: bool = False) -> Iterator[Publication]:
-    """``with published(out) as pub: write into pub.stage; pub.claim(identity)`` — swapped in
-    at the end of the block if it ends normally."""
-    pub = Publication(out, overwrite).begin()
+def published(out: str | Path, overwrite: bool = False, lock: bool = True, commit: bool = True) -> Iterator[Publication]:
+    """``with published(out) as pub: pub.claim(identity); write into pub.stage`` — swapped in
+    at the end of the block if it ends normally (and ``commit``); abandoned on an error."""
+    pub = Publication(out, overwrite, lock).begin()
     try:
         yield pub
-        pub.commit()
+    except BaseException:
+        if lock:
+            pub.abandon()
+        raise
+    else:
+        if commit:
+            pub.commit()
     finally:
         pub.close()

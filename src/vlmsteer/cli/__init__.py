@@ -26,14 +26,6 @@ INTERRUPTED = 130
 TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's kill, ``kill PID``), handled like Ctrl-C: finished work is kept."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def _error(message: str, code: int = 2) -> int:
     err_console.print(f"error: {' '.join(str(message).split())}", highlight=False, markup=False, soft_wrap=True)
     return code
@@ -90,8 +82,20 @@ def main(argv: list[str] | None = None) -> int:
 
     command = typer.main.get_command(app)
     _log_to_stderr()
+    signals: list[int] = []
+    pid = os.getpid()
+
+    def on_sigterm(signum, frame):  # a scheduler's kill or `kill PID`: handled like Ctrl-C
+        if os.getpid() != pid:  # a forked prefetch worker inherited this handler: end as usual
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        signals.append(signum)
+        raise KeyboardInterrupt
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
+    stopped = lambda: _interrupted(TERMINATED if signals else INTERRUPTED)  # noqa: E731
     try:
         result = command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
     except VlmsteerError as exc:
@@ -99,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc) + (f" (option {flag})" if flag else ""), exc.exit_code)
     except PositionError as exc:  # steering cannot tell where it is: never a silent no-op
         return _error(f"steering stopped: {exc}", 1)
-    except Terminated:
-        return _interrupted(TERMINATED)
     except KeyboardInterrupt:
-        return _interrupted()
+        return stopped()
     except OSError as exc:  # a writer or reader the library did not wrap: still one line
         where = exc.filename if exc.filename is not None else "input/output"
         return _error(f"{where}: {exc.strerror or exc}; finished outputs are kept", 1)
@@ -112,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if _is(exc, "Exit"):
             code = int(getattr(exc, "exit_code", 0) or 0)
-            return _interrupted() if code == INTERRUPTED else code
+            return stopped() if code == INTERRUPTED else code
         if _is(exc, "Abort"):  # click < 8.2 / typer < 0.29 turn Ctrl-C into Abort
-            return _interrupted()
+            return stopped()
         if _is(exc, "ClickException"):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None and _is(exc, "UsageError") else ""
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     # typer >= 0.29 turns Ctrl-C into Exit(130), which non-standalone mode returns as a value
     if result == INTERRUPTED:
-        return _interrupted()
+        return stopped()
     return result if isinstance(result, int) else 0
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -248,22 +247,15 @@ def _result_versions() -> dict:
     return {k: v.get(k) for k in ("vlmsteer", "torch", "transformers")}
 
 
-@contextmanager
-def _publish(out: Path, overwrite: bool = False) -> Iterator:
+def _publish(out: Path, overwrite: bool = False):
     """An output folder built in a staging folder beside ``out`` and swapped in whole at the end
-    (see :class:`vlmsteer.outputs.Publication`): the folder's lock is taken and writability
-    checked now, before any model work. Under torchrun every rank writes its part into the
-    same staging folder and rank 0 alone locks and publishes."""
-    from vlmsteer.outputs import Publication
+    (see :func:`vlmsteer.outputs.published`): its lock is taken and writability checked now,
+    before any model work. Under torchrun every rank writes its part into the same staging
+    folder and rank 0 alone locks and publishes."""
+    from vlmsteer.outputs import published
 
     rank, _ = _rank_and_world()
-    pub = Publication(out, overwrite, lock=rank == 0).begin()
-    try:
-        yield pub
-        if rank == 0:
-            pub.commit()
-    finally:
-        pub.close()
+    return published(out, overwrite, lock=rank == 0, commit=rank == 0)
 
 
 def _claim(pub, identity: dict) -> str:
@@ -283,10 +275,7 @@ def _claim(pub, identity: dict) -> str:
         except OSError:
             current = None
         if current != digest:
-            import shutil
-
-            for entry in pub.stage.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            pub.clear_stage()
             atomic_write_text(marker, digest)
     else:
         while True:

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _load_model, app, data_app, err_console,
-                                 out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS, _load_model, app, data_app,
+                                 err_console, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -34,10 +34,10 @@ def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-
 
 @data_app.command("shapes")
 def data_shapes(out: Path = typer.Option(..., help="Output folder."),
-                n: int = typer.Option(1000, help="Number of scenes (images)."),
+                n: int = typer.Option(1000, min=1, help="Number of scenes (images)."),
                 seed: int = typer.Option(0, help="World seed; the demo model was trained on seed 1000."),
                 split: str = typer.Option("val2014", help="Split name used in the file names."),
-                start: int = typer.Option(0, help="Index of the first scene.")):
+                start: int = typer.Option(0, min=0, help="Index of the first scene.")):
     """Generate shapes-world scenes in the official VQAv2 and COCO caption formats."""
     from vlmsteer.data import shapes
     from vlmsteer.progress import progress_bar
@@ -54,8 +54,8 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
                path: Path = typer.Argument(..., help="Dataset folder or file."),
                split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
-               limit: Optional[int] = typer.Option(None), seed: int = typer.Option(0),
-               allow_outside_images: bool = _ALLOW_OUTSIDE):
+               limit: Optional[int] = typer.Option(None, min=1), seed: int = typer.Option(0),
+               allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS):
     """Load a dataset, decode every selected image, and summarize it."""
     from collections import Counter
 
@@ -63,8 +63,8 @@ def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coc
     from vlmsteer.loading import check_images
 
     samples = load_samples(fmt, path, split=split, images=images, limit=limit, seed=seed,
-                           allow_outside_images=allow_outside_images)
-    decoded = check_images(samples, progress=True)
+                           allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
+    decoded = check_images(samples, progress=True, max_pixels=max_image_pixels)
     types = Counter(s.answer_type for s in samples if s.answer_type)
     out_console.print(f"{len(samples)} samples, {decoded} images decoded"
                       + (f"; answer types: {dict(types)}" if types else ""))
