@@ -181,6 +181,16 @@ def test_finetune_into_a_folder_of_other_settings_keeps_the_adapter(model, tmp_p
         ["checkpoint-2", "checkpoint-4"]
 
 
+def test_a_generated_world_is_not_mixed_with_another(tmp_path, capsys):
+    assert main(["data", "shapes", "--out", str(tmp_path / "w"), "--n", "3", "--seed", "1"]) == 0
+    before = sorted(p.name for p in (tmp_path / "w" / "val2014").iterdir())
+    assert main(["data", "shapes", "--out", str(tmp_path / "w"), "--n", "2", "--seed", "2"]) == 2
+    assert "settings.n" in _errors(capsys)[0]
+    assert sorted(p.name for p in (tmp_path / "w" / "val2014").iterdir()) == before
+    assert main(["data", "shapes", "--out", str(tmp_path / "w"), "--n", "2", "--seed", "2", "--overwrite"]) == 0
+    assert len(list((tmp_path / "w" / "val2014").iterdir())) == 2  # no scene of the first world left
+
+
 def test_export_refuses_one_file_for_features_and_records(model, tmp_path, capsys):
     target = tmp_path / "x.npy"
     assert main(["store", "export", str(_store(model, tmp_path)), "--layer", "1", "--features", str(target),
@@ -391,6 +401,7 @@ COMMANDS = {
     "shift": (["shift", "--original", "a", "--finetuned", "b"], ["-k"]),
     "vectors coarse": (["vectors", "coarse", "--store", "s", "--out", "o.safetensors"], ["--max-samples"]),
     "data shapes": (["data", "shapes", "--out", "o"], ["--n"]),
+    "demo train": (["demo", "train", "--out", "o"], ["--samples", "--threads", "--batch-size", "--lr"]),
 }
 BAD = ["-3", "0", "-1", "abc", "", "1.5e", "nan", "-inf"]
 

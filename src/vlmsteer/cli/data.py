@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS, _load_model, app, data_app,
-                                 err_console, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS, _OVERWRITE, _claim,
+                                 _load_model, _publish, _run_identity, _write_run_json, app, data_app, err_console,
+                                 out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -37,17 +38,21 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
                 n: int = typer.Option(1000, min=1, help="Number of scenes (images)."),
                 seed: int = typer.Option(0, help="World seed; the demo model was trained on seed 1000."),
                 split: str = typer.Option("val2014", help="Split name used in the file names."),
-                start: int = typer.Option(0, min=0, help="Index of the first scene.")):
+                start: int = typer.Option(0, min=0, help="Index of the first scene."),
+                overwrite: bool = _OVERWRITE):
     """Generate shapes-world scenes in the official VQAv2 and COCO caption formats."""
     from vlmsteer.data import shapes
     from vlmsteer.progress import progress_bar
 
     if n < 1:
         raise VlmsteerError(f"--n must be >= 1, got {n}")
-    with progress_bar("rendering scenes", n) as advance:
-        paths = shapes.write_dataset(out, n=n, seed=seed, split=split, start=start, progress=advance)
+    with _publish(out, overwrite) as pub:
+        _claim(pub, _run_identity())
+        with progress_bar("rendering scenes", n) as advance:
+            paths = shapes.write_dataset(pub.stage, n=n, seed=seed, split=split, start=start, progress=advance)
+        _write_run_json(pub)
     for name, p in paths.items():
-        out_console.print(f"{name:12s} {p}")
+        out_console.print(f"{name:12s} {out / p.relative_to(pub.stage)}")
 
 
 @data_app.command("check")

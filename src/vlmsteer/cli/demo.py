@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import _DEVICE, _DEVICE_MAP, _DTYPE, _quiet_transformers, demo_app, out_console
+from vlmsteer.cli.common import (_DEVICE, _DEVICE_MAP, _DTYPE, _OVERWRITE, _claim, _publish, _quiet_transformers,
+                                 _run_identity, _write_run_json, demo_app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
 @demo_app.callback()
 def demo(ctx: typer.Context,
          out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
-         n_scenes: int = typer.Option(400, help="Held-out scenes to generate (about 9 questions each)."),
+         n_scenes: int = typer.Option(400, min=1, help="Held-out scenes to generate (about 9 questions each)."),
          seed: int = typer.Option(7, help="Seed of the held-out world (the model was trained on 1000)."),
-         batch_size: int = typer.Option(64), model: str = typer.Option("shapes-llava", help="Model to demo."),
+         batch_size: int = typer.Option(64, min=1), model: str = typer.Option("shapes-llava", help="Model to demo."),
          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
     """Run the whole story on the shipped model and write one HTML page linking every report."""
     if ctx.invoked_subcommand is not None:
@@ -32,18 +34,21 @@ def demo(ctx: typer.Context,
 
 @demo_app.command("train")
 def demo_train(out: Path = typer.Option(..., help="Folder to save the trained model in."),
-               seed: int = typer.Option(0), samples: int = typer.Option(480_000, help="Training samples."),
-               threads: int = typer.Option(2, help="Torch CPU threads (2 on the 2-core reference machine)."),
-               batch_size: int = typer.Option(32), lr: float = typer.Option(1e-3),
-               warmup_steps: int = typer.Option(100),
+               seed: int = typer.Option(0), samples: int = typer.Option(480_000, min=1, help="Training samples."),
+               threads: int = typer.Option(2, min=1, help="Torch CPU threads (2 on the 2-core reference machine)."),
+               batch_size: int = typer.Option(32, min=1), lr: float = typer.Option(1e-3),
+               warmup_steps: int = typer.Option(100, min=0),
                init_from: Optional[Path] = typer.Option(None, help="Continue from this model's weights."),
                count_questions: str = typer.Option("any", help="'any' or 'mostly_present' (curriculum phase 1)."),
                mix: Optional[str] = typer.Option(None, help="Task mix, e.g. 'vqa=0.55,caption=0.15,"
-                                                            "style_caption=0.1,list=0.15,unsafe=0.05'.")):
+                                                            "style_caption=0.1,list=0.15,unsafe=0.05'."),
+               overwrite: bool = _OVERWRITE):
     """Train shapes-llava from scratch on the shapes world (CPU only; about 40 minutes on 2 cores)."""
     from vlmsteer.demo.train import TrainConfig, train_demo_model
 
     _quiet_transformers()
+    if not (math.isfinite(lr) and lr > 0):
+        raise VlmsteerError(f"--lr must be a positive number, got {lr}")
     if count_questions not in ("any", "mostly_present"):
         raise VlmsteerError(f"--count-questions must be 'any' or 'mostly_present', got {count_questions!r}")
     cfg = TrainConfig(seed=seed, samples=samples, threads=threads, batch_size=batch_size, lr=lr,
@@ -57,7 +62,10 @@ def demo_train(out: Path = typer.Option(..., help="Folder to save the trained mo
         unknown = set(cfg.mix) - {"vqa", "caption", "style_caption", "list", "unsafe"}
         if unknown:
             raise VlmsteerError(f"--mix: unknown task(s) {sorted(unknown)}")
-    record = train_demo_model(out, cfg, log=lambda line: out_console.print(line, highlight=False))
+    with _publish(out, overwrite) as pub:
+        _claim(pub, _run_identity())
+        record = train_demo_model(pub.stage, cfg, log=lambda line: out_console.print(line, highlight=False))
+        _write_run_json(pub)
     out_console.print(f"trained in {record['train_seconds']:.0f} s; saved to {out}")
 
 
