@@ -88,6 +88,16 @@ def test_rerun_into_a_folder_of_other_settings_is_refused_and_keeps_it(model, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.") and p.name.endswith(".partial")]
 
 
+def test_a_folder_of_other_files_is_never_replaced(model, tmp_path, capsys):
+    shapes.write_dataset(tmp_path / "w", n=1, seed=24)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my own file")
+    for extra in ([], ["--overwrite"]):
+        assert _eval(model, tmp_path / "w", tmp_path / "mine", *extra) == 2
+        assert "not a vlmsteer output" in _errors(capsys)[0]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_a_failed_run_keeps_the_earlier_output_whole(model, tmp_path, capsys, monkeypatch):
     """A later run that fails while writing (here: its vector overflows; then a disk that fills
     up) leaves the earlier complete output as it was."""
@@ -154,6 +164,13 @@ def test_unusable_out_is_refused_before_any_model_work(model, tmp_path, capsys):
         assert _eval("no/such/model", tmp_path / "w", out) == 2  # the model is never reached
         (line,) = _errors(capsys)
         assert "file" in line and "cannot load model" not in line
+        assert main(["extract", "--model", "no/such/model", "--data", str(tmp_path / "w"), "--layer", "1",
+                     "--out", str(out / "store")]) == 2
+        (line,) = _errors(capsys)
+        assert "is a file" in line and "cannot load model" not in line
+    # a model that fails to load leaves no empty folder behind
+    assert _eval("no/such/model", tmp_path / "w", tmp_path / "new" / "run") == 2
+    assert "cannot load model" in _errors(capsys)[0] and not (tmp_path / "new").exists()
 
 
 def test_a_second_writer_of_one_output_folder_is_refused(model, tmp_path, capsys):

@@ -35,12 +35,17 @@ def test_import_export_round_trip(tmp_path, dtype):
     assert [r["id"] for r in st.records[:2]] == ["q0", "q1"]
     for ext in ("npy", "safetensors"):
         assert main(["store", "export", str(tmp_path / "s"), "--layer", "12", "--features",
-                     str(tmp_path / f"out.{ext}"), "--records", str(tmp_path / "out.jsonl")]) == 0
+                     str(tmp_path / f"out.{ext}"), "--records", str(tmp_path / f"out-{ext}.jsonl")]) == 0
+    # an existing file is not replaced unless asked
+    assert main(["store", "export", str(tmp_path / "s"), "--layer", "12", "--features", str(tmp_path / "out.npy"),
+                 "--records", str(tmp_path / "out-npy.jsonl")]) == 2
+    assert main(["store", "export", str(tmp_path / "s"), "--layer", "12", "--features", str(tmp_path / "out.npy"),
+                 "--records", str(tmp_path / "out-npy.jsonl"), "--overwrite"]) == 0
     assert np.array_equal(np.load(tmp_path / "out.npy"), feats) and np.load(tmp_path / "out.npy").dtype == dtype
     from safetensors.numpy import load_file
 
     assert np.array_equal(load_file(str(tmp_path / "out.safetensors"))["features"], feats)
-    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "r.jsonl").read_text()
+    assert (tmp_path / "out-npy.jsonl").read_text() == (tmp_path / "r.jsonl").read_text()
 
 
 def test_imported_store_feeds_concepts_and_vectors(tmp_path):
@@ -63,7 +68,7 @@ def test_imported_store_feeds_concepts_and_vectors(tmp_path):
 
 @pytest.mark.parametrize("records, message", [
     ("", "0 records for 300 feature rows"),
-    ('{"id": "a"}\n' * 300, "record ids are not unique"),
+    ('{"id": "a"}\n' * 300, "duplicate id 'a' (line 1 and line 2)"),
     ('{"x": 1}\n' * 300, "line 1 has no string 'id'"),
 ])
 def test_bad_imports_are_one_line_errors(tmp_path, capsys, records, message):

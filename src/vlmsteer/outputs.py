@@ -117,6 +117,17 @@ def check_writable(folder: str | Path) -> Path:
     return folder
 
 
+def check_can_create(path: str | Path) -> Path:
+    """Fail now if ``path`` (a folder to be written) could not be made or written, creating
+    nothing: its nearest existing ancestor must be a folder where files can be created."""
+    path = Path(path)
+    ancestor = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not ancestor.is_dir():
+        raise VlmsteerError(f"{path}: cannot be made: {ancestor} is a file, not a folder")
+    check_writable(ancestor)
+    return path
+
+
 def lock_file(path: Path, what: str):
     """An open file holding an exclusive, non-blocking lock on ``path``; the OS releases it
     when the process ends, so a killed writer never leaves a stale lock."""
@@ -199,13 +210,12 @@ class Publication:
         one-line error unless ``overwrite``. Returns the identity's fingerprint."""
         self.identity = identity
         self.fingerprint = fingerprint(identity)
-        if self.out.is_dir() and any(self.out.iterdir()) and not self.overwrite:
-            old = read_run_record(self.out)
-            old_identity = (old or {}).get("identity")
-            if old_identity is None:
-                raise VlmsteerError(f"{self.out}: holds another output (no vlmsteer run.json with a fingerprint); "
-                                    "choose another output folder, or overwrite it", "overwrite")
-            if fingerprint(old_identity) != self.fingerprint:
+        if self.out.is_dir() and any(self.out.iterdir()):
+            old_identity = (read_run_record(self.out) or {}).get("identity")
+            if old_identity is None:  # never replace what may be the user's own files
+                raise VlmsteerError(f"{self.out}: holds files that are not a vlmsteer output with a fingerprint "
+                                    "(run.json); choose another output folder, or move them away")
+            if fingerprint(old_identity) != self.fingerprint and not self.overwrite:
                 diff = ", ".join(differences(old_identity, identity)[:4])
                 raise VlmsteerError(f"{self.out}: holds an output made from other inputs or settings ({diff}); "
                                     "choose another output folder, or overwrite it", "overwrite")

@@ -9,11 +9,13 @@ vLLM extractions then feed concepts, vectors and shift analysis. float16 stays f
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from vlmsteer.data.identity import check_unique_ids
 from vlmsteer.data.io import read_jsonl
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
@@ -49,6 +51,11 @@ def _load_array(path: Path) -> np.ndarray:
     return arr
 
 
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def import_features(features: str | Path, records: str | Path, layer: int, out: str | Path, *,
                     num_layers: int | None = None, model_id: str | None = None, shard_size: int | None = None,
                     progress: bool = False) -> FeatureStore:
@@ -67,8 +74,7 @@ def import_features(features: str | Path, records: str | Path, layer: int, out: 
     if any(not isinstance(i, (str, int)) for i in ids):
         bad = next(n for n, i in enumerate(ids, 1) if not isinstance(i, (str, int)))
         raise input_error(records, f"line {bad} has no string 'id'")
-    if len(set(map(str, ids))) != len(ids):
-        raise input_error(records, "record ids are not unique")
+    check_unique_ids([str(i) for i in ids], records, lambda i: f"line {i + 1}")
     if layer < 0 and num_layers is None:
         raise VlmsteerError(f"a negative layer ({layer}) needs the model's number of layers", "num_layers")
     num_layers = num_layers if num_layers is not None else layer + 1
@@ -78,7 +84,9 @@ def import_features(features: str | Path, records: str | Path, layer: int, out: 
     header = {"model_id": model_id, "hidden_size": int(arr.shape[1]), "num_layers": int(num_layers),
               "layers": [absolute], "dtype": np.dtype(dtype).name, "shard_size": shard_size,
               "selector": None, "selector_description": "imported", "n_samples": len(rows),
-              "imported_from": {"features": str(features.resolve()), "records": str(records.resolve())}}
+              # the inputs by content (compared on resume), and where they were (recorded only)
+              "imported": {"features_sha256": _file_sha256(features), "records_sha256": _file_sha256(records)},
+              "origin": {"features": str(features.resolve()), "records": str(records.resolve())}}
     with StoreWriter(out, header) as writer, progress_bar("importing", len(rows), enabled=progress) as advance:
         start = writer.samples_done  # resumes after the last complete shard
         advance(start)

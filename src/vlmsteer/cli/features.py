@@ -54,9 +54,9 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                             max_new_tokens=max_new_tokens)
     except ValueError as exc:
         raise VlmsteerError(str(exc)) from None
-    from vlmsteer.outputs import check_writable
+    from vlmsteer.outputs import check_can_create
 
-    check_writable(out)  # before any model work
+    check_can_create(out)  # before any model work
     samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                             allow_outside_images=allow_outside_images, where=where, max_image_pixels=max_image_pixels)
     vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
@@ -180,11 +180,14 @@ def store_export(store: Path = typer.Argument(..., help="Feature store folder.")
                  layer: int = typer.Option(..., help="Layer to export."),
                  features: Path = typer.Option(..., help="Output array: .npy or .safetensors."),
                  records: Path = typer.Option(..., help="Output records JSONL."),
-                 allow_partial: bool = _ALLOW_PARTIAL):
+                 allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Write one layer of a store as an (N, D) array and its records as JSONL."""
     from vlmsteer.store_io import export_features
 
     if features.resolve() == records.resolve():
         raise VlmsteerError(f"--features and --records name the same file ({features}); give two files")
+    for path in (features, records):
+        if path.exists() and not overwrite:
+            raise VlmsteerError(f"{path}: already exists; choose another file, or overwrite it", "overwrite")
     n = export_features(_open_store(store, allow_partial), layer, features, records)
     out_console.print(f"{n} rows -> {features}, {records}")

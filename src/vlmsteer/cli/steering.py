@@ -25,7 +25,7 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                    layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
                    max_samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many per side."),
                    seed: int = typer.Option(0), name: str = typer.Option("vector"),
-                   allow_partial: bool = _ALLOW_PARTIAL):
+                   allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Coarse vector: mean(target features) - mean(source features)."""
     from vlmsteer.data.filters import as_filter
     from vlmsteer.steer.builders import coarse_vector
@@ -35,6 +35,7 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
     b = _open_store(target_store, allow_partial) if target_store else None
     layers = _parse_layers(layer) if layer else None
     vec = coarse_vector(a, source_filter, b, target_filter, layers=layers, max_samples=max_samples, seed=seed)
+    _check_vector_file(out, {name: vec}, overwrite)
     vec.save(out, name=name)
     out_console.print(f"{vec.method} vector {vec.source!r} -> {vec.target!r} from {vec.n_source} + {vec.n_target} "
                       f"samples, layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
@@ -43,7 +44,8 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
 @vectors_app.command("concepts")
 def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safetensors from vlmsteer concepts."),
                      out: Path = typer.Option(..., help="Output .safetensors file with all K·(K−1) vectors."),
-                     layer: Optional[int] = typer.Option(None, help="Layer to steer (default: the dictionary's).")):
+                     layer: Optional[int] = typer.Option(None, help="Layer to steer (default: the dictionary's)."),
+                     overwrite: bool = _OVERWRITE):
     """Fine-grained vectors between concepts: 'i->j' = u_j − u_i for every ordered pair."""
     from vlmsteer.concepts import load_dictionary
     from vlmsteer.steer.builders import all_concept_shifts
@@ -55,8 +57,25 @@ def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safet
         raise VlmsteerError(f"{dictionary}: no layer recorded; pass --layer")
     vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=meta.get("labels"),
                               model=meta.get("model"))
+    _check_vector_file(out, vecs, overwrite)
     save_vectors(out, vecs)
     out_console.print(f"{len(vecs)} concept-pair vectors (layer {layer}) -> {out}")
+
+
+def _check_vector_file(out: Path, vectors: dict, overwrite: bool) -> None:
+    """An existing file at ``out`` holding other vectors is refused unless ``overwrite`` (the
+    same vectors again: written again, unchanged)."""
+    from vlmsteer.steer.vector import load_vectors
+
+    if overwrite or not out.exists():
+        return
+    try:
+        old = {k: v.digest() for k, v in load_vectors(out).items()}
+    except VlmsteerError:
+        old = None
+    if old != {k: v.digest() for k, v in vectors.items()}:
+        raise VlmsteerError(f"{out}: holds other vectors (or another file); choose another output file, or "
+                            "overwrite it", "overwrite")
 
 
 _VQA_TOKENS = typer.Option(3, min=1, help="Tokens generated per answer (short VQA answers need few).")
