@@ -94,7 +94,7 @@ def test_a_folder_of_other_files_is_never_replaced(model, tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("my own file")
     for extra in ([], ["--overwrite"]):
         assert _eval(model, tmp_path / "w", tmp_path / "mine", *extra) == 2
-        assert "not a vlmsteer output" in _errors(capsys)[0]
+        assert "not a vlmsteer output (no run.json)" in _errors(capsys)[0]
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 

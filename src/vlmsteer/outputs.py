@@ -208,14 +208,19 @@ class Publication:
     def claim(self, identity: dict) -> str:
         """Record this run's identity; an output with a different one already at ``out`` is a
         one-line error unless ``overwrite``. Returns the identity's fingerprint."""
+        identity = json.loads(json.dumps(identity, default=str))  # as run.json will hold it (tuples: lists)
         self.identity = identity
         self.fingerprint = fingerprint(identity)
         if self.out.is_dir() and any(self.out.iterdir()):
-            old_identity = (read_run_record(self.out) or {}).get("identity")
-            if old_identity is None:  # never replace what may be the user's own files
-                raise VlmsteerError(f"{self.out}: holds files that are not a vlmsteer output with a fingerprint "
-                                    "(run.json); choose another output folder, or move them away")
-            if fingerprint(old_identity) != self.fingerprint and not self.overwrite:
+            record = read_run_record(self.out)
+            if record is None or "options" not in record:  # never replace what may be the user's own files
+                raise VlmsteerError(f"{self.out}: holds files that are not a vlmsteer output (no run.json); choose "
+                                    "another output folder, or move them away")
+            old_identity = record.get("identity")
+            if old_identity is None and not self.overwrite:  # written by a vlmsteer without fingerprints
+                raise VlmsteerError(f"{self.out}: holds an output with no fingerprint of what made it (an older "
+                                    "vlmsteer); choose another output folder, or overwrite it", "overwrite")
+            if old_identity is not None and fingerprint(old_identity) != self.fingerprint and not self.overwrite:
                 diff = ", ".join(differences(old_identity, identity)[:4])
                 raise VlmsteerError(f"{self.out}: holds an output made from other inputs or settings ({diff}); "
                                     "choose another output folder, or overwrite it", "overwrite")
