@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import typer
 from rich.table import Table
@@ -44,18 +44,17 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
-    with _publish(out, overwrite) as pub:
-        samples = _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
-                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
-        vlm, steering = _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map,
-                                            max_image_pixels, vector, name, alpha, layer, region_, condition,
-                                            allow_other_model)
-        metrics = evaluate_vqa_run(vlm, samples, pub.stage, steering=steering, baseline=baseline, source=source,
-                                   target=target, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   progress=True, part=_part())
-        if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
-            return
-        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
+    metrics = _evaluate(
+        out, overwrite,
+        lambda: _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
+                              allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
+        lambda vlm, samples, stage, steering: evaluate_vqa_run(
+            vlm, samples, stage, steering=steering, baseline=baseline, source=source, target=target,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part()),
+        _Model(model, adapter, dtype, device, device_map, max_image_pixels),
+        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+        return
     _print_vqa_table(metrics)
     if "vs_baseline" in metrics:
         out_console.print_json(json.dumps(metrics["vs_baseline"]))
@@ -91,18 +90,17 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
-    with _publish(out, overwrite) as pub:
-        samples = _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
-                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
-        vlm, steering = _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map,
-                                            max_image_pixels, vector, name, alpha, layer, region_, condition,
-                                            allow_other_model)
-        metrics = evaluate_caption_run(vlm, samples, pub.stage, steering=steering, baseline=baseline,
-                                       tokenizer=tokenizer, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                       progress=True, part=_part())
-        if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
-            return
-        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
+    metrics = _evaluate(
+        out, overwrite,
+        lambda: _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
+                              allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
+        lambda vlm, samples, stage, steering: evaluate_caption_run(
+            vlm, samples, stage, steering=steering, baseline=baseline, tokenizer=tokenizer, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, progress=True, part=_part()),
+        _Model(model, adapter, dtype, device, device_map, max_image_pixels),
+        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+        return
     table = Table(title=f"captions ({metrics['n']} images)")
     for col in ("metric", "value", "vs baseline"):
         table.add_column(col, justify="right" if col != "metric" else "left")
@@ -146,18 +144,17 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     formats = (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value)
     if fmt not in formats:
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
-    with _publish(out, overwrite) as pub:
-        samples = _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
-                                allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
-        vlm, steering = _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map,
-                                            max_image_pixels, vector, name, alpha, layer, region_, condition,
-                                            allow_other_model)
-        metrics = evaluate_safety_run(vlm, samples, pub.stage, steering=steering, baseline=baseline,
-                                      batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True,
-                                      part=_part())
-        if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
-            return
-        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
+    metrics = _evaluate(
+        out, overwrite,
+        lambda: _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
+                              allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
+        lambda vlm, samples, stage, steering: evaluate_safety_run(
+            vlm, samples, stage, steering=steering, baseline=baseline, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, progress=True, part=_part()),
+        _Model(model, adapter, dtype, device, device_map, max_image_pixels),
+        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
+        return
     table = Table(title=f"attack success rate ({metrics['n']} prompts)")
     for col in ("category", "prompts", "ASR %"):
         table.add_column(col, justify="left" if col == "category" else "right")
@@ -170,21 +167,51 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
 
-def _model_and_steering(pub, samples, baseline, model, adapter, dtype, device, device_map, max_image_pixels, vector,
-                        name, alpha, layer, region, condition, allow_other_model):
-    """Load the model and the steering, then claim the output folder for this run's identity
-    (model, data and steering by content, the result-changing options), before generating."""
+class _Model(NamedTuple):
+    """The model options of an eval command."""
+
+    model: str
+    adapter: Optional[Path]
+    dtype: str
+    device: str
+    device_map: Optional[str]
+    max_image_pixels: int
+
+
+class _Steer(NamedTuple):
+    """The steering options of an eval command."""
+
+    vector: Optional[Path]
+    name: Optional[str]
+    alpha: float
+    layer: Optional[list[str]]
+    region: Region
+    condition: object
+    allow_other_model: bool
+
+
+def _evaluate(out: Path, overwrite: bool, load: Callable, run: Callable, model: _Model, steer: _Steer,
+              baseline: Optional[Path]) -> Optional[dict]:
+    """What every eval command does: open ``out`` (checked writable, locked) before any model
+    work; load the samples, the model and the steering; claim ``out`` for this run's identity
+    (model, data and steering by content, the result-changing options, the baseline's
+    fingerprint); run; record ``run.json``; publish the folder whole. Returns the metrics
+    (None on a data-parallel rank other than 0)."""
     from vlmsteer.data.identity import dataset_identity
     from vlmsteer.outputs import read_run_record
 
-    vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
-    steering = _steering(vlm, vector, name, alpha, layer, region, condition, allow_other_model)
-    base = None
-    if baseline is not None:
-        base = (read_run_record(baseline) or {}).get("fingerprint")
-    _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
-                              steering=steering.identity() if steering is not None else None, baseline=base))
-    return vlm, steering
+    with _publish(out, overwrite) as pub:
+        samples = load()
+        vlm = _load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,
+                          max_image_pixels=model.max_image_pixels)
+        steering = _steering(vlm, *steer)
+        base = (read_run_record(baseline) or {}).get("fingerprint") if baseline is not None else None
+        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+                                  steering=steering.identity() if steering is not None else None, baseline=base))
+        metrics = run(vlm, samples, pub.stage, steering)
+        if metrics is not None:
+            _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
+    return metrics
 
 
 def _part():
