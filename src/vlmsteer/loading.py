@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, regular_file
+from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, open_image, regular_file
 from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 
@@ -53,16 +52,9 @@ def load_image(image: Image.Image | str | Path, max_pixels: int | None = DEFAULT
         return image.convert("RGB")
     path = Path(image)
     regular_file(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                check_pixels(im.size, max_pixels, path)
-                return im.convert("RGB")
-    except VlmsteerError:
-        raise
-    except Exception as exc:  # PIL raises several types for corrupt files
-        raise VlmsteerError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
+    with open_image(path, path) as im:
+        check_pixels(im.size, max_pixels, path)
+        return im.convert("RGB")
 
 
 def decode_images(images, max_pixels: int | None) -> list[Image.Image | None]:

@@ -128,9 +128,10 @@ def check_can_create(path: str | Path) -> Path:
     return path
 
 
-def lock_file(path: Path, what: str):
+def lock_file(path: Path, what: str, owner: str | Path | None = None):
     """An open file holding an exclusive, non-blocking lock on ``path``; the OS releases it
-    when the process ends, so a killed writer never leaves a stale lock."""
+    when the process ends, so a killed writer never leaves a stale lock. ``owner`` is what the
+    error names (default: the lock's folder)."""
     try:
         f = open(path, "a+")
     except OSError as exc:
@@ -142,7 +143,7 @@ def lock_file(path: Path, what: str):
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            raise VlmsteerError(f"{path.parent}: another process is writing {what}; wait for it or choose "
+            raise VlmsteerError(f"{owner or path.parent}: another process is writing {what}; wait for it or choose "
                                 "another output folder") from None
     return f
 
@@ -158,8 +159,7 @@ def _exchange(a: Path, b: Path) -> bool:
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
-    ok = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-    return ok
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def read_run_record(folder: Path) -> dict | None:
@@ -187,7 +187,9 @@ class Publication:
     KEEP = (".lock", ".identity")  # what a staging folder holds before any work
 
     def __init__(self, out: str | Path, overwrite: bool = False, lock: bool = True):
-        self.out = Path(out)
+        self.out = Path(os.path.abspath(out))  # `.` and `a/..` have a name, and a folder beside them
+        if not self.out.name:
+            raise VlmsteerError(f"{out}: not a folder an output can be written to; choose a subfolder")
         self.overwrite = overwrite
         self.stage = self.out.with_name(f".{self.out.name}.partial")
         self._want_lock = lock
@@ -202,7 +204,7 @@ class Publication:
         make_folder(self.stage)
         self._made = [p for p in missing if p.exists()]  # deepest first
         if self._want_lock and self._lock is None:
-            self._lock = lock_file(self.stage / self.LOCK, "this output")
+            self._lock = lock_file(self.stage / self.LOCK, "this output", self.out)
         return self
 
     def claim(self, identity: dict) -> str:

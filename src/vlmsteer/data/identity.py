@@ -18,8 +18,9 @@ import json
 import os
 import stat
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from PIL import Image
 
@@ -53,19 +54,30 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None, where: str | Pat
                             f"{max_pixels:,}; raise the limit to read it", "max_image_pixels")
 
 
-def image_size(data: bytes, where: str | Path) -> tuple[int, int]:
-    """Width and height from an image file's header (nothing is decoded)."""
+@contextmanager
+def open_image(source, where: str | Path) -> Iterator[Image.Image]:
+    """``PIL.Image.open(source)`` (a path or a file object) with one-line errors naming
+    ``where``: for a file PIL cannot read, and for what the block does with it (decoding a
+    truncated file fails only there). PIL's bomb warning is left to the caller's pixel limit."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size
+            with Image.open(source) as im:
+                yield im
+    except VlmsteerError:
+        raise
     except Image.DecompressionBombError:
         raise VlmsteerError(f"{where}: image is a decompression bomb (PIL refused its size)",
                             "max_image_pixels") from None
     except Exception as exc:  # PIL raises several types for files it cannot read
         raise input_error(where, f"cannot decode image ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
+
+
+def image_size(data: bytes, where: str | Path) -> tuple[int, int]:
+    """Width and height from an image file's header (nothing is decoded)."""
+    with open_image(io.BytesIO(data), where) as im:
+        return im.size
 
 
 def image_digest(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> str:
