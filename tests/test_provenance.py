@@ -459,3 +459,21 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(model, tmp_path):
     assert "terminated: finished work is kept" in err and "Traceback" not in err
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr
+
+
+def test_hidden_size_mismatches_are_one_line(model, tiny_vlm, tmp_path, capsys):
+    import torch
+
+    from vlmsteer.errors import VlmsteerError
+    from vlmsteer.steer import Steering, SteeringVector
+    from vlmsteer.steer.conditions import NearestConceptCondition
+
+    vlm = tiny_vlm("llava")
+    wide = NearestConceptCondition(torch.zeros(2, vlm.hidden_size + 3), [0])
+    with pytest.raises(VlmsteerError, match="centroids of size"):
+        Steering(SteeringVector({1: torch.ones(vlm.hidden_size)}), condition=wide).check(vlm)
+    assert FeatureStore.open(_store(model, tmp_path)).hidden_size == 32  # shapes-llava has 128
+    capsys.readouterr()
+    assert main(["concepts", str(_store(model, tmp_path)), "--out", str(tmp_path / "c"), "-k", "2",
+                 "--model", "shapes-llava"]) == 2
+    assert "hidden size" in _errors(capsys)[0] and not (tmp_path / "c").exists()

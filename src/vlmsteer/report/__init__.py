@@ -34,7 +34,7 @@ def image_data_uri(path: str | Path | None, size: int = 96, digest: str | None =
         return None
     from PIL import Image
 
-    from vlmsteer.data.identity import image_digest
+    from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS, image_digest
     from vlmsteer.loading import load_image
 
     if digest is None and not Path(path).is_absolute():
@@ -43,7 +43,8 @@ def image_data_uri(path: str | Path | None, size: int = 96, digest: str | None =
     if digest is not None and image_digest(path, max_pixels=None) != digest:
         raise VlmsteerError(f"{path}: not the image the features were extracted from (its bytes changed); "
                             "restore the dataset, or leave images out of the report", "top_images")
-    im = load_image(path).resize((size, size), Image.NEAREST)
+    # an image whose bytes match was accepted by the extraction's pixel limit: decode it as it is
+    im = load_image(path, None if digest is not None else DEFAULT_MAX_IMAGE_PIXELS).resize((size, size), Image.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -140,6 +140,9 @@ class Steering:
         layers = self.vector.check_model(vlm, list(self.layers) if self.layers is not None else None,
                                          allow_other_model=True)
         check_scale(vlm, self.vector, self.alpha, layers)
+        check_condition = getattr(self.condition, "check_model", None)
+        if check_condition is not None:  # the sizes its concepts have
+            check_condition(vlm, allow_other_model=True)
         first = min(layers)
         wanted = getattr(self.condition, "layer", None)
         if wanted is not None and wanted != first:
