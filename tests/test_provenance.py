@@ -477,3 +477,14 @@ def test_hidden_size_mismatches_are_one_line(model, tiny_vlm, tmp_path, capsys):
     assert main(["concepts", str(_store(model, tmp_path)), "--out", str(tmp_path / "c"), "-k", "2",
                  "--model", "shapes-llava"]) == 2
     assert "hidden size" in _errors(capsys)[0] and not (tmp_path / "c").exists()
+
+
+def test_demo_refuses_a_folder_holding_a_demo_of_other_settings(tmp_path, capsys):
+    from vlmsteer.demo.run import DemoSettings
+
+    earlier = {k: v for k, v in DemoSettings(n_scenes=30).__dict__.items() if k != "timings"}
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "run.json").write_text(json.dumps({"options": earlier}, default=str))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--n-scenes", "40"]) == 2
+    assert "n_scenes" in _errors(capsys)[0]
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == ["run.json"]

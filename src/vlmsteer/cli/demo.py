@@ -19,15 +19,29 @@ def demo(ctx: typer.Context,
          n_scenes: int = typer.Option(400, min=1, help="Held-out scenes to generate (about 9 questions each)."),
          seed: int = typer.Option(7, help="Seed of the held-out world (the model was trained on 1000)."),
          batch_size: int = typer.Option(64, min=1), model: str = typer.Option("shapes-llava", help="Model to demo."),
-         dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
+         dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
+         overwrite: bool = typer.Option(False, "--overwrite", help="Rerun into a folder holding a demo of other "
+                                                                   "settings.")):
     """Run the whole story on the shipped model and write one HTML page linking every report."""
     if ctx.invoked_subcommand is not None:
         return
+    import json
+
     from vlmsteer.demo.run import DemoSettings, run_demo
+    from vlmsteer.outputs import check_can_create, differences, read_run_record
 
     _quiet_transformers()
     settings = DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size, dtype=dtype,
                             device=device, device_map=device_map)
+    # the demo writes its own datasets into --out (their absolute paths are recorded), so it runs in
+    # place: a folder holding a demo of other settings is refused rather than mixed with this one
+    check_can_create(out)
+    old = (read_run_record(out) or {}).get("options") if out.is_dir() else None
+    new = json.loads(json.dumps({k: v for k, v in settings.__dict__.items() if k != "timings"}, default=str))
+    if out.is_dir() and any(out.iterdir()) and old != new and not overwrite:
+        what = ", ".join(differences(old, new)[:4]) if old is not None else "not a vlmsteer demo"
+        raise VlmsteerError(f"{out}: holds another output ({what}); choose another output folder, or overwrite it",
+                            "overwrite")
     page = run_demo(out, settings, progress=True)
     out_console.print(f"demo page: {page}")
 
