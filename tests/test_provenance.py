@@ -317,9 +317,14 @@ def test_symlinks_leading_outside_the_dataset_are_refused(tmp_path, capsys):
 def test_a_fifo_named_as_an_image_is_refused_not_waited_on(tmp_path):
     data = _jsonl(tmp_path / "d", "pipe.png")
     os.mkfifo(tmp_path / "d" / "pipe.png")
-    done = subprocess.run([sys.executable, "-m", "vlmsteer", "data", "check", "jsonl", str(data)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "not a regular file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for argv in (["data", "check", "jsonl", str(data)], ["data", "check", "jsonl", str(tmp_path / "pipe.jsonl")],
+                 ["vectors", "concepts", "--dictionary", str(tmp_path / "pipe.safetensors"), "--out",
+                  str(tmp_path / "v.safetensors")]):
+        done = subprocess.run([sys.executable, "-m", "vlmsteer", *argv], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "not a regular file" in done.stderr, (argv, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_a_pixel_bomb_is_refused_from_its_header_in_bounded_memory(tmp_path):

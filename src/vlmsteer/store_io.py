@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmsteer.data.identity import check_unique_ids
+from vlmsteer.data.identity import check_unique_ids, regular_file
 from vlmsteer.data.io import read_jsonl
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
@@ -23,8 +23,7 @@ from vlmsteer.outputs import atomic_write, atomic_write_text, make_folder
 from vlmsteer.store import FeatureStore, StoreWriter
 
 def _load_array(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise input_error(path, "features file not found")
+    regular_file(path, "features file")
     if path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)

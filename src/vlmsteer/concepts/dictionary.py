@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from vlmsteer.data.identity import regular_file
 from vlmsteer.errors import VlmsteerError, input_error
 
 
@@ -342,8 +343,7 @@ def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.exists():
-        raise input_error(path, "dictionary file not found")
+    regular_file(path, "dictionary file")
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = json.loads((f.metadata() or {})["vlmsteer_dictionary"])

@@ -34,6 +34,8 @@ def _read_text(path: Path, what: str) -> str:
         raise input_error(path, f"{what} not found")
     if path.is_dir():
         raise input_error(path, f"is a folder, not a {what}")
+    if not path.is_file():  # a FIFO or a device would block or stream forever
+        raise input_error(path, f"not a regular file; a {what} must be one")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from vlmsteer.data.identity import check_unique_ids
+from vlmsteer.data.identity import check_unique_ids, regular_file
 from vlmsteer.data.io import dataset_file, read_json, require_string
 
 from vlmsteer.data.sample import Sample, subsample
@@ -79,8 +79,7 @@ def load_figstep(root: str | Path, limit: int | None = None, seed: int = 0,
                  check_images: bool = True, allow_outside_images: bool = False) -> list[Sample]:
     root = Path(root)
     table = root / "data" / "question" / "safebench.csv"
-    if not table.exists():
-        raise input_error(table, "FigStep SafeBench question table not found")
+    regular_file(table, "FigStep SafeBench question table")
     with open(table, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         needed = {"dataset", "category_id", "task_id", "category_name", "question"}

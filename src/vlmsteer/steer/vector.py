@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from vlmsteer.data.identity import regular_file
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.outputs import atomic_write, make_folder
 
@@ -171,8 +172,7 @@ def save_vectors(path: str | Path, vectors: dict[str, SteeringVector]) -> Path:
 
 def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
     path = Path(path)
-    if not path.exists():
-        raise input_error(path, "steering vector file not found")
+    regular_file(path, "steering vector file")
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open
