@@ -98,6 +98,19 @@ def test_a_folder_of_other_files_is_never_replaced(model, tmp_path, capsys):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+def test_a_store_and_a_report_never_replace_each_other(model, tmp_path, capsys):
+    store = _store(model, tmp_path)
+    for extra in ([], ["--overwrite"]):
+        assert main(["concepts", str(store), "--out", str(store), "-k", "2", "--no-words", *extra]) == 2
+        assert "holds a feature store" in _errors(capsys)[0]
+    assert FeatureStore.open(store).verify()
+    assert main(["separability", str(store), "--out", str(tmp_path / "sep"), "--label", "answer_type"]) == 0
+    capsys.readouterr()
+    assert main(["extract", "--model", model, "--data", str(tmp_path / "sw"), "--layer", "1", "--out",
+                 str(tmp_path / "sep")]) == 2
+    assert "not a feature store" in _errors(capsys)[0] and not (tmp_path / "sep" / "manifest.json").exists()
+
+
 def test_a_failed_run_keeps_the_earlier_output_whole(model, tmp_path, capsys, monkeypatch):
     """A later run that fails while writing (here: its vector overflows; then a disk that fills
     up) leaves the earlier complete output as it was."""

@@ -213,6 +213,8 @@ class Publication:
         identity = json.loads(json.dumps(identity, default=str))  # as run.json will hold it (tuples: lists)
         self.identity = identity
         self.fingerprint = fingerprint(identity)
+        if (self.out / "manifest.json").exists():  # never replace a feature store with a report
+            raise VlmsteerError(f"{self.out}: holds a feature store; choose another output folder")
         if self.out.is_dir() and any(self.out.iterdir()):
             record = read_run_record(self.out)
             if record is None or "options" not in record:  # never replace what may be the user's own files

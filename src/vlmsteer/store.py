@@ -79,6 +79,10 @@ class StoreWriter:
             self.manifest = manifest
             self._drop_damaged_shards()
         else:
+            foreign = [p.name for p in self.path.iterdir() if p.name != ".lock"]
+            if foreign:
+                raise VlmsteerError(f"{self.path}: holds other files ({', '.join(sorted(foreign)[:3])}), not a feature "
+                                    "store; choose another output folder")
             self.manifest = {"format_version": FORMAT_VERSION, "header": header, "shards": [], "complete": False}
             atomic_write_json(mpath, self.manifest)
 

@@ -13,7 +13,6 @@ before anything is decoded (a 140 KB PNG can announce 12000 x 12000).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
@@ -74,22 +73,18 @@ def open_image(source, where: str | Path) -> Iterator[Image.Image]:
                                  f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
 
 
-def image_size(data: bytes, where: str | Path) -> tuple[int, int]:
-    """Width and height from an image file's header (nothing is decoded)."""
-    with open_image(io.BytesIO(data), where) as im:
-        return im.size
-
-
 def image_digest(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> str:
-    """Digest of an image file's bytes, after checking it is a regular file of at most
-    ``max_pixels`` pixels."""
+    """Digest of an image file's bytes (read in 1 MiB blocks: memory stays flat whatever the
+    file's size), after checking it is a regular file of at most ``max_pixels`` pixels."""
     regular_file(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            with open_image(f, path) as im:  # the header only
+                check_pixels(im.size, max_pixels, path)
+            f.seek(0)
+            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=_DIGEST_SIZE)).hexdigest()
     except OSError as exc:
         raise input_error(path, f"cannot read image ({exc.strerror or exc})") from None
-    check_pixels(image_size(data, path), max_pixels, path)
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
 
 
 def pil_digest(image: Image.Image) -> str:
