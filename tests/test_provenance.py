@@ -82,7 +82,8 @@ def test_rerun_into_a_folder_of_other_settings_is_refused_and_keeps_it(model, tm
     args = ("--vector", str(tmp_path / "v.safetensors"))
     assert _eval(model, tmp_path / "w", tmp_path / "run", *args, "--overwrite") == 0
     assert _eval(model, tmp_path / "w", tmp_path / "clean", *args) == 0
-    assert (tmp_path / "run" / "predictions.jsonl").read_bytes() == (tmp_path / "clean" / "predictions.jsonl").read_bytes()
+    predictions = lambda run: (tmp_path / run / "predictions.jsonl").read_bytes()  # noqa: E731
+    assert predictions("run") == predictions("clean")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["identity"]["steering"]["vector_sha256"] and len(record["fingerprint"]) == 64
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.") and p.name.endswith(".partial")]

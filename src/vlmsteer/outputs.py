@@ -283,7 +283,8 @@ class Publication:
 
 
 @contextmanager
-def published(out: str | Path, overwrite: bool = False, lock: bool = True, commit: bool = True) -> Iterator[Publication]:
+def published(out: str | Path, overwrite: bool = False, lock: bool = True,
+              commit: bool = True) -> Iterator[Publication]:
     """``with published(out) as pub: pub.claim(identity); write into pub.stage`` — swapped in
     at the end of the block if it ends normally (and ``commit``); abandoned on an error."""
     pub = Publication(out, overwrite, lock).begin()

@@ -142,10 +142,10 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
         vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
         for vec in candidates.values():
             vec.check_model(vlm, allow_other_model=allow_other_model)
+        first_layers = [min(v.layers) for v in candidates.values()]
         _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
                                   vectors={k: v.digest() for k, v in candidates.items()},
-                                  condition=_condition_identity(condition, vlm, [min(v.layers) for v in candidates.values()],
-                                                                allow_other_model)))
+                                  condition=_condition_identity(condition, vlm, first_layers, allow_other_model)))
         result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n,
                               relative_to=relative_to, distinct=distinct, batch_size=batch_size,
                               max_new_tokens=max_new_tokens, condition=condition, progress=True)

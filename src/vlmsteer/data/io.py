@@ -135,9 +135,10 @@ def read_baseline(folder: str | Path, samples: list, field: str = "prediction", 
         if "id" not in row or field not in row:
             raise input_error(path, f"line {n} lacks 'id' or {field!r}: not a vlmsteer predictions file")
         key = row["id"]
-        if not isinstance(key, (str, int)) or key in by_id:
-            raise input_error(path, f"line {n}: id {key!r} " + ("is listed twice (also line "
-                                                                f"{lines[key]})" if key in by_id else "is not a string"))
+        if not isinstance(key, (str, int)):
+            raise input_error(path, f"line {n}: id {key!r} is not a string")
+        if key in by_id:
+            raise input_error(path, f"line {n}: id {key!r} is listed twice (also line {lines[key]})")
         by_id[key], digests[key], lines[key] = row[field], row.get("digest"), n
     missing = [s.id for s in samples if s.id not in by_id]
     if missing:

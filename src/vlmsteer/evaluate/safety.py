@@ -84,7 +84,8 @@ def evaluate_safety_run(vlm: VLM, samples: list[Sample], out: str | Path, *, ste
         metrics["steering"] = steering.describe()
     if base is not None:
         metrics["vs_baseline"] = compare_safety_runs(base, responses)
-    write_run_outputs(out, [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "response": r, "refused": is_refusal(r),
+    write_run_outputs(out, [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "response": r,
+                             "refused": is_refusal(r),
                              "category": s.meta.get("category"), "image": s.image_path}
                             for s, r in zip(samples, responses)], metrics)
     return metrics

@@ -60,8 +60,9 @@ def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
 
 def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
                       extra: dict | None = None) -> None:
-    rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": p, "answer": s.answer, "answer_type": s.answer_type,
-             "accuracy": acc, "image": s.image_path} for s, p, acc in zip(samples, predictions, report.per_sample)]
+    rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": p, "answer": s.answer,
+             "answer_type": s.answer_type, "accuracy": acc, "image": s.image_path}
+            for s, p, acc in zip(samples, predictions, report.per_sample)]
     write_run_outputs(out, rows, {**report.to_dict(), **(extra or {})})
 
 
