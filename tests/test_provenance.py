@@ -440,6 +440,7 @@ COMMANDS = {
     "demo train": (["demo", "train", "--out", "o"], ["--samples", "--threads", "--batch-size", "--lr"]),
 }
 BAD = ["-3", "0", "-1", "abc", "", "1.5e", "nan", "-inf"]
+BAD_SEEDS = ["-1", str(2 ** 32), "99999999999999999999", "x"]  # every command's --seed: numpy/sklearn range
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
@@ -448,15 +449,19 @@ def test_malformed_values_are_one_line_and_exit_2(command, tmp_path, capsys, mon
 
     monkeypatch.chdir(tmp_path)
     argv, options = COMMANDS[command]
-    rng = random.Random(hash(command) % 1000)
+    rng = random.Random(sum(map(ord, command)))
+    cases = []
     for option in options:
         for value in rng.sample(BAD, 4):
             if option == "--top-images" and value == "0":
                 continue  # 0 images is meaningful
-            code = main([*argv, option, value])
-            err = capsys.readouterr().err
-            lines = [line for line in err.splitlines() if line.startswith("error:")]
-            assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, option, value, err)
+            cases.append((option, value))
+    cases += [("--seed", value) for value in BAD_SEEDS]
+    for option, value in cases:
+        code = main([*argv, option, value])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, option, value, err)
     assert not any(tmp_path.iterdir()), "a refused command left files behind"
 
 

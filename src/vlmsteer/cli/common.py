@@ -146,6 +146,10 @@ _BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
 _LIMIT = typer.Option(None, min=1, help="Evaluate a seeded random subset of this many samples.")
 
 
+def _SEED(default: int = 0, help: str = "Random seed."):  # noqa: N802 - an option factory
+    return typer.Option(default, min=0, max=2 ** 32 - 1, help=help)
+
+
 def _BATCH(default: int):  # noqa: N802 - an option factory, like the constants around it
     return typer.Option(default, min=1, help="Samples per batch (halved on an accelerator out-of-memory error).")
 # fine-grained steering: apply the vector only where a concept is active

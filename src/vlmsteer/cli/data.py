@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS, _OVERWRITE, _claim,
-                                 _load_model, _publish, _run_identity, _write_run_json, app, data_app, err_console,
-                                 out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _claim, _DEVICE, _DEVICE_MAP, _DTYPE, _load_model, _MAX_PIXELS,
+                                 _OVERWRITE, _publish, _run_identity, _SEED, _write_run_json, app, data_app,
+                                 err_console, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -36,7 +36,7 @@ def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-
 @data_app.command("shapes")
 def data_shapes(out: Path = typer.Option(..., help="Output folder."),
                 n: int = typer.Option(1000, min=1, help="Number of scenes (images)."),
-                seed: int = typer.Option(0, help="World seed; the demo model was trained on seed 1000."),
+                seed: int = _SEED(0, "World seed; the demo model was trained on seed 1000."),
                 split: str = typer.Option("val2014", help="Split name used in the file names."),
                 start: int = typer.Option(0, min=0, help="Index of the first scene."),
                 overwrite: bool = _OVERWRITE):
@@ -59,7 +59,7 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
                path: Path = typer.Argument(..., help="Dataset folder or file."),
                split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
-               limit: Optional[int] = typer.Option(None, min=1), seed: int = typer.Option(0),
+               limit: Optional[int] = typer.Option(None, min=1), seed: int = _SEED(),
                allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS):
     """Load a dataset, decode every selected image, and summarize it."""
     from collections import Counter

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_DEVICE, _DEVICE_MAP, _DTYPE, _OVERWRITE, _claim, _publish, _quiet_transformers,
-                                 _run_identity, _write_run_json, demo_app, out_console)
+from vlmsteer.cli.common import (_claim, _DEVICE, _DEVICE_MAP, _DTYPE, _OVERWRITE, _publish, _quiet_transformers,
+                                 _run_identity, _SEED, _write_run_json, demo_app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -17,7 +17,7 @@ from vlmsteer.errors import VlmsteerError
 def demo(ctx: typer.Context,
          out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
          n_scenes: int = typer.Option(400, min=1, help="Held-out scenes to generate (about 9 questions each)."),
-         seed: int = typer.Option(7, help="Seed of the held-out world (the model was trained on 1000)."),
+         seed: int = _SEED(7, "Seed of the held-out world (the model was trained on 1000)."),
          batch_size: int = typer.Option(64, min=1), model: str = typer.Option("shapes-llava", help="Model to demo."),
          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
          overwrite: bool = typer.Option(False, "--overwrite", help="Rerun into a folder holding a demo of other "
@@ -48,7 +48,7 @@ def demo(ctx: typer.Context,
 
 @demo_app.command("train")
 def demo_train(out: Path = typer.Option(..., help="Folder to save the trained model in."),
-               seed: int = typer.Option(0), samples: int = typer.Option(480_000, min=1, help="Training samples."),
+               seed: int = _SEED(), samples: int = typer.Option(480_000, min=1, help="Training samples."),
                threads: int = typer.Option(2, min=1, help="Torch CPU threads (2 on the 2-core reference machine)."),
                batch_size: int = typer.Option(32, min=1), lr: float = typer.Option(1e-3),
                warmup_steps: int = typer.Option(100, min=0),

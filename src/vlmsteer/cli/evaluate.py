@@ -9,11 +9,11 @@ from typing import Callable, NamedTuple, Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH, _CONCEPT,
-                                 _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE, _LAYERS, _LIMIT,
-                                 _MAX_PIXELS, _NAME, _OVERWRITE, _VECTOR, _claim, _condition_spec, _load_model,
-                                 _load_samples, _publish, _rank_and_world, _run_identity, _steering, _write_run_json,
-                                 eval_app, out_console)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH, _claim,
+                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE,
+                                 _LAYERS, _LIMIT, _load_model, _load_samples, _MAX_PIXELS, _NAME, _OVERWRITE, _publish,
+                                 _rank_and_world, _run_identity, _SEED, _steering, _VECTOR, _write_run_json, eval_app,
+                                 out_console)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -24,7 +24,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
              limit: Optional[int] = _LIMIT,
-             seed: int = typer.Option(0), batch_size: int = _BATCH(32),
+             seed: int = _SEED(), batch_size: int = _BATCH(32),
              max_new_tokens: int = typer.Option(8, min=1), adapter: Optional[Path] = typer.Option(None),
              vector: Optional[Path] = _VECTOR,
              name: Optional[str] = _NAME,
@@ -68,7 +68,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   prompt: Optional[str] = typer.Option(None, help="Caption prompt (default: the loader's)."),
                   out: Path = typer.Option(Path("runs/eval-captions"), help="Output folder."),
                   limit: Optional[int] = _LIMIT,
-                  seed: int = typer.Option(0), batch_size: int = _BATCH(32),
+                  seed: int = _SEED(), batch_size: int = _BATCH(32),
                   max_new_tokens: int = typer.Option(32, min=1), adapter: Optional[Path] = typer.Option(None),
                   vector: Optional[Path] = _VECTOR,
                   name: Optional[str] = _NAME,
@@ -122,7 +122,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 image_type: str = typer.Option("SD_TYPO", help="MM-SafetyBench image type: SD, SD_TYPO or TYPO."),
                 out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
                 limit: Optional[int] = _LIMIT,
-                seed: int = typer.Option(0), batch_size: int = _BATCH(16),
+                seed: int = _SEED(), batch_size: int = _BATCH(16),
                 max_new_tokens: int = typer.Option(64, min=1), adapter: Optional[Path] = typer.Option(None),
                 vector: Optional[Path] = _VECTOR,
                 name: Optional[str] = _NAME,

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
-                                 _OVERWRITE, _claim, _load_head, _load_model, _load_samples, _open_store,
-                                 _parse_layers, _publish, _rank_and_world, _run_identity, _write_run_json, app,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
+                                 _load_head, _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE,
+                                 _parse_layers, _publish, _rank_and_world, _run_identity, _SEED, _write_run_json, app,
                                  out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
@@ -33,7 +33,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
             limit: Optional[int] = typer.Option(None, min=1, help="Extract a seeded random subset of this many "
                                                                    "samples."),
-            seed: int = typer.Option(0),
+            seed: int = _SEED(),
             batch_size: int = _BATCH(16), shard_size: int = typer.Option(256, min=1, help="Samples per shard."),
             store_dtype: str = typer.Option("float32", help="float32 or float16 features on disk."),
             max_new_tokens: int = typer.Option(32, min=1), prompt: Optional[str] = typer.Option(None),
@@ -85,7 +85,7 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
              top_words: int = typer.Option(15, min=1, help="Words per concept."),
              top_images: int = typer.Option(8, min=0, help="Most activating images per concept (0: none)."),
-             seed: int = typer.Option(0),
+             seed: int = _SEED(),
              backend: str = typer.Option("auto", help="K-Means: sklearn (reference, n_init 10), torch (chunked, "
                                                        "bounded memory), faiss (optional extra: a sample of 256 "
                                                        "rows per concept) or auto (sklearn up to 2^25 values)."),
@@ -123,7 +123,7 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
                      layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
                      top: int = typer.Option(10, min=2, help="Keep the most frequent labels."),
                      folds: int = typer.Option(5, min=2, help="Cross-validation folds."),
-                     seed: int = typer.Option(0),
+                     seed: int = _SEED(),
                      allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Per-layer linear-probe accuracy and PCA plots of features coloured by a label (PNG + JSON)."""
     from vlmsteer.analysis.separability import separability

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
-                                 _OVERWRITE, _claim, _load_head, _load_model, _load_samples, _open_store, _parse_ints,
-                                 _publish, _run_identity, _write_run_json, app, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
+                                 _load_head, _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE,
+                                 _parse_ints, _publish, _run_identity, _SEED, _write_run_json, app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -27,7 +27,7 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              merge: bool = typer.Option(False, help="Also write a merged model folder."),
              target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
              split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None, min=1),
-             prompt: Optional[str] = typer.Option(None), seed: int = typer.Option(0),
+             prompt: Optional[str] = typer.Option(None), seed: int = _SEED(),
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
              overwrite: bool = _OVERWRITE):
@@ -58,15 +58,17 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
 @app.command()
 def shift(original: Path = typer.Option(..., help="Store extracted from the original model."),
           finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
-          out: Path = typer.Option(Path("runs/shift")), layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
-          k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts per model."), method: str = typer.Option("kmeans"),
+          out: Path = typer.Option(Path("runs/shift"), help="Output folder."),
+          layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
+          k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts per model."),
+          method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
           matching: str = typer.Option("hungarian", help="hungarian or ot."),
           checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
           ks: Optional[str] = typer.Option(None, help="Ablation over K, e.g. '5,10,20'."),
           layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
           keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
           model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
-          no_words: bool = typer.Option(False), seed: int = typer.Option(0), allow_partial: bool = _ALLOW_PARTIAL,
+          no_words: bool = typer.Option(False), seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL,
           dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           overwrite: bool = _OVERWRITE):
     """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""

@@ -9,10 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _CONCEPT,
-                                 _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE, _MAX_PIXELS, _OVERWRITE,
-                                 _claim, _condition_spec, _load_model, _load_samples, _open_store, _parse_layers,
-                                 _publish, _run_identity, _write_run_json, app, out_console, vectors_app)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _claim, _CONCEPT,
+                                 _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE,
+                                 _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE, _parse_layers,
+                                 _publish, _run_identity, _SEED, _write_run_json, app, out_console, vectors_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -24,7 +24,7 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                    target_store: Optional[Path] = typer.Option(None, help="A second store for the target."),
                    layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
                    max_samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many per side."),
-                   seed: int = typer.Option(0), name: str = typer.Option("vector"),
+                   seed: int = _SEED(), name: str = typer.Option("vector"),
                    allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Coarse vector: mean(target features) - mean(source features)."""
     from vlmsteer.data.filters import as_filter
@@ -120,7 +120,7 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
                                                        "('total', points of share); selection.json has both."),
            distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
            split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500, min=1),
-           seed: int = typer.Option(0), batch_size: int = _BATCH(64),
+           seed: int = _SEED(), batch_size: int = _BATCH(64),
            show: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
            max_new_tokens: int = _VQA_TOKENS,
            dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
@@ -173,7 +173,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500, min=1),
-          seed: int = typer.Option(0), batch_size: int = _BATCH(64), max_new_tokens: int = _VQA_TOKENS,
+          seed: int = _SEED(), batch_size: int = _BATCH(64), max_new_tokens: int = _VQA_TOKENS,
           allow_partial: bool = _ALLOW_PARTIAL,
           dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE,
