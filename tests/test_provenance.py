@@ -512,3 +512,15 @@ def test_demo_refuses_a_folder_holding_a_demo_of_other_settings(tmp_path, capsys
     assert main(["demo", "--out", str(tmp_path / "demo"), "--n-scenes", "40"]) == 2
     assert "n_scenes" in _errors(capsys)[0]
     assert [p.name for p in (tmp_path / "demo").iterdir()] == ["run.json"]
+
+
+def test_devices_this_machine_lacks_are_one_line(tmp_path, capsys):
+    import torch
+
+    shapes.write_dataset(tmp_path / "w", n=1, seed=25)
+    missing = [d for d, ok in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+               if not ok]
+    for device in ["bogus", "cuda:99", *missing]:
+        assert _eval("shapes-llava", tmp_path / "w", tmp_path / "run", "--device", device) == 2
+        assert "device" in _errors(capsys)[0]
+    assert not (tmp_path / "run").exists()

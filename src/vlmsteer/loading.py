@@ -36,6 +36,26 @@ def resolve_model_id(name: str | Path) -> str:
     return str(name)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has, or a one-line error saying why not."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VlmsteerError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps", "device") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise VlmsteerError(f"device {device!r}: this machine (or this torch build) has no CUDA GPU", "device")
+        if dev.index is not None and dev.index >= count:
+            raise VlmsteerError(f"device {device!r}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})",
+                                "device")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VlmsteerError(f"device {device!r}: MPS is not available here", "device")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta", "xpu"):
+        raise VlmsteerError(f"device {device!r}: not supported; use cpu, cuda, cuda:N or mps", "device")
+    return dev
+
+
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype

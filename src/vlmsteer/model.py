@@ -23,8 +23,8 @@ from vlmsteer.extras import require
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.layers import resolve_layer
 from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS
-from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, decode_images, load_processor, model_fingerprint,
-                              model_identity, parameters_fingerprint, parse_dtype, resolve_model_id)
+from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, check_device, decode_images, load_processor,
+                              model_fingerprint, model_identity, parameters_fingerprint, parse_dtype, resolve_model_id)
 from vlmsteer.regions import TokenRegions
 
 Images = Sequence[Image.Image | str | Path | None]
@@ -87,6 +87,8 @@ class VLM:
         ignored."""
         from transformers import AutoModelForImageTextToText
 
+        if device_map is None:
+            check_device(device)
         path = resolve_model_id(model_id)
         if Path(path).exists() and not (Path(path) / "config.json").exists():
             raise VlmsteerError(f"{path}: not a model folder (no config.json)")

@@ -113,7 +113,14 @@ def _device_for_rank(device: str, env: Optional[dict] = None) -> str:
 
 # options of every command that loads a model
 _DTYPE = typer.Option("auto", help="Model dtype: auto (the checkpoint's), float32, bfloat16 or float16.")
-_DEVICE = typer.Option("cpu", help="Device for the model: cpu, cuda, cuda:1, mps.")
+def _checked_device(value: str) -> str:
+    from vlmsteer.loading import check_device
+
+    check_device(value)
+    return value
+
+
+_DEVICE = typer.Option("cpu", callback=_checked_device, help="Device for the model: cpu, cuda, cuda:1, mps.")
 _DEVICE_MAP = typer.Option(None, help="'auto': spread a model too large for one device over all of them "
                                       "(accelerate); overrides --device.")
 

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
-                                 _load_head, _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _checked_device,
+                                 _claim, _load_head, _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE,
                                  _parse_layers, _publish, _rank_and_world, _run_identity, _SEED, _write_run_json, app,
                                  out_console, store_app)
 from vlmsteer.errors import VlmsteerError
@@ -89,8 +89,9 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              backend: str = typer.Option("auto", help="K-Means: sklearn (reference, n_init 10), torch (chunked, "
                                                        "bounded memory), faiss (optional extra: a sample of 256 "
                                                        "rows per concept) or auto (sklearn up to 2^25 values)."),
-             dtype: str = _DTYPE, device: str = typer.Option("cpu", help="Device for the grounding model and the "
-                                                                          "torch K-Means backend."),
+             dtype: str = _DTYPE, device: str = typer.Option("cpu", callback=_checked_device,
+                                                             help="Device for the grounding model and the torch "
+                                                                  "K-Means backend."),
              device_map: Optional[str] = _DEVICE_MAP,
              allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Learn concepts from stored features; ground them in words and images; write an HTML report."""
