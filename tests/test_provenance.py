@@ -524,3 +524,24 @@ def test_devices_this_machine_lacks_are_one_line(tmp_path, capsys):
         assert _eval("shapes-llava", tmp_path / "w", tmp_path / "run", "--device", device) == 2
         assert "device" in _errors(capsys)[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind, metadata", [
+    ("vector", {"vlmsteer": json.dumps({"format_version": 1, "vectors": [1]})}),
+    ("vector", {"vlmsteer": json.dumps({"format_version": 1, "vectors": {"v": [1]}})}),
+    ("vector", {"vlmsteer": json.dumps({"format_version": 1, "vectors": {"v": {"options": [1]}}})}),
+    ("dictionary", {"vlmsteer_dictionary": json.dumps([1])}),
+    ("dictionary", {"vlmsteer_dictionary": json.dumps({"method": "kmeans", "params": [1]})}),
+    ("dictionary", {"vlmsteer_dictionary": json.dumps({"method": "kmeans", "params": {}})}),
+    ("dictionary", {"vlmsteer_dictionary": json.dumps({"method": "kmeans", "params": {"k": 5}})}),
+])
+def test_hostile_vector_and_dictionary_metadata_is_one_line(kind, metadata, tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "f.safetensors"
+    tensors = {"v/layer_1": np.ones(32, np.float32)} if kind == "vector" else {"components_": np.ones((3, 32))}
+    save_file(tensors, str(path), metadata=metadata)
+    argv = (["select", "--model", "shapes-llava", "--data", str(tmp_path), "--vectors", str(path)] if kind == "vector"
+            else ["vectors", "concepts", "--dictionary", str(path), "--out", str(tmp_path / "o.safetensors")])
+    assert main(argv) == 2
+    assert str(path) in _errors(capsys)[0]

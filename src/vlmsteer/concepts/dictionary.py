@@ -350,7 +350,16 @@ def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
         raise input_error(path, f"not a vlmsteer dictionary ({type(exc).__name__})") from None
-    d = make_dictionary(header["method"], **header["params"])
+    if not (isinstance(header, dict) and isinstance(header.get("method"), str)
+            and isinstance(header.get("params"), dict) and isinstance(header.get("meta", {}), dict)):
+        raise input_error(path, "not a vlmsteer dictionary (malformed metadata)")
+    try:
+        d = make_dictionary(header["method"], **header["params"])
+    except TypeError as exc:
+        raise input_error(path, f"not a vlmsteer dictionary ({exc})") from None
+    components = state.get("components_")
+    if components is None or components.ndim != 2 or len(components) != d.k:
+        raise input_error(path, f"not a vlmsteer dictionary (expected {d.k} concept rows in 'components_')")
     for k, v in state.items():
         setattr(d, k, v.astype(np.float64))
     return d, header.get("meta", {})

@@ -36,6 +36,8 @@ class SteeringVector:
     def __post_init__(self):
         if not self.vectors:
             raise VlmsteerError("a steering vector needs at least one layer")
+        if not isinstance(self.options, dict):
+            raise VlmsteerError(f"a steering vector's options must be a mapping, got {type(self.options).__name__}")
         self.vectors = {int(k): v.detach().to(torch.float32).reshape(-1).cpu() for k, v in self.vectors.items()}
         bad = [l for l, v in sorted(self.vectors.items()) if not bool(torch.isfinite(v).all())]
         if bad:
@@ -181,7 +183,7 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
             header = json.loads((f.metadata() or {}).get("vlmsteer", "null"))
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as exc:
         raise input_error(path, f"not a readable steering vector file ({str(exc).splitlines()[0]})") from None
-    if not header or "vectors" not in header:
+    if not isinstance(header, dict) or not isinstance(header.get("vectors"), dict):
         raise input_error(path, "safetensors file without vlmsteer metadata")
     out = {}
     for name, meta in header["vectors"].items():
