@@ -341,6 +341,15 @@ def test_a_fifo_named_as_an_image_is_refused_not_waited_on(tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_store_manifest_cannot_send_reads_outside_the_store(model, tmp_path, capsys):
+    store = _store(model, tmp_path)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["shards"][0]["dir"] = "../sw"
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["concepts", str(store), "--out", str(tmp_path / "c"), "-k", "2", "--no-words"]) == 2
+    assert "malformed store manifest" in _errors(capsys)[0]
+
+
 def test_a_pixel_bomb_is_refused_from_its_header_in_bounded_memory(tmp_path):
     (tmp_path / "d").mkdir()
     Image.new("1", (12000, 12000)).save(tmp_path / "d" / "bomb.png")

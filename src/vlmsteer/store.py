@@ -215,9 +215,19 @@ def _read_manifest(path: Path) -> dict:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise input_error(path, f"malformed store manifest ({exc.msg})") from None
-    if not isinstance(m, dict) or "header" not in m or "shards" not in m:
+    if not isinstance(m, dict) or not isinstance(m.get("header"), dict) or not isinstance(m.get("shards"), list):
         raise input_error(path, "not a vlmsteer feature store manifest")
+    for i, shard in enumerate(m["shards"]):
+        part = shard.get("dir", "") if isinstance(shard, dict) else None
+        if not (isinstance(shard, dict) and _count(shard.get("index")) and _count(shard.get("n"))
+                and isinstance(part, str) and (part == "" or (part == Path(part).name and part not in (".", "..")))):
+            raise input_error(path, f"malformed store manifest (shard {i}: an index, a count and, for a part, the "
+                                    "name of a folder inside the store)")
     return m
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass
