@@ -92,6 +92,16 @@ def _load_head(model: str, dtype: str = "auto", device: str = "cpu", device_map:
     return load_head(model, dtype=dtype, device=_device_for_rank(device))
 
 
+def _grounding_identity(vlm, store) -> dict | None:
+    """The grounding head's identity, after checking it reads vectors of the store's size."""
+    if vlm is None:
+        return None
+    if vlm.hidden_size != store.hidden_size:
+        raise VlmsteerError(f"{vlm.model_id} has hidden size {vlm.hidden_size} but the features of {store.path} have "
+                            f"{store.hidden_size}: ground the words with the store's own model", "model")
+    return vlm.identity
+
+
 def _rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes, as torchrun (or any launcher setting
     RANK and WORLD_SIZE) gives them; (0, 1) when run alone."""

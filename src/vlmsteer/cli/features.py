@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _checked_device,
-                                 _claim, _load_head, _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE,
-                                 _parse_layers, _publish, _rank_and_world, _run_identity, _SEED, _write_run_json, app,
-                                 out_console, store_app)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
+                                 _OVERWRITE, _SEED, _checked_device, _claim, _grounding_identity, _load_head,
+                                 _load_model, _load_samples, _open_store, _parse_layers, _publish, _rank_and_world,
+                                 _run_identity, _write_run_json, app, out_console, store_app)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -148,16 +148,6 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
     out_console.print(f"wrote {out}/separability.json, {out}/probe_accuracy.png, {out}/pca_layers.png")
 
 
-
-
-def _grounding_identity(vlm, store) -> dict | None:
-    """The grounding head's identity, after checking it reads vectors of the store's size."""
-    if vlm is None:
-        return None
-    if vlm.hidden_size != store.hidden_size:
-        raise VlmsteerError(f"{vlm.model_id} has hidden size {vlm.hidden_size} but the store's features have "
-                            f"{store.hidden_size}: ground the words with the store's own model", "model")
-    return vlm.identity
 
 
 @store_app.command("import")

@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
-                                 _load_head, _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE,
-                                 _parse_ints, _publish, _run_identity, _SEED, _write_run_json, app, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
+                                 _OVERWRITE, _SEED, _claim, _grounding_identity, _load_head, _load_model,
+                                 _load_samples, _open_store, _parse_ints, _publish, _run_identity, _write_run_json,
+                                 app, out_console)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -96,12 +97,9 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
         check_paired(a, other, "a fine-tuning shift", same_samples=True)
     with _publish(out, overwrite) as pub:
         vlm = None if no_words else _load_head(model or a.header["model_id"], dtype, device, device_map)
-        if vlm is not None and vlm.hidden_size != a.hidden_size:
-            raise VlmsteerError(f"{vlm.model_id} has hidden size {vlm.hidden_size} but the stores' features have "
-                                f"{a.hidden_size}: ground the words with the stores' own model", "model")
         _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
                                   checkpoints={str(k): v.fingerprint for k, v in checkpoints.items()},
-                                  grounding=vlm.identity if vlm is not None else None))
+                                  grounding=_grounding_identity(vlm, a)))
         result = run_shift(a, b, pub.stage, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
         _write_run_json(pub, model_id=a.header.get("model_id"))
     m = result["main"]
