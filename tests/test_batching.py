@@ -136,3 +136,21 @@ def test_fast_exit_runs_exit_handlers_and_flushes_output():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 3
     assert done.stdout == "buffered handler ran\n" and done.stderr == "to stderr"
+
+
+def test_a_prefetch_worker_drops_the_handshake_errors_of_a_dead_parent_quietly():
+    """A parent killed while a worker hands it a batch leaves the worker's resource sharer with a
+    reset connection or a cut handshake (EOFError): no traceback on the user's terminal; any
+    other error still reaches it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, threading\n"
+            "from vlmsteer.batching import _quiet_worker\n"
+            "_quiet_worker(0)\n"
+            "for exc in (EOFError('cut'), ConnectionResetError('reset')):\n"
+            "    sys.excepthook(type(exc), exc, None)\n"
+            "    t = threading.Thread(target=lambda e=exc: (_ for _ in ()).throw(e)); t.start(); t.join()\n"
+            "sys.excepthook(ValueError, ValueError('kept'), None)\n")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "cut" not in err and "reset" not in err and "ValueError: kept" in err

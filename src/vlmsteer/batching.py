@@ -65,13 +65,14 @@ def _quiet_worker(worker_id: int) -> None:
     import threading
 
     default_thread_hook, default_hook = threading.excepthook, sys.excepthook
+    dropped = (ConnectionError, EOFError)  # EOFError: the parent died in the middle of a handshake
 
     def thread_hook(args):
-        if not issubclass(args.exc_type, ConnectionError):
+        if not issubclass(args.exc_type, dropped):
             default_thread_hook(args)
 
     def hook(exc_type, exc, tb):  # multiprocessing's resource sharer reports through this one
-        if not issubclass(exc_type, ConnectionError):
+        if not issubclass(exc_type, dropped):
             default_hook(exc_type, exc, tb)
 
     threading.excepthook, sys.excepthook = thread_hook, hook
