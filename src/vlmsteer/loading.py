@@ -4,6 +4,7 @@ weights). :class:`vlmsteer.model.VLM` puts them together."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -26,14 +27,64 @@ def demo_model_path() -> Path:
     return Path(__file__).parent / "assets" / "shapes-llava"
 
 
-def resolve_model_id(name: str | Path) -> str:
-    """Map the demo model's names to its folder; anything else is returned unchanged."""
+def resolve_model_id(name: str | Path, revision: str | None = None) -> str:
+    """Map the demo model's names to its folder; a folder or a hub id is returned unchanged.
+
+    A name that is neither a folder nor a shipped model, and is not in the local Hugging Face
+    cache, is looked up on the hub only when the hub can be reached: offline, a typo is one
+    line at once (naming the closest shipped model), not a minute of download retries."""
     if str(name).lower() in DEMO_MODEL_NAMES:
         path = demo_model_path()
         if not (path / "config.json").exists():
             raise VlmsteerError(f"{path}: the shipped demo model is missing from this installation")
         return str(path)
-    return str(name)
+    name = str(name)
+    if Path(name).exists():
+        return name
+    close = difflib.get_close_matches(name.lower(), sorted(DEMO_MODEL_NAMES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "the shipped model is shapes-llava"
+    if name.startswith(("/", "./", "../", "~")) or name.endswith("/") or name.count("/") > 1:
+        raise VlmsteerError(f"{name}: no such model folder ({hint})")
+    if not _in_hub_cache(name, revision) and not hub_reachable():
+        raise VlmsteerError(f"{name}: not a model folder or a shipped model ({hint}), and the Hugging Face hub "
+                            "cannot be reached to look it up (offline?)")
+    return name
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+    except Exception:  # an id the hub library itself rejects: let loading say what is wrong
+        return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout``
+    seconds; False at once when ``HF_HUB_OFFLINE`` is set. Name resolution runs in a daemon
+    thread, so a resolver that hangs costs ``timeout`` seconds, not its own."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    answered: list[bool] = []
+
+    def connect():
+        try:
+            socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(answered and answered[0])
 
 
 def check_device(device: str | torch.device) -> torch.device:

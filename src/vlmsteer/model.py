@@ -89,7 +89,7 @@ class VLM:
 
         if device_map is None:
             check_device(device)
-        path = resolve_model_id(model_id)
+        path = resolve_model_id(model_id, revision)
         if Path(path).exists() and not (Path(path) / "config.json").exists():
             raise VlmsteerError(f"{path}: not a model folder (no config.json)")
         torch_dtype = parse_dtype(dtype)

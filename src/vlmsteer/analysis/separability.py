@@ -33,6 +33,9 @@ class SeparabilityResult:
     majority_baseline: float  # % of the most frequent label
     folds: int
     layers: list[LayerSeparability]
+    n_samples: int = 0  # samples the probe saw
+    n_labelled: int = 0  # samples with a value of the label; the rest of them were left out (rare labels)
+    left_out_labels: int = 0  # labels left out: beyond --top, or fewer than --folds samples
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,11 +43,9 @@ class SeparabilityResult:
 
 def labelled_features(store: FeatureStore, label: str, top: int | None = None,
                       min_count: int = 2) -> tuple[np.ndarray, list[str]]:
-    """Record indices and labels, keeping the ``top`` most frequent labels with ``min_count``+ samples."""
-    idx = store.select()
-    labels = [record_value(store.records[i], label) for i in idx]
-    keep_pairs = [(i, str(v)) for i, v in zip(idx, labels) if v is not None and v != ""]
-    counts = Counter(v for _, v in keep_pairs)
+    """Record indices and labels, keeping the ``top`` most frequent labels (all when None) with
+    ``min_count``+ samples."""
+    keep_pairs, counts = _labelled(store, label)
     wanted = [v for v, c in counts.most_common(top) if c >= min_count]
     if len(wanted) < 2:
         raise VlmsteerError(f"{store.path}: need at least 2 values of {label!r} with {min_count}+ samples each, "
@@ -53,8 +54,17 @@ def labelled_features(store: FeatureStore, label: str, top: int | None = None,
     return np.asarray([i for i, _ in pairs]), [v for _, v in pairs]
 
 
+def _labelled(store: FeatureStore, label: str) -> tuple[list[tuple[int, str]], Counter]:
+    idx = store.select()
+    labels = [record_value(store.records[i], label) for i in idx]
+    pairs = [(i, str(v)) for i, v in zip(idx, labels) if v is not None and v != ""]
+    return pairs, Counter(v for _, v in pairs)
+
+
 def separability(store: FeatureStore, label: str = "answer", layers: list[int] | None = None,
-                 top: int | None = 10, folds: int = 5, seed: int = 0) -> SeparabilityResult:
+                 top: int | None = None, folds: int = 5, seed: int = 0) -> SeparabilityResult:
+    """Probe accuracy per layer over the samples whose label is one of the ``top`` most frequent
+    (all when None) with at least ``folds`` samples; the result says how many were left out."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -74,7 +84,9 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
         pca = PCA(2, random_state=seed).fit(x)
         out.append(LayerSeparability(layer, 100.0 * float(scores.mean()), 100.0 * float(scores.std()),
                                      [float(v) for v in pca.explained_variance_ratio_]))
+    labelled, all_counts = _labelled(store, label)
     return SeparabilityResult(label=label, labels=sorted(counts), counts=dict(counts),
-                              majority_baseline=100.0 * max(counts.values()) / len(y), folds=folds, layers=out)
+                              majority_baseline=100.0 * max(counts.values()) / len(y), folds=folds, layers=out,
+                              n_samples=len(y), n_labelled=len(labelled), left_out_labels=len(all_counts) - len(counts))
 
 

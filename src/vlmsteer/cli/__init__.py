@@ -72,6 +72,30 @@ def _flag_of(command, param: str | None) -> str | None:
     return None
 
 
+def _tidy_help(command) -> None:
+    """Help as a reader expects it under any supported typer: a flag shows no ``<bool>`` type,
+    and a required argument is its upper-case name (``STORE``), not typer 0.29's ``{store}``."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
+    usage, help_option = command.collect_usage_pieces, command.get_help_option
+
+    def pieces(ctx):
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in usage(ctx)]
+
+    def plain_help(ctx):
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.collect_usage_pieces, command.get_help_option = pieces, plain_help
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one ``error: ...`` line and exit code 2;
     Ctrl-C exits with 130 and a line saying how to resume."""
@@ -81,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     command = typer.main.get_command(app)
+    _tidy_help(command)
     _log_to_stderr()
     signals: list[int] = []
     pid = os.getpid()

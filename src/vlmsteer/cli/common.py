@@ -160,11 +160,24 @@ _NAME = typer.Option(None, help="Vector name, for files holding several.")
 _ALPHA = typer.Option(1.0, help="Steering strength.")
 _LAYERS = typer.Option(None, help="Layer(s) to steer (default: the vector's).")
 _BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
-_LIMIT = typer.Option(None, min=1, help="Evaluate a seeded random subset of this many samples.")
+_LIMIT = typer.Option(None, min=1, help="Use a seeded random subset of this many samples (--seed).")
+_SPLIT = typer.Option("val2014", help="Split name in the dataset's file names (VQAv2/COCO).")
+_IMAGES = typer.Option(None, help="Image folder (default: the dataset's own, e.g. DATA/val2014).")
+_ADAPTER = typer.Option(None, help="LoRA adapter folder (from vlmsteer finetune) to load on the model.")
+_PROMPT = typer.Option(None, help="Prompt for every sample (default: the loader's, e.g. the caption prompt).")
+
+
+def _MAX_NEW_TOKENS(default: int):  # noqa: N802 - an option factory
+    return typer.Option(default, min=1, help="Most tokens generated per sample (greedy).")
 
 
 def _SEED(default: int = 0, help: str = "Random seed."):  # noqa: N802 - an option factory
     return typer.Option(default, min=0, max=2 ** 32 - 1, help=help)
+
+
+def _REGION(default: str, why: str):  # noqa: N802 - an option factory
+    return typer.Option(default, help=f"Where the vector is added: prompt, image, text, last_prompt, generated or all "
+                                      f"(default {default}: {why}).")
 
 
 def _BATCH(default: int):  # noqa: N802 - an option factory, like the constants around it

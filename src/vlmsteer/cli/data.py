@@ -8,16 +8,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _claim, _DEVICE, _DEVICE_MAP, _DTYPE, _load_model, _MAX_PIXELS,
-                                 _OVERWRITE, _publish, _run_identity, _SEED, _write_run_json, app, data_app,
-                                 err_console, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, app, _claim, data_app, _DEVICE, _DEVICE_MAP, _DTYPE, err_console,
+                                 _IMAGES, _LIMIT, _load_model, _MAX_PIXELS, out_console, _OVERWRITE, _publish,
+                                 _run_identity, _SEED, _SPLIT, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
 @app.command()
 def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-llava."),
          adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder."),
-         trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run."),
+         trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                                help="Allow the model's own code to run."),
          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
     """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
     from vlmsteer.evaluate.runinfo import version_warnings, versions
@@ -58,8 +59,8 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 @data_app.command("check")
 def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
                path: Path = typer.Argument(..., help="Dataset folder or file."),
-               split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
-               limit: Optional[int] = typer.Option(None, min=1), seed: int = _SEED(),
+               split: str = _SPLIT, images: Optional[Path] = _IMAGES,
+               limit: Optional[int] = _LIMIT, seed: int = _SEED(),
                allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS):
     """Load a dataset, decode every selected image, and summarize it."""
     from collections import Counter

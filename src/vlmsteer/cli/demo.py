@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_claim, _DEVICE, _DEVICE_MAP, _DTYPE, _OVERWRITE, _publish, _quiet_transformers,
-                                 _run_identity, _SEED, _write_run_json, demo_app, out_console)
+from vlmsteer.cli.common import (_BATCH, _claim, demo_app, _DEVICE, _DEVICE_MAP, _DTYPE, out_console, _OVERWRITE,
+                                 _publish, _quiet_transformers, _run_identity, _SEED, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -18,7 +18,7 @@ def demo(ctx: typer.Context,
          out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
          n_scenes: int = typer.Option(400, min=1, help="Held-out scenes to generate (about 9 questions each)."),
          seed: int = _SEED(7, "Seed of the held-out world (the model was trained on 1000)."),
-         batch_size: int = typer.Option(64, min=1), model: str = typer.Option("shapes-llava", help="Model to demo."),
+         batch_size: int = _BATCH(64), model: str = typer.Option("shapes-llava", help="Model to demo."),
          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
          overwrite: bool = typer.Option(False, "--overwrite", help="Rerun into a folder holding a demo of other "
                                                                    "settings.")):
@@ -50,8 +50,9 @@ def demo(ctx: typer.Context,
 def demo_train(out: Path = typer.Option(..., help="Folder to save the trained model in."),
                seed: int = _SEED(), samples: int = typer.Option(480_000, min=1, help="Training samples."),
                threads: int = typer.Option(2, min=1, help="Torch CPU threads (2 on the 2-core reference machine)."),
-               batch_size: int = typer.Option(32, min=1), lr: float = typer.Option(1e-3),
-               warmup_steps: int = typer.Option(100, min=0),
+               batch_size: int = typer.Option(32, min=1, help="Training samples per step."),
+               lr: float = typer.Option(1e-3, help="Peak learning rate."),
+               warmup_steps: int = typer.Option(100, min=0, help="Linear learning-rate warm-up steps."),
                init_from: Optional[Path] = typer.Option(None, help="Continue from this model's weights."),
                count_questions: str = typer.Option("any", help="'any' or 'mostly_present' (curriculum phase 1)."),
                mix: Optional[str] = typer.Option(None, help="Task mix, e.g. 'vqa=0.55,caption=0.15,"

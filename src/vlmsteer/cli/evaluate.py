@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH, _claim,
-                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE,
-                                 _LAYERS, _LIMIT, _load_model, _load_samples, _MAX_PIXELS, _NAME, _OVERWRITE, _publish,
-                                 _rank_and_world, _run_identity, _SEED, _steering, _VECTOR, _write_run_json, eval_app,
-                                 out_console)
+from vlmsteer.cli.common import (_ACTIVE, _ADAPTER, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH,
+                                 _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
+                                 _DICTIONARY, _DTYPE, eval_app, _IMAGES, _LAYERS, _LIMIT, _load_model, _load_samples,
+                                 _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE, _publish,
+                                 _rank_and_world, _REGION, _run_identity, _SEED, _SPLIT, _steering, _VECTOR,
+                                 _write_run_json)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -21,18 +21,18 @@ from vlmsteer.regions import Region
 @eval_app.command("vqa")
 def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="VQAv2 folder (official layout)."),
-             split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+             split: str = _SPLIT, images: Optional[Path] = _IMAGES,
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
              limit: Optional[int] = _LIMIT,
              seed: int = _SEED(), batch_size: int = _BATCH(32),
-             max_new_tokens: int = typer.Option(8, min=1), adapter: Optional[Path] = typer.Option(None),
+             max_new_tokens: int = _MAX_NEW_TOKENS(8), adapter: Optional[Path] = _ADAPTER,
              vector: Optional[Path] = _VECTOR,
              name: Optional[str] = _NAME,
              alpha: float = _ALPHA,
              layer: Optional[list[str]] = _LAYERS,
              dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
              condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
-             region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
+             region: str = _REGION("last_prompt", "the position that predicts the answer"),
              baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
              target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
@@ -56,27 +56,25 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_vqa_table(metrics)
-    if "vs_baseline" in metrics:
-        out_console.print_json(json.dumps(metrics["vs_baseline"]))
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
 
 @eval_app.command("captions")
 def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
                   data: Path = typer.Option(..., help="COCO captions folder or file (official or Karpathy)."),
-                  split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+                  split: str = _SPLIT, images: Optional[Path] = _IMAGES,
                   prompt: Optional[str] = typer.Option(None, help="Caption prompt (default: the loader's)."),
                   out: Path = typer.Option(Path("runs/eval-captions"), help="Output folder."),
                   limit: Optional[int] = _LIMIT,
                   seed: int = _SEED(), batch_size: int = _BATCH(32),
-                  max_new_tokens: int = typer.Option(32, min=1), adapter: Optional[Path] = typer.Option(None),
+                  max_new_tokens: int = _MAX_NEW_TOKENS(32), adapter: Optional[Path] = _ADAPTER,
                   vector: Optional[Path] = _VECTOR,
                   name: Optional[str] = _NAME,
                   alpha: float = _ALPHA,
                   layer: Optional[list[str]] = _LAYERS,
                   dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                   condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
-                  region: str = typer.Option("generated", help="prompt, image, text, last_prompt, generated or all."),
+                  region: str = _REGION("generated", "every caption token"),
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
                                                              "installed), java or python."),
@@ -110,7 +108,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     for st, share in metrics["style_share"].items():
         table.add_row(f"{st} share %", f"{share:.1f}", f"{vs['styles'][st]['share_delta']:+.1f}" if vs else "")
     if vs:
-        table.add_row("captions changed", str(vs["captions_changed"]), "")
+        table.add_row("captions changed", str(vs["captions_changed"]), f"of {metrics['n']}")
     out_console.print(table)
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
@@ -123,14 +121,14 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
                 limit: Optional[int] = _LIMIT,
                 seed: int = _SEED(), batch_size: int = _BATCH(16),
-                max_new_tokens: int = typer.Option(64, min=1), adapter: Optional[Path] = typer.Option(None),
+                max_new_tokens: int = _MAX_NEW_TOKENS(64), adapter: Optional[Path] = _ADAPTER,
                 vector: Optional[Path] = _VECTOR,
                 name: Optional[str] = _NAME,
                 alpha: float = _ALPHA,
                 layer: Optional[list[str]] = _LAYERS,
                 dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                 condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
-                region: str = typer.Option("prompt", help="prompt, image, text, last_prompt, generated or all."),
+                region: str = _REGION("last_prompt", "the position that predicts the answer"),
                 baseline: Optional[Path] = _BASELINE,
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                 allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
@@ -162,8 +160,11 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
         table.add_row(cat, str(row["n"]), f"{row['attack_success_rate']:.1f}")
     table.add_row("all", str(metrics["n"]), f"{metrics['attack_success_rate']:.1f}")
     out_console.print(table)
-    if "vs_baseline" in metrics:
-        out_console.print_json(json.dumps(metrics["vs_baseline"]))
+    vs = metrics.get("vs_baseline")
+    if vs:
+        out_console.print(f"vs baseline: attack success rate {vs['asr_before']:.1f} % -> {vs['asr_after']:.1f} % "
+                          f"({vs['asr_delta']:+.1f}); {vs['newly_refused']} prompts newly refused, "
+                          f"{vs['no_longer_refused']} no longer refused (of {vs['n']})", highlight=False)
     out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
 
 
@@ -220,14 +221,27 @@ def _part():
 
 
 def _print_vqa_table(metrics: dict) -> None:
+    """Accuracy per answer type; with a baseline, its accuracy and the change beside each, and
+    one line of answer counts (changed, source moved to target)."""
+    vs = metrics.get("vs_baseline")
     table = Table(title=f"VQA accuracy ({metrics['n']} questions)")
-    table.add_column("answer type")
-    table.add_column("questions", justify="right")
-    table.add_column("accuracy", justify="right")
+    for col in ("answer type", "questions", "accuracy") + (("baseline", "change") if vs else ()):
+        table.add_column(col, justify="left" if col == "answer type" else "right")
     for t, n in metrics["questions_per_type"].items():
-        table.add_row(t, str(n), f"{metrics['accuracy'][t]:.2f}")
+        delta = (f"{vs['baseline_accuracy'].get(t, 0.0):.2f}", f"{vs['accuracy_delta'][t]:+.2f}") if vs else ()
+        table.add_row(t, str(n), f"{metrics['accuracy'][t]:.2f}", *delta)
     table.add_row("overall (micro)", str(metrics["n"]), f"{metrics['accuracy']['micro']:.2f}")
     table.add_row("overall (macro)", "", f"{metrics['accuracy']['macro']:.2f}")
     out_console.print(table)
+    if vs:
+        line = f"vs baseline: {vs['changed']} of {vs['n']} answers changed"
+        for side in ("source", "target"):
+            if side in vs:
+                c = vs[side]
+                line += f"; {side} '{c['answer']}' {c['before']} -> {c['after']}"
+        if "source_moved_to_target" in vs:
+            line += (f"; {vs['source_moved_to_target']} of {vs['source']['before']} source answers moved to the "
+                     f"target ({100 * vs['source_moved_fraction']:.1f} %)")
+        out_console.print(line, highlight=False)
 
 

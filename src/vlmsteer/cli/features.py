@@ -8,10 +8,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
-                                 _OVERWRITE, _SEED, _checked_device, _claim, _grounding_identity, _load_head,
-                                 _load_model, _load_samples, _open_store, _parse_layers, _publish, _rank_and_world,
-                                 _run_identity, _write_run_json, app, out_console, store_app)
+from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _checked_device, _claim,
+                                 _DEVICE, _DEVICE_MAP, _DTYPE, _grounding_identity, _IMAGES, _load_head, _load_model,
+                                 _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, out_console, _OVERWRITE,
+                                 _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
+                                 store_app, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -30,16 +31,16 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                                                                "the word (default); 'of': the word's own last token."),
             mode: str = typer.Option("teacher", help="teacher (reference answer/caption) or generate."),
             target: str = typer.Option("auto", help="Teacher-forced text: auto, answer or caption."),
-            split: str = typer.Option("val2014"), images: Optional[Path] = typer.Option(None),
+            split: str = _SPLIT, images: Optional[Path] = _IMAGES,
             limit: Optional[int] = typer.Option(None, min=1, help="Extract a seeded random subset of this many "
                                                                    "samples."),
             seed: int = _SEED(),
             batch_size: int = _BATCH(16), shard_size: int = typer.Option(256, min=1, help="Samples per shard."),
             store_dtype: str = typer.Option("float32", help="float32 or float16 features on disk."),
-            max_new_tokens: int = typer.Option(32, min=1), prompt: Optional[str] = typer.Option(None),
+            max_new_tokens: int = _MAX_NEW_TOKENS(32), prompt: Optional[str] = _PROMPT,
             where: Optional[str] = typer.Option(None, help="Keep samples whose fields match, e.g. "
                                                            "'question_type=what color is the' or 'answer=yes|no'."),
-            adapter: Optional[Path] = typer.Option(None), dtype: str = _DTYPE, device: str = _DEVICE,
+            adapter: Optional[Path] = _ADAPTER, dtype: str = _DTYPE, device: str = _DEVICE,
             device_map: Optional[str] = _DEVICE_MAP, allow_outside_images: bool = _ALLOW_OUTSIDE,
             max_image_pixels: int = _MAX_PIXELS):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
@@ -82,7 +83,7 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              layer: Optional[int] = typer.Option(None, help="Model layer to use (negative counts from the model's "
                                                              "end; default: the deepest layer in the store)."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
-             no_words: bool = typer.Option(False, help="Skip word grounding (no model needed)."),
+             no_words: bool = typer.Option(False, "--no-words", help="Skip word grounding (no model needed)."),
              top_words: int = typer.Option(15, min=1, help="Words per concept."),
              top_images: int = typer.Option(8, min=0, help="Most activating images per concept (0: none)."),
              seed: int = _SEED(),
@@ -122,7 +123,9 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
                      label: str = typer.Option("answer", help="Record field to predict (e.g. answer, "
                                                               "answer_type, meta.style)."),
                      layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
-                     top: int = typer.Option(10, min=2, help="Keep the most frequent labels."),
+                     top: Optional[int] = typer.Option(None, min=2, help="Keep only the most frequent labels "
+                                                                    "(default: every label with --folds samples); "
+                                                                    "the samples left out are counted and printed."),
                      folds: int = typer.Option(5, min=2, help="Cross-validation folds."),
                      seed: int = _SEED(),
                      allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
@@ -137,7 +140,7 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
                               seed=seed)
         write_separability(st, result, pub.stage, seed=seed)
         _write_run_json(pub, model_id=st.header.get("model_id"))
-    table = Table(title=f"linear separability of {label!r} ({sum(result.counts.values())} samples, "
+    table = Table(title=f"linear separability of {label!r} ({result.n_samples} samples, "
                         f"{len(result.labels)} labels; majority class {result.majority_baseline:.1f} %)")
     for col in ("layer", "probe accuracy %", "PCA variance (2 comps)"):
         table.add_column(col, justify="right")
@@ -145,7 +148,13 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
         table.add_row(str(r.layer), f"{r.probe_accuracy:.1f} ± {r.probe_accuracy_std:.1f}",
                       f"{sum(r.pca_explained):.2f}")
     out_console.print(table)
-    out_console.print(f"wrote {out}/separability.json, {out}/probe_accuracy.png, {out}/pca_layers.png")
+    if result.n_samples < result.n_labelled:
+        why = f"the {top} most frequent labels with" if top else "labels with"
+        out_console.print(f"left out {result.n_labelled - result.n_samples} of {result.n_labelled} samples "
+                          f"({result.left_out_labels} labels): the probe uses {why} at least {folds} samples "
+                          f"(--folds)", highlight=False)
+    out_console.print(f"wrote {out}/report.html, {out}/separability.json, {out}/probe_accuracy.png, "
+                      f"{out}/pca_layers.png")
 
 
 

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _MAX_PIXELS,
-                                 _OVERWRITE, _SEED, _claim, _grounding_identity, _load_head, _load_model,
-                                 _load_samples, _open_store, _parse_ints, _publish, _run_identity, _write_run_json,
-                                 app, out_console)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
+                                 _grounding_identity, _LIMIT, _load_head, _load_model, _load_samples, _MAX_PIXELS,
+                                 _open_store, out_console, _OVERWRITE, _parse_ints, _PROMPT, _publish, _run_identity,
+                                 _SEED, _SPLIT, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -25,10 +25,10 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              lr: float = typer.Option(1e-3, help="Learning rate (a positive number)."),
              rank: int = typer.Option(8, min=1, help="LoRA rank."),
              save_every: int = typer.Option(100, min=1, help="Save an adapter checkpoint every this many steps."),
-             merge: bool = typer.Option(False, help="Also write a merged model folder."),
+             merge: bool = typer.Option(False, "--merge", help="Also write a merged model folder."),
              target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
-             split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(None, min=1),
-             prompt: Optional[str] = typer.Option(None), seed: int = _SEED(),
+             split: str = _SPLIT, limit: Optional[int] = _LIMIT,
+             prompt: Optional[str] = _PROMPT, seed: int = _SEED(),
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
              overwrite: bool = _OVERWRITE):
@@ -69,7 +69,8 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
           keywords: Optional[str] = typer.Option(None, help="Fine-tuning keywords: colors, places, sentiments."),
           model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
-          no_words: bool = typer.Option(False), seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL,
+          no_words: bool = typer.Option(False, "--no-words", help="Skip word grounding (no model needed)."),
+          seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL,
           dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           overwrite: bool = _OVERWRITE):
     """Concept matching, shift vectors, recovery, evolution and ablations between two models' stores."""

@@ -9,10 +9,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _BATCH, _claim, _CONCEPT,
-                                 _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY, _DTYPE,
-                                 _load_model, _load_samples, _MAX_PIXELS, _open_store, _OVERWRITE, _parse_layers,
-                                 _publish, _run_identity, _SEED, _write_run_json, app, out_console, vectors_app)
+from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _ALPHA, app, _BATCH,
+                                 _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
+                                 _DICTIONARY, _DTYPE, _load_model, _load_samples, _MAX_PIXELS, _open_store,
+                                 out_console, _OVERWRITE, _parse_layers, _publish, _REGION, _run_identity, _SEED,
+                                 _SPLIT, vectors_app, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -24,7 +25,7 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
                    target_store: Optional[Path] = typer.Option(None, help="A second store for the target."),
                    layer: Optional[list[str]] = typer.Option(None, help="Layers (default: all in the store)."),
                    max_samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many per side."),
-                   seed: int = _SEED(), name: str = typer.Option("vector"),
+                   seed: int = _SEED(), name: str = typer.Option("vector", help="Name of the vector in the file."),
                    allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Coarse vector: mean(target features) - mean(source features)."""
     from vlmsteer.data.filters import as_filter
@@ -113,13 +114,15 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            data: Path = typer.Option(..., help="VQAv2 folder."),
            vectors: Path = typer.Option(..., help="File of candidate vectors (e.g. from vectors concepts)."),
            out: Path = typer.Option(Path("runs/select"), help="Output folder."),
-           alpha: float = typer.Option(1.0), region: str = typer.Option("last_prompt"),
+           alpha: float = _ALPHA, region: str = _REGION("last_prompt", "the position that predicts the answer"),
            top_n: int = typer.Option(5, min=2, help="Answers kept per vector before the 2-means split."),
            relative_to: str = typer.Option("base", help="Answer increase relative to its baseline count "
                                                        "('base', (s-b)/(b+1), the paper's) or to all answers "
                                                        "('total', points of share); selection.json has both."),
-           distinct: bool = typer.Option(True, help="Show only the best vector per set of primary answers."),
-           split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500, min=1),
+           distinct: bool = typer.Option(True, "--distinct/--no-distinct",
+                                         help="Show only the best vector per set of primary answers."),
+           split: str = _SPLIT,
+          limit: Optional[int] = typer.Option(500, min=1, help="Use a seeded random subset of this many questions."),
            seed: int = _SEED(), batch_size: int = _BATCH(64),
            show: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
            max_new_tokens: int = _VQA_TOKENS,
@@ -167,12 +170,13 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           store: Path = typer.Option(..., help="Feature store to build the coarse vector from."),
           source: str = typer.Option(..., help="Source filter, e.g. 'answer=yes'."),
           target: str = typer.Option(..., help="Target filter, e.g. 'answer=no'."),
-          out: Path = typer.Option(Path("runs/sweep")),
+          out: Path = typer.Option(Path("runs/sweep"), help="Output folder."),
           layers: str = typer.Option("-1", help="Comma-separated layers."),
           alphas: str = typer.Option("0.5,1,2", help="Comma-separated alphas."),
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
-          split: str = typer.Option("val2014"), limit: Optional[int] = typer.Option(500, min=1),
+          split: str = _SPLIT,
+          limit: Optional[int] = typer.Option(500, min=1, help="Use a seeded random subset of this many questions."),
           seed: int = _SEED(), batch_size: int = _BATCH(64), max_new_tokens: int = _VQA_TOKENS,
           allow_partial: bool = _ALLOW_PARTIAL,
           dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,

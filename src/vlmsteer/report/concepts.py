@@ -64,7 +64,8 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
               "selector": store.header.get("selector_description"),
               "mean_pairwise_t_overlap": mean_pairwise_overlap(words) if words else None, "concepts": concepts}
     atomic_write_json(out / "concepts.json", result, durable=False, indent=2)
-    pca_plot(feats, assign, out / "pca.png", f"{cfg.method} concepts, layer {layer}")
+    names = {k: (words[k].words or ["?"])[0] for k in range(cfg.k)} if words else None
+    pca_plot(feats, assign, out / "pca.png", f"{len(idx)} samples by {cfg.method} concept, layer {layer}", names)
     cards = [{**c, "samples": [{**s, "img": image_data_uri(s["image"], digest=s["image_digest"])}
                                for s in c["top_samples"]]} for c in concepts]
     atomic_write_text(out / "report.html", render("concepts.html.j2", r=result, cards=cards))

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def pyplot(what: str):
-    """``matplotlib.pyplot`` on the file-only Agg backend, or None (with a warning) without matplotlib."""
+    """``matplotlib.pyplot`` on the file-only Agg backend with the house style, or None (with a
+    warning) without matplotlib."""
     if not available("matplotlib"):
         log.warning('matplotlib is not installed: skipping %s (pip install "vlmsteer[plots]")', what)
         return None
@@ -29,7 +30,31 @@ def pyplot(what: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     return plt
+
+
+# One style for every figure: readable sizes, a light grid, no top/right frame.
+STYLE = {"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+         "legend.frameon": False}
+MAX_COLOURED = 9  # categories with their own colour; the rest are drawn grey as "other"
+
+
+def integer_ticks(axis) -> None:
+    """Ticks at whole numbers only (layers, steps, K): never 0.5 or 1.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def categorical_colours(plt, n: int) -> list:
+    """``n`` distinguishable colours from a qualitative palette (never a continuous colour bar),
+    without its greys, which mean "other"."""
+    if n <= 9:
+        return [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)][:n]
+    palette = [plt.get_cmap("tab20")(i) for i in range(20) if i not in (14, 15)]
+    return [palette[i % len(palette)] for i in range(n)]
 
 
 def _save(plt, fig, path: Path, dpi: int | None = None) -> Path:
@@ -38,6 +63,29 @@ def _save(plt, fig, path: Path, dpi: int | None = None) -> Path:
     fig.savefig(path, **({"dpi": dpi} if dpi else {}))
     plt.close(fig)
     return path
+
+
+def _category_scatter(plt, ax, xy: np.ndarray, labels: list[str], names: dict[str, str] | None = None) -> None:
+    """Points coloured by category: the ``MAX_COLOURED`` most frequent each with a colour and a
+    legend entry (``names`` may relabel them), the rest grey as "other"."""
+    from collections import Counter
+
+    labels = [str(v) for v in labels]
+    order = [v for v, _ in Counter(labels).most_common()]
+    shown = order[:MAX_COLOURED] if len(order) > MAX_COLOURED + 1 else order
+    arr = np.asarray(labels)
+    rest = ~np.isin(arr, shown)
+    if rest.any():
+        ax.scatter(xy[rest, 0], xy[rest, 1], s=6, color="0.75", label=f"other ({len(order) - len(shown)} labels)")
+    for colour, value in zip(categorical_colours(plt, len(shown)), shown):
+        m = arr == value
+        ax.scatter(xy[m, 0], xy[m, 1], s=8, color=colour, label=(names or {}).get(value, value))
+
+
+def _pca_axes(ax, explained) -> None:
+    ax.set_xlabel(f"PC 1 ({100 * explained[0]:.0f} % of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f} % of variance)")
+    ax.tick_params(labelsize=7)
 
 
 def write_sweep(result: dict, out: str | Path) -> None:
@@ -62,9 +110,14 @@ def plot_sweep(result: dict, path: Path, metric: str = "moved_fraction") -> Path
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 label=f"layer {layer}, {region}" + (f", n={n}" if n else ""))
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("share of source answers moved to the target" if metric == "moved_fraction" else metric)
-    ax.legend(fontsize=7)
+    ax.set_xlabel("steering strength α")
+    if metric == "moved_fraction":
+        ax.set_ylabel("source answers moved to the target (share)")
+        ax.set_ylim(0, 1.02)
+    else:
+        ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{result.get('source', 'source')} → {result.get('target', 'target')}: answers moved vs α")
+    ax.legend(title="layer, region, vector samples" if any(k[2] for k in series) else "layer, region")
     return _save(plt, fig, path)
 
 
@@ -79,32 +132,34 @@ def write_separability(store: FeatureStore, result: SeparabilityResult, out: str
     if plt is None:
         return out
     layers = [r.layer for r in result.layers]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(layers, [r.probe_accuracy for r in result.layers], "o-", label="linear probe")
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.errorbar(layers, [r.probe_accuracy for r in result.layers], yerr=[r.probe_accuracy_std for r in result.layers],
+                fmt="o-", capsize=3, label=f"linear probe (mean ± sd over {result.folds} folds)")
     ax.axhline(result.majority_baseline, color="grey", ls="--", label="majority class")
     ax.set_xlabel("layer")
     ax.set_ylabel(f"accuracy predicting {result.label} (%)")
     ax.set_ylim(0, 101)
-    ax.legend()
-    _save(plt, fig, out / "probe_accuracy.png", dpi=110)
+    integer_ticks(ax.xaxis)
+    ax.set_title(f"separability of {result.label} ({result.n_samples} samples, {len(result.labels)} labels)")
+    ax.legend(loc="lower right")
+    _save(plt, fig, out / "probe_accuracy.png")
 
     idx, y = labelled_features(store, result.label, len(result.labels), min_count=result.folds)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
-    cmap = plt.get_cmap("tab10" if len(result.labels) <= 10 else "tab20")
-    for ax, layer in zip(axes[0], layers):
-        xy = PCA(2, random_state=seed).fit_transform(store.features(layer, indices=idx, dtype=np.float64))
-        for k, lab in enumerate(result.labels):
-            m = np.asarray([v == lab for v in y])
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(k % cmap.N), label=lab)
-        ax.set_title(f"layer {layer}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][-1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
-    _save(plt, fig, out / "pca_layers.png", dpi=110)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.3 * len(layers) + 1.6, 3.4), squeeze=False)
+    for ax, row in zip(axes[0], result.layers):
+        pca = PCA(2, random_state=seed).fit(store.features(row.layer, indices=idx, dtype=np.float64))
+        _category_scatter(plt, ax, pca.transform(store.features(row.layer, indices=idx, dtype=np.float64)), y)
+        ax.set_title(f"layer {row.layer}: probe {row.probe_accuracy:.0f} %")
+        _pca_axes(ax, pca.explained_variance_ratio_)
+    axes[0][-1].legend(title=result.label, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    _save(plt, fig, out / "pca_layers.png")
     return out
 
 
-def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -> Path | None:
+def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str,
+             names: dict[int, str] | None = None) -> Path | None:
+    """Features in their first two principal components, one colour per concept (``names``: a
+    legend label per concept index, e.g. its top word)."""
     plt = pyplot(path.name)
     if plt is None:
         return None
@@ -115,61 +170,98 @@ def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str) -
     from sklearn.decomposition import PCA
 
     # only two components: the randomized solver, not a full SVD (seconds at 2000 × 4096)
-    xy = PCA(2, svd_solver="randomized", random_state=0).fit_transform(np.asarray(features, dtype=np.float32))
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=8)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+    pca = PCA(2, svd_solver="randomized", random_state=0).fit(np.asarray(features, dtype=np.float32))
+    xy = pca.transform(np.asarray(features, dtype=np.float32))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _category_scatter(plt, ax, xy, [str(v) for v in labels],
+                      {str(k): f"{k}: {v}" for k, v in (names or {}).items()})
+    _pca_axes(ax, pca.explained_variance_ratio_)
     ax.set_title(title)
-    fig.colorbar(sc, ax=ax, label="concept")
+    ax.legend(title="concept", markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     return _save(plt, fig, path)
 
 
 def shift_plots(result: dict, out: Path) -> list[str]:
-    """The shift figures (recovery vs alpha, magnitude/consistency, evolution, layers); their names."""
+    """The shift figures (recovery vs α, magnitude/consistency, evolution, layer and K
+    ablations); their file names."""
     plt = pyplot("the shift figures")
     if plt is None:
         return []
 
     made = []
     main = result["main"]
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+    words = "mean_t_overlap" in main["recovery"][0]
     alphas = [r["alpha"] for r in main["recovery"]]
-    ax.plot(alphas, [r["mean_cosine"] for r in main["recovery"]], marker="o", label="cosine to matched fine-tuned")
-    if "mean_t_overlap" in main["recovery"][0]:
-        ax2 = ax.twinx()
-        ax2.plot(alphas, [r["mean_t_overlap"] for r in main["recovery"]], marker="s", color="C1", label="T-Overlap")
-        ax2.set_ylabel("T-Overlap")
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("mean recovery cosine")
-    ax.set_title("recovery of fine-tuned concepts vs alpha")
+    fig, axes = plt.subplots(1, 2 if words else 1, figsize=(9.5 if words else 5, 3.6), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(alphas, [r["mean_cosine"] for r in main["recovery"]], "o-", label="shifted original concepts")
+    ax.axhline(main["mean_recovery_alpha0"], color="grey", ls="--", label="original concepts (α = 0)")
+    ax.set_xlabel("α (original concept + α · shift vector)")
+    ax.set_ylabel("cosine to the matched fine-tuned concept")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("recovery of fine-tuned concepts: directions")
+    ax.legend(loc="lower center")
+    if words:
+        ax = axes[0][1]
+        ax.plot(alphas, [r["mean_t_overlap"] for r in main["recovery"]], "s-", color="C1",
+                label="shifted original concepts")
+        ax.set_xlabel("α (original concept + α · shift vector)")
+        ax.set_ylabel("T-Overlap with the matched fine-tuned concept (%)")
+        ax.set_ylim(0, 101)
+        ax.set_title("recovery of fine-tuned concepts: grounded words")
+        if "keyword_share" in main["recovery"][0]:
+            ax.plot(alphas, [r["keyword_share"] for r in main["recovery"]], "^-", color="C2",
+                    label="keyword share of their words (%)")
+        ax.legend(loc="lower center")
     made.append(_save(plt, fig, out / "recovery_vs_alpha.png").name)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
     gain = [c["recovery_cosine_alpha1"] - c["recovery_cosine_alpha0"] for c in main["concepts"]]
-    axes[0].scatter([c["magnitude"] for c in main["concepts"]], gain)
-    axes[0].set_xlabel("shift magnitude ‖Δ_k‖")
-    axes[0].set_ylabel("recovery gain (cos at α=1 − α=0)")
-    axes[1].scatter([c["consistency"] for c in main["concepts"]], gain)
-    axes[1].set_xlabel("shift consistency")
+    for ax, key, label, corr in ((axes[0], "magnitude", "shift magnitude ‖Δ_k‖", "correlation_magnitude_vs_gain"),
+                                 (axes[1], "consistency", "shift consistency (mean cosine of sample shifts to Δ_k)",
+                                  "correlation_consistency_vs_gain")):
+        ax.scatter([c[key] for c in main["concepts"]], gain, s=24, label="one concept")
+        ax.set_xlabel(label)
+        ax.set_ylabel("recovery gain (cosine at α = 1 − α = 0)")
+        r = main.get(corr) or {}
+        ax.set_title(f"gain vs {key}" + (f" (Pearson r = {r['pearson']:.2f})"
+                                         if np.isfinite(r.get("pearson", np.nan)) else ""))
+        ax.legend(loc="best")
     made.append(_save(plt, fig, out / "magnitude_consistency.png").name)
 
     if result.get("evolution"):
-        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
-        steps = [r["step"] for r in result["evolution"]]
-        key = "mean_t_overlap" if "mean_t_overlap" in result["evolution"][0] else "mean_cosine"
-        ax.plot(steps, [r[key] for r in result["evolution"]], marker="o")
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel(key.replace("_", " "))
-        ax.set_title("matched concepts: original vs checkpoint")
+        rows = result["evolution"]
+        words = "mean_t_overlap" in rows[0]
+        fig, axes = plt.subplots(1, 2 if words else 1, figsize=(9.5 if words else 5, 3.6), squeeze=False)
+        steps = [r["step"] for r in rows]
+        ax = axes[0][0]
+        ax.plot(steps, [r["mean_cosine"] for r in rows], "o-", label="matched concepts, mean cosine")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("cosine (original vs checkpoint)")
+        if words:
+            axes[0][1].plot(steps, [r["mean_t_overlap"] for r in rows], "s-", color="C1",
+                            label="matched concepts, mean T-Overlap")
+            axes[0][1].set_ylim(0, 101)
+            axes[0][1].set_ylabel("T-Overlap, original vs checkpoint (%)")
+        for ax in axes[0]:
+            ax.set_xlabel("fine-tuning step")
+            ax.set_xticks(steps)
+            ax.set_title("how far the concepts moved during fine-tuning")
+            ax.legend(loc="lower left")
         made.append(_save(plt, fig, out / "evolution.png").name)
-    if result.get("layers"):
-        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
-        rows = result["layers"]
-        ax.plot([r["layer"] for r in rows], [r["mean_recovery_alpha1"] for r in rows], marker="o", label="α = 1")
-        ax.plot([r["layer"] for r in rows], [r["mean_recovery_alpha0"] for r in rows], marker="s", label="α = 0")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("mean recovery cosine")
-        ax.legend()
-        made.append(_save(plt, fig, out / "layers.png").name)
+    for key, name, xlabel in (("layers", "layers.png", "layer"), ("ks", "ks.png", "K (concepts per model)")):
+        rows = result.get(key)
+        if not rows:
+            continue
+        x = [r["layer" if key == "layers" else "k"] for r in rows]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot(x, [r["mean_recovery_alpha1"] for r in rows], "o-", label="shifted concepts (α = 1)")
+        ax.plot(x, [r["mean_recovery_alpha0"] for r in rows], "s--", label="original concepts (α = 0)")
+        ax.set_xlabel(xlabel)
+        ax.set_xticks(x)
+        ax.set_ylabel("mean cosine to matched fine-tuned concept")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"recovery by {xlabel.split(' ')[0]}")
+        ax.legend(loc="lower right")
+        made.append(_save(plt, fig, out / name).name)
     return made
