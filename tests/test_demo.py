@@ -34,26 +34,48 @@ def test_shipped_model_resolves_and_answers():
     assert report.micro >= 85.0, report.per_type
 
 
-def test_reduced_demo_writes_the_page(tmp_path):
+def test_reduced_demo_writes_every_section_with_its_report_progressively(tmp_path, monkeypatch):
+    import re
+
     from vlmsteer.cli import main
+    from vlmsteer.demo import run
+    from vlmsteer.demo.page import STAGES
 
     out = tmp_path / "demo"
+    seen = {}
+    separability = run._Demo.layers
+
+    def layers(self):  # the page as a reader sees it while the last stage runs
+        seen["page"] = (out / "index.html").read_text()
+        return separability(self)
+
+    monkeypatch.setattr(run._Demo, "layers", layers)
     assert main(["demo", "--out", str(out), "--n-scenes", "30"]) == 0
+    assert 'http-equiv="refresh"' in seen["page"] and "running…" in seen["page"]
+    assert 'href="shift/report.html"' in seen["page"] and 'href="separability/report.html"' not in seen["page"]
     page = (out / "index.html").read_text()
+    assert "refresh" not in page and "running" not in page
     summary = json.loads((out / "summary.json").read_text())
-    for section in ("Baseline VQA accuracy", "Baseline captions", "Yes → No", "Steering captions",
-                    "Neutralizing an attribute", "Refusal steering", "Linear separability"):
-        assert section in page
+    for stage in STAGES:  # every section, its report linked and written, its run recorded
+        assert f'id="{stage.key}"' in page and f'href="{stage.folder}/report.html"' in page, stage
+        assert (out / stage.folder / "report.html").is_file() and (out / stage.folder / "run.json").is_file(), stage
+    # reports first, raw files apart after them
+    assert page.index('href="separability/report.html"') < page.index('id="files"')
+    assert not re.search(r'href="[^"]+\.(json|jsonl|safetensors)"', page[:page.index('id="files"')])
     assert summary["vqa"]["n"] > 200
+    assert summary["concepts"]["k"] == 12 and all(c["words"] for c in summary["concepts"]["concepts"])
+    assert (out / "concepts" / "dictionary.safetensors").exists() and (out / "concepts" / "pca.png").exists()
     assert summary["yes_to_no"]["fine_grained"]["source"]["before"] > 0
     assert set(summary["caption_styles"]) == {"colors", "places", "sentiments"}
     assert summary["caption_styles"]["colors"]["best"]["cider_before"] > 0
     assert summary["safety"]["harmful_prompts"] == 30 * 4
+    shift = summary["shift"]
+    assert [e["step"] for e in shift["evolution"]] == [30, 60, 90] and [a["k"] for a in shift["ks"]] == [5, 10, 15]
+    assert {"recovery_vs_alpha.png", "evolution.png", "ks.png"} <= set(shift["plots"])
+    assert shift["loss"][1] < shift["loss"][0]  # the fine-tune learned something
     assert len(summary["separability"]["layers"]) == 4
     assert (out / "separability" / "pca_layers.png").exists()
-    for stage in ("vqa-baseline", "captions-style", "neutralize", "safety", "separability"):
-        assert (out / stage / "run.json").exists(), stage
-    assert (out / "vectors" / "yes-to-no.safetensors").exists()
+    assert (out / "yes-to-no" / "yes-to-no.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["model_id"] == "shapes-llava"
 
 

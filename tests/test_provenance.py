@@ -513,9 +513,11 @@ def test_hidden_size_mismatches_are_one_line(model, tiny_vlm, tmp_path, capsys):
 
 
 def test_demo_refuses_a_folder_holding_a_demo_of_other_settings(tmp_path, capsys):
+    import dataclasses
+
     from vlmsteer.demo.run import DemoSettings
 
-    earlier = {k: v for k, v in DemoSettings(n_scenes=30).__dict__.items() if k != "timings"}
+    earlier = dataclasses.asdict(DemoSettings(n_scenes=30))
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "run.json").write_text(json.dumps({"options": earlier}, default=str))
     assert main(["demo", "--out", str(tmp_path / "demo"), "--n-scenes", "40"]) == 2

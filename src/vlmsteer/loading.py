@@ -278,4 +278,8 @@ def _attach_adapter(model, adapter: str | Path):
     path = Path(adapter)
     if not (path / "adapter_config.json").exists():
         raise VlmsteerError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
-    return PeftModel.from_pretrained(model, str(path))
+    import warnings
+
+    with warnings.catch_warnings():  # peft reads a transformers attribute deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(model, str(path))

@@ -70,6 +70,7 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     layers = store.layers if layers is None else [store.layer_index(layer) for layer in layers]
     idx, y = labelled_features(store, label, top, min_count=folds)
@@ -80,7 +81,10 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
         if not np.isfinite(x).all():
             raise VlmsteerError(f"{store.path}: layer {layer} has NaN or infinite features")
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        scores = cross_val_score(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+        # one BLAS thread: the probe's small products run ~10x slower when OpenBLAS spreads them
+        # over threads (measured: 4.1 s vs 0.4 s for 496 x 128 features, 22 labels)
+        with threadpool_limits(1, user_api="blas"):
+            scores = cross_val_score(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
         pca = PCA(2, random_state=seed).fit(x)
         out.append(LayerSeparability(layer, 100.0 * float(scores.mean()), 100.0 * float(scores.std()),
                                      [float(v) for v in pca.explained_variance_ratio_]))

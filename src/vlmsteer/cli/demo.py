@@ -16,16 +16,19 @@ from vlmsteer.errors import VlmsteerError
 @demo_app.callback()
 def demo(ctx: typer.Context,
          out: Path = typer.Option(Path("runs/demo"), help="Output folder for the demo page and its reports."),
-         n_scenes: int = typer.Option(400, min=1, help="Held-out scenes to generate (about 9 questions each)."),
+         n_scenes: int = typer.Option(120, min=1, help="Held-out scenes to generate (about 9 questions and a caption "
+                                                        "each)."),
          seed: int = _SEED(7, "Seed of the held-out world (the model was trained on 1000)."),
          batch_size: int = _BATCH(64), model: str = typer.Option("shapes-llava", help="Model to demo."),
          dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
          overwrite: bool = typer.Option(False, "--overwrite", help="Rerun into a folder holding a demo of other "
                                                                    "settings.")):
-    """Run the whole story on the shipped model and write one HTML page linking every report."""
+    """The paper's analyses and steering on the shipped model (concepts, steering, captions, debiasing, safety,
+    fine-tuning shift, separability): one HTML page linking each section's report."""
     if ctx.invoked_subcommand is not None:
         return
     import json
+    from dataclasses import asdict
 
     from vlmsteer.demo.run import DemoSettings, run_demo
     from vlmsteer.outputs import check_can_create, differences, read_run_record
@@ -37,7 +40,7 @@ def demo(ctx: typer.Context,
     # place: a folder holding a demo of other settings is refused rather than mixed with this one
     check_can_create(out)
     old = (read_run_record(out) or {}).get("options") if out.is_dir() else None
-    new = json.loads(json.dumps({k: v for k, v in settings.__dict__.items() if k != "timings"}, default=str))
+    new = json.loads(json.dumps(asdict(settings), default=str))
     if out.is_dir() and any(out.iterdir()) and old != new and not overwrite:
         what = ", ".join(differences(old, new)[:4]) if old is not None else "not a vlmsteer demo"
         raise VlmsteerError(f"{out}: holds another output ({what}); choose another output folder, or overwrite it",

@@ -14,6 +14,7 @@ import numpy as np
 from vlmsteer.analysis.separability import SeparabilityResult, labelled_features
 from vlmsteer.extras import available
 from vlmsteer.outputs import atomic_write_json
+from vlmsteer.report.section import Section, Table, write_section
 from vlmsteer.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,21 @@ def plot_sweep(result: dict, path: Path, metric: str = "moved_fraction") -> Path
 
 
 def write_separability(store: FeatureStore, result: SeparabilityResult, out: str | Path, seed: int = 0) -> Path:
-    """``separability.json``, ``probe_accuracy.png`` and ``pca_layers.png`` in ``out``."""
-    from sklearn.decomposition import PCA
-
+    """``separability.json``, ``probe_accuracy.png``, ``pca_layers.png`` and ``report.html`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "separability.json", result.to_dict(), durable=False, indent=2)
+    _separability_figures(store, result, out, seed)
+    write_section(out, separability_section(result))
+    return out
+
+
+def _separability_figures(store: FeatureStore, result: SeparabilityResult, out: Path, seed: int) -> None:
+    from sklearn.decomposition import PCA
+
     plt = pyplot("probe_accuracy.png, pca_layers.png")
     if plt is None:
-        return out
+        return
     layers = [r.layer for r in result.layers]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.errorbar(layers, [r.probe_accuracy for r in result.layers], yerr=[r.probe_accuracy_std for r in result.layers],
@@ -153,7 +160,27 @@ def write_separability(store: FeatureStore, result: SeparabilityResult, out: str
         _pca_axes(ax, pca.explained_variance_ratio_)
     axes[0][-1].legend(title=result.label, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     _save(plt, fig, out / "pca_layers.png")
-    return out
+
+
+def separability_section(result: SeparabilityResult) -> Section:
+    """The report of a separability run: what the probe is, its accuracy per layer, the figures."""
+    left_out = result.n_labelled - result.n_samples
+    return Section(
+        title=f"Linear separability of {result.label!r} across layers",
+        intro=[f"A logistic-regression probe ({result.folds}-fold stratified cross-validation, standardized features) "
+               f"predicts {result.label!r} from each layer's features of {result.n_samples} samples "
+               f"({len(result.labels)} labels; the majority class alone would score "
+               f"{result.majority_baseline:.1f} %). Higher accuracy at deeper layers means the concept is more "
+               "linearly separable there."
+               + (f" {left_out} of {result.n_labelled} samples were left out: their {result.left_out_labels} labels "
+                  f"have fewer than {result.folds} samples or are beyond --top." if left_out else "")],
+        tables=[Table("probe accuracy per layer", ["layer", "accuracy % (mean ± sd over folds)",
+                                                   "PCA variance of the 2 plotted components"],
+                      [[r.layer, f"{r.probe_accuracy:.1f} ± {r.probe_accuracy_std:.1f}",
+                        f"{100 * sum(r.pca_explained):.0f} %"] for r in result.layers])],
+        figures=[("probe_accuracy.png", "probe accuracy per layer (error bars: sd over folds)"),
+                 ("pca_layers.png", f"features of each layer in their first two principal components, coloured by "
+                                    f"{result.label}")])
 
 
 def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str,
