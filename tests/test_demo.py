@@ -34,23 +34,33 @@ def test_shipped_model_resolves_and_answers():
     assert report.micro >= 85.0, report.per_type
 
 
-def test_reduced_demo_writes_every_section_with_its_report_progressively(tmp_path, monkeypatch):
-    import re
-
+@pytest.fixture(scope="module")
+def reduced_demo(tmp_path_factory):
+    """A reduced demo (30 held-out scenes), and its page as a reader saw it while the last stage ran."""
     from vlmsteer.cli import main
     from vlmsteer.demo import run
-    from vlmsteer.demo.page import STAGES
 
-    out = tmp_path / "demo"
+    out = tmp_path_factory.mktemp("demo") / "demo"
     seen = {}
     separability = run._Demo.layers
 
-    def layers(self):  # the page as a reader sees it while the last stage runs
+    def layers(self):
         seen["page"] = (out / "index.html").read_text()
         return separability(self)
 
-    monkeypatch.setattr(run._Demo, "layers", layers)
-    assert main(["demo", "--out", str(out), "--n-scenes", "30"]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run._Demo, "layers", layers)
+        assert main(["demo", "--out", str(out), "--n-scenes", "30"]) == 0
+    return out, seen["page"]
+
+
+def test_reduced_demo_writes_every_section_with_its_report_progressively(reduced_demo):
+    import re
+
+    from vlmsteer.demo.page import STAGES
+
+    out, running_page = reduced_demo
+    seen = {"page": running_page}
     assert 'http-equiv="refresh"' in seen["page"] and "running…" in seen["page"]
     assert 'href="shift/report.html"' in seen["page"] and 'href="separability/report.html"' not in seen["page"]
     page = (out / "index.html").read_text()
@@ -242,3 +252,33 @@ def test_per_concept_neutralization_routes_each_image_to_its_concept_vector(tmp_
         condition=NearestConceptCondition(routes.centroids, [c], routes.labels, 2)))
     assert [t for t, k in zip(inside, groups) if k == c] == [t for t, k in zip(steered, groups) if k == c]
     assert [t for t, k in zip(inside, groups) if k != c] == [t for t, k in zip(base, groups) if k != c]
+
+
+def test_every_report_renders_in_a_browser_without_broken_images_or_script_errors(reduced_demo, tmp_path):
+    """Each page the demo writes (the front page and every section's report), opened in
+    headless Chromium: no script error, no console error, every image decoded, every local
+    link pointing at a file; a screenshot that is not blank."""
+    from browser import open_pages  # tests/browser.py
+
+    out, _ = reduced_demo
+    pages = [out / "index.html", *sorted(out.glob("*/report.html"))]
+    assert len(pages) == 9
+    for page in open_pages(pages, tmp_path):
+        assert not page.errors, (page.path, page.errors)
+        assert not page.broken_images, (page.path, page.broken_images)
+        if page.path.parent.name in ("demo", "vqa-baseline", "concepts", "yes-to-no", "shift", "separability"):
+            assert page.images > 0, page.path  # its figures and example images are there
+        missing = [h for h in page.local_links if not (page.path.parent / h.split("#")[0]).exists()]
+        assert not missing, (page.path, missing)
+        assert page.screenshot_std > 5, page.path
+
+
+def test_the_browser_check_sees_a_broken_image_a_script_error_and_a_dead_link(tmp_path):
+    from browser import open_pages  # tests/browser.py
+
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><p>text</p><img src="missing.png"><a href="nothere.json">x</a>'
+                    '<script>undefinedFunction()</script></body></html>')
+    (check,) = open_pages([page], tmp_path)
+    assert check.broken_images == ["missing.png"] and check.local_links == ["nothere.json"]
+    assert any(e.startswith("script:") for e in check.errors)

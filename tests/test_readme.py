@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -19,6 +20,28 @@ README = (ROOT / "README.md").read_text()
 
 def _blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", README, flags=re.S | re.M)
+
+
+class Block(NamedTuple):
+    text: str
+    skip: str | None  # why the test does not run it (the set-up commands, the test command)
+    prepare: str | None  # for a block whose data the reader brings: what the test writes first
+    substitutions: list[tuple[str, str]]  # ... and how it runs the same commands on the shipped model
+
+
+def _bash_blocks() -> list[Block]:
+    """The README's bash blocks in order, each with its ``<!-- readme-test: ... -->`` marker."""
+    blocks = []
+    for m in re.finditer(r"(?:<!-- readme-test: (?P<marker>.*?)-->\n)?^```bash\n(?P<text>.*?)^```$", README,
+                         flags=re.S | re.M):
+        marker = m["marker"] or ""
+        skip = re.match(r"skip, (.*)", marker.strip(), flags=re.S)
+        prepare = re.search(r"\(prepare:\s*([\w-]+)\)", marker)
+        subs = re.findall(r'^"(.*)" => "(.*)"$', marker, flags=re.M)
+        if marker and not (skip or prepare):
+            raise AssertionError(f"unreadable readme-test marker: {marker!r}")
+        blocks.append(Block(m["text"], skip[1] if skip else None, prepare[1] if prepare else None, subs))
+    return blocks
 
 
 def _workdir(tmp_path: Path) -> Path:
@@ -32,15 +55,59 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+def _prepare(name: str, work: Path) -> None:
+    """What a reader brings, made on the shipped model and a generated world."""
+    from vlmsteer.data import load_vqav2, shapes
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.model import VLM
+    from vlmsteer.store_io import export_features
+
+    if name == "import-inputs":
+        shapes.write_dataset(work / "bring" / "w", n=30, seed=5)
+        store, _ = extract(VLM.load("shapes-llava"), load_vqav2(work / "bring" / "w"), work / "bring" / "s",
+                           ExtractConfig(layers=[3]), progress=False)
+        export_features(store, 3, work / "feats.npy", work / "records.jsonl")
+    elif name == "vqav2-world":
+        shapes.write_dataset(work / "vqav2", n=20, seed=5)
+    else:
+        raise AssertionError(f"no preparation called {name!r}")
+
+
+def test_readme_names_what_each_block_needs():
+    blocks = _bash_blocks()
+    skipped = [b for b in blocks if b.skip]
+    assert [b.skip.split(" ")[0] for b in skipped] == ["the", "the"] and len(skipped) == 2
+    assert "pip install" in skipped[0].text and "pytest" in skipped[1].text
+    for b in blocks:
+        if not b.skip:
+            assert b.text.startswith("source .venv/bin/activate\n"), b.text[:80]  # runs in a fresh shell
+        for old, _ in b.substitutions:
+            assert old in b.text, f"substitution {old!r} matches nothing in its block"
+
+
 @pytest.mark.slow
-def test_worked_example_runs_and_steers_captions(tmp_path):
-    examples = [b for b in _blocks("bash") if b.startswith("source .venv/bin/activate")]
-    assert len(examples) == 1, "expected one worked example starting with 'source .venv/bin/activate'"
+def test_every_block_runs_verbatim_in_order_and_gives_the_figures_it_states(tmp_path):
     work = _workdir(tmp_path)
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", examples[0]], cwd=work, env=_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    vs = json.loads((work / "runs" / "colors" / "metrics.json").read_text())["vs_baseline"]
+    for block in _bash_blocks():
+        if block.skip:
+            continue
+        text = block.text
+        if block.prepare:
+            _prepare(block.prepare, work)
+        for old, new in block.substitutions:
+            text = text.replace(old, new)
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=work, env=_env(), capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, f"{text[:200]}\n{done.stderr[-3000:]}"
+    _check_caption_figures(work / "runs" / "captions")
+    _check_yes_no_figures(work / "runs" / "yes-no")
+    assert (work / "runs" / "big-concepts" / "report.html").is_file()
+    manifest = json.loads((work / "runs" / "vqa-features" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["header"]["layers"] == [1, 2, 3] and manifest["summary"]["total"] > 100
+
+
+def _check_caption_figures(runs: Path) -> None:
+    vs = json.loads((runs / "colors" / "metrics.json").read_text())["vs_baseline"]
     colours = vs["styles"]["colors"]
     # the effect happened (region "generated"), and it is the one the README reports
     assert vs["captions_changed"] > 0 and colours["share_after"] - colours["share_before"] >= 10, vs
@@ -51,7 +118,20 @@ def test_worked_example_runs_and_steers_captions(tmp_path):
     assert abs(vs["captions_changed"] - changed) <= 5
     assert abs(colours["share_before"] - before) <= 2.5 and abs(colours["share_after"] - after) <= 2.5
     for out in ("caps", "base", "colors", "q", "sep", "asr"):
-        assert (work / "runs" / out / "run.json").exists(), out
+        assert (runs / out / "run.json").exists(), out
+    assert (runs / "sep" / "report.html").is_file()
+
+
+def _check_yes_no_figures(runs: Path) -> None:
+    figures = re.search(r"move all (\d+) \"yes\" answers of the held-out world to \"no\" \(([\d.]+) %\) and\s+"
+                        r"leave number and other accuracy unchanged \(Δ ([+-][\d.]+) / ([+-][\d.]+)\)", README)
+    assert figures, "the README's fine-grained Yes->No figures moved; update this test's pattern"
+    for run in ("fine", "fine-concepts"):
+        vs = json.loads((runs / run / "metrics.json").read_text())["vs_baseline"]
+        assert abs(vs["source"]["before"] - int(figures[1])) <= 5, vs["source"]
+        assert abs(100 * vs["source_moved_fraction"] - float(figures[2])) <= 1.0, vs
+        assert abs(vs["accuracy_delta"]["number"] - float(figures[3])) <= 0.5
+        assert abs(vs["accuracy_delta"]["other"] - float(figures[4])) <= 0.5
 
 
 def test_python_example_runs(tmp_path):

@@ -156,7 +156,8 @@ def _open_store(path: Path, allow_partial: bool = False):
 
 # options shared by the evaluation commands (typer reads these as defaults)
 _VECTOR = typer.Option(None, help="Steering vector file (.safetensors).")
-_NAME = typer.Option(None, help="Vector name, for files holding several.")
+_NAME = typer.Option(None, help="Vector name, for files holding several ('i->j' for concept pairs, or their top "
+                                "words: 'yes->no').")
 _ALPHA = typer.Option(1.0, help="Steering strength.")
 _LAYERS = typer.Option(None, help="Layer(s) to steer (default: the vector's).")
 _BASELINE = typer.Option(None, help="Unsteered run folder to compare against.")
@@ -186,7 +187,8 @@ def _BATCH(default: int):  # noqa: N802 - an option factory, like the constants 
 _DICTIONARY = typer.Option(None, help="Fine-grained: dictionary.safetensors from `vlmsteer concepts`; steer only "
                                       "samples whose feature at the steering layer (last prompt token) falls in "
                                       "--concept.")
-_CONCEPT = typer.Option(None, help="Active concept(s) of --dictionary: an index, repeated or comma-separated.")
+_CONCEPT = typer.Option(None, help="Active concept(s) of --dictionary: an index or a top word (every concept "
+                                   "labelled with it), repeated or comma-separated.")
 _CONDITION_STORE = typer.Option(None, help="Fine-grained: a store whose labelled groups are the concepts "
                                            "(centroid = mean feature); use with --active.")
 _ACTIVE = typer.Option(None, help="The active group(s) of --condition-store, e.g. answer=yes or answer=1|2.")
@@ -223,7 +225,7 @@ def _condition_spec(dictionary: Optional[Path], concept: Optional[list[str]], co
     from vlmsteer.steer.conditions import ConditionSpec
 
     return ConditionSpec(dictionary=str(dictionary) if dictionary else None,
-                         concepts=tuple(_parse_ints(concept, "--concept")) if concept else (),
+                         concepts=tuple(c.strip() for part in concept or () for c in part.split(",") if c.strip()),
                          store=str(condition_store) if condition_store else None, active=active,
                          allow_partial=allow_partial)
 

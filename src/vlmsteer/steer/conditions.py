@@ -140,9 +140,12 @@ class DictionaryCondition:
         check_same_model(self.model, vlm, f"dictionary {self.source}", allow_other_model)
 
     @classmethod
-    def load(cls, path, active: Sequence[int]) -> "DictionaryCondition":
-        """From a ``dictionary.safetensors`` written by ``vlmsteer concepts``."""
+    def load(cls, path, active: Sequence[int | str]) -> "DictionaryCondition":
+        """From a ``dictionary.safetensors`` written by ``vlmsteer concepts``; active concepts by
+        index, or by top word (the dictionary's labels: ``yes`` names every concept labelled
+        ``"k:yes"``)."""
         dictionary, meta = load_dictionary(path)
+        active = sorted({i for a in active for i in concept_indices(a, meta.get("labels"), path)})
         bad = [i for i in active if not 0 <= i < dictionary.k]
         if bad:
             raise VlmsteerError(f"{path}: concept {bad[0]} out of range (the dictionary has {dictionary.k}: "
@@ -151,6 +154,24 @@ class DictionaryCondition:
             raise VlmsteerError("name at least one active concept", "concept")
         return cls(dictionary, [int(i) for i in active], meta.get("layer"), meta.get("labels"), str(path),
                    meta.get("model"))
+
+
+def concept_indices(concept: int | str, labels: Sequence[str] | None, source) -> list[int]:
+    """The concept an index names, or every concept whose top word is ``concept`` through
+    ``labels`` (``"k:word"``, as ``vlmsteer concepts`` labels a dictionary); none is a one-line
+    error naming the words there are."""
+    text = str(concept).strip()
+    if text.lstrip("-").isdigit():
+        return [int(text)]
+    words = {k: label.split(":", 1)[-1] for k, label in enumerate(labels or [])}
+    found = [k for k, w in words.items() if w == text]
+    if found:
+        return found
+    if not labels:
+        raise VlmsteerError(f"{source}: concept {text!r}: this dictionary has no word labels (made with --no-words); "
+                            "name concepts by index", "concept")
+    raise VlmsteerError(f"{source}: no concept has the top word {text!r} (they have: "
+                        f"{', '.join(sorted(set(words.values())))})", "concept")
 
 
 def condition_from_store(store: FeatureStore, layer: int, active: Filter | str,
@@ -176,7 +197,7 @@ class ConditionSpec:
     (``store`` + ``active``, e.g. ``answer=yes``)."""
 
     dictionary: str | None = None
-    concepts: tuple[int, ...] = ()
+    concepts: tuple[int | str, ...] = ()  # indices, or top words of the dictionary's labels
     store: str | None = None
     active: str | None = None
     allow_partial: bool = False

@@ -195,6 +195,21 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
     return out
 
 
+def _by_concept_words(vectors: dict[str, SteeringVector], name: str, path) -> str:
+    """A concept-pair vector named by its concepts' top words, ``"yes->no"`` (its source and
+    target labels are ``"k:word"``)."""
+    source, arrow, target = name.partition("->")
+    found = [key for key, v in vectors.items() if arrow and v.method == "concept_shift"
+             and str(v.source).split(":", 1)[-1] == source.strip() and str(v.target).split(":", 1)[-1] == target.strip()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise input_error(path, f"several vectors go from a {source.strip()!r} concept to a {target.strip()!r} concept "
+                                f"({', '.join(found)}); name one", "name")
+    raise input_error(path, f"no vector named {name!r} (names are 'i->j', or top words such as 'yes->no' for "
+                            "concept pairs)", "name")
+
+
 def load_vector(path: str | Path, name: str | None = None, vlm=None, allow_other_model: bool = False) -> SteeringVector:
     """One vector from a file (the only one, or ``name``); checked against ``vlm`` if given."""
     vectors = load_vectors(path)
@@ -203,10 +218,10 @@ def load_vector(path: str | Path, name: str | None = None, vlm=None, allow_other
             raise input_error(path, f"holds {len(vectors)} vectors; name one (e.g. {', '.join(list(vectors)[:3])})",
                               "name")
         vec = next(iter(vectors.values()))
-    elif name not in vectors:
-        raise input_error(path, f"no vector named {name!r}")
-    else:
+    elif name in vectors:
         vec = vectors[name]
+    else:
+        vec = vectors[_by_concept_words(vectors, name, path)]
     if vlm is not None:
         vec.check_model(vlm, allow_other_model=allow_other_model)
     return vec
