@@ -213,7 +213,8 @@ class _Demo:
         atomic_write_json(out / "captions" / "metrics.json", {"baseline": base, "styles": styles}, durable=False,
                           indent=2)
         atomic_write_json(out / "captions" / "baseline-captions.json",
-                          [{"id": c.id, "caption": t, "image": c.image_path} for c, t in zip(self.caps, self.base_caps)],
+                          [{"id": c.id, "caption": t, "image": c.image_path}
+                           for c, t in zip(self.caps, self.base_caps)],
                           durable=False, indent=2)
         self._record("captions", "captions and styles", styles=s.styles)
         write_section(out / "captions", sections.captions(base, styles, self.caps, self.base_caps))
@@ -274,7 +275,8 @@ class _Demo:
         self._record("shift", "fine-tuning shift", steps=s.shift_steps, layer=s.shift_layer, k=s.shift_k)
         main = result["main"]
         self.summary["shift"] = {
-            "training_texts": tuned["samples"], "steps": s.shift_steps, "loss": [tuned["first_loss"], tuned["last_loss"]],
+            "training_texts": tuned["samples"], "steps": s.shift_steps,
+            "loss": [tuned["first_loss"], tuned["last_loss"]],
             "layer": main["layer"], "k": main["k"], "images": main["n_common"],
             "recovery": [{k: r[k] for k in ("alpha", "mean_cosine", "mean_t_overlap", "keyword_share") if k in r}
                          for r in main["recovery"]],

@@ -199,8 +199,11 @@ def _by_concept_words(vectors: dict[str, SteeringVector], name: str, path) -> st
     """A concept-pair vector named by its concepts' top words, ``"yes->no"`` (its source and
     target labels are ``"k:word"``)."""
     source, arrow, target = name.partition("->")
+    def word(label) -> str:
+        return str(label).split(":", 1)[-1]
+
     found = [key for key, v in vectors.items() if arrow and v.method == "concept_shift"
-             and str(v.source).split(":", 1)[-1] == source.strip() and str(v.target).split(":", 1)[-1] == target.strip()]
+             and word(v.source) == source.strip() and word(v.target) == target.strip()]
     if len(found) == 1:
         return found[0]
     if found:
