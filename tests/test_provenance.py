@@ -184,7 +184,7 @@ def test_unusable_out_is_refused_before_any_model_work(model, tmp_path, capsys):
         assert "is a file" in line and "cannot load model" not in line
     # a model that fails to load leaves no empty folder behind
     assert _eval("no/such/model", tmp_path / "w", tmp_path / "new" / "run") == 2
-    assert "cannot load model" in _errors(capsys)[0] and not (tmp_path / "new").exists()
+    assert "no such model folder" in _errors(capsys)[0] and not (tmp_path / "new").exists()
 
 
 def test_a_second_writer_of_one_output_folder_is_refused(model, tmp_path, capsys):

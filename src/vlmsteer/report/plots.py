@@ -66,14 +66,17 @@ def _save(plt, fig, path: Path, dpi: int | None = None) -> Path:
     return path
 
 
-def _category_scatter(plt, ax, xy: np.ndarray, labels: list[str], names: dict[str, str] | None = None) -> None:
-    """Points coloured by category: the ``MAX_COLOURED`` most frequent each with a colour and a
-    legend entry (``names`` may relabel them), the rest grey as "other"."""
+def _category_scatter(plt, ax, xy: np.ndarray, labels: list[str], names: dict[str, str] | None = None,
+                      limit: int = MAX_COLOURED) -> None:
+    """Points coloured by category: the ``limit`` most frequent each with a colour and a legend
+    entry (``names`` may relabel them, and then also orders them), the rest grey as "other"."""
     from collections import Counter
 
     labels = [str(v) for v in labels]
     order = [v for v, _ in Counter(labels).most_common()]
-    shown = order[:MAX_COLOURED] if len(order) > MAX_COLOURED + 1 else order
+    shown = order[:limit] if len(order) > limit + 1 else order
+    if names:
+        shown = [v for v in names if v in shown]
     arr = np.asarray(labels)
     rest = ~np.isin(arr, shown)
     if rest.any():
@@ -201,7 +204,7 @@ def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str,
     xy = pca.transform(np.asarray(features, dtype=np.float32))
     fig, ax = plt.subplots(figsize=(7, 5))
     _category_scatter(plt, ax, xy, [str(v) for v in labels],
-                      {str(k): f"{k}: {v}" for k, v in (names or {}).items()})
+                      {str(k): f"{k}: {v}" for k, v in (names or {}).items()}, limit=18)  # tab20 without its greys
     _pca_axes(ax, pca.explained_variance_ratio_)
     ax.set_title(title)
     ax.legend(title="concept", markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
