@@ -99,6 +99,21 @@ def test_eval_steers_the_last_prompt_position_by_default_and_prints_tables_not_j
     assert vs["source_moved_fraction"] > 0.9  # the default region steers
 
 
+def test_an_eval_run_folder_has_a_report_with_what_changed(steered, tmp_path):
+    from browser import open_pages  # tests/browser.py
+
+    assert main(["eval", "vqa", "--model", "shapes-llava", "--data", str(steered / "w"), "--max-new-tokens", "3",
+                 "--vector", str(steered / "v.safetensors"), "--baseline", str(steered / "base"),
+                 "--source", "yes", "--target", "no", "--out", str(steered / "report-run")]) == 0
+    html = (steered / "report-run" / "report.html").read_text()
+    changed = json.loads((steered / "report-run" / "metrics.json").read_text())["vs_baseline"]["changed"]
+    assert f"Outputs that changed against the baseline (first {min(8, changed)} of {changed})" in html
+    assert html.count('class="card"') == min(8, changed) and "region last_prompt" in html
+    assert "Not steered." in (steered / "base" / "report.html").read_text()
+    (page,) = open_pages([steered / "report-run" / "report.html"], tmp_path)
+    assert not page.errors and not page.broken_images and page.images == min(8, changed)
+
+
 def test_separability_keeps_every_label_and_says_what_it_leaves_out(steered, capsys):
     capsys.readouterr()
     assert main(["separability", str(steered / "q"), "--out", str(steered / "sep"), "--folds", "2"]) == 0

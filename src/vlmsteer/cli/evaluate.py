@@ -45,7 +45,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     metrics = _evaluate(
-        out, overwrite,
+        "vqa", out, overwrite,
         lambda: _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_vqa_run(
@@ -56,7 +56,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_vqa_table(metrics)
-    out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+    out_console.print(f"wrote {out}/report.html, {out}/predictions.jsonl, {out}/metrics.json")
 
 
 @eval_app.command("captions")
@@ -89,7 +89,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
     metrics = _evaluate(
-        out, overwrite,
+        "captions", out, overwrite,
         lambda: _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_caption_run(
@@ -110,7 +110,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     if vs:
         table.add_row("captions changed", str(vs["captions_changed"]), f"of {metrics['n']}")
     out_console.print(table)
-    out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+    out_console.print(f"wrote {out}/report.html, {out}/predictions.jsonl, {out}/metrics.json")
 
 
 @eval_app.command("safety")
@@ -143,7 +143,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     if fmt not in formats:
         raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
     metrics = _evaluate(
-        out, overwrite,
+        "safety", out, overwrite,
         lambda: _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_safety_run(
@@ -165,7 +165,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
         out_console.print(f"vs baseline: attack success rate {vs['asr_before']:.1f} % -> {vs['asr_after']:.1f} % "
                           f"({vs['asr_delta']:+.1f}); {vs['newly_refused']} prompts newly refused, "
                           f"{vs['no_longer_refused']} no longer refused (of {vs['n']})", highlight=False)
-    out_console.print(f"wrote {out}/predictions.jsonl, {out}/metrics.json")
+    out_console.print(f"wrote {out}/report.html, {out}/predictions.jsonl, {out}/metrics.json")
 
 
 class _Model(NamedTuple):
@@ -191,15 +191,16 @@ class _Steer(NamedTuple):
     allow_other_model: bool
 
 
-def _evaluate(out: Path, overwrite: bool, load: Callable, run: Callable, model: _Model, steer: _Steer,
+def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callable, model: _Model, steer: _Steer,
               baseline: Optional[Path]) -> Optional[dict]:
     """What every eval command does: open ``out`` (checked writable, locked) before any model
     work; load the samples, the model and the steering; claim ``out`` for this run's identity
     (model, data and steering by content, the result-changing options, the baseline's
-    fingerprint); run; record ``run.json``; publish the folder whole. Returns the metrics
-    (None on a data-parallel rank other than 0)."""
+    fingerprint); run; write ``report.html`` and ``run.json``; publish the folder whole. Returns
+    the metrics (None on a data-parallel rank other than 0)."""
     from vlmsteer.data.identity import dataset_identity
     from vlmsteer.outputs import read_run_record
+    from vlmsteer.report.runs import write_eval_report
 
     with _publish(out, overwrite) as pub:
         samples = load()
@@ -211,6 +212,7 @@ def _evaluate(out: Path, overwrite: bool, load: Callable, run: Callable, model: 
                                   steering=steering.identity() if steering is not None else None, baseline=base))
         metrics = run(vlm, samples, pub.stage, steering)
         if metrics is not None:
+            write_eval_report(pub.stage, kind, baseline)
             _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
     return metrics
 

@@ -1,0 +1,94 @@
+"""The report page of an evaluation run folder (``eval vqa|captions|safety``): its metrics as
+tables, the steering it applied, the change against its baseline, and examples with their
+images — the answers that changed when there is a baseline, else the first ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlmsteer.report.section import Example, Section, Table, write_section
+
+EXAMPLES = 8
+_TITLES = {"vqa": "VQA evaluation", "captions": "Caption evaluation", "safety": "Safety evaluation"}
+
+
+def write_eval_report(folder: str | Path, kind: str, baseline: str | Path | None = None) -> Path:
+    """``folder/report.html`` from the ``metrics.json`` and ``predictions.jsonl`` in ``folder``
+    (and the baseline run's predictions, for examples of what changed)."""
+    folder = Path(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = _rows(folder / "predictions.jsonl")
+    before = {r["id"]: _text(r) for r in _rows(Path(baseline) / "predictions.jsonl")} if baseline else {}
+    section = Section(title=_TITLES[kind], intro=[_intro(kind, metrics)], tables=_tables(kind, metrics))
+    changed = [r for r in rows if r["id"] in before and before[r["id"]] != _text(r)]
+    if before:
+        section.examples_title = f"Outputs that changed against the baseline (first {EXAMPLES} of {len(changed)})"
+    for r in (changed if before else rows)[:EXAMPLES]:
+        lines = [("prompt:", r.get("prompt") or "")]
+        if before:
+            lines.append(("baseline:", before[r["id"]]))
+        lines.append(("output:", _text(r)))
+        if kind == "vqa":
+            lines.append(("reference:", r.get("answer") or ""))
+        section.examples.append(Example(lines, r.get("image")))
+    return write_section(folder, section)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _text(row: dict) -> str:
+    return str(row.get("prediction", row.get("response", "")))
+
+
+def _intro(kind: str, m: dict) -> str:
+    what = {"vqa": f"{m['n']} questions answered greedily; accuracy is the official VQAv2 metric.",
+            "captions": f"{m['n']} images captioned greedily; CIDEr against the references, and the share of "
+                        "captions using each style's keywords.",
+            "safety": f"{m['n']} harmful prompts answered greedily; a response that does not refuse (keyword "
+                      "detector, vlmsteer.evaluate.safety) is an attack success."}[kind]
+    steering = m.get("steering")
+    if steering:
+        what += (f" Steered: vector {steering.get('vector', {}).get('source')} → "
+                 f"{steering.get('vector', {}).get('target')}, α = {steering.get('alpha')}, layers "
+                 f"{steering.get('layers')}, region {steering.get('region')}"
+                 + (", only where its condition holds" if steering.get("condition") else "") + ".")
+    else:
+        what += " Not steered."
+    return what
+
+
+def _tables(kind: str, m: dict) -> list[Table]:
+    vs = m.get("vs_baseline")
+    if kind == "vqa":
+        cols = ["answer type", "questions", "accuracy (%)"] + (["baseline", "change"] if vs else [])
+        rows = [[t, n, f"{m['accuracy'][t]:.2f}",
+                 *([f"{vs['baseline_accuracy'].get(t, 0.0):.2f}", f"{vs['accuracy_delta'][t]:+.2f}"] if vs else [])]
+                for t, n in m["questions_per_type"].items()]
+        rows.append(["overall (micro)", m["n"], f"{m['accuracy']['micro']:.2f}", *([""] * (2 if vs else 0))])
+        tables = [Table("accuracy per answer type", cols, rows)]
+        if vs:
+            moved = [[side, vs[side]["answer"], vs[side]["before"], vs[side]["after"]]
+                     for side in ("source", "target") if side in vs]
+            tables.append(Table(f"against the baseline: {vs['changed']} of {vs['n']} answers changed",
+                                ["", "answer", "baseline count", "count"], moved))
+        return tables
+    if kind == "captions":
+        rows = [["CIDEr", "—" if m.get("cider") is None else f"{m['cider']:.3f}",
+                 "" if not vs or vs.get("cider_delta") is None else f"{vs['cider_delta']:+.3f}"]]
+        rows += [[f"{st} share (%)", f"{share:.1f}", f"{vs['styles'][st]['share_delta']:+.1f}" if vs else ""]
+                 for st, share in m["style_share"].items()]
+        if vs:
+            rows.append(["captions changed", vs["captions_changed"], f"of {m['n']}"])
+        return [Table("caption metrics", ["metric", "value", "change against the baseline" if vs else ""], rows)]
+    rows = [[cat, r["n"], f"{r['attack_success_rate']:.1f}"] for cat, r in m["per_category"].items()]
+    rows.append(["all", m["n"], f"{m['attack_success_rate']:.1f}"])
+    tables = [Table("attack success rate per category (%)", ["category", "prompts", "attack success rate"], rows)]
+    if vs:
+        tables.append(Table("against the baseline", ["attack success before", "after", "newly refused",
+                                                     "no longer refused"],
+                            [[f"{vs['asr_before']:.1f} %", f"{vs['asr_after']:.1f} %", vs["newly_refused"],
+                              vs["no_longer_refused"]]]))
+    return tables
