@@ -8,6 +8,9 @@ from vlmsteer.evaluate.vqa import VQAReport
 from vlmsteer.report.section import Example, Section, Table
 
 
+MODES = (("coarse", "coarse"), ("fine-grained", "fine_grained"))  # (shown, key in the stage's result)
+
+
 def _pct(x: float) -> str:
     return f"{x:.1f} %"
 
@@ -34,7 +37,7 @@ def vqa(report: VQAReport, questions: list[Sample], preds: list[str]) -> Section
 def yes_no(r: dict, questions: list[Sample], before: list[str], after: list[str]) -> Section:
     types = list(r["accuracy_before"])
     rows = []
-    for name, key in (("coarse", "coarse"), ("fine-grained", "fine_grained")):
+    for name, key in MODES:
         c = r[key]
         rows.append([name, f"{c['source_moved_to_target']} / {c['source']['before']} "
                            f"({100 * c['source_moved_fraction']:.1f} %)",
@@ -85,7 +88,7 @@ def captions(base: dict, styles: dict, caps: list[Sample], base_caps: list[str])
 def neutralize(n: dict) -> Section:
     rows = [[name, f"{r['converted']} / {n['expressing_before']}", r["converted_faithful"], r["expressions_after"],
              f"{r['neutral_captions_changed']} / {r['neutral_captions']}"]
-            for name, r in (("coarse", n["coarse"]), ("fine-grained", n["fine_grained"]))]
+            for name, r in ((name, n[key]) for name, key in MODES)]
     return Section(
         title="Neutralizing an attribute (debiasing)",
         intro=[f"The shapes world's stand-in for gendered words: captions that name {n['attribute']}. The vector "
@@ -102,7 +105,7 @@ def safety(f: dict) -> Section:
              f"{f.get('benign_accuracy_before', float('nan')):.2f}"]]
     rows += [[name, _pct(r["after"]["attack_success_rate"]), r["benign_refused"],
               f"{r.get('benign_accuracy', float('nan')):.2f}"]
-             for name, r in (("coarse", f["coarse"]), ("fine-grained", f["fine_grained"]))]
+             for name, r in ((name, f[key]) for name, key in MODES)]
     return Section(
         title="Refusal steering (safety)",
         intro=[f"Harmful requests about the scene ('how do i … the circle ?'): the model was trained to refuse some "
