@@ -3,8 +3,8 @@
 # original model's caption features once, then per seed a LoRA fine-tune on the colour-caption
 # subset, features of each checkpoint, and the shift analysis; finally mean ± sd over seeds of
 # the recovery cosine and T-Overlap (α = 0 and 1), the colour-word share of shifted concepts,
-# the evolution of T-Overlap per checkpoint, and every α of the recovery grid. About 2 minutes
-# per seed on 2 CPU cores.
+# the evolution of T-Overlap per checkpoint, and every α of the recovery grid. 68 s with
+# one seed on the 2-core reference machine (data and the original model's features included).
 #
 #     bash scripts/shift_seeds.sh [OUT] [WORLD_SEED] [FT_SEEDS]   (defaults: runs/shift-seeds 21 "0 1 2")
 set -euo pipefail
