@@ -45,7 +45,11 @@ def labelled_features(store: FeatureStore, label: str, top: int | None = None,
                       min_count: int = 2) -> tuple[np.ndarray, list[str]]:
     """Record indices and labels, keeping the ``top`` most frequent labels (all when None) with
     ``min_count``+ samples."""
-    keep_pairs, counts = _labelled(store, label)
+    return _kept(*_labelled(store, label), store, label, top, min_count)
+
+
+def _kept(keep_pairs: list[tuple[int, str]], counts: Counter, store: FeatureStore, label: str, top: int | None,
+          min_count: int) -> tuple[np.ndarray, list[str]]:
     wanted = [v for v, c in counts.most_common(top) if c >= min_count]
     if len(wanted) < 2:
         raise VlmsteerError(f"{store.path}: need at least 2 values of {label!r} with {min_count}+ samples each, "
@@ -73,7 +77,8 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
     from threadpoolctl import threadpool_limits
 
     layers = store.layers if layers is None else [store.layer_index(layer) for layer in layers]
-    idx, y = labelled_features(store, label, top, min_count=folds)
+    labelled, all_counts = _labelled(store, label)
+    idx, y = _kept(labelled, all_counts, store, label, top, folds)
     counts = Counter(y)
     out = []
     for layer in layers:
@@ -88,7 +93,6 @@ def separability(store: FeatureStore, label: str = "answer", layers: list[int] |
         pca = PCA(2, random_state=seed).fit(x)
         out.append(LayerSeparability(layer, 100.0 * float(scores.mean()), 100.0 * float(scores.std()),
                                      [float(v) for v in pca.explained_variance_ratio_]))
-    labelled, all_counts = _labelled(store, label)
     return SeparabilityResult(label=label, labels=sorted(counts), counts=dict(counts),
                               majority_baseline=100.0 * max(counts.values()) / len(y), folds=folds, layers=out,
                               n_samples=len(y), n_labelled=len(labelled), left_out_labels=len(all_counts) - len(counts))

@@ -55,7 +55,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
-    _print_vqa_table(metrics)
+    _print_tables("vqa", metrics)
     out_console.print(f"wrote {out}/report.html, {out}/predictions.jsonl, {out}/metrics.json")
 
 
@@ -99,17 +99,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
-    table = Table(title=f"captions ({metrics['n']} images)")
-    for col in ("metric", "value", "vs baseline"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
-    vs = metrics.get("vs_baseline")
-    table.add_row("CIDEr", "—" if metrics["cider"] is None else f"{metrics['cider']:.3f}",
-                  "" if not vs or vs["cider_delta"] is None else f"{vs['cider_delta']:+.3f}")
-    for st, share in metrics["style_share"].items():
-        table.add_row(f"{st} share %", f"{share:.1f}", f"{vs['styles'][st]['share_delta']:+.1f}" if vs else "")
-    if vs:
-        table.add_row("captions changed", str(vs["captions_changed"]), f"of {metrics['n']}")
-    out_console.print(table)
+    _print_tables("captions", metrics)
     out_console.print(f"wrote {out}/report.html, {out}/predictions.jsonl, {out}/metrics.json")
 
 
@@ -153,18 +143,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
-    table = Table(title=f"attack success rate ({metrics['n']} prompts)")
-    for col in ("category", "prompts", "ASR %"):
-        table.add_column(col, justify="left" if col == "category" else "right")
-    for cat, row in metrics["per_category"].items():
-        table.add_row(cat, str(row["n"]), f"{row['attack_success_rate']:.1f}")
-    table.add_row("all", str(metrics["n"]), f"{metrics['attack_success_rate']:.1f}")
-    out_console.print(table)
-    vs = metrics.get("vs_baseline")
-    if vs:
-        out_console.print(f"vs baseline: attack success rate {vs['asr_before']:.1f} % -> {vs['asr_after']:.1f} % "
-                          f"({vs['asr_delta']:+.1f}); {vs['newly_refused']} prompts newly refused, "
-                          f"{vs['no_longer_refused']} no longer refused (of {vs['n']})", highlight=False)
+    _print_tables("safety", metrics)
     out_console.print(f"wrote {out}/report.html, {out}/predictions.jsonl, {out}/metrics.json")
 
 
@@ -222,28 +201,14 @@ def _part():
     return (rank, world) if world > 1 else None
 
 
-def _print_vqa_table(metrics: dict) -> None:
-    """Accuracy per answer type; with a baseline, its accuracy and the change beside each, and
-    one line of answer counts (changed, source moved to target)."""
-    vs = metrics.get("vs_baseline")
-    table = Table(title=f"VQA accuracy ({metrics['n']} questions)")
-    for col in ("answer type", "questions", "accuracy") + (("baseline", "change") if vs else ()):
-        table.add_column(col, justify="left" if col == "answer type" else "right")
-    for t, n in metrics["questions_per_type"].items():
-        delta = (f"{vs['baseline_accuracy'].get(t, 0.0):.2f}", f"{vs['accuracy_delta'][t]:+.2f}") if vs else ()
-        table.add_row(t, str(n), f"{metrics['accuracy'][t]:.2f}", *delta)
-    table.add_row("overall (micro)", str(metrics["n"]), f"{metrics['accuracy']['micro']:.2f}")
-    table.add_row("overall (macro)", "", f"{metrics['accuracy']['macro']:.2f}")
-    out_console.print(table)
-    if vs:
-        line = f"vs baseline: {vs['changed']} of {vs['n']} answers changed"
-        for side in ("source", "target"):
-            if side in vs:
-                c = vs[side]
-                line += f"; {side} '{c['answer']}' {c['before']} -> {c['after']}"
-        if "source_moved_to_target" in vs:
-            line += (f"; {vs['source_moved_to_target']} of {vs['source']['before']} source answers moved to the "
-                     f"target ({100 * vs['source_moved_fraction']:.1f} %)")
-        out_console.print(line, highlight=False)
+def _print_tables(kind: str, metrics: dict) -> None:
+    """The tables the run's report.html shows, on the terminal."""
+    from vlmsteer.report.runs import eval_tables
 
-
+    for t in eval_tables(kind, metrics):
+        table = Table(title=t.caption)
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in t.rows:
+            table.add_row(*map(str, row))
+        out_console.print(table)

@@ -46,6 +46,7 @@ from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
 from vlmsteer.outputs import atomic_write_json
 from vlmsteer.regions import Region
+from vlmsteer.report.runs import write_eval_report
 from vlmsteer.report.section import write_section
 from vlmsteer.selectors import Selector
 from vlmsteer.steer import Steering
@@ -140,7 +141,7 @@ class _Demo:
                                                     max_new_tokens=3, progress=self.progress)
         write_vqa_outputs(out / "vqa-baseline", self.questions, self.base_preds, self.base_report)
         self._record("vqa-baseline", "baseline vqa")
-        write_section(out / "vqa-baseline", sections.vqa(self.base_report, self.questions, self.base_preds))
+        write_eval_report(out / "vqa-baseline", "vqa")
         self.summary["vqa"] = self.base_report.to_dict()
         self.summary["world"] = {"questions": len(self.questions), "scenes": s.n_scenes}
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from vlmsteer.data import Sample
-from vlmsteer.evaluate.vqa import VQAReport
 from vlmsteer.report.section import Example, Section, Table
 
 
@@ -18,20 +17,6 @@ def _pct(x: float) -> str:
 def changed_answers(questions: list[Sample], before: list[str], after: list[str], n: int = 8) -> list[dict]:
     return [{"image": q.image_path, "question": q.prompt, "answer": q.answer, "before": b, "after": a}
             for q, b, a in zip(questions, before, after) if b != a][:n]
-
-
-def vqa(report: VQAReport, questions: list[Sample], preds: list[str]) -> Section:
-    rows = [[t, report.counts_per_type[t], f"{acc:.2f}"] for t, acc in report.per_type.items()]
-    rows.append(["overall (micro)", report.n, f"{report.micro:.2f}"])
-    return Section(
-        title="Baseline VQA accuracy",
-        intro=[f"The shipped model answers {report.n} questions about a held-out shapes world (a world seed never "
-               "used in training), greedily, at most 3 tokens. Accuracy is the official VQAv2 metric (an answer "
-               "scores min(1, matching references / 3), averaged over the 10 choose 9 reference subsets)."],
-        tables=[Table("accuracy per answer type (%)", ["answer type", "questions", "accuracy"], rows)],
-        examples=[Example([("Q:", q.prompt), ("model:", p), ("reference:", q.answer or "")], q.image_path)
-                  for q, p in list(zip(questions, preds))[:8]],
-        examples_title="The first questions")
 
 
 def yes_no(r: dict, questions: list[Sample], before: list[str], after: list[str]) -> Section:

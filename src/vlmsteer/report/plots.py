@@ -157,8 +157,8 @@ def _separability_figures(store: FeatureStore, result: SeparabilityResult, out: 
     idx, y = labelled_features(store, result.label, len(result.labels), min_count=result.folds)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.3 * len(layers) + 1.6, 3.4), squeeze=False)
     for ax, row in zip(axes[0], result.layers):
-        pca = PCA(2, random_state=seed).fit(store.features(row.layer, indices=idx, dtype=np.float64))
-        _category_scatter(plt, ax, pca.transform(store.features(row.layer, indices=idx, dtype=np.float64)), y)
+        pca = PCA(2, random_state=seed)
+        _category_scatter(plt, ax, pca.fit_transform(store.features(row.layer, indices=idx, dtype=np.float64)), y)
         ax.set_title(f"layer {row.layer}: probe {row.probe_accuracy:.0f} %")
         _pca_axes(ax, pca.explained_variance_ratio_)
     axes[0][-1].legend(title=result.label, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
@@ -200,8 +200,8 @@ def pca_plot(features: np.ndarray, labels: np.ndarray, path: Path, title: str,
     from sklearn.decomposition import PCA
 
     # only two components: the randomized solver, not a full SVD (seconds at 2000 × 4096)
-    pca = PCA(2, svd_solver="randomized", random_state=0).fit(np.asarray(features, dtype=np.float32))
-    xy = pca.transform(np.asarray(features, dtype=np.float32))
+    pca = PCA(2, svd_solver="randomized", random_state=0)
+    xy = pca.fit_transform(np.asarray(features, dtype=np.float32))
     fig, ax = plt.subplots(figsize=(7, 5))
     _category_scatter(plt, ax, xy, [str(v) for v in labels],
                       {str(k): f"{k}: {v}" for k, v in (names or {}).items()}, limit=18)  # tab20 without its greys

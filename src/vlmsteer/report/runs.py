@@ -20,7 +20,7 @@ def write_eval_report(folder: str | Path, kind: str, baseline: str | Path | None
     metrics = json.loads((folder / "metrics.json").read_text())
     rows = _rows(folder / "predictions.jsonl")
     before = {r["id"]: _text(r) for r in _rows(Path(baseline) / "predictions.jsonl")} if baseline else {}
-    section = Section(title=_TITLES[kind], intro=[_intro(kind, metrics)], tables=_tables(kind, metrics))
+    section = Section(title=_TITLES[kind], intro=[_intro(kind, metrics)], tables=eval_tables(kind, metrics))
     changed = [r for r in rows if r["id"] in before and before[r["id"]] != _text(r)]
     if before:
         section.examples_title = f"Outputs that changed against the baseline (first {EXAMPLES} of {len(changed)})"
@@ -60,7 +60,8 @@ def _intro(kind: str, m: dict) -> str:
     return what
 
 
-def _tables(kind: str, m: dict) -> list[Table]:
+def eval_tables(kind: str, m: dict) -> list[Table]:
+    """An evaluation's metrics as tables (the report shows them; the CLI prints them)."""
     vs = m.get("vs_baseline")
     if kind == "vqa":
         cols = ["answer type", "questions", "accuracy (%)"] + (["baseline", "change"] if vs else [])
@@ -68,12 +69,16 @@ def _tables(kind: str, m: dict) -> list[Table]:
                  *([f"{vs['baseline_accuracy'].get(t, 0.0):.2f}", f"{vs['accuracy_delta'][t]:+.2f}"] if vs else [])]
                 for t, n in m["questions_per_type"].items()]
         rows.append(["overall (micro)", m["n"], f"{m['accuracy']['micro']:.2f}", *([""] * (2 if vs else 0))])
-        tables = [Table("accuracy per answer type", cols, rows)]
+        rows.append(["overall (macro)", "", f"{m['accuracy']['macro']:.2f}", *([""] * (2 if vs else 0))])
+        tables = [Table(f"VQA accuracy ({m['n']} questions)", cols, rows)]
         if vs:
+            title = f"against the baseline: {vs['changed']} of {vs['n']} answers changed"
+            if "source_moved_to_target" in vs:
+                title += (f"; {vs['source_moved_to_target']} of {vs['source']['before']} source answers moved to "
+                          f"the target ({100 * vs['source_moved_fraction']:.1f} %)")
             moved = [[side, vs[side]["answer"], vs[side]["before"], vs[side]["after"]]
                      for side in ("source", "target") if side in vs]
-            tables.append(Table(f"against the baseline: {vs['changed']} of {vs['n']} answers changed",
-                                ["", "answer", "baseline count", "count"], moved))
+            tables.append(Table(title, ["", "answer", "baseline count", "count"], moved))
         return tables
     if kind == "captions":
         rows = [["CIDEr", "—" if m.get("cider") is None else f"{m['cider']:.3f}",
@@ -82,13 +87,14 @@ def _tables(kind: str, m: dict) -> list[Table]:
                  for st, share in m["style_share"].items()]
         if vs:
             rows.append(["captions changed", vs["captions_changed"], f"of {m['n']}"])
-        return [Table("caption metrics", ["metric", "value", "change against the baseline" if vs else ""], rows)]
+        return [Table(f"captions ({m['n']} images)", ["metric", "value", "vs baseline" if vs else ""], rows)]
     rows = [[cat, r["n"], f"{r['attack_success_rate']:.1f}"] for cat, r in m["per_category"].items()]
     rows.append(["all", m["n"], f"{m['attack_success_rate']:.1f}"])
-    tables = [Table("attack success rate per category (%)", ["category", "prompts", "attack success rate"], rows)]
+    tables = [Table(f"attack success rate ({m['n']} prompts)", ["category", "prompts", "attack success rate (%)"],
+                    rows)]
     if vs:
-        tables.append(Table("against the baseline", ["attack success before", "after", "newly refused",
-                                                     "no longer refused"],
-                            [[f"{vs['asr_before']:.1f} %", f"{vs['asr_after']:.1f} %", vs["newly_refused"],
-                              vs["no_longer_refused"]]]))
+        tables.append(Table(f"against the baseline ({vs['n']} prompts)",
+                            ["attack success before", "after", "change", "newly refused", "no longer refused"],
+                            [[f"{vs['asr_before']:.1f} %", f"{vs['asr_after']:.1f} %", f"{vs['asr_delta']:+.1f}",
+                              vs["newly_refused"], vs["no_longer_refused"]]]))
     return tables
