@@ -17,12 +17,18 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(n)``; shows a bar on stderr when ``enabled``."""
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """Yields ``advance(n, note=None)``; shows a bar on stderr when ``enabled``, with ``note``
+    (e.g. running metrics) after it."""
     if not enabled:
-        yield lambda n=1: None
+        yield lambda n=1, note=None: None
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+                  console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=total, note="")
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            bar.update(task, advance=n, **({"note": note} if note is not None else {}))
+
+        yield advance

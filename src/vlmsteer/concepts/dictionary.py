@@ -80,6 +80,11 @@ class ConceptDictionary(ABC):
     def state(self) -> dict[str, np.ndarray]:
         return {"components_": self.components_}
 
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """The fitted attributes from a saved :meth:`state`."""
+        for k, v in state.items():
+            setattr(self, k, v.astype(np.float64))
+
     def save(self, path: str | Path, **meta: Any) -> Path:
         self._check_fitted()
         path = Path(path)
@@ -327,15 +332,23 @@ class NMFConcepts(ConceptDictionary):
         return w
 
 
-METHODS: dict[str, type[ConceptDictionary]] = {c.method: c for c in
-                                               (KMeansConcepts, PCAConcepts, SemiNMFConcepts, NMFConcepts)}
+CLUSTERING: dict[str, type[ConceptDictionary]] = {c.method: c for c in
+                                                  (KMeansConcepts, PCAConcepts, SemiNMFConcepts, NMFConcepts)}
+
+
+def methods() -> dict[str, type[ConceptDictionary]]:
+    """Every dictionary method by name: the clustering ones, then the sparse autoencoders."""
+    from vlmsteer.concepts.sae import SAE_METHODS
+
+    return {**CLUSTERING, **SAE_METHODS}
 
 
 def make_dictionary(method: str, k: int, seed: int = 0, **options: Any) -> ConceptDictionary:
     key = method.lower().replace("-", "_")
-    if key not in METHODS:
-        raise VlmsteerError(f"unknown concept method {method!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[key](k=k, seed=seed, **options)
+    known = methods()
+    if key not in known:
+        raise VlmsteerError(f"unknown concept method {method!r}; choose one of: {', '.join(known)}")
+    return known[key](k=k, seed=seed, **options)
 
 
 def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
@@ -343,6 +356,10 @@ def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
     from safetensors import safe_open
 
     path = Path(path)
+    from vlmsteer.concepts.saelens import is_saelens_folder, load_saelens
+
+    if is_saelens_folder(path):
+        return load_saelens(path)
     regular_file(path, "dictionary file")
     try:
         with safe_open(str(path), framework="numpy") as f:
@@ -360,6 +377,8 @@ def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
     components = state.get("components_")
     if components is None or components.ndim != 2 or len(components) != d.k:
         raise input_error(path, f"not a vlmsteer dictionary (expected {d.k} concept rows in 'components_')")
-    for k, v in state.items():
-        setattr(d, k, v.astype(np.float64))
+    try:
+        d.set_state(state)
+    except VlmsteerError as exc:
+        raise input_error(path, f"not a vlmsteer dictionary ({exc})") from None
     return d, header.get("meta", {})

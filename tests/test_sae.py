@@ -1,0 +1,202 @@
+"""Sparse autoencoders as concept dictionaries: training, checkpoints, SAELens's format."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from vlmsteer.concepts import load_dictionary, make_dictionary
+from vlmsteer.concepts.sae import SAE_METHODS, TopKSAE
+from vlmsteer.concepts.saelens import load_saelens, save_saelens
+from vlmsteer.errors import VlmsteerError
+
+TRAINED = [m for m in SAE_METHODS if m != "relu_sae"]
+
+
+def _sparse_data(n=4000, dim=32, atoms=64, active=4, seed=0):
+    """Rows that are sums of ``active`` of ``atoms`` unit directions (positive weights) + offset."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(atoms, dim))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    codes = np.zeros((n, atoms))
+    for i in range(n):
+        codes[i, rng.choice(atoms, active, replace=False)] = rng.uniform(1, 3, active)
+    return (codes @ u + 2.0 + 0.01 * rng.normal(size=(n, dim))).astype(np.float16), u
+
+
+def _fvu(d, z):
+    x = np.asarray(z, dtype=np.float64)
+    r = d.decode(d.encode(x))
+    return float(((x - r) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def test_topk_sae_learns_a_sparse_dictionary_deterministically():
+    z, atoms = _sparse_data()
+    a = make_dictionary("topk_sae", 128, seed=1, l0=4, epochs=60, batch_size=256).fit(z)
+    b = make_dictionary("topk_sae", 128, seed=1, l0=4, epochs=60, batch_size=256).fit(z)
+    assert np.array_equal(a.components_, b.components_) and np.array_equal(a.W_enc_, b.W_enc_)
+    assert _fvu(a, z) < 0.1
+    codes = a.encode(z[:500])
+    assert ((codes > 0).sum(1) <= 4).all() and (codes >= 0).all()
+    np.testing.assert_allclose(np.linalg.norm(a.components_, axis=1), 1, atol=1e-5)
+    # most true directions have a decoder row pointing along them
+    best = (atoms @ a.components_.T).max(1)
+    assert (best > 0.9).mean() > 0.8, np.sort(best)
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_every_sae_reaches_its_l0_and_explains_most_variance(method):
+    z, _ = _sparse_data(n=2000)
+    d = make_dictionary(method, 128, seed=0, l0=4, epochs=40, batch_size=256).fit(z)
+    l0 = float((d.encode(z) > 0).sum(1).mean())
+    assert 2 <= l0 <= 6, l0
+    assert _fvu(d, z) < 0.35
+    assert d.history_ and {"loss", "fvu", "l0", "dead"} <= set(d.history_[-1])
+
+
+def test_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+    z, _ = _sparse_data(n=1500)
+    options = dict(seed=2, l0=4, epochs=4, batch_size=128, chunk_rows=512)
+    whole = make_dictionary("batchtopk_sae", 64, **options).fit(z)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(stats):
+        if stats.step == 25:
+            raise Stop
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    with pytest.raises(Stop):
+        make_dictionary("batchtopk_sae", 64, checkpoint=ckpt, checkpoint_every=10, **options).fit(z, callback=stop_at)
+    assert ckpt.is_file()
+    resumed = make_dictionary("batchtopk_sae", 64, checkpoint=ckpt, checkpoint_every=10, **options)
+    steps = []
+    resumed.fit(z, callback=lambda s: steps.append(s.step))
+    assert steps[0] == 20  # from the last checkpoint, not from the start
+    assert not ckpt.exists()
+    for name, value in whole.state().items():
+        np.testing.assert_allclose(resumed.state()[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    z, _ = _sparse_data(n=600)
+    ckpt = tmp_path / "ckpt.safetensors"
+    other = make_dictionary("topk_sae", 32, seed=0, l0=3, epochs=2, batch_size=100, checkpoint=ckpt,
+                            checkpoint_every=3)
+
+    def stop(stats):
+        if stats.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        other.fit(z, callback=stop)
+    steps = []
+    make_dictionary("topk_sae", 32, seed=0, l0=2, epochs=2, batch_size=100, checkpoint=ckpt).fit(
+        z, callback=lambda s: steps.append(s.step))
+    assert steps[0] == 0
+
+
+def test_sae_settings_are_checked():
+    with pytest.raises(VlmsteerError, match="l0"):
+        TopKSAE(k=8, l0=9)
+    with pytest.raises(VlmsteerError, match="dtype"):
+        TopKSAE(k=8, l0=2, dtype="float8")
+
+
+def _saelens_folder(path, arch, d_in=12, d_sae=20, apply_b_dec=True, seed=0):
+    """An SAELens folder written without vlmsteer: weights from numpy, cfg as SAELens 6 writes it."""
+    rng = np.random.default_rng(seed)
+    w = {"W_enc": rng.normal(size=(d_in, d_sae)).astype(np.float32),
+         "b_enc": rng.normal(size=d_sae).astype(np.float32) * 0.1,
+         "W_dec": rng.normal(size=(d_sae, d_in)).astype(np.float32),
+         "b_dec": rng.normal(size=d_in).astype(np.float32)}
+    if arch == "jumprelu":
+        w["threshold"] = rng.uniform(0.0, 1.0, size=d_sae).astype(np.float32)
+    path.mkdir()
+    save_file(w, str(path / "sae_weights.safetensors"))
+    cfg = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
+           "apply_b_dec_to_input": apply_b_dec, "normalize_activations": "none", "reshape_activations": "none",
+           "meta": {"model_name": "shapes-llava", "hook_name": "blocks.2.hook_resid_post", "hook_layer": 2}}
+    if arch == "topk":
+        cfg["k"] = 5
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    return w, cfg
+
+
+def _formula(w, cfg, x):
+    """SAELens's documented encode, in numpy."""
+    pre = (x - w["b_dec"] * cfg["apply_b_dec_to_input"]) @ w["W_enc"] + w["b_enc"]
+    if cfg["architecture"] == "standard":
+        return np.maximum(pre, 0)
+    if cfg["architecture"] == "jumprelu":
+        return np.maximum(pre, 0) * (pre > w["threshold"])
+    out = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=1)[:, :cfg["k"]]
+    rows = np.arange(len(pre))[:, None]
+    out[rows, top] = np.maximum(pre[rows, top], 0)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_an_saelens_folder_loads_and_encodes_as_its_formula(tmp_path, arch, apply_b_dec):
+    w, cfg = _saelens_folder(tmp_path / "sae", arch, apply_b_dec=apply_b_dec)
+    x = np.random.default_rng(5).normal(size=(50, 12)).astype(np.float32) * 2
+    sae, meta = load_dictionary(tmp_path / "sae")  # the loader every command uses
+    assert meta["layer"] == 2 and meta["model_id"] == "shapes-llava"
+    expected = _formula({k: v.astype(np.float64) for k, v in w.items()}, cfg, x.astype(np.float64))
+    np.testing.assert_allclose(sae.encode(x), expected, atol=1e-5)
+    np.testing.assert_allclose(sae.decode(expected), expected @ w["W_dec"] + w["b_dec"], atol=1e-5)
+    np.testing.assert_allclose(sae.components_, w["W_dec"])
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_our_saes_saved_in_saelens_format_load_back_equal(tmp_path, method):
+    z, _ = _sparse_data(n=500)
+    d = make_dictionary(method, 32, seed=0, l0=3, epochs=2, batch_size=100).fit(z)
+    save_saelens(d, tmp_path / "out", layer=3, model_id="shapes-llava")
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] in ("topk", "jumprelu") and cfg["d_in"] == 32 and cfg["meta"]["hook_layer"] == 3
+    back, meta = load_saelens(tmp_path / "out")
+    assert back.method == method and meta["layer"] == 3
+    x = np.asarray(z[:100], dtype=np.float32)
+    np.testing.assert_allclose(back.encode(x), d.encode(x), atol=1e-6)
+    for name, value in d.state().items():
+        np.testing.assert_array_equal(back.state()[name], value)
+    # and the same folder, read as a plain SAELens SAE (our method record removed): the same function
+    cfg.pop("vlmsteer")
+    (tmp_path / "out" / "cfg.json").write_text(json.dumps(cfg))
+    plain, _ = load_saelens(tmp_path / "out")
+    np.testing.assert_allclose(plain.encode(x), d.encode(x), atol=1e-5)
+
+
+def test_bad_saelens_folders_are_one_line_errors(tmp_path):
+    _saelens_folder(tmp_path / "gated", "jumprelu")
+    cfg = json.loads((tmp_path / "gated" / "cfg.json").read_text())
+    (tmp_path / "gated" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(VlmsteerError, match="architecture 'gated' is not supported"):
+        load_dictionary(tmp_path / "gated")
+    _saelens_folder(tmp_path / "nothr", "standard")
+    (tmp_path / "nothr" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "jumprelu", "d_sae": 20}))
+    with pytest.raises(VlmsteerError, match="missing threshold"):
+        load_dictionary(tmp_path / "nothr")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "cfg.json").write_text("{")
+    with pytest.raises(VlmsteerError, match="unreadable SAELens config"):
+        load_dictionary(tmp_path / "broken")
+    _saelens_folder(tmp_path / "scaled", "topk")
+    c = json.loads((tmp_path / "scaled" / "cfg.json").read_text())
+    (tmp_path / "scaled" / "cfg.json").write_text(json.dumps({**c, "normalize_activations": "layer_norm"}))
+    with pytest.raises(VlmsteerError, match="normalize_activations 'layer_norm'"):
+        load_dictionary(tmp_path / "scaled")
+
+
+def test_sae_encoding_is_chunked_and_torch_equal():
+    z, _ = _sparse_data(n=300)
+    d = make_dictionary("topk_sae", 32, seed=0, l0=3, epochs=1, batch_size=100).fit(z)
+    x = np.asarray(z, dtype=np.float32)
+    np.testing.assert_allclose(d.encode(x), d.encode_tensor(torch.from_numpy(x)).numpy())
+    assert (d.assign(x) == d.encode(x).argmax(1)).all()
