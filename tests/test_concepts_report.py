@@ -87,3 +87,28 @@ def test_errors(store, tmp_path, capsys):
     assert main(["concepts", str(nan_store), "--out", str(tmp_path / "c"), "-k", "3", "--no-words"]) == 2
     err = capsys.readouterr().err
     assert "NaN" in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_concepts_cli_trains_an_sae_measures_it_on_held_out_rows_and_writes_saelens(store, tiny_folder, tmp_path):
+    from vlmsteer.concepts import load_dictionary
+
+    out = tmp_path / "sae"
+    assert main(["concepts", str(store.path), "--out", str(out), "--method", "topk-sae", "--latents", "8",
+                 "--l0", "2", "--epochs", "30", "--batch-size", "8", "--layer", "-1", "--saelens",
+                 "--model", str(tiny_folder("llava")), "--top-images", "3"]) == 0
+    result = json.loads((out / "concepts.json").read_text())
+    q = result["quality"]
+    assert result["method"] == "topk_sae" and len(result["concepts"]) == 8 and result["n_train"] == 22
+    assert q["rows"] == "held-out" and q["n_rows"] == 2 and 0 < q["l0"] <= 2 and 0 <= q["fvu"] < 1.5
+    assert result["training"] and "fvu" in result["training"][-1]
+    d, meta = load_dictionary(out / "dictionary.safetensors")
+    s, smeta = load_dictionary(out / "saelens")
+    assert smeta["layer"] == meta["layer"] == result["layer"]
+    np.testing.assert_array_equal(s.components_, d.components_)
+    assert "FVU" in (out / "report.html").read_text()
+    # the clustering methods report the same figures on their held-out rows
+    km = tmp_path / "km"
+    assert main(["concepts", str(store.path), "--out", str(km), "-k", "3", "--no-words", "--held-out", "0.25"]) == 0
+    q = json.loads((km / "concepts.json").read_text())["quality"]
+    assert q["rows"] == "held-out" and q["n_rows"] == 6 and q["l0"] == 1.0 and q["fvu"] > 0
+    assert main(["concepts", str(store.path), "--out", str(tmp_path / "x"), "-k", "3", "--latents", "4"]) == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -189,6 +189,15 @@ _DICTIONARY = typer.Option(None, help="Fine-grained: dictionary.safetensors from
                                       "--concept.")
 _CONCEPT = typer.Option(None, help="Active concept(s) of --dictionary: an index or a top word (every concept "
                                    "labelled with it), repeated or comma-separated.")
+_EDIT_DICTIONARY = typer.Option(None, help="Steer through a dictionary instead of adding a vector: a "
+                                           "dictionary.safetensors from `vlmsteer concepts` or an SAELens folder "
+                                           "(its layer unless --layer; see --edit).")
+_EDIT = typer.Option("clamp", help="With --edit-dictionary: clamp (set --latent to --value), scale (multiply "
+                                   "--latent by --value), splice (the residual replaced by its reconstruction) "
+                                   "or zero.")
+_LATENT = typer.Option(None, help="With --edit clamp|scale: latent(s), by index or top word, repeated or "
+                                  "comma-separated.")
+_VALUE = typer.Option(0.0, help="With --edit clamp: the latent's value; scale: the factor.")
 _CONDITION_STORE = typer.Option(None, help="Fine-grained: a store whose labelled groups are the concepts "
                                            "(centroid = mean feature); use with --active.")
 _ACTIVE = typer.Option(None, help="The active group(s) of --condition-store, e.g. answer=yes or answer=1|2.")
@@ -230,11 +239,41 @@ def _condition_spec(dictionary: Optional[Path], concept: Optional[list[str]], co
                          allow_partial=allow_partial)
 
 
+class EditSpec(NamedTuple):
+    """The dictionary-edit options of a command (``--edit-dictionary`` and friends)."""
+
+    dictionary: Path
+    mode: str
+    latents: tuple[str, ...]
+    value: float
+
+
+def _edit_spec(dictionary: Optional[Path], mode: str, latent: Optional[list[str]], value: float) -> Optional[EditSpec]:
+    latents = tuple(c.strip() for part in latent or () for c in part.split(",") if c.strip())
+    if dictionary is None:
+        if latents:
+            raise VlmsteerError("--latent needs --edit-dictionary")
+        return None
+    return EditSpec(dictionary, mode, latents, value)
+
+
 def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, layer: Optional[list[str]],
-              region: str, condition=None, allow_other_model: bool = False):
+              region: str, condition=None, allow_other_model: bool = False, edit: Optional[EditSpec] = None):
     """The ``Steering`` the vector options describe (None without ``--vector``), checked against
     the model (sizes, layers, the weights the vector and condition were made with, the
-    scale); ``condition`` (a ConditionSpec) is built at the first steered layer."""
+    scale); ``condition`` (a ConditionSpec) is built at the first steered layer. With ``edit``,
+    a :class:`~vlmsteer.steer.dictionary_edit.DictionarySteering` instead."""
+    if edit is not None:
+        if vector is not None or condition is not None:
+            raise VlmsteerError("steer with --vector or with --edit-dictionary, not both (a dictionary edit takes "
+                                "no condition)")
+        from vlmsteer.steer.dictionary_edit import load_dictionary_steering
+
+        layers = _parse_layers(layer) if layer else None
+        if layers is not None and len(layers) != 1:
+            raise VlmsteerError("a dictionary edit acts at one layer; give one --layer", "layer")
+        return load_dictionary_steering(edit.dictionary, edit.mode, edit.latents, edit.value,
+                                        layers[0] if layers else None, region).check(vlm)
     if vector is None:
         if condition is not None:
             raise VlmsteerError("a steering condition needs a steering vector (--vector)")

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ADAPTER, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH,
                                  _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
-                                 _DICTIONARY, _DTYPE, eval_app, _IMAGES, _LAYERS, _LIMIT, _load_model, _load_samples,
-                                 _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE, _publish,
-                                 _rank_and_world, _REGION, _run_identity, _SEED, _SPLIT, _steering, _VECTOR,
+                                 _DICTIONARY, _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES,
+                                 _LATENT, _LAYERS, _LIMIT, _load_model, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE, _publish,
+                                 _rank_and_world, _REGION, _run_identity, _SEED, _SPLIT, _steering, _VALUE, _VECTOR,
                                  _write_run_json)
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
@@ -32,6 +32,8 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              layer: Optional[list[str]] = _LAYERS,
              dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
              condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+             edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
+             latent: Optional[list[str]] = _LATENT, value: float = _VALUE,
              region: str = _REGION("last_prompt", "the position that predicts the answer"),
              baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
@@ -52,7 +54,8 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
             vlm, samples, stage, steering=steering, baseline=baseline, source=source, target=target,
             batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part()),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels),
-        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
+        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
+               _edit_spec(edit_dictionary, edit, latent, value)), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("vqa", metrics)
@@ -74,6 +77,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   layer: Optional[list[str]] = _LAYERS,
                   dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                   condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+             edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
+             latent: Optional[list[str]] = _LATENT, value: float = _VALUE,
                   region: str = _REGION("generated", "every caption token"),
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
@@ -96,7 +101,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
             vlm, samples, stage, steering=steering, baseline=baseline, tokenizer=tokenizer, batch_size=batch_size,
             max_new_tokens=max_new_tokens, progress=True, part=_part()),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels),
-        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
+        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
+               _edit_spec(edit_dictionary, edit, latent, value)), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("captions", metrics)
@@ -118,6 +124,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 layer: Optional[list[str]] = _LAYERS,
                 dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                 condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+             edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
+             latent: Optional[list[str]] = _LATENT, value: float = _VALUE,
                 region: str = _REGION("last_prompt", "the position that predicts the answer"),
                 baseline: Optional[Path] = _BASELINE,
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
@@ -140,7 +148,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
             vlm, samples, stage, steering=steering, baseline=baseline, batch_size=batch_size,
             max_new_tokens=max_new_tokens, progress=True, part=_part()),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels),
-        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model), baseline)
+        _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
+               _edit_spec(edit_dictionary, edit, latent, value)), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("safety", metrics)
@@ -168,6 +177,7 @@ class _Steer(NamedTuple):
     region: Region
     condition: object
     allow_other_model: bool
+    edit: object = None
 
 
 def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callable, model: _Model, steer: _Steer,

@@ -78,8 +78,25 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
 @app.command()
 def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              out: Path = typer.Option(..., help="Output folder."),
-             method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
-             k: int = typer.Option(20, "-k", "--k", min=1, help="Number of concepts."),
+             method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf, nmf (clustering, -k concepts) or a "
+                                                       "sparse autoencoder: topk-sae, batchtopk-sae, matryoshka-sae, "
+                                                       "jumprelu-sae (--latents, --l0)."),
+             k: int = typer.Option(20, "-k", "--k", min=1, help="Number of concepts (clustering methods)."),
+             latents: Optional[int] = typer.Option(None, min=1, help="SAE latents (default 1024)."),
+             l0: int = typer.Option(32, min=1, help="SAE: active latents per row (TopK's k; the target L0 of "
+                                                    "the others)."),
+             epochs: Optional[int] = typer.Option(None, min=1, help="SAE: passes over the rows (default: enough "
+                                                                    "for about 1000 steps, at most 50)."),
+             batch_size: int = typer.Option(1024, min=1, help="SAE: rows per training step."),
+             lr: Optional[float] = typer.Option(None, min=0, help="SAE: Adam learning rate (default "
+                                                                  "2e-4 / sqrt(latents / 16384))."),
+             train_dtype: str = typer.Option("float32", help="SAE: float32, or bfloat16 for the encoder product."),
+             held_out: float = typer.Option(0.1, min=0, max=0.9, help="Fraction of rows kept out of the fit; "
+                                                                      "FVU, L0, dead and dense are measured on them."),
+             saelens: bool = typer.Option(False, "--saelens", help="SAE: also write it as an SAELens folder "
+                                                                   "(OUT/saelens: cfg.json + sae_weights.safetensors)."),
+             report_concepts: int = typer.Option(64, min=1, help="SAE: concept cards in report.html (the most "
+                                                                 "used; every concept is in concepts.json)."),
              layer: Optional[int] = typer.Option(None, help="Model layer to use (negative counts from the model's "
                                                              "end; default: the deepest layer in the store)."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
@@ -96,25 +113,36 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              device_map: Optional[str] = _DEVICE_MAP,
              allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Learn concepts from stored features; ground them in words and images; write an HTML report."""
+    from vlmsteer.concepts.sae import SAE_METHODS
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
+    sae = method.lower().replace("-", "_") in SAE_METHODS
+    if not sae and (latents is not None or saelens):
+        raise VlmsteerError(f"--latents and --saelens are for sparse autoencoders; {method} takes -k")
+    n = (latents or 1024) if sae else k
     with _publish(out, overwrite) as pub:
         st = _open_store(store, allow_partial)
         absolute = st.layer_index(layer) if layer is not None else max(st.layers)
         vlm = None if no_words else _load_head(model or st.header["model_id"], dtype, device, device_map)
         _claim(pub, _run_identity(store=st.fingerprint, grounding=_grounding_identity(vlm, st)))
-        result = run_concepts(st, pub.stage, ConceptRun(method=method, k=k, layer=absolute, seed=seed,
-                                                        top_words=top_words, top_images=top_images, backend=backend,
-                                                        device=device), vlm=vlm)
+        result = run_concepts(st, pub.stage, ConceptRun(
+            method=method, k=n, layer=absolute, seed=seed, top_words=top_words, top_images=top_images,
+            backend=backend, device=device, held_out=held_out, l0=l0, epochs=epochs, batch_size=batch_size, lr=lr,
+            train_dtype=train_dtype, report_concepts=report_concepts, progress=True, saelens=saelens), vlm=vlm)
         _write_run_json(pub, model_id=st.header.get("model_id"))
-    table = Table(title=f"{k} {method} concepts, layer {absolute}")
+    table = Table(title=f"{n} {method} concepts, layer {absolute}"
+                        + (f" (the {report_concepts} most used)" if sae and n > report_concepts else ""))
     table.add_column("#", justify="right")
     table.add_column("size", justify="right")
     table.add_column("words")
-    for c in result["concepts"]:
+    for c in sorted(result["concepts"], key=lambda c: -c["size"])[:report_concepts] if sae else result["concepts"]:
         table.add_row(str(c["index"]), str(c["size"]), ", ".join(c["words"][:8]))
     out_console.print(table)
-    out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors")
+    q = result["quality"]
+    out_console.print(f"{q['rows']} rows ({q['n_rows']}): FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}, dead "
+                      f"{100 * q['dead']:.1f} %, dense {100 * q['dense']:.1f} %")
+    out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors"
+                      + (f", {out}/saelens" if saelens else ""))
 
 
 @app.command("separability")

@@ -27,10 +27,42 @@ def float64_rows(z, chunk: int):
         yield i, np.asarray(z[i:i + chunk], dtype=np.float64)
 
 
+class Rows:
+    """The rows ``index`` of a 2-D array, read on demand (by slice or index array) so that
+    memory-mapped features are never copied whole: a train or held-out split of a store."""
+
+    ndim = 2
+
+    def __init__(self, array, index):
+        self.array, self.index = array, np.sort(np.asarray(index, dtype=np.int64))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.index), self.array.shape[1]
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[self.index[key]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:
-    """``z`` as a 2-D array of ``dtype`` (None: keep its own floating dtype, no copy), checked
-    for NaN/inf chunk by chunk and for having at least ``k`` rows."""
-    z = np.asarray(z) if dtype is None else np.asarray(z, dtype=dtype)
+    """``z`` as a 2-D array of ``dtype`` (None: keep its own floating dtype, no copy; a
+    :class:`Rows` view stays a view), checked for NaN/inf chunk by chunk and for having at
+    least ``k`` rows."""
+    if isinstance(z, Rows) and (dtype is None or z.dtype == dtype):
+        pass
+    else:
+        z = np.asarray(z) if dtype is None else np.asarray(z, dtype=dtype)
     if z.ndim != 2:
         raise VlmsteerError(f"features must be a 2-D (samples, dims) array, got shape {z.shape}")
     if not np.issubdtype(z.dtype, np.floating):
@@ -65,6 +97,14 @@ class ConceptDictionary(ABC):
     def assign(self, features: np.ndarray) -> np.ndarray:
         """The most active concept of each sample."""
         return self.encode(features).argmax(axis=1)
+
+    def active(self, codes: np.ndarray) -> np.ndarray:
+        """Which concepts ``decode`` uses for each row of ``codes`` (bool, like ``codes``)."""
+        return np.asarray(codes) != 0
+
+    def sizes(self, features) -> np.ndarray:
+        """Per concept, how many rows it describes (the rows assigned to it)."""
+        return np.bincount(self.assign(features), minlength=self.k)
 
     def fit_encode(self, features: np.ndarray) -> np.ndarray:
         return self.fit(features).encode(features)
@@ -130,7 +170,7 @@ class KMeansConcepts(ConceptDictionary):
         if self.chosen_backend(z) == "sklearn":
             from sklearn.cluster import KMeans
 
-            km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=self.n_init).fit(z.astype(np.float64))
+            km = KMeans(n_clusters=self.k, random_state=self.seed, n_init=self.n_init).fit(np.asarray(z, np.float64))
             self.components_ = km.cluster_centers_.astype(np.float64)
             self.labels_ = km.labels_
             self.inertia_ = float(km.inertia_)
@@ -165,10 +205,14 @@ class KMeansConcepts(ConceptDictionary):
         return nearest(features, self.components_)[0]
 
     def decode(self, activations):
-        a = np.asarray(activations, dtype=np.float64)
-        onehot = np.zeros_like(a)
-        onehot[np.arange(len(a)), a.argmax(1)] = 1.0
-        return onehot @ self.components_
+        return self.active(activations).astype(np.float64) @ self.components_
+
+    def active(self, codes):
+        """One concept per row: the nearest centroid (what ``decode`` returns)."""
+        a = np.asarray(codes)
+        onehot = np.zeros(a.shape, dtype=bool)
+        onehot[np.arange(len(a)), a.argmax(1)] = True
+        return onehot
 
     def params(self):
         return {**super().params(), "hard": self.hard, "n_init": self.n_init, "backend": self.backend}

@@ -66,9 +66,15 @@ def ground_text(vlm, dictionary: ConceptDictionary | np.ndarray, top_n: int = 15
     """Per concept, the top ``top_n`` real words of ``unembed(norm(u_k))`` with their logits."""
     comps = dictionary.components_ if isinstance(dictionary, ConceptDictionary) else np.asarray(dictionary)
     param = next(vlm.unembed.parameters())
-    u = torch.as_tensor(np.asarray(comps), dtype=param.dtype, device=param.device)
-    logits = vlm.logits_from_hidden(u).float().cpu().numpy()
     keep, words = _word_mask(vlm.tokenizer)
+    out = []
+    for a in range(0, len(comps), 256):  # 256 concepts' logits at a time (thousands of SAE latents)
+        u = torch.as_tensor(np.asarray(comps[a:a + 256]), dtype=param.dtype, device=param.device)
+        out += _top_words(vlm.logits_from_hidden(u).float().cpu().numpy(), keep, words, top_n)
+    return out
+
+
+def _top_words(logits: np.ndarray, keep: np.ndarray, words: tuple[str, ...], top_n: int) -> list[TextGrounding]:
     keep = keep[:logits.shape[1]]
     out = []
     for row in logits:
@@ -86,17 +92,25 @@ def ground_text(vlm, dictionary: ConceptDictionary | np.ndarray, top_n: int = 15
     return out
 
 
+CHUNK_ROWS = 4096
+
+
 def ground_images(dictionary: ConceptDictionary, store: FeatureStore, layer: int, top_n: int = 8,
                   indices: np.ndarray | None = None, features: np.ndarray | None = None) -> list[ImageGrounding]:
     """Per concept, the ``top_n`` samples (store records) with the highest activation
     (``features``: the rows of ``indices`` already read, to avoid reading them twice)."""
     idx = store.select() if indices is None else np.asarray(indices)
-    acts = dictionary.encode(store.features(layer, indices=idx) if features is None else features)
-    out = []
-    for k in range(acts.shape[1]):
-        best = np.argsort(-acts[:, k], kind="stable")[:top_n]
-        out.append(ImageGrounding([{**store.records[int(idx[b])], "activation": float(acts[b, k])} for b in best]))
-    return out
+    feats = store.features(layer, indices=idx, dtype=None) if features is None else features
+    k = dictionary.k
+    vals, rows = np.empty((k, 0)), np.empty((k, 0), dtype=np.int64)
+    for a in range(0, len(feats), CHUNK_ROWS):  # a running top-n per concept: never N × K at once
+        acts = np.asarray(dictionary.encode(np.asarray(feats[a:a + CHUNK_ROWS])), dtype=np.float64).T
+        vals = np.concatenate([vals, acts], axis=1)
+        rows = np.concatenate([rows, np.broadcast_to(np.arange(a, a + acts.shape[1]), acts.shape)], axis=1)
+        order = np.lexsort((rows, -vals), axis=-1)[:, :top_n]  # highest first; ties: the earlier row
+        vals, rows = np.take_along_axis(vals, order, 1), np.take_along_axis(rows, order, 1)
+    return [ImageGrounding([{**store.records[int(idx[b])], "activation": float(v)} for b, v in zip(rows[c], vals[c])])
+            for c in range(k)]
 
 
 def t_overlap(words_a: list[str], words_b: list[str]) -> float:

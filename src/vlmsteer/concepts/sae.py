@@ -198,6 +198,14 @@ class SparseAutoencoder(ConceptDictionary):
     def decode(self, activations):
         return self.decode_tensor(torch.as_tensor(np.asarray(activations, dtype=np.float32))).double().numpy()
 
+    def sizes(self, features) -> np.ndarray:
+        """Per latent, on how many rows it is active."""
+        counts = np.zeros(self.k, dtype=np.int64)
+        for a in range(0, len(features), ENCODE_ROWS):
+            x = torch.as_tensor(np.asarray(features[a:a + ENCODE_ROWS], dtype=np.float32))
+            counts += (self.encode_tensor(x) > 0).sum(0).numpy()
+        return counts
+
     @torch.no_grad()
     def assign(self, features):
         """The most active latent of each row (−1 where none is active)."""

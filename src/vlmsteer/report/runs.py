@@ -50,7 +50,9 @@ def _intro(kind: str, m: dict) -> str:
             "safety": f"{m['n']} harmful prompts answered greedily; a response that does not refuse (keyword "
                       "detector, vlmsteer.evaluate.safety) is an attack success."}[kind]
     steering = m.get("steering")
-    if steering:
+    if steering and steering.get("summary"):
+        what += f" Steered: {steering['summary']}."
+    elif steering:
         what += (f" Steered: vector {steering.get('vector', {}).get('source')} → "
                  f"{steering.get('vector', {}).get('target')}, α = {steering.get('alpha')}, layers "
                  f"{steering.get('layers')}, region {steering.get('region')}"

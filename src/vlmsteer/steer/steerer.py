@@ -58,15 +58,39 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
 
     Yields a dict that records, once known, which rows were steered (``"rows"``).
     """
-    region = Region.parse(region)
     if not math.isfinite(alpha):
         raise VlmsteerError(f"alpha must be a finite number, got {alpha}")
     chosen = vector.check_model(vlm, list(layers) if layers is not None else None, allow_other_model=True)
     check_scale(vlm, vector, alpha, chosen)
-    state: dict = {"rows": None}
     if alpha == 0 or all(float(vector.at(l).abs().max()) == 0 for l in chosen):
-        yield state  # nothing to add: leave the model untouched, bit for bit
+        yield {"rows": None}  # nothing to add: leave the model untouched, bit for bit
         return
+
+    def make_delta(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        direction = vector.at(layer)
+        cache: dict = {}
+
+        def delta(hidden: torch.Tensor) -> torch.Tensor:
+            key = (hidden.dtype, hidden.device)
+            if key not in cache:
+                cache[key] = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
+            return cache[key]
+
+        return delta
+
+    with edit_region(vlm, batch, chosen, region, make_delta, condition) as state:
+        yield state
+
+
+@contextmanager
+def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | str,
+                make_delta: Callable[[int], Callable[[torch.Tensor], torch.Tensor]],
+                condition: SteeringCondition | None = None) -> Iterator[dict]:
+    """Add ``make_delta(layer)(hidden)`` (a tensor broadcastable to ``hidden``) to the residual
+    after each of ``layers``, at the positions of ``region`` (absolute, KV-cache-safe) and, with
+    a ``condition``, only in the rows it accepts: what every kind of steering shares."""
+    region = Region.parse(region)
+    state: dict = {"rows": None}
     if batch.answer_spans is not None and region.covers_generated:
         raise VlmsteerError("teacher-forced batches have no generated region; steer the prompt instead")
     with ExitStack() as stack:
@@ -74,25 +98,20 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
         tracker = stack.enter_context(track_positions(vlm.layers[0], p))
 
         def make_edit(layer: int):
-            direction = vector.at(layer)
-            cache: dict = {}
+            delta = make_delta(layer)
 
             def edit(hidden: torch.Tensor, kwargs: dict):
                 t = hidden.shape[1]
                 start = tracker.require()
-                key = (hidden.dtype, hidden.device)
-                if key not in cache:
-                    cache[key] = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
-                add = cache[key]
                 if start >= p:  # decoding steps: every position is a generated one
                     if not region.covers_generated:
                         return None
                     if condition is None:
-                        return hidden + add
+                        return hidden + delta(hidden)
                     rows = state["rows"]
                     if rows is None:
                         raise VlmsteerError("the steering condition needs the prompt pass first")
-                    return hidden + rows.to(hidden.device)[:, None, None].to(hidden.dtype) * add
+                    return hidden + rows.to(hidden.device)[:, None, None].to(hidden.dtype) * delta(hidden)
                 positions = torch.arange(start, start + t)
                 mask = region_mask(batch, region, positions).to(hidden.device)
                 if condition is not None:
@@ -104,11 +123,11 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
                     mask = mask & state["rows"].to(hidden.device)[:, None]
                 if not bool(mask.any()):
                     return None
-                return hidden + mask[..., None].to(hidden.dtype) * add
+                return hidden + mask[..., None].to(hidden.dtype) * delta(hidden)
 
             return edit
 
-        stack.enter_context(edit_residual(vlm.layers, {layer: make_edit(layer) for layer in chosen}))
+        stack.enter_context(edit_residual(vlm.layers, {layer: make_edit(layer) for layer in layers}))
         yield state
 
 

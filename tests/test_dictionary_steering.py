@@ -1,0 +1,64 @@
+"""Steering through a dictionary: clamp / scale / splice / zero at one layer and region."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlmsteer.concepts import make_dictionary
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.hooks import capture_residual
+from vlmsteer.steer.dictionary_edit import DictionarySteering, dictionary_delta
+
+
+def _sae(dim, latents=12, seed=0):
+    z = np.random.default_rng(seed).normal(size=(300, dim)).astype(np.float32)
+    return make_dictionary("topk_sae", latents, seed=seed, l0=3, epochs=2, batch_size=64).fit(z)
+
+
+def test_clamp_scale_splice_zero_follow_their_formulas():
+    sae = _sae(16)
+    h = torch.randn(2, 5, 16)
+    codes = sae.encode_tensor(h.reshape(-1, 16))
+    w = sae.tensors()["components_"]
+    clamp = dictionary_delta(sae, "clamp", [3, 7], 4.0)(h).reshape(-1, 16)
+    torch.testing.assert_close(clamp, (4.0 - codes[:, [3, 7]]) @ w[[3, 7]])
+    scale = dictionary_delta(sae, "scale", [3], 2.5)(h).reshape(-1, 16)
+    torch.testing.assert_close(scale, 1.5 * codes[:, [3]] @ w[[3]])
+    splice = dictionary_delta(sae, "splice")(h)
+    torch.testing.assert_close(h + splice, sae.decode_tensor(codes).reshape(h.shape))
+    torch.testing.assert_close(h + dictionary_delta(sae, "zero")(h), torch.zeros_like(h))
+    km = make_dictionary("kmeans", 3, seed=0).fit(np.random.default_rng(1).normal(size=(60, 16)))
+    spliced = (h + dictionary_delta(km, "splice")(h)).reshape(-1, 16).double().numpy()
+    np.testing.assert_allclose(spliced, km.components_[km.assign(h.reshape(-1, 16).numpy())], atol=1e-5)
+
+
+def test_a_clamp_changes_the_model_only_inside_its_region(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    sae = _sae(vlm.hidden_size)
+    batch = vlm.prepare([None, None], ["a red circle", "two blue squares here"])
+    steering = DictionarySteering(sae, 1, "clamp", (2,), 50.0, "last_prompt").check(vlm)
+    with torch.no_grad(), capture_residual(vlm.layers, [1, 2]) as plain:
+        vlm.forward(batch)
+    with torch.no_grad(), steering.apply(vlm, batch), capture_residual(vlm.layers, [1, 2]) as steered:
+        vlm.forward(batch)
+    a, b = plain[2][0], steered[2][0]
+    last = batch.prompt_length - 1
+    assert torch.equal(a[:, :last], b[:, :last])  # positions before the last prompt token: untouched
+    assert (a[:, last] - b[:, last]).abs().max() > 1e-3
+    assert steering.describe()["summary"].startswith("topk_sae dictionary at layer 1: latents 2 clamped to 50")
+    with torch.no_grad(), capture_residual(vlm.layers, [2]) as again:
+        vlm.forward(batch)
+    assert torch.equal(again[2][0], a)  # leaving the context restores the model
+
+
+def test_bad_dictionary_edits_are_refused(tiny_vlm):
+    sae = _sae(16)
+    km = make_dictionary("kmeans", 3, seed=0).fit(np.random.default_rng(1).normal(size=(60, 16)))
+    with pytest.raises(VlmsteerError, match="clamp needs a sparse autoencoder"):
+        DictionarySteering(km, 1, "clamp", (0,), 1.0)
+    with pytest.raises(VlmsteerError, match="name the latent"):
+        DictionarySteering(sae, 1, "clamp", (), 1.0)
+    with pytest.raises(VlmsteerError, match="latent 12 out of range"):
+        DictionarySteering(sae, 1, "scale", (12,), 1.0)
+    with pytest.raises(VlmsteerError, match="hidden size"):
+        DictionarySteering(_sae(7), 1, "splice").check(tiny_vlm("llava"))
