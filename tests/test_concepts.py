@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmsteer.concepts.dictionary import CLUSTERING
+from vlmsteer.concepts.dictionary import clustering_methods
 
 from vlmsteer.concepts import (KMeansConcepts, NMFConcepts, PCAConcepts, SemiNMFConcepts, ground_text,
                                load_dictionary, make_dictionary, mean_pairwise_overlap, t_overlap)
@@ -103,7 +103,7 @@ def test_nmf_needs_nonnegative_features():
         NMFConcepts(k=3).fit(_blobs()[0])
 
 
-@pytest.mark.parametrize("method", list(CLUSTERING))
+@pytest.mark.parametrize("method", list(clustering_methods()))
 def test_deterministic_and_saved(method, tmp_path):
     """The contract every registered method keeps: seeded fits agree, save/load round-trips."""
     z, _, _ = _blobs()

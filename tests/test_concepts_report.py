@@ -105,10 +105,17 @@ def test_concepts_cli_trains_an_sae_measures_it_on_held_out_rows_and_writes_sael
     s, smeta = load_dictionary(out / "saelens")
     assert smeta["layer"] == meta["layer"] == result["layer"]
     np.testing.assert_array_equal(s.components_, d.components_)
-    assert "FVU" in (out / "report.html").read_text()
+    # the splice cost: the store's 24 responses re-read by the whole model, clean / spliced / zeroed
+    c = result["splice"]
+    assert c["n_samples"] == 24 and c["positions"] == "mean response" and c["zero"] > c["clean"] >= 0
+    assert c["loss_recovered"] == pytest.approx((c["zero"] - c["spliced"]) / (c["zero"] - c["clean"]))
+    html = (out / "report.html").read_text()
+    assert "FVU" in html and "loss recovered" in html
     # the clustering methods report the same figures on their held-out rows
     km = tmp_path / "km"
     assert main(["concepts", str(store.path), "--out", str(km), "-k", "3", "--no-words", "--held-out", "0.25"]) == 0
-    q = json.loads((km / "concepts.json").read_text())["quality"]
+    result = json.loads((km / "concepts.json").read_text())
+    q = result["quality"]
     assert q["rows"] == "held-out" and q["n_rows"] == 6 and q["l0"] == 1.0 and q["fvu"] > 0
+    assert result["splice"] is None  # --no-words: no model loaded
     assert main(["concepts", str(store.path), "--out", str(tmp_path / "x"), "-k", "3", "--latents", "4"]) == 2

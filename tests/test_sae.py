@@ -8,7 +8,7 @@ import torch
 from safetensors.numpy import save_file
 
 from vlmsteer.concepts import load_dictionary, make_dictionary
-from vlmsteer.concepts.sae import SAE_METHODS, TopKSAE
+from vlmsteer.concepts.sae_methods import SAE_METHODS, TopKSAE
 from vlmsteer.concepts.saelens import load_saelens, save_saelens
 from vlmsteer.errors import VlmsteerError
 

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _checked_device, _claim,
                                  _DEVICE, _DEVICE_MAP, _DTYPE, _grounding_identity, _IMAGES, _load_head, _load_model,
-                                 _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, out_console, _OVERWRITE,
-                                 _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
+                                 _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
+                                 _OVERWRITE, _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
                                  store_app, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
@@ -100,7 +100,11 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              layer: Optional[int] = typer.Option(None, help="Model layer to use (negative counts from the model's "
                                                              "end; default: the deepest layer in the store)."),
              model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the store's)."),
-             no_words: bool = typer.Option(False, "--no-words", help="Skip word grounding (no model needed)."),
+             no_words: bool = typer.Option(False, "--no-words", help="Skip word grounding and the splice cost (no "
+                                                                     "model needed)."),
+             splice_samples: int = typer.Option(100, min=0, help="Responses of the store the model re-reads "
+                                                                 "with the reconstruction spliced in (loss "
+                                                                 "recovered; 0: skip; loads the whole model)."),
              top_words: int = typer.Option(15, min=1, help="Words per concept."),
              top_images: int = typer.Option(8, min=0, help="Most activating images per concept (0: none)."),
              seed: int = _SEED(),
@@ -112,8 +116,10 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
                                                                   "K-Means backend."),
              device_map: Optional[str] = _DEVICE_MAP,
              allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
-    """Learn concepts from stored features; ground them in words and images; write an HTML report."""
-    from vlmsteer.concepts.sae import SAE_METHODS
+    """Learn concepts from stored features; ground them in words and images; measure the splice cost;
+    write an HTML report."""
+    from vlmsteer.concepts.sae_methods import SAE_METHODS
+    from vlmsteer.evaluate.splice_cost import usable_records
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
     sae = method.lower().replace("-", "_") in SAE_METHODS
@@ -123,12 +129,19 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
     with _publish(out, overwrite) as pub:
         st = _open_store(store, allow_partial)
         absolute = st.layer_index(layer) if layer is not None else max(st.layers)
-        vlm = None if no_words else _load_head(model or st.header["model_id"], dtype, device, device_map)
+        records, why = usable_records(st)
+        splice = splice_samples > 0 and not no_words and bool(records)
+        if splice_samples > 0 and not no_words and not records:
+            err_console.print(f"splice cost skipped: {why}")
+        name = model or st.header["model_id"]
+        vlm = None if no_words else (_load_model(name, _store_adapter(st), dtype, device, device_map) if splice
+                                     else _load_head(name, dtype, device, device_map))
         _claim(pub, _run_identity(store=st.fingerprint, grounding=_grounding_identity(vlm, st)))
         result = run_concepts(st, pub.stage, ConceptRun(
             method=method, k=n, layer=absolute, seed=seed, top_words=top_words, top_images=top_images,
             backend=backend, device=device, held_out=held_out, l0=l0, epochs=epochs, batch_size=batch_size, lr=lr,
-            train_dtype=train_dtype, report_concepts=report_concepts, progress=True, saelens=saelens), vlm=vlm)
+            train_dtype=train_dtype, report_concepts=report_concepts, progress=True, saelens=saelens,
+            splice_samples=splice_samples), vlm=vlm, model=vlm if splice else None)
         _write_run_json(pub, model_id=st.header.get("model_id"))
     table = Table(title=f"{n} {method} concepts, layer {absolute}"
                         + (f" (the {report_concepts} most used)" if sae and n > report_concepts else ""))
@@ -141,8 +154,18 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
     q = result["quality"]
     out_console.print(f"{q['rows']} rows ({q['n_rows']}): FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}, dead "
                       f"{100 * q['dead']:.1f} %, dense {100 * q['dense']:.1f} %")
+    if result["splice"]:
+        c = result["splice"]
+        out_console.print(f"splice at layer {absolute} ({c['positions']}, {c['n_samples']} responses, {c['n_tokens']} "
+                          f"tokens): cross-entropy {c['clean']:.4f} clean, {c['spliced']:.4f} spliced, {c['zero']:.4f} "
+                          f"zeroed; loss recovered {100 * c['loss_recovered']:.1f} %")
     out_console.print(f"wrote {out}/report.html, {out}/concepts.json, {out}/dictionary.safetensors"
                       + (f", {out}/saelens" if saelens else ""))
+
+
+def _store_adapter(store) -> Optional[str]:
+    """The LoRA adapter the store's features were extracted with (its folder), if any."""
+    return ((store.header.get("origin") or {}).get("adapter") or {}).get("path")
 
 
 @app.command("separability")

@@ -17,7 +17,8 @@ unit-norm with their parallel gradient removed, an AuxK loss that makes the top 
 latents model the residual error. Batches are shuffled rows gathered chunk by chunk from the
 features (never the whole matrix in float32); gradients of the encoder and decoder are
 computed from the selected (sparse) activations only. Checkpoints (safetensors) resume a long
-training where it stopped, to the same result.
+training where it stopped, to the same result. The architectures are in
+:mod:`vlmsteer.concepts.sae_methods`, the sparse autograd pieces in :mod:`vlmsteer.concepts.sparse_ops`.
 """
 
 from __future__ import annotations
@@ -31,63 +32,10 @@ import numpy as np
 import torch
 
 from vlmsteer.concepts.dictionary import ConceptDictionary, check_features
+from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, geometric_median
 from vlmsteer.errors import VlmsteerError
 
 ENCODE_ROWS = 4096  # rows per chunk when encoding for inference
-
-
-class _SparseEncode(torch.autograd.Function):
-    """``pre[rows, cols]`` of ``pre = x_c·W_encᵀ + b_enc`` (``pre`` computed without grad), with
-    gradients from the selected entries only: ``Sᵀ·x_c`` for the encoder rows, ``S·W_enc`` for
-    the input, where ``S`` is the sparse (batch × latents) matrix of incoming gradients."""
-
-    @staticmethod
-    def forward(ctx, pre, x_c, w_enc, b_enc, rows, cols):
-        ctx.save_for_backward(x_c, w_enc, rows, cols)
-        ctx.needs_x = x_c.requires_grad
-        return pre[rows, cols]
-
-    @staticmethod
-    def backward(ctx, grad):
-        x_c, w_enc, rows, cols = ctx.saved_tensors
-        s = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (w_enc.shape[0], x_c.shape[0]))
-        grad_w = torch.sparse.mm(s, x_c)
-        grad_b = torch.zeros(w_enc.shape[0], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        grad_x = torch.sparse.mm(s.t(), w_enc) if ctx.needs_x else None
-        return None, grad_x, grad_w, grad_b, None, None
-
-
-class _SparseDecode(torch.autograd.Function):
-    """``S·W_dec`` for the sparse (batch × latents) activations ``S[rows, cols] = values``; the
-    gradient of each value is one dot product (no dense batch × latents product)."""
-
-    @staticmethod
-    def forward(ctx, values, rows, cols, w_dec, n_rows):
-        s = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_rows, w_dec.shape[0]))
-        ctx.save_for_backward(values, rows, cols, w_dec)
-        return torch.sparse.mm(s, w_dec)
-
-    @staticmethod
-    def backward(ctx, grad):
-        values, rows, cols, w_dec = ctx.saved_tensors
-        grad_v = torch.empty_like(values)
-        step = max(1, (1 << 22) // max(1, w_dec.shape[1]))  # 16 MiB of gathered rows at a time
-        for a in range(0, len(values), step):
-            grad_v[a:a + step] = (grad[rows[a:a + step]] * w_dec[cols[a:a + step]]).sum(1)
-        s = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, (w_dec.shape[0], grad.shape[0]))
-        return grad_v, None, None, torch.sparse.mm(s, grad), None
-
-
-def geometric_median(x: torch.Tensor, iterations: int = 50, eps: float = 1e-6) -> torch.Tensor:
-    """Weiszfeld's iterations from the mean."""
-    m = x.mean(0)
-    for _ in range(iterations):
-        w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)
-        new = (w[:, None] * x).sum(0) / w.sum()
-        if (new - m).norm() <= eps * max(1.0, float(m.norm())):
-            return new
-        m = new
-    return m
 
 
 @dataclass
@@ -330,7 +278,7 @@ class SparseAutoencoder(ConceptDictionary):
         with torch.no_grad():  # the one dense product (bf16 where asked); the rest is sparse
             pre = torch.addmm(t["b_enc"].to(dtype), x_c.to(dtype), t["W_enc"].T.to(dtype)).float()
         rows, cols = self._select(pre, t, train)
-        values = _SparseEncode.apply(pre, x_c, t["W_enc"], t["b_enc"], rows, cols)
+        values = SparseEncode.apply(pre, x_c, t["W_enc"], t["b_enc"], rows, cols)
         values = self._activation(values, pre, t, rows, cols)
         target = x - t["b_dec"]
         variance = float(((x - x.mean(0)) ** 2).sum(1).mean().clamp_min(1e-12))
@@ -340,7 +288,7 @@ class SparseAutoencoder(ConceptDictionary):
         begin = 0
         for end in groups:  # nested prefixes: each reconstruction adds the next group's latents
             keep = (cols >= begin) & (cols < end)
-            part = _SparseDecode.apply(values[keep], rows[keep], cols[keep], t["components_"], b)
+            part = SparseDecode.apply(values[keep], rows[keep], cols[keep], t["components_"], b)
             recon = part if recon is None else recon + part
             loss = loss + ((recon - target) ** 2).sum(1).mean() / variance
             begin = end
@@ -360,9 +308,9 @@ class SparseAutoencoder(ConceptDictionary):
                 ok = torch.isfinite(top.values)
                 a_rows = torch.arange(b, device=x.device)[:, None].expand(-1, k_aux)[ok]
                 a_cols = top.indices[ok]
-            a_vals = _SparseEncode.apply(pre, x_c.detach(), t["W_enc"], t["b_enc"], a_rows, a_cols).clamp_min(0)
+            a_vals = SparseEncode.apply(pre, x_c.detach(), t["W_enc"], t["b_enc"], a_rows, a_cols).clamp_min(0)
             residual = (target - recon).detach()
-            aux = _SparseDecode.apply(a_vals, a_rows, a_cols, t["components_"], b)
+            aux = SparseDecode.apply(a_vals, a_rows, a_cols, t["components_"], b)
             aux_loss = ((aux - residual) ** 2).sum(1).mean() / max(1e-12, float((residual ** 2).sum(1).mean()))
             loss = loss + self.aux_coef * min(1.0, k_aux / aux_k) * aux_loss
         extra = self._extra_loss(pre, t, train, rows, cols)
@@ -370,7 +318,7 @@ class SparseAutoencoder(ConceptDictionary):
             loss = loss + extra
         self._after_step(pre, t, train, rows, cols)
         l0 = float((values > 0).sum()) / b
-        return TrainStats(step, float(loss), fvu, l0, float(dead.float().mean())), loss
+        return TrainStats(step, float(loss.detach()), fvu, l0, float(dead.float().mean())), loss
 
     def _activation(self, values, pre, t, rows, cols):
         return values.clamp_min(0)
@@ -442,137 +390,3 @@ class SparseAutoencoder(ConceptDictionary):
         train["since_fired"].copy_(tensors["train.since_fired"])
         train.update(json.loads(meta["train"]))
         return int(meta["step"])
-
-
-class TopKSAE(SparseAutoencoder):
-    """Each row keeps its ``l0`` largest pre-activations (Gao et al. 2024)."""
-
-    method = "topk_sae"
-    architecture = "topk"
-
-    def _select(self, pre, t, train):
-        idx = pre.topk(self.l0, dim=1, sorted=False).indices
-        rows = torch.arange(len(pre), device=pre.device)[:, None].expand_as(idx)
-        return rows.reshape(-1), idx.reshape(-1)
-
-
-class BatchTopKSAE(SparseAutoencoder):
-    """The batch keeps its ``l0 × batch`` largest pre-activations (Bussmann et al. 2024); at
-    inference, every pre-activation above the mean over training of the smallest kept one."""
-
-    method = "batchtopk_sae"
-    architecture = "jumprelu"  # what SAELens saves a BatchTopK SAE as: one threshold per latent
-
-    def _select(self, pre, t, train):
-        flat = pre.clamp_min(0).reshape(-1)
-        kept = flat.topk(min(len(flat), self.l0 * len(pre)), sorted=False)
-        kept_idx = kept.indices[kept.values > 0]
-        if len(kept_idx):  # the inference threshold: a running mean of the smallest kept activation
-            smallest = float(flat[kept_idx].min())
-            old = train.get("threshold")
-            train["threshold"] = smallest if old is None else 0.99 * old + 0.01 * smallest
-        return kept_idx // pre.shape[1], kept_idx % pre.shape[1]
-
-    def _threshold(self, w, train):
-        return torch.full((self.k,), float(train.get("threshold") or 0.0))
-
-
-class MatryoshkaSAE(BatchTopKSAE):
-    """BatchTopK whose loss also asks nested prefixes of the latents (1/16, 1/8, 1/4, 1/2 and all
-    of them) to reconstruct the input alone (Bussmann et al. 2025; Nabeshima 2024)."""
-
-    method = "matryoshka_sae"
-
-    def _latent_groups(self):
-        ends = sorted({max(1, self.k >> s) for s in (4, 3, 2, 1, 0)})
-        return ends
-
-
-class JumpReLUSAE(SparseAutoencoder):
-    """``a = relu(pre)·H(pre − θ)`` with learnt per-latent thresholds θ (Rajamanoharan et al.
-    2024): straight-through (rectangle kernel) gradients for θ, and a penalty that holds the
-    batch's mean L0 at ``l0``."""
-
-    method = "jumprelu_sae"
-    architecture = "jumprelu"
-    BANDWIDTH = 0.05  # of the unit-scale pre-activations
-    SPARSITY = 1.0
-
-    def _init_extra(self, t, sample):
-        pre = sample[:2048] @ t["W_enc"].T  # per latent: the threshold at which it fires on l0/latents rows
-        rank = min(len(pre), max(1, round(len(pre) * (1.0 - self.l0 / self.k))))
-        t["log_threshold"] = pre.kthvalue(rank, dim=0).values.clamp_min(1e-3).log()
-
-    def _select(self, pre, t, train):
-        theta = t["log_threshold"].detach().exp()
-        return torch.nonzero(pre > theta, as_tuple=True)
-
-    def _activation(self, values, pre, t, rows, cols):
-        return _JumpGate.apply(values, t["log_threshold"], cols, self.BANDWIDTH)
-
-    def _extra_loss(self, pre, t, train, rows, cols):
-        l0 = _StepCount.apply(pre, t["log_threshold"], self.BANDWIDTH) / len(pre)
-        weight = 2 * self.SPARSITY * (float(l0) / self.l0 - 1) / self.l0
-        return weight * l0
-
-    def _threshold(self, w, train):
-        return w["log_threshold"].exp()
-
-
-class _JumpGate(torch.autograd.Function):
-    """The selected values ``pre`` (all above θ), with the JumpReLU pseudo-derivative for θ:
-    ``∂a/∂θ = −(θ/ε)·K((pre − θ)/ε)`` (rectangle kernel K)."""
-
-    @staticmethod
-    def forward(ctx, values, log_theta, cols, eps):
-        ctx.save_for_backward(values, log_theta, cols)
-        ctx.eps = eps
-        return values.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        values, log_theta, cols = ctx.saved_tensors
-        theta = log_theta.exp()
-        near = ((values - theta[cols]).abs() < ctx.eps / 2).to(grad.dtype)
-        g_theta = torch.zeros_like(theta).index_add_(0, cols, -(theta[cols] / ctx.eps) * near * grad)
-        return grad, g_theta * theta, None, None  # through θ = exp(log θ)
-
-
-class _StepCount(torch.autograd.Function):
-    """``Σ H(pre − θ)`` (the batch's active count), with ``∂/∂θ = −(1/ε)·K((pre − θ)/ε)``."""
-
-    @staticmethod
-    def forward(ctx, pre, log_theta, eps):
-        theta = log_theta.exp()
-        ctx.save_for_backward(pre, log_theta)
-        ctx.eps = eps
-        return (pre > theta).sum().to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, log_theta = ctx.saved_tensors
-        theta = log_theta.exp()
-        near = ((pre - theta).abs() < ctx.eps / 2).sum(0).to(theta.dtype)
-        return None, grad * (-near / ctx.eps) * theta, None
-
-
-class ReLUSAE(SparseAutoencoder):
-    """``a = relu(pre)``: SAELens's "standard" architecture, loaded from SAELens folders (not
-    trained here: train a TopK, BatchTopK, Matryoshka or JumpReLU SAE instead)."""
-
-    method = "relu_sae"
-    architecture = "standard"
-
-    def __init__(self, k: int = 1024, seed: int = 0, l0: int = 1, **options):
-        super().__init__(k, seed, l0=l0, **options)
-
-    def activate(self, pre, t):
-        return pre.clamp_min(0)
-
-    def fit(self, features, callback=None):
-        raise VlmsteerError("ReLU (L1) SAEs are only loaded from SAELens folders here; train topk_sae, "
-                            "batchtopk_sae, matryoshka_sae or jumprelu_sae")
-
-
-SAE_METHODS: dict[str, type[SparseAutoencoder]] = {c.method: c for c in (TopKSAE, BatchTopKSAE, MatryoshkaSAE,
-                                                                          JumpReLUSAE, ReLUSAE)}

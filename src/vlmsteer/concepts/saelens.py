@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmsteer.concepts.sae import (BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, SparseAutoencoder,
-                                   TopKSAE)
+from vlmsteer.concepts.sae import SparseAutoencoder
+from vlmsteer.concepts.sae_methods import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
 from vlmsteer.errors import VlmsteerError, input_error
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -87,7 +87,7 @@ def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict]:
 
 def _ours(cfg: dict, d_sae: int) -> SparseAutoencoder | None:
     """The vlmsteer SAE a folder written by :func:`save_saelens` records (None for others)."""
-    from vlmsteer.concepts.sae import SAE_METHODS
+    from vlmsteer.concepts.sae_methods import SAE_METHODS
 
     own = cfg.get("vlmsteer")
     if not (isinstance(own, dict) and own.get("method") in SAE_METHODS and isinstance(own.get("params"), dict)):

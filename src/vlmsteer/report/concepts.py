@@ -13,6 +13,7 @@ from vlmsteer.concepts.quality import dictionary_quality, held_out_split
 from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.evaluate.splice_cost import splice_cost
 from vlmsteer.report import image_data_uri, render
 from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
 from vlmsteer.store import FeatureStore
@@ -37,10 +38,11 @@ class ConceptRun:
     report_concepts: int = 64  # concept cards in report.html (the most used first; all in concepts.json)
     progress: bool = False
     saelens: bool = False  # SAEs: also an SAELens folder (out/saelens)
+    splice_samples: int = 100  # responses re-read for the splice cost (needs the whole model)
 
     def options(self, checkpoint: Path) -> dict:
         """The method's own settings, for :func:`make_dictionary`."""
-        from vlmsteer.concepts.sae import SAE_METHODS
+        from vlmsteer.concepts.sae_methods import SAE_METHODS
 
         if self.method.lower().replace("-", "_") in SAE_METHODS:
             return {"l0": self.l0, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
@@ -49,8 +51,10 @@ class ConceptRun:
         return {"backend": self.backend, "device": self.device} if self.method == "kmeans" else {}
 
 
-def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None) -> dict:
-    """Fit, ground and report; ``vlm`` (for word grounding) may be None to skip words."""
+def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None, model=None) -> dict:
+    """Fit, ground and report; ``vlm`` (for word grounding) may be None to skip words; with the
+    whole ``model`` (the store's), the splice cost ("loss recovered") of ``cfg.splice_samples``
+    of the store's responses."""
     out = Path(out)
     layer = store.layer_index(cfg.layer)
     idx = store.select()
@@ -76,6 +80,8 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
 
         save_saelens(dictionary, out / "saelens", layer=layer, model_id=store.header.get("model_id"))
     images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx, features=feats)
+    splice = splice_cost(model, store, dictionary, layer, cfg.splice_samples, cfg.seed,
+                         progress=cfg.progress).to_dict() if model is not None and cfg.splice_samples else None
     concepts = []
     for k in range(cfg.k):
         concepts.append({
@@ -89,7 +95,7 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
         })
     result = {"method": dictionary.method, "k": cfg.k, "layer": layer, "seed": cfg.seed, "n_samples": int(len(idx)),
               "params": dictionary.params(), "n_train": int(len(train)),
-              "quality": {**quality.to_dict(), "rows": "held-out" if len(held) else "fitted"},
+              "quality": {**quality.to_dict(), "rows": "held-out" if len(held) else "fitted"}, "splice": splice,
               "training": getattr(dictionary, "history_", None),
               "store": str(store.path), "model_id": store.header.get("model_id"),
               "selector": store.header.get("selector_description"),
