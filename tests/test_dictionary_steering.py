@@ -62,3 +62,44 @@ def test_bad_dictionary_edits_are_refused(tiny_vlm):
         DictionarySteering(sae, 1, "scale", (12,), 1.0)
     with pytest.raises(VlmsteerError, match="hidden size"):
         DictionarySteering(_sae(7), 1, "splice").check(tiny_vlm("llava"))
+
+
+def test_vectors_concepts_writes_latent_directions_and_chosen_pairs(tmp_path, capsys):
+    from vlmsteer.cli import main
+    from vlmsteer.steer.vector import load_vectors
+
+    sae = _sae(16, latents=80)
+    path = tmp_path / "sae.safetensors"
+    labels = [f"{i}:{'red' if i in (5, 9) else 'w' + str(i)}" for i in range(80)]
+    sae.save(path, layer=2, labels=labels)
+    out = tmp_path / "v.safetensors"
+    assert main(["vectors", "concepts", "--dictionary", str(path), "--out", str(out), "--latent", "red",
+                 "--latent", "3"]) == 0
+    vecs = load_vectors(out)
+    assert sorted(vecs) == ["latent:3", "latent:5", "latent:9"]
+    for i in (3, 5, 9):  # the decoder row, unit norm, at the dictionary's layer
+        v = vecs[f"latent:{i}"]
+        assert v.layers == [2] and v.method == "latent" and v.target == labels[i]
+        np.testing.assert_allclose(v.vectors[2].numpy(), sae.components_[i], rtol=1e-6, atol=1e-7)
+        assert abs(float(v.vectors[2].norm()) - 1) < 1e-4
+    pairs = tmp_path / "p.safetensors"
+    assert main(["vectors", "concepts", "--dictionary", str(path), "--out", str(pairs), "--pair", "red->7"]) == 0
+    got = load_vectors(pairs)
+    assert sorted(got) == ["5->7", "9->7"]
+    np.testing.assert_allclose(got["5->7"].vectors[2].numpy(), sae.components_[7] - sae.components_[5], atol=1e-6)
+    capsys.readouterr()
+    # 80 concepts: every ordered pair (6320 vectors) is not written unasked; bad names are one line
+    for args, msg in ((["--out", str(tmp_path / "all.safetensors")], "choose pairs"),
+                      (["--out", str(tmp_path / "x.safetensors"), "--pair", "red"], "write it as 'i->j'"),
+                      (["--out", str(tmp_path / "x.safetensors"), "--latent", "80"], "latent 80 out of range"),
+                      (["--out", str(tmp_path / "x.safetensors"), "--latent", "blue"], "no concept has the top word")):
+        assert main(["vectors", "concepts", "--dictionary", str(path), *args]) == 2
+        assert msg in capsys.readouterr().err
+    km = make_dictionary("kmeans", 3, seed=0).fit(np.random.default_rng(1).normal(size=(60, 16)))
+    km.save(tmp_path / "km.safetensors", layer=2)
+    assert main(["vectors", "concepts", "--dictionary", str(tmp_path / "km.safetensors"), "--out",
+                 str(tmp_path / "k.safetensors"), "--latent", "0"]) == 2
+    assert "concepts are points" in capsys.readouterr().err
+    assert main(["vectors", "concepts", "--dictionary", str(tmp_path / "km.safetensors"), "--out",
+                 str(tmp_path / "k.safetensors")]) == 0
+    assert len(load_vectors(tmp_path / "k.safetensors")) == 6

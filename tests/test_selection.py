@@ -1,5 +1,6 @@
 import pytest
 import torch
+import numpy as np
 
 from vlmsteer.errors import VlmsteerError
 
@@ -96,3 +97,30 @@ def test_sweep_cli(tiny_folder, tmp_path):
     assert len(result["rows"]) == 2 * 2 * 2 * 2
     assert {r["vector_samples"] for r in result["rows"] if r["n_samples"] == 2} == {4}
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+
+
+def test_sweep_cli_sweeps_a_dictionary_clamp_over_values_and_regions(tiny_vlm, tiny_folder, tmp_path, capsys):
+    import json
+
+    from vlmsteer.concepts import make_dictionary
+    from vlmsteer.data import shapes
+
+    data = tmp_path / "data"
+    shapes.write_dataset(data, 6, seed=3)
+    dim = tiny_vlm("llava").hidden_size
+    z = np.random.default_rng(0).normal(size=(200, dim)).astype(np.float32)
+    sae = make_dictionary("topk_sae", 8, seed=0, l0=2, epochs=2, batch_size=64).fit(z)
+    sae.save(tmp_path / "sae.safetensors", layer=2)
+    base = ["sweep", "--model", str(tiny_folder("llava")), "--data", str(data), "--source", "answer=yes",
+            "--target", "answer=no", "--limit", "20"]
+    assert main([*base, "--edit-dictionary", str(tmp_path / "sae.safetensors"), "--edit", "clamp", "--latent", "3",
+                 "--alphas", "0,200", "--regions", "last_prompt,prompt", "--out", str(tmp_path / "sw")]) == 0
+    result = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(r["alpha"], r["region"], r["layer"]) for r in result["rows"]] == [
+        (0.0, "last_prompt", 2), (0.0, "prompt", 2), (200.0, "last_prompt", 2), (200.0, "prompt", 2)]
+    assert result["edit"]["mode"] == "clamp" and result["edit"]["latents"] == ["3"]
+    changed = {(r["alpha"], r["region"]): r["changed"] for r in result["rows"]}
+    assert changed[(200.0, "prompt")] > 0  # a strong clamp over the whole prompt changes answers
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "x")]) == 2  # neither a store nor a dictionary
+    assert "one of them" in capsys.readouterr().err

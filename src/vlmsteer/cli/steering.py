@@ -11,9 +11,10 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _ALPHA, app, _BATCH,
                                  _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
-                                 _DICTIONARY, _DTYPE, _load_model, _load_samples, _MAX_PIXELS, _open_store,
-                                 out_console, _OVERWRITE, _parse_layers, _publish, _REGION, _run_identity, _SEED,
-                                 _SPLIT, vectors_app, _write_run_json)
+                                 _DICTIONARY, _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, _LATENT, _load_model,
+                                 _load_samples, _MAX_PIXELS, _open_store, out_console, _OVERWRITE, _parse_layers,
+                                 _publish, _REGION, _run_identity, _SEED, _steering, _SPLIT, vectors_app,
+                                 _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -43,24 +44,31 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
 
 
 @vectors_app.command("concepts")
-def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safetensors from vlmsteer concepts."),
-                     out: Path = typer.Option(..., help="Output .safetensors file with all K·(K−1) vectors."),
+def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safetensors from vlmsteer concepts, or "
+                                                               "an SAELens folder."),
+                     out: Path = typer.Option(..., help="Output .safetensors file."),
                      layer: Optional[int] = typer.Option(None, help="Layer to steer (default: the dictionary's)."),
+                     pair: Optional[list[str]] = typer.Option(None, help="Only these pairs 'i->j' (indices or top "
+                                                                         "words, e.g. 'circle->square'); repeat."),
+                     latent: Optional[list[str]] = typer.Option(None, help="SAE: these latents' decoder directions "
+                                                                           "(index or top word), named 'latent:i'; "
+                                                                           "repeat."),
                      overwrite: bool = _OVERWRITE):
-    """Fine-grained vectors between concepts: 'i->j' = u_j − u_i for every ordered pair."""
+    """Fine-grained vectors between concepts: 'i->j' = u_j − u_i for every ordered pair (or the
+    --pair ones), or a sparse autoencoder's decoder directions (--latent)."""
     from vlmsteer.concepts import load_dictionary
-    from vlmsteer.steer.builders import all_concept_shifts
+    from vlmsteer.steer.builders import concept_vectors
     from vlmsteer.steer.vector import save_vectors
 
     d, meta = load_dictionary(dictionary)
     layer = layer if layer is not None else meta.get("layer")
     if layer is None:
         raise VlmsteerError(f"{dictionary}: no layer recorded; pass --layer")
-    vecs = all_concept_shifts(d.components_, int(layer), model_id=meta.get("model_id"), labels=meta.get("labels"),
-                              model=meta.get("model"))
+    vecs = concept_vectors(d, int(layer), meta, dictionary, pairs=pair or (), latents=latent or ())
     _check_vector_file(out, vecs, overwrite)
     save_vectors(out, vecs)
-    out_console.print(f"{len(vecs)} concept-pair vectors (layer {layer}) -> {out}")
+    what = "latent directions" if latent else "concept-pair vectors"
+    out_console.print(f"{len(vecs)} {what} (layer {layer}) -> {out}")
 
 
 def _check_vector_file(out: Path, vectors: dict, overwrite: bool) -> None:
@@ -167,12 +175,15 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
 @app.command()
 def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
           data: Path = typer.Option(..., help="VQAv2 folder with held-out questions."),
-          store: Path = typer.Option(..., help="Feature store to build the coarse vector from."),
+          store: Optional[Path] = typer.Option(None, help="Feature store to build the coarse vector from (not "
+                                                          "with --edit-dictionary)."),
           source: str = typer.Option(..., help="Source filter, e.g. 'answer=yes'."),
           target: str = typer.Option(..., help="Target filter, e.g. 'answer=no'."),
           out: Path = typer.Option(Path("runs/sweep"), help="Output folder."),
-          layers: str = typer.Option("-1", help="Comma-separated layers."),
-          alphas: str = typer.Option("0.5,1,2", help="Comma-separated alphas."),
+          layers: Optional[str] = typer.Option(None, help="Comma-separated layers (default -1; a dictionary "
+                                                          "edit: the dictionary's layer)."),
+          alphas: str = typer.Option("0.5,1,2", help="Comma-separated alphas; with --edit clamp|scale, the "
+                                                     "values or factors."),
           regions: str = typer.Option("last_prompt", help="Comma-separated regions."),
           n_samples: str = typer.Option("all", help="Comma-separated samples per side ('all' = every one)."),
           split: str = _SPLIT,
@@ -180,11 +191,14 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           seed: int = _SEED(), batch_size: int = _BATCH(64), max_new_tokens: int = _VQA_TOKENS,
           allow_partial: bool = _ALLOW_PARTIAL,
           dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
-          condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE,
+          condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+          edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
+          latent: Optional[list[str]] = _LATENT, dtype: str = _DTYPE,
           device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
           allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
-    """Sweep a coarse vector over layers × alphas × regions × samples; one table and one PNG."""
+    """Sweep a coarse vector over layers × alphas × regions × samples, or a dictionary edit
+    (--edit-dictionary) over values × regions; one table and one PNG."""
     from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
     from vlmsteer.report.plots import write_sweep
     from vlmsteer.data.filters import Filter
@@ -195,36 +209,46 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
 
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
     condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial)
+    edit_spec = _edit_spec(edit_dictionary, edit, latent, 0.0)
+    if (store is None) == (edit_spec is None):
+        raise VlmsteerError("sweep a coarse vector (--store) or a dictionary edit (--edit-dictionary): one of them")
     alpha_values = _sweep_values(alphas, "--alphas", float)
     sample_counts = _sweep_values(n_samples, "--n-samples", lambda x: None if x == "all" else int(x))
     if any(n is not None and n < 1 for n in sample_counts):
         raise VlmsteerError(f"--n-samples needs positive counts or 'all', got {n_samples!r}")
     region_values = [Region.parse(x) for x in _sweep_values(regions, "--regions", str)]
-    layer_values = _sweep_values(layers, "--layers", int)
+    layer_values = _sweep_values(layers or "-1", "--layers", int)
     with _publish(out, overwrite) as pub:
-        st = _open_store(store, allow_partial)
+        st = _open_store(store, allow_partial) if store is not None else None
         vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
-        if st.hidden_size != vlm.hidden_size:
-            raise VlmsteerError(f"{store}: features of size {st.hidden_size} but {vlm.model_id} has hidden size "
-                                f"{vlm.hidden_size}")
-        check_same_model(st.header.get("model"), vlm, f"store {store}", allow_other_model)
+        edit_steering = _steering(vlm, None, None, 0.0, [layers] if layers else None, region_values[0],
+                                  condition, allow_other_model, edit_spec) if edit_spec else None
+        if st is not None:
+            if st.hidden_size != vlm.hidden_size:
+                raise VlmsteerError(f"{store}: features of size {st.hidden_size} but {vlm.model_id} has hidden size "
+                                    f"{vlm.hidden_size}")
+            check_same_model(st.header.get("model"), vlm, f"store {store}", allow_other_model)
         grid = SweepGrid(layers=[vlm.layer_index(x) for x in layer_values], alphas=alpha_values,
                          regions=region_values, n_samples=sample_counts)
         samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                                 allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
-        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples), store=st.fingerprint,
+        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+                                  store=st.fingerprint if st is not None else None,
+                                  edit=edit_steering.identity() if edit_steering else None,
                                   condition=_condition_identity(condition, vlm, grid.layers, allow_other_model)))
         result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, seed=seed, condition=condition, progress=True)
+                           max_new_tokens=max_new_tokens, seed=seed, condition=condition, progress=True,
+                           edit=edit_steering)
         write_sweep(result, pub.stage)
         _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     types = list(result["baseline_accuracy"])
     table = Table(title=f"sweep: {source} -> {target} ({result['n']} questions)")
-    for col in ["layer", "alpha", "region", "samples", "moved", "changed"] + [f"Δ {t}" for t in types]:
+    strength = {"clamp": "value", "scale": "factor"}.get((result["edit"] or {}).get("mode"), "alpha")
+    for col in ["layer", strength, "region", "samples", "moved", "changed"] + [f"Δ {t}" for t in types]:
         table.add_column(col)
     for r in result["rows"]:
         moved = "" if r["moved_fraction"] is None else f"{100 * r['moved_fraction']:.1f} %"
-        table.add_row(str(r["layer"]), str(r["alpha"]), r["region"], str(r["vector_samples"]), moved,
+        table.add_row(str(r["layer"]), str(r["alpha"]), r["region"], str(r["vector_samples"] or ""), moved,
                       str(r["changed"]), *[f"{r['accuracy_delta'][t]:+.2f}" for t in types])
     out_console.print(table)
     out_console.print(f"wrote {out}/sweep.json, {out}/sweep.png")

@@ -1,9 +1,10 @@
-"""Sweeps of a coarse vector over layers × alphas × regions × number of samples."""
+"""Sweeps of a coarse vector over layers × alphas × regions × number of samples, or of a
+dictionary edit (clamp / scale values) over values × regions."""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from vlmsteer.data.filters import ANSWER_FIELDS, Filter, as_filter
@@ -16,6 +17,7 @@ from vlmsteer.progress import progress_bar
 from vlmsteer.regions import Region
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import ConditionSpec
+from vlmsteer.steer.dictionary_edit import DictionarySteering, EditMode
 from vlmsteer.steer.steerer import Steering
 from vlmsteer.store import FeatureStore
 
@@ -31,41 +33,62 @@ class SweepGrid:
         return len(self.layers) * len(self.alphas) * len(self.regions) * len(self.n_samples)
 
 
-def run_sweep(vlm: VLM, store: FeatureStore, source: Filter | str, target: Filter | str, samples: list[Sample],
-              grid: SweepGrid, batch_size: int = 64, max_new_tokens: int = 3, seed: int = 0,
-              condition: ConditionSpec | None = None, progress: bool = False) -> dict:
+def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target: Filter | str,
+              samples: list[Sample], grid: SweepGrid, batch_size: int = 64, max_new_tokens: int = 3, seed: int = 0,
+              condition: ConditionSpec | None = None, progress: bool = False,
+              edit: DictionarySteering | None = None) -> dict:
     """VQA answers steered by the coarse vector ``mean(target) - mean(source)`` of ``store`` at
     every grid point: answers changed, share of ``source`` answers moved to the ``target``
     answer (when the filters name one answer each), accuracy deltas per answer type. With
-    ``condition``, steering applies only where it holds (built at each swept layer)."""
+    ``condition``, steering applies only where it holds (built at each swept layer). With
+    ``edit`` (no store), the dictionary edit at its own layer, its value swept over
+    ``grid.alphas`` (clamp values or scale factors; splice and zero take none) and the regions."""
     source, target = as_filter(source), as_filter(target)
-    missing = [l for l in grid.layers if l not in store.layers]
-    if missing:
-        raise VlmsteerError(f"{store.path}: layers {missing} not in this store (has {store.layers})")
-    for name, flt in (("source", source), ("target", target)):
-        if len(store.select(flt)) == 0:
-            raise VlmsteerError(f"{store.path}: no samples match the {name} filter ({flt})")
+    if edit is None:
+        if store is None:
+            raise VlmsteerError("a vector sweep needs a feature store to build the vector from")
+        missing = [l for l in grid.layers if l not in store.layers]
+        if missing:
+            raise VlmsteerError(f"{store.path}: layers {missing} not in this store (has {store.layers})")
+        for name, flt in (("source", source), ("target", target)):
+            if len(store.select(flt)) == 0:
+                raise VlmsteerError(f"{store.path}: no samples match the {name} filter ({flt})")
     source_answer, target_answer = (f.value_of(*ANSWER_FIELDS) for f in (source, target))
     base, base_rep = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
     rows = []
+
+    def measure(steering, row: dict) -> None:
+        preds, rep = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering)
+        cmp = compare_runs(base, preds, source=source_answer, target=target_answer)
+        rows.append({**row, "changed": cmp["changed"], "moved_fraction": cmp.get("source_moved_fraction"),
+                     "target_after": cmp.get("target", {}).get("after"), "accuracy": rep.per_type,
+                     "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
+
+    if edit is not None:
+        values = grid.alphas if edit.mode in (EditMode.CLAMP, EditMode.SCALE) else [edit.value]
+        with progress_bar("sweep", len(values) * len(grid.regions), enabled=progress) as advance:
+            for value, region in itertools.product(values, grid.regions):
+                measure(replace(edit, value=value, region=region),
+                        {"layer": edit.layer, "alpha": value, "region": region.value, "n_samples": None,
+                         "vector_samples": None})
+                advance(1)
+        return _sweep_result(source, target, None, edit.describe(), base, base_rep, samples, rows, target_answer)
     with progress_bar("sweep", len(grid), enabled=progress) as advance:
         for layer, n in itertools.product(grid.layers, grid.n_samples):
             vec = coarse_vector(store, source, target=target, layers=[layer], max_samples=n, seed=seed)
             cond = condition.build(layer) if condition is not None else None
             for alpha, region in itertools.product(grid.alphas, grid.regions):
-                preds, rep = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                     steering=Steering(vec, alpha, region=region, condition=cond))
-                cmp = compare_runs(base, preds, source=source_answer, target=target_answer)
-                rows.append({"layer": layer, "alpha": alpha, "region": region.value, "n_samples": n,
-                             "vector_samples": vec.n_source + vec.n_target, "changed": cmp["changed"],
-                             "moved_fraction": cmp.get("source_moved_fraction"),
-                             "target_after": cmp.get("target", {}).get("after"),
-                             "accuracy": rep.per_type,
-                             "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
+                measure(Steering(vec, alpha, region=region, condition=cond),
+                        {"layer": layer, "alpha": alpha, "region": region.value, "n_samples": n,
+                         "vector_samples": vec.n_source + vec.n_target})
                 advance(1)
-    return {"source": str(source), "target": str(target), "condition": condition and vars(condition),
-            "baseline_accuracy": base_rep.per_type,
-            "n": len(samples), "rows": rows,
+    return _sweep_result(source, target, condition and vars(condition), None, base, base_rep, samples, rows,
+                         target_answer)
+
+
+def _sweep_result(source, target, condition, edit, base, base_rep, samples, rows, target_answer) -> dict:
+    return {"source": str(source), "target": str(target), "condition": condition, "edit": edit,
+            "baseline_accuracy": base_rep.per_type, "n": len(samples), "rows": rows,
             "target_before": compare_runs(base, base, target=target_answer).get("target", {}).get("before")}
 
 

@@ -114,13 +114,16 @@ def plot_sweep(result: dict, path: Path, metric: str = "moved_fraction") -> Path
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 label=f"layer {layer}, {region}" + (f", n={n}" if n else ""))
-    ax.set_xlabel("steering strength α")
+    edit = result.get("edit")
+    ax.set_xlabel({"clamp": "clamped value of the latent", "scale": "scale factor of the latent"}.get(
+        (edit or {}).get("mode"), "steering strength α"))
     if metric == "moved_fraction":
         ax.set_ylabel("source answers moved to the target (share)")
         ax.set_ylim(0, 1.02)
     else:
         ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{result.get('source', 'source')} → {result.get('target', 'target')}: answers moved vs α")
+    what = f"{edit['method']} {edit['mode']} {', '.join(edit['latents'])}" if edit else "answers moved vs α"
+    ax.set_title(f"{result.get('source', 'source')} → {result.get('target', 'target')}: {what}")
     ax.legend(title="layer, region, vector samples" if any(k[2] for k in series) else "layer, region")
     return _save(plt, fig, path)
 

@@ -13,8 +13,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.data.filters import Filter, as_filter
+from vlmsteer.steer.conditions import concept_indices
 from vlmsteer.steer.vector import SteeringVector
 from vlmsteer.store import FeatureStore, check_paired
 
@@ -75,6 +77,17 @@ def concept_shift(components: np.ndarray | torch.Tensor, i: int, j: int, layer: 
                           source=name(i), target=name(j), options={"from": int(i), "to": int(j), "model": model})
 
 
+def latent_direction(components: np.ndarray | torch.Tensor, i: int, layer: int, model_id: str | None = None,
+                     labels: Sequence[str] | None = None, model: dict | None = None) -> SteeringVector:
+    """A sparse autoencoder latent's decoder direction ``d_i`` (unit norm): adding ``α·d_i``
+    adds what latent ``i`` firing at ``α`` would write into the residual."""
+    u = torch.as_tensor(np.asarray(components), dtype=torch.float32)
+    if not 0 <= i < len(u):
+        raise VlmsteerError(f"latent {i} out of range (the dictionary has {len(u)}: 0..{len(u) - 1})", "latent")
+    return SteeringVector({layer: u[i]}, model_id=model_id, method="latent", source=None,
+                          target=labels[i] if labels else f"latent {i}", options={"latent": int(i), "model": model})
+
+
 def all_concept_shifts(components, layer: int, model_id: str | None = None,
                        labels: Sequence[str] | None = None, model: dict | None = None) -> dict[str, SteeringVector]:
     """Every ordered pair ``i -> j`` (K·(K−1) vectors), named ``"i->j"``; ``model``: the
@@ -82,3 +95,49 @@ def all_concept_shifts(components, layer: int, model_id: str | None = None,
     k = len(components)
     return {f"{i}->{j}": concept_shift(components, i, j, layer, model_id, labels, model)
             for i in range(k) for j in range(k) if i != j}
+
+
+ALL_PAIRS_LIMIT = 64  # concepts beyond which every ordered pair is too many to write unasked
+
+
+def concept_vectors(dictionary, layer: int, meta: dict, source, pairs: Sequence[str] = (),
+                    latents: Sequence[str] = ()) -> dict[str, SteeringVector]:
+    """What ``vectors concepts`` writes: the ``pairs`` (``"i->j"``, indices or top words, each
+    word naming every concept it labels), the ``latents``' decoder directions (sparse
+    autoencoders), or every ordered pair of a dictionary of at most 64 concepts."""
+    labels, common = meta.get("labels"), {"model_id": meta.get("model_id"), "model": meta.get("model")}
+    u = dictionary.components_
+
+    def named(text: str, option: str) -> list[int]:
+        found = concept_indices(text, labels, source)
+        bad = [i for i in found if not 0 <= i < len(u)]
+        if bad:
+            raise VlmsteerError(f"{option} {bad[0]} out of range (the dictionary has {len(u)}: 0..{len(u) - 1})",
+                                option)
+        return found
+
+    if latents and pairs:
+        raise VlmsteerError("give --pair or --latent, not both")
+    if latents:
+        if not isinstance(dictionary, SparseAutoencoder):
+            raise VlmsteerError(f"--latent takes a sparse autoencoder's decoder directions; {dictionary.method} "
+                                "concepts are points: use pairs (u_j − u_i)", "latent")
+        chosen = sorted({i for a in latents for i in named(a, "latent")})
+        return {f"latent:{i}": latent_direction(u, i, layer, labels=labels, **common) for i in chosen}
+    if not pairs:
+        if len(u) > ALL_PAIRS_LIMIT:
+            raise VlmsteerError(f"{source}: {len(u)} concepts make {len(u) * (len(u) - 1)} pair vectors; choose "
+                                "pairs (--pair i->j) or latents (--latent i)", "pair")
+        return all_concept_shifts(u, layer, labels=labels, **common)
+    out = {}
+    for text in pairs:
+        if "->" not in text:
+            raise VlmsteerError(f"pair {text!r}: write it as 'i->j' (indices or top words)", "pair")
+        a, b = (part.strip() for part in text.split("->", 1))
+        for i in named(a, "pair"):
+            for j in named(b, "pair"):
+                if i != j:
+                    out[f"{i}->{j}"] = concept_shift(u, i, j, layer, labels=labels, **common)
+    if not out:
+        raise VlmsteerError(f"pairs {', '.join(pairs)} name no two different concepts", "pair")
+    return out
