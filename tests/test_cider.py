@@ -95,7 +95,7 @@ def test_eval_captions_cli_with_baseline(tiny_folder, tmp_path, capsys):
               "--batch-size", "4", "--tokenizer", "python"]
     assert main(common + ["--out", str(tmp_path / "base")]) == 0
     assert main(common + ["--out", str(tmp_path / "steered"), "--vector", str(tmp_path / "v.safetensors"),
-                          "--alpha", "4", "--baseline", str(tmp_path / "base")]) == 0
+                          "--alpha", "4", "--baseline", str(tmp_path / "base"), "--word", "circle"]) == 0
     base = json.loads((tmp_path / "base" / "metrics.json").read_text())
     steered = json.loads((tmp_path / "steered" / "metrics.json").read_text())
     assert base["n"] == 6 and base["cider"] is not None and set(base["style_share"]) >= {"colors", "places"}
@@ -104,6 +104,12 @@ def test_eval_captions_cli_with_baseline(tiny_folder, tmp_path, capsys):
     assert vs["cider_delta"] == pytest.approx(steered["cider"] - base["cider"])
     rows = [json.loads(line) for line in (tmp_path / "steered" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all("prediction" in r and "cider" in r for r in rows)
+    # --word: the share of captions naming it, before and after
+    import re
+
+    naming = sum(bool(re.search(r"(?<![\w-])circle(?![\w-])", r["prediction"], re.I)) for r in rows)
+    assert steered["style_share"]["circle"] == pytest.approx(100 * naming / 6)
+    assert "circle" in vs["styles"] and "circle" not in base["style_share"]
     # a baseline folder lacking these images is a one-line error
     capsys.readouterr()
     assert main(common + ["--out", str(tmp_path / "x"), "--baseline", str(tmp_path / "nothing")]) == 2

@@ -101,6 +101,7 @@ def test_every_block_runs_verbatim_in_order_and_gives_the_figures_it_states(tmp_
         assert done.returncode == 0, f"{text[:200]}\n{done.stderr[-3000:]}"
     _check_caption_figures(work / "runs" / "captions")
     _check_yes_no_figures(work / "runs" / "yes-no")
+    _check_sae_figures(work / "runs" / "sae")
     assert (work / "runs" / "big-concepts" / "report.html").is_file()
     manifest = json.loads((work / "runs" / "vqa-features" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["header"]["layers"] == [1, 2, 3] and manifest["summary"]["total"] > 100
@@ -132,6 +133,24 @@ def _check_yes_no_figures(runs: Path) -> None:
         assert abs(100 * vs["source_moved_fraction"] - float(figures[2])) <= 1.0, vs
         assert abs(vs["accuracy_delta"]["number"] - float(figures[3])) <= 0.5
         assert abs(vs["accuracy_delta"]["other"] - float(figures[4])) <= 0.5
+
+
+def _check_sae_figures(runs: Path) -> None:
+    figures = re.search(r"loss recovered ([\d.]+) %.*?VQA accuracy from ([\d.]+) to ([\d.]+) .*?"
+                        r"naming red from ([\d.]+) % to ([\d.]+) % \(CIDEr ([\d.]+) → ([\d.]+)\)", README, flags=re.S)
+    assert figures, "the README's SAE figures moved; update this test's pattern"
+    recovered, vqa_before, vqa_after, red_before, red_after = (float(figures[i]) for i in range(1, 6))
+    concepts = json.loads((runs / "sae" / "concepts.json").read_text())
+    assert abs(100 * concepts["splice"]["loss_recovered"] - recovered) <= 0.5
+    words = {c["words"][0] for c in concepts["concepts"] if c["words"]}
+    assert words >= {"red", "green", "blue", "yellow", "white", "black", "circle", "square", "triangle", "diamond"}
+    assert (runs / "sae" / "saelens" / "cfg.json").is_file() and (runs / "red.safetensors").is_file()
+    base = json.loads((runs / "vqa" / "metrics.json").read_text())["accuracy"]["micro"]
+    spliced = json.loads((runs / "vqa-spliced" / "metrics.json").read_text())["accuracy"]["micro"]
+    assert abs(base - vqa_before) <= 0.5 and abs(spliced - vqa_after) <= 0.5 and base - spliced <= 2
+    red = json.loads((runs / "red" / "metrics.json").read_text())["vs_baseline"]["styles"]["red"]
+    assert abs(red["share_before"] - red_before) <= 2.5 and abs(red["share_after"] - red_after) <= 5
+    assert red["share_after"] - red["share_before"] >= 30  # the clamp had the effect the README claims
 
 
 def test_python_example_runs(tmp_path):

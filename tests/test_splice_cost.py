@@ -96,3 +96,15 @@ def test_refuses_another_model_and_changed_images(tiny_vlm, tmp_path):
     Image.new("RGB", (32, 32), (1, 2, 3)).save(tmp_path / "1.png")
     with pytest.raises(VlmsteerError, match="changed since the features were extracted"):
         splice_cost(tiny_vlm("llava"), st, Lossless(4), layer=1)
+
+
+def test_imported_features_have_no_splice_cost(tiny_vlm, last_prompt_store, tmp_path):
+    from vlmsteer.evaluate.splice_cost import usable_records
+    from vlmsteer.store_io import export_features, import_features
+
+    export_features(last_prompt_store, 1, tmp_path / "f.npy", tmp_path / "r.jsonl")
+    imported = import_features(tmp_path / "f.npy", tmp_path / "r.jsonl", 1, tmp_path / "s", num_layers=3)
+    records, why = usable_records(imported)
+    assert records == [] and "imported" in why
+    with pytest.raises(VlmsteerError, match="cannot measure the splice cost"):
+        splice_cost(tiny_vlm("llava"), imported, Lossless(4), layer=1)

@@ -77,12 +77,14 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   layer: Optional[list[str]] = _LAYERS,
                   dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                   condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
-             edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
-             latent: Optional[list[str]] = _LATENT, value: float = _VALUE,
+                  edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
+                  latent: Optional[list[str]] = _LATENT, value: float = _VALUE,
                   region: str = _REGION("generated", "every caption token"),
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
                                                              "installed), java or python."),
+                  word: Optional[list[str]] = typer.Option(None, help="Also report the share of captions naming "
+                                                                      "this word (whole word; repeat)."),
                   dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                   allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
                   allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
@@ -99,7 +101,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_caption_run(
             vlm, samples, stage, steering=steering, baseline=baseline, tokenizer=tokenizer, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, progress=True, part=_part()),
+            max_new_tokens=max_new_tokens, progress=True, part=_part(), words=tuple(word or ())),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
                _edit_spec(edit_dictionary, edit, latent, value)), baseline)

@@ -95,16 +95,29 @@ class ConceptDictionary(ABC):
         return np.asarray(activations, dtype=np.float64) @ self.components_
 
     def assign(self, features: np.ndarray) -> np.ndarray:
-        """The most active concept of each sample."""
-        return self.encode(features).argmax(axis=1)
+        """The most active concept of each sample (encoded in chunks)."""
+        from vlmsteer.concepts.scan import scan_rows
+
+        return scan_rows(self, features).assign
+
+    def assign_codes(self, codes: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """:meth:`assign` of rows ``features`` whose codes are ``codes`` (already encoded)."""
+        return np.asarray(codes).argmax(axis=1)
 
     def active(self, codes: np.ndarray) -> np.ndarray:
         """Which concepts ``decode`` uses for each row of ``codes`` (bool, like ``codes``)."""
         return np.asarray(codes) != 0
 
     def sizes(self, features) -> np.ndarray:
-        """Per concept, how many rows it describes (the rows assigned to it)."""
-        return np.bincount(self.assign(features), minlength=self.k)
+        """Per concept, how many rows it describes (the rows assigned to it; a sparse
+        autoencoder's latent: the rows it is active on)."""
+        from vlmsteer.concepts.scan import scan_rows
+
+        return scan_rows(self, features).sizes
+
+    def count_codes(self, codes: np.ndarray, assign: np.ndarray) -> np.ndarray:
+        """:meth:`sizes` of rows with these codes and assignments."""
+        return np.bincount(assign, minlength=self.k)
 
     def fit_encode(self, features: np.ndarray) -> np.ndarray:
         return self.fit(features).encode(features)
@@ -203,6 +216,9 @@ class KMeansConcepts(ConceptDictionary):
         from vlmsteer.concepts.kmeans import nearest
 
         return nearest(features, self.components_)[0]
+
+    def assign_codes(self, codes, features):
+        return self.assign(features)  # the nearest centroid, exactly (not the argmax of rounded codes)
 
     def decode(self, activations):
         return self.active(activations).astype(np.float64) @ self.components_

@@ -12,6 +12,7 @@ import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from vlmsteer.concepts.dictionary import ConceptDictionary
+from vlmsteer.concepts.scan import Scan, scan_rows
 from vlmsteer.store import FeatureStore
 
 _WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$|^[a-z]$|^[0-9]+$")
@@ -92,25 +93,20 @@ def _top_words(logits: np.ndarray, keep: np.ndarray, words: tuple[str, ...], top
     return out
 
 
-CHUNK_ROWS = 4096
-
-
 def ground_images(dictionary: ConceptDictionary, store: FeatureStore, layer: int, top_n: int = 8,
-                  indices: np.ndarray | None = None, features: np.ndarray | None = None) -> list[ImageGrounding]:
+                  indices: np.ndarray | None = None, features: np.ndarray | None = None,
+                  scan: Scan | None = None) -> list[ImageGrounding]:
     """Per concept, the ``top_n`` samples (store records) with the highest activation
-    (``features``: the rows of ``indices`` already read, to avoid reading them twice)."""
+    (``features``: the rows of ``indices`` already read, to avoid reading them twice; ``scan``:
+    their :func:`~vlmsteer.concepts.scan.scan_rows`, to avoid encoding them twice)."""
     idx = store.select() if indices is None else np.asarray(indices)
-    feats = store.features(layer, indices=idx, dtype=None) if features is None else features
-    k = dictionary.k
-    vals, rows = np.empty((k, 0)), np.empty((k, 0), dtype=np.int64)
-    for a in range(0, len(feats), CHUNK_ROWS):  # a running top-n per concept: never N × K at once
-        acts = np.asarray(dictionary.encode(np.asarray(feats[a:a + CHUNK_ROWS])), dtype=np.float64).T
-        vals = np.concatenate([vals, acts], axis=1)
-        rows = np.concatenate([rows, np.broadcast_to(np.arange(a, a + acts.shape[1]), acts.shape)], axis=1)
-        order = np.lexsort((rows, -vals), axis=-1)[:, :top_n]  # highest first; ties: the earlier row
-        vals, rows = np.take_along_axis(vals, order, 1), np.take_along_axis(rows, order, 1)
-    return [ImageGrounding([{**store.records[int(idx[b])], "activation": float(v)} for b, v in zip(rows[c], vals[c])])
-            for c in range(k)]
+    if scan is None or scan.top_rows.shape[1] < min(top_n, len(idx)):
+        feats = store.features(layer, indices=idx, dtype=None) if features is None else features
+        scan = scan_rows(dictionary, feats, top_n)
+    records = store.records
+    return [ImageGrounding([{**records[int(idx[b])], "activation": float(v)}
+                            for b, v in zip(scan.top_rows[c, :top_n], scan.top_values[c, :top_n])])
+            for c in range(dictionary.k)]
 
 
 def t_overlap(words_a: list[str], words_b: list[str]) -> float:

@@ -160,13 +160,23 @@ def faiss_kmeans(features, init: np.ndarray, seed: int = 0, points_per_centre: i
     return KMeansResult(centers, labels, float(dist.sum()), n_iter)
 
 
+def _remaining(gain: float, last_gain: float) -> float:
+    """What Lloyd would still gain if each pass gained the same fraction of the previous pass's
+    gain as this one did (a geometric tail: Lloyd's gains shrink about geometrically near a
+    fixed point): ``gain · r / (1 − r)``, ``r = gain / last_gain``."""
+    r = gain / last_gain
+    return gain * r / (1.0 - r)
+
+
 def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, inertia_tol: float = 1e-4,
           chunk: int | None = None, device: str | torch.device = "cpu", sample: int | None = None,
           seed: int = 0) -> KMeansResult:
     """Lloyd iterations from ``init``, chunked over rows. Stops when no label changes, when the
     centres move less than ``tol`` × the mean per-dimension variance of the data
-    (scikit-learn's rule), or when an iteration lowers the inertia by less than
-    ``inertia_tol`` of it (0 turns this off: then the iterations are scikit-learn's).
+    (scikit-learn's rule), or when both the last pass's gain and what the passes would still
+    gain, extrapolated from the last two gains as a geometric tail, are below ``inertia_tol`` of
+    the inertia (0 turns this off: then the iterations are scikit-learn's). The last gain alone
+    bounds nothing: a slow descent gains little per pass and much in all.
 
     With more than twice ``sample`` rows (default ``max(10000, 100 K)``; 0: never), the centres
     first converge on a seeded random sample of that many rows, held in memory: the long first
@@ -187,7 +197,7 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
     if sample and n > 2 * sample:
         init = lloyd(features[_sample_rows(n, sample, seed)], init, max_iter, tol, inertia_tol, chunk, device, sample=0).centers
     state = _LloydState(features, init, chunk, device)
-    previous, threshold = float("inf"), 0.0
+    previous, threshold, last_gain = float("inf"), 0.0, float("inf")
     current = False  # do the labels belong to the current centres?
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -201,9 +211,11 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
         inertia = state.inertia()
         if changed == 0:  # strict convergence: the centres are already the means
             break
-        if inertia_tol > 0 and previous - inertia < inertia_tol * inertia:
+        gain = previous - inertia
+        if inertia_tol > 0 and (gain <= 0 or gain < inertia_tol * inertia and gain < last_gain < float("inf")
+                                and _remaining(gain, last_gain) < inertia_tol * inertia):
             break  # the labels and inertia of this pass belong to the current centres
-        previous = inertia
+        previous, last_gain = inertia, gain
         empty = state.move_centres()
         current = False
         if state.shift <= threshold and not empty:

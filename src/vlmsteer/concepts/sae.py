@@ -24,6 +24,7 @@ training where it stopped, to the same result. The architectures are in
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from vlmsteer.concepts.dictionary import ConceptDictionary, check_features
+from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
 from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, geometric_median
 from vlmsteer.errors import VlmsteerError
 
@@ -62,7 +64,7 @@ class SparseAutoencoder(ConceptDictionary):
     def __init__(self, k: int = 1024, seed: int = 0, l0: int = 32, epochs: int | None = None,
                  batch_size: int = 1024, lr: float | None = None, warmup: float = 0.05, decay: float = 0.2,
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_rows: int | None = None,
-                 dtype: str = "float32", device: str = "cpu", chunk_rows: int = 65536,
+                 dtype: str = "float32", device: str = "cpu", chunk_rows: int | None = None,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500, progress: bool = False):
         super().__init__(k, seed)
         if l0 < 1 or l0 > k:
@@ -74,7 +76,7 @@ class SparseAutoencoder(ConceptDictionary):
         self.l0, self.epochs, self.batch_size, self.lr = int(l0), epochs, int(batch_size), lr
         self.warmup, self.decay, self.aux_k, self.aux_coef = warmup, decay, aux_k, aux_coef
         self.dead_rows, self.dtype = dead_rows, dtype
-        self.device, self.chunk_rows, self.progress = device, int(chunk_rows), progress
+        self.device, self.chunk_rows, self.progress = device, chunk_rows, progress
         self.checkpoint, self.checkpoint_every = checkpoint, int(checkpoint_every)
 
     # -- the parameters, as numpy arrays (the saved state) and torch tensors (the work)
@@ -146,24 +148,14 @@ class SparseAutoencoder(ConceptDictionary):
     def decode(self, activations):
         return self.decode_tensor(torch.as_tensor(np.asarray(activations, dtype=np.float32))).double().numpy()
 
-    def sizes(self, features) -> np.ndarray:
-        """Per latent, on how many rows it is active."""
-        counts = np.zeros(self.k, dtype=np.int64)
-        for a in range(0, len(features), ENCODE_ROWS):
-            x = torch.as_tensor(np.asarray(features[a:a + ENCODE_ROWS], dtype=np.float32))
-            counts += (self.encode_tensor(x) > 0).sum(0).numpy()
-        return counts
-
-    @torch.no_grad()
-    def assign(self, features):
+    def assign_codes(self, codes, features):
         """The most active latent of each row (−1 where none is active)."""
-        self._check_fitted()
-        out = np.empty(len(features), dtype=np.int64)
-        for a in range(0, len(features), ENCODE_ROWS):
-            codes = self.encode_tensor(torch.as_tensor(np.asarray(features[a:a + ENCODE_ROWS], dtype=np.float32)))
-            best, idx = codes.max(1)
-            out[a:a + len(codes)] = torch.where(best > 0, idx, -1).numpy()
-        return out
+        codes = np.asarray(codes)
+        return np.where(codes.max(1) > 0, codes.argmax(1), -1)
+
+    def count_codes(self, codes, assign):
+        """Per latent, on how many rows it is active."""
+        return (np.asarray(codes) > 0).sum(0)
 
     # -- training
     def _select(self, pre: torch.Tensor, t: dict, train: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,14 +196,16 @@ class SparseAutoencoder(ConceptDictionary):
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         t = {"W_enc": w_dec.clone(), "b_enc": torch.zeros(self.k), "components_": w_dec, "b_dec": b_dec * scale}
         self._init_extra(t, (sample - b_dec) * scale)
+        del sample  # (8192 rows in float32: not kept through training)
         t = {k: torch.nn.Parameter(v.to(device)) for k, v in t.items()}
         opt = torch.optim.Adam([{"params": [t[k] for k in sorted(t) if k != "log_threshold"]},
                                 {"params": [t[k] for k in sorted(t) if k == "log_threshold"],
-                                 "scale": self.THRESHOLD_LR}], lr=lr, betas=(0.9, 0.999))
+                                 "scale": self.THRESHOLD_LR}], lr=lr, betas=(0.9, 0.999),
+                               fused=device.type in ("cpu", "cuda"))  # no temporaries of a parameter's size
         train = {"since_fired": torch.zeros(self.k, dtype=torch.long, device=device), "threshold": None}
         dead_rows = self.dead_rows or max(2 * batch, min(n, 50_000))
         aux_k = self.aux_k or max(1, dim // 2)
-        start = self._resume(t, opt, train)
+        start = resume(self, t, opt, train)
         self.history_: list[dict] = []
         from vlmsteer.progress import progress_bar
 
@@ -224,12 +218,11 @@ class SparseAutoencoder(ConceptDictionary):
                                   max(0.0, (total - step) / max(1, self.decay * total)))
                 for group in opt.param_groups:
                     group["lr"] = lr_now * group.get("scale", 1.0)
+                opt.zero_grad(set_to_none=True)  # the last step's gradients go before this step's forward
                 stats, loss = self._step(x, t, train, dead_rows, aux_k, step, torch_dtype)
-                opt.zero_grad(set_to_none=True)
                 loss.backward()
-                with torch.no_grad():  # decoder rows stay unit-norm: remove the gradient's radial part
-                    g, w = t["components_"].grad, t["components_"]
-                    g -= (g * w).sum(1, keepdim=True) * w
+                del loss  # (and no other name for a gradient: each is freed before the next forward)
+                _remove_radial_part(t["components_"])
                 opt.step()
                 with torch.no_grad():
                     t["components_"] /= t["components_"].norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -241,7 +234,7 @@ class SparseAutoencoder(ConceptDictionary):
                 if callback is not None:
                     callback(stats)
                 if self.checkpoint is not None and (step + 1) % self.checkpoint_every == 0 and step + 1 < total:
-                    self._save_checkpoint(t, opt, train, step + 1)
+                    save_checkpoint(self, t, opt, train, step + 1)
         self._finish(t, train, scale)
         if self.checkpoint is not None:
             Path(self.checkpoint).unlink(missing_ok=True)
@@ -250,12 +243,16 @@ class SparseAutoencoder(ConceptDictionary):
     def _init_extra(self, t: dict, sample: torch.Tensor) -> None:
         pass
 
+    CHUNK_BYTES = 1 << 27  # rows gathered at a time: 128 MiB of them as stored
+
     def _batches(self, z, batch: int, epochs: int, start: int, device):
         """``(step, rows)`` from ``start`` on: each epoch a seeded permutation of the rows, read
-        ``chunk_rows`` at a time (in order within a chunk, then shuffled), as float32."""
-        n = len(z)
+        ``chunk_rows`` at a time (default: 128 MiB of rows as stored; in order within a chunk,
+        then shuffled) and kept in the store's dtype; each batch becomes float32 alone."""
+        n, dim = z.shape
         steps_per_epoch = math.ceil(n / batch)
-        chunk = max(batch, self.chunk_rows // batch * batch)
+        per_chunk = self.chunk_rows or self.CHUNK_BYTES // (dim * np.dtype(getattr(z, "dtype", np.float32)).itemsize)
+        chunk = max(batch, per_chunk // batch * batch)
         for epoch in range(start // steps_per_epoch, epochs):
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
             first = epoch * steps_per_epoch
@@ -264,12 +261,12 @@ class SparseAutoencoder(ConceptDictionary):
                     continue  # every batch of this chunk was done before the resume
                 part = order[c:c + chunk]
                 inverse = np.argsort(np.argsort(part, kind="stable"), kind="stable")
-                rows = np.asarray(z[np.sort(part)], dtype=np.float32)[inverse]  # one in-order gather
-                data = torch.from_numpy(rows)
+                data = torch.from_numpy(np.asarray(z[np.sort(part)])[inverse])  # one in-order gather
+                _release_pages(z)
                 for b in range(0, len(part), batch):
                     step = first + (c + b) // batch
                     if step >= start:
-                        yield step, data[b:b + batch].to(device, copy=True)
+                        yield step, data[b:b + batch].to(device=device, dtype=torch.float32, copy=True)
 
     def _step(self, x: torch.Tensor, t: dict, train: dict, dead_rows: int, aux_k: int, step: int,
               dtype: torch.dtype = torch.float32):
@@ -278,39 +275,43 @@ class SparseAutoencoder(ConceptDictionary):
         with torch.no_grad():  # the one dense product (bf16 where asked); the rest is sparse
             pre = torch.addmm(t["b_enc"].to(dtype), x_c.to(dtype), t["W_enc"].T.to(dtype)).float()
         rows, cols = self._select(pre, t, train)
-        values = SparseEncode.apply(pre, x_c, t["W_enc"], t["b_enc"], rows, cols)
-        values = self._activation(values, pre, t, rows, cols)
+        with torch.no_grad():  # which latents fired (selected and positive), which are dead
+            fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
+            fired[cols[pre[rows, cols] > 0]] = True
+            train["since_fired"] += b
+            train["since_fired"][fired] = 0
+            dead = train["since_fired"] > dead_rows
+            a_rows = a_cols = rows[:0]
+            k_aux = min(aux_k, int(dead.sum())) if self.aux_coef > 0 else 0
+            if k_aux:  # AuxK: the dead latents' top pre-activations model the residual
+                top = pre.masked_fill(~dead[None], -torch.inf).topk(k_aux, dim=1)
+                ok = torch.isfinite(top.values)
+                a_rows = torch.arange(b, device=x.device)[:, None].expand(-1, k_aux)[ok]
+                a_cols = top.indices[ok]
+        # one encode and one decode for every reconstruction (each Matryoshka prefix's part and the
+        # AuxK one as further blocks of rows), so each weight gets one dense gradient per step
+        n = len(rows)
+        both = SparseEncode.apply(pre, x_c, t["W_enc"], t["b_enc"], torch.cat([rows, a_rows]),
+                                  torch.cat([cols, a_cols]), n)
+        values = self._activation(both[:n], pre, t, rows, cols)
+        groups = self._latent_groups()
+        block = torch.bucketize(cols, torch.tensor(groups, device=cols.device), right=True)
+        parts = SparseDecode.apply(torch.cat([values, both[n:].clamp_min(0)]),
+                                   torch.cat([rows + block * b, a_rows + len(groups) * b]),
+                                   torch.cat([cols, a_cols]), t["components_"], (len(groups) + 1) * b)
         target = x - t["b_dec"]
         variance = float(((x - x.mean(0)) ** 2).sum(1).mean().clamp_min(1e-12))
         loss = 0.0
         recon = None
-        groups = self._latent_groups()
-        begin = 0
-        for end in groups:  # nested prefixes: each reconstruction adds the next group's latents
-            keep = (cols >= begin) & (cols < end)
-            part = SparseDecode.apply(values[keep], rows[keep], cols[keep], t["components_"], b)
-            recon = part if recon is None else recon + part
+        for g in range(len(groups)):  # nested prefixes: each reconstruction adds the next group's latents
+            recon = parts[:b] if recon is None else recon + parts[g * b:(g + 1) * b]
             loss = loss + ((recon - target) ** 2).sum(1).mean() / variance
-            begin = end
         loss = loss / len(groups)
         with torch.no_grad():
-            fired = torch.zeros(self.k, dtype=torch.bool, device=x.device)
-            fired[cols[values > 0]] = True
-            train["since_fired"] += b
-            train["since_fired"][fired] = 0
-            dead = train["since_fired"] > dead_rows
             fvu = float(((recon - target) ** 2).sum(1).mean()) / variance
-        if self.aux_coef > 0 and bool(dead.any()):
-            k_aux = min(aux_k, int(dead.sum()))
-            with torch.no_grad():
-                masked = pre.masked_fill(~dead[None], -torch.inf)
-                top = masked.topk(k_aux, dim=1)
-                ok = torch.isfinite(top.values)
-                a_rows = torch.arange(b, device=x.device)[:, None].expand(-1, k_aux)[ok]
-                a_cols = top.indices[ok]
-            a_vals = SparseEncode.apply(pre, x_c.detach(), t["W_enc"], t["b_enc"], a_rows, a_cols).clamp_min(0)
+        if k_aux:
             residual = (target - recon).detach()
-            aux = SparseDecode.apply(a_vals, a_rows, a_cols, t["components_"], b)
+            aux = parts[len(groups) * b:]
             aux_loss = ((aux - residual) ** 2).sum(1).mean() / max(1e-12, float((residual ** 2).sum(1).mean()))
             loss = loss + self.aux_coef * min(1.0, k_aux / aux_k) * aux_loss
         extra = self._extra_loss(pre, t, train, rows, cols)
@@ -337,56 +338,19 @@ class SparseAutoencoder(ConceptDictionary):
         return None
 
     # -- checkpoints
-    def _checkpoint_identity(self) -> str:
-        import json
 
-        return json.dumps({"method": self.method, "params": self.params(), "data": self._data_identity},
-                          sort_keys=True)
 
-    def _save_checkpoint(self, t: dict, opt, train: dict, step: int) -> None:
-        import json
+def _release_pages(z) -> None:
+    """Unmap the pages a memory-mapped feature file brought into this process (they stay in the
+    OS page cache, and come back on the next read): resident memory holds the rows in use, not
+    every row read so far."""
+    mm = getattr(getattr(z, "array", z), "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
-        from safetensors.torch import save
 
-        from vlmsteer.outputs import atomic_write
-
-        tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in t.items()}
-        for name in sorted(t):
-            s = opt.state.get(t[name], {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in s:
-                    tensors[f"adam.{name}.{key}"] = s[key].detach().cpu().contiguous()
-        tensors["train.since_fired"] = train["since_fired"].cpu()
-        meta = {"identity": self._checkpoint_identity(), "step": str(step),
-                "adam_step": str(int(opt.state[t["components_"]]["step"])) if t["components_"] in opt.state else "0",
-                "train": json.dumps({k: v for k, v in train.items() if not isinstance(v, torch.Tensor)})}
-        atomic_write(self.checkpoint, lambda f: f.write(save(tensors, metadata=meta)), durable=False)
-
-    def _resume(self, t: dict, opt, train: dict) -> int:
-        """The step a checkpoint of this same training reached (0 without one)."""
-        import json
-
-        from safetensors import safe_open
-
-        if self.checkpoint is None or not Path(self.checkpoint).is_file():
-            return 0
-        try:
-            with safe_open(str(self.checkpoint), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("identity") != self._checkpoint_identity():
-                    return 0
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint is started over, not trusted
-            return 0
-        with torch.no_grad():
-            for k, v in t.items():
-                v.copy_(tensors[f"param.{k}"])
-        adam_step = torch.tensor(float(meta["adam_step"]))
-        for name in sorted(t):
-            if f"adam.{name}.exp_avg" in tensors:
-                opt.state[t[name]] = {"step": adam_step.clone(),
-                                      "exp_avg": tensors[f"adam.{name}.exp_avg"].to(t[name].device),
-                                      "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(t[name].device)}
-        train["since_fired"].copy_(tensors["train.since_fired"])
-        train.update(json.loads(meta["train"]))
-        return int(meta["step"])
+@torch.no_grad()
+def _remove_radial_part(w: torch.Tensor) -> None:
+    """Decoder rows stay unit-norm: remove each row gradient's component along its row, in place."""
+    g = w.grad
+    g.addcmul_(torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1, 1), w, value=-1)

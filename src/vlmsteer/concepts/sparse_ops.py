@@ -10,12 +10,16 @@ import torch
 class SparseEncode(torch.autograd.Function):
     """``pre[rows, cols]`` of ``pre = x_c·W_encᵀ + b_enc`` (``pre`` computed without grad), with
     gradients from the selected entries only: ``Sᵀ·x_c`` for the encoder rows, ``S·W_enc`` for
-    the input, where ``S`` is the sparse (batch × latents) matrix of incoming gradients."""
+    the input, where ``S`` is the sparse (batch × latents) matrix of incoming gradients. Only
+    the first ``n_x`` entries (default: all) send gradient to the input; every entry reaches the
+    weights through one dense gradient (one call per step: no second weight-sized gradient to
+    add)."""
 
     @staticmethod
-    def forward(ctx, pre, x_c, w_enc, b_enc, rows, cols):
+    def forward(ctx, pre, x_c, w_enc, b_enc, rows, cols, n_x=None):
         ctx.save_for_backward(x_c, w_enc, rows, cols)
         ctx.needs_x = x_c.requires_grad
+        ctx.n_x = len(rows) if n_x is None else n_x
         return pre[rows, cols]
 
     @staticmethod
@@ -25,8 +29,13 @@ class SparseEncode(torch.autograd.Function):
                                     check_invariants=False)
         grad_w = torch.sparse.mm(s, x_c)
         grad_b = torch.zeros(w_enc.shape[0], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        grad_x = torch.sparse.mm(s.t(), w_enc) if ctx.needs_x else None
-        return None, grad_x, grad_w, grad_b, None, None
+        grad_x = None
+        if ctx.needs_x:
+            m = ctx.n_x
+            s_x = torch.sparse_coo_tensor(torch.stack([rows[:m], cols[:m]]), grad[:m],
+                                          (x_c.shape[0], w_enc.shape[0]), check_invariants=False)
+            grad_x = torch.sparse.mm(s_x, w_enc)
+        return None, grad_x, grad_w, grad_b, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.keywords import STYLE_KEYWORDS, KeywordSet
 from vlmsteer.data.sample import Sample
@@ -86,23 +87,27 @@ def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_n
 def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                          baseline: str | Path | None = None, tokenizer: Tokenizer = "auto", batch_size: int = 32,
                          max_new_tokens: int = 32, progress: bool = False,
-                         part: tuple[int, int] | None = None) -> dict | None:
-    """``vlmsteer eval captions``: caption, score (CIDEr, style shares), compare with a baseline
-    run folder, write ``predictions.jsonl`` and ``metrics.json`` to ``out``; returns the metrics
-    (with ``part``, see :func:`~vlmsteer.evaluate.runner.generate_texts`: rank 0 only)."""
+                         part: tuple[int, int] | None = None, words: Sequence[str] = ()) -> dict | None:
+    """``vlmsteer eval captions``: caption, score (CIDEr, style shares, and the share of captions
+    naming each of ``words``), compare with a baseline run folder, write ``predictions.jsonl``
+    and ``metrics.json`` to ``out``; returns the metrics (with ``part``, see
+    :func:`~vlmsteer.evaluate.runner.generate_texts`: rank 0 only)."""
     resolve_tokenizer(tokenizer)  # fail before generating
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
     caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                           progress=progress, description="captioning", part=part, parts_dir=Path(out) / "parts")
     if caps is None:
         return None
-    report = evaluate_captions(samples, caps, tokenizer=tokenizer)
+    if any(not w.strip() for w in words):
+        raise VlmsteerError("--word needs a word, not an empty string", "word")
+    styles = {**STYLE_KEYWORDS, **{w.strip(): KeywordSet(w.strip(), (w.strip(),)) for w in words}}
+    report = evaluate_captions(samples, caps, styles, tokenizer=tokenizer)
     extra = {}
     if steering is not None:
         extra["steering"] = steering.describe()
     if base is not None:
-        extra["vs_baseline"] = compare_caption_runs(base, caps, evaluate_captions(samples, base, tokenizer=tokenizer),
-                                                    report)
+        extra["vs_baseline"] = compare_caption_runs(base, caps, evaluate_captions(samples, base, styles,
+                                                                                  tokenizer=tokenizer), report, styles)
     rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
             for s, c, sc in zip(samples, caps, report.per_sample_cider)]
     write_run_outputs(out, rows, {**report.to_dict(), **extra})

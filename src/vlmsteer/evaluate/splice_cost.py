@@ -53,9 +53,11 @@ class SpliceCost:
 def usable_records(store: FeatureStore) -> tuple[list[dict], str | None]:
     """The store's records the model can re-read (found, with a prompt, a response and an image
     file, or no image), and why there are none if so."""
+    if not store.header.get("selector"):
+        return [], "the store records no token selector (imported features): the positions to splice are unknown"
     records = store.records
     if not any(r.get("response") for r in records):
-        return [], "the store's records have no responses (imported features?)"
+        return [], "the store's records have no responses"
     keep = [r for r in records if r.get("found") and r.get("response") and r.get("prompt") is not None]
     missing = [r for r in keep if r.get("image") and not Path(r["image"]).is_file()]
     if missing:

@@ -11,6 +11,7 @@ from vlmsteer.report.plots import pca_plot
 from vlmsteer.concepts.dictionary import Rows, make_dictionary
 from vlmsteer.concepts.quality import dictionary_quality, held_out_split
 from vlmsteer.concepts.sae import SparseAutoencoder
+from vlmsteer.concepts.scan import scan_rows
 from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.splice_cost import splice_cost
@@ -66,8 +67,8 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
     dictionary = make_dictionary(cfg.method, cfg.k, seed=cfg.seed, **cfg.options(out / "checkpoint.safetensors"))
     dictionary.fit(Rows(feats, train) if len(held) else feats)
     quality = dictionary_quality(dictionary, feats, held if len(held) else train)
-    assign = dictionary.assign(feats)
-    sizes = dictionary.sizes(feats)
+    scan = scan_rows(dictionary, feats, cfg.top_images)  # one encoding pass: assignments, sizes, top images
+    assign, sizes = scan.assign, scan.sizes
     words = ground_text(vlm, dictionary, top_n=cfg.top_words) if vlm is not None else None
     # each concept's label ("3:red": index and top word) travels with the dictionary, so
     # vectors built from it name their source and target
@@ -79,7 +80,7 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
         from vlmsteer.concepts.saelens import save_saelens
 
         save_saelens(dictionary, out / "saelens", layer=layer, model_id=store.header.get("model_id"))
-    images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx, features=feats)
+    images = ground_images(dictionary, store, layer, top_n=cfg.top_images, indices=idx, scan=scan)
     splice = splice_cost(model, store, dictionary, layer, cfg.splice_samples, cfg.seed,
                          progress=cfg.progress).to_dict() if model is not None and cfg.splice_samples else None
     concepts = []
