@@ -11,7 +11,7 @@ value with the highest CIDEr among those raising the colour's share by ≥ 30 po
 largest rise) is kept. **Report**: on worlds 17, 19, 23 (never used above), per colour the
 share before / after and CIDEr before / after, and VQA accuracy clean vs spliced; mean ± sd.
 
-    python benchmarks/sae_effects.py [--seeds 17,19,23] [--colors red,blue] [--values 50,100,150,200]
+    python benchmarks/sae_effects.py [--seeds 17,19,23] [--colors red,blue] [--values 30,40,45,50,55,60]
                                      [--n-scenes 300] [--json out.json]
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=512)
     ap.add_argument("--l0", type=int, default=32)
     ap.add_argument("--colors", default="red,blue")
-    ap.add_argument("--values", default="50,100,150,200")
+    ap.add_argument("--values", default="30,40,45,50,55,60")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "sae_effects.json"))
     args = ap.parse_args()
     colours = args.colors.split(",")
@@ -103,8 +103,8 @@ def main() -> None:
                 share, cider = captions_with(vlm, caps, clamp(state["sae"], state["labels"], c, v), [c])
                 tried.append({"value": v, "rise": share[c] - base[c], "cider": cider})
             good = [t for t in tried if t["rise"] >= 30]
-            chosen[c] = max(good, key=lambda t: t["cider"]) if good else max(tried, key=lambda t: t["rise"])
-            chosen[c]["tried"] = tried
+            best = max(good, key=lambda t: t["cider"]) if good else max(tried, key=lambda t: t["rise"])
+            chosen[c] = {**best, "tried": tried}
         state["chosen"] = chosen
         print("tuned on world", args.tune, {c: chosen[c]["value"] for c in colours}, flush=True)
 

@@ -52,10 +52,13 @@ class SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         values, rows, cols, w_dec = ctx.saved_tensors
-        grad_v = torch.empty_like(values)
-        step = max(1, (1 << 22) // max(1, w_dec.shape[1]))  # 16 MiB of gathered rows at a time
-        for a in range(0, len(values), step):
-            grad_v[a:a + step] = (grad[rows[a:a + step]] * w_dec[cols[a:a + step]]).sum(1)
+        if grad.shape[0] * w_dec.shape[0] <= 1 << 22:  # small: one dense product beats the gathers
+            grad_v = (grad @ w_dec.T)[rows, cols]
+        else:
+            grad_v = torch.empty_like(values)
+            step = max(1, (1 << 22) // max(1, w_dec.shape[1]))  # 16 MiB of gathered rows at a time
+            for a in range(0, len(values), step):
+                grad_v[a:a + step] = (grad[rows[a:a + step]] * w_dec[cols[a:a + step]]).sum(1)
         s = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, (w_dec.shape[0], grad.shape[0]),
                                     check_invariants=False)
         return grad_v, None, None, torch.sparse.mm(s, grad), None
