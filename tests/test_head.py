@@ -77,7 +77,8 @@ def test_unreadable_head_falls_back_to_the_whole_model(tiny_folder, tmp_path, ca
 
 
 def test_concepts_command_grounds_without_loading_the_model(tiny_folder, tmp_path, monkeypatch):
-    """``vlmsteer concepts`` (and ``shift``) ground words with the head alone."""
+    """``vlmsteer concepts`` (and ``shift``) ground words with the head alone (the splice cost,
+    which needs the whole model, turned off)."""
     from vlmsteer.cli import main
     from vlmsteer.data import shapes
 
@@ -86,6 +87,7 @@ def test_concepts_command_grounds_without_loading_the_model(tiny_folder, tmp_pat
     assert main(["extract", "--model", folder, "--data", str(tmp_path / "w"), "--layer", "1",
                  "--out", str(tmp_path / "s")]) == 0
     monkeypatch.setattr(VLM, "load", classmethod(lambda cls, *a, **k: pytest.fail("loaded the whole model")))
-    assert main(["concepts", str(tmp_path / "s"), "-k", "3", "--out", str(tmp_path / "c")]) == 0
+    assert main(["concepts", str(tmp_path / "s"), "-k", "3", "--splice-samples", "0",
+                 "--out", str(tmp_path / "c")]) == 0
     concepts = json.loads((tmp_path / "c" / "concepts.json").read_text())["concepts"]
     assert all(c["words"] for c in concepts)
