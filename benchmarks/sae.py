@@ -102,9 +102,10 @@ def main() -> None:
     # warm-up: both sides' first use of torch's lazily imported parts is not timed
     TopKSAE(args.latents, seed=args.seed, l0=args.k, epochs=1, batch_size=64, lr=args.lr).fit(train[:128])
     warm = OcTopK(args.d, args.latents, top_k=args.k)
-    train_sae(warm, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
-        torch.from_numpy(train[:128].astype(np.float32))), batch_size=64), lambda x, x_hat, *_: ((x - x_hat) ** 2).mean(),
-        torch.optim.Adam(warm.parameters(), lr=args.lr), nb_epochs=1, monitoring=0)
+    mse = lambda x, x_hat, *_: ((x - x_hat) ** 2).mean()  # noqa: E731
+    warm_rows = torch.utils.data.TensorDataset(torch.from_numpy(train[:128].astype(np.float32)))
+    train_sae(warm, torch.utils.data.DataLoader(warm_rows, batch_size=64), mse,
+              torch.optim.Adam(warm.parameters(), lr=args.lr), nb_epochs=1, monitoring=0)
 
     t0 = time.perf_counter()
     ours = TopKSAE(args.latents, seed=args.seed, l0=args.k, epochs=args.epochs, batch_size=args.batch,
@@ -120,15 +121,15 @@ def main() -> None:
     peer = OcTopK(args.d, args.latents, top_k=args.k)
     opt = torch.optim.Adam(peer.parameters(), lr=args.lr)
     t0 = time.perf_counter()
-    train_sae(peer, loader, lambda x, x_hat, *_: ((x - x_hat) ** 2).mean(), opt, nb_epochs=args.epochs,
-              monitoring=0)
+    train_sae(peer, loader, mse, opt, nb_epochs=args.epochs, monitoring=0)
     t_peer = time.perf_counter() - t0
     peer.eval()
     with torch.no_grad():
         x_hat = torch.cat([peer(torch.from_numpy(test[a:a + 4096].astype(np.float32)))[2]
                            for a in range(0, len(test), 4096)]).double().numpy()
     fvu_peer = fvu(test, x_hat)
-    result = {"data": args.store or "synthetic", "n": args.n, "held_out": held, "d": args.d, "latents": args.latents, "k": args.k,
+    result = {"data": args.store or "synthetic", "n": args.n, "held_out": held, "d": args.d,
+              "latents": args.latents, "k": args.k,
               "batch": args.batch, "epochs": args.epochs, "lr": args.lr, "threads": args.threads,
               "steps": -(-args.n // args.batch) * args.epochs,
               "vlmsteer_s": round(t_ours, 2), "overcomplete_s": round(t_peer, 2),

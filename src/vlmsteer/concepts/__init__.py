@@ -1,7 +1,8 @@
 """Concept dictionaries (one contract for every method), grounding in words and images,
 T-Overlap and similarity."""
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, KMeansConcepts, PCAConcepts, load_dictionary, make_dictionary
+from vlmsteer.concepts.dictionary import (ConceptDictionary, KMeansConcepts, PCAConcepts, load_dictionary,
+                                          make_dictionary)
 from vlmsteer.concepts.nmf import NMFConcepts, SemiNMFConcepts
 from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap, t_overlap
 

@@ -195,7 +195,8 @@ def lloyd(features, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4, in
     n, dim = features.shape
     sample = max(10000, 100 * len(init)) if sample is None else sample
     if sample and n > 2 * sample:
-        init = lloyd(features[_sample_rows(n, sample, seed)], init, max_iter, tol, inertia_tol, chunk, device, sample=0).centers
+        init = lloyd(features[_sample_rows(n, sample, seed)], init, max_iter, tol, inertia_tol, chunk, device,
+                     sample=0).centers
     state = _LloydState(features, init, chunk, device)
     previous, threshold, last_gain = float("inf"), 0.0, float("inf")
     current = False  # do the labels belong to the current centres?

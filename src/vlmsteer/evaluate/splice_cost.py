@@ -76,16 +76,19 @@ def splice_cost(vlm: VLM, store: FeatureStore, dictionary: ConceptDictionary, la
     recorded = store.header.get("model")
     check_same_model(recorded, vlm, "feature store")
     if isinstance(recorded, dict) and recorded.get("adapter") != vlm.identity["adapter"]:
-        raise VlmsteerError(f"the feature store was made with {'adapter ' + str(recorded['adapter'])[:12] if recorded.get('adapter') else 'no adapter'}"
-                            f" but {vlm.model_id} has {'adapter ' + str(vlm.identity['adapter'])[:12] if vlm.identity['adapter'] else 'none'}: "
-                            f"measure the splice cost on the store's own model", "adapter")
+        def name(digest):
+            return f"adapter {str(digest)[:12]}" if digest else "no adapter"
+        raise VlmsteerError(f"the feature store was made with {name(recorded.get('adapter'))} but {vlm.model_id} "
+                            f"has {name(vlm.identity['adapter'])}: measure the splice cost on the store's own model",
+                            "adapter")
     selector = Selector(**store.header["selector"])
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(records), size=min(n_samples, len(records)), replace=False).tolist())
     layer = vlm.layer_index(layer)
     totals = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     n_tokens = 0
-    edits = {"spliced": dictionary_delta(dictionary, EditMode.SPLICE), "zero": dictionary_delta(dictionary, EditMode.ZERO)}
+    edits = {"spliced": dictionary_delta(dictionary, EditMode.SPLICE),
+             "zero": dictionary_delta(dictionary, EditMode.ZERO)}
     with progress_bar("splice cost", len(chosen), enabled=progress) as advance:
         for a in range(0, len(chosen), batch_size):
             rows = [records[i] for i in chosen[a:a + batch_size]]
