@@ -61,6 +61,15 @@ def over_worlds(args, one_world) -> list[dict]:
         return [one_world(vlm, int(s), args, Path(tmp)) for s in args.seeds.split(",")]
 
 
+def print_and_save(result: dict, path=None) -> None:
+    """A benchmark's one-run figures: printed as JSON, and written to ``path`` when given."""
+    import json
+
+    print(json.dumps(result, indent=2))
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2))
+
+
 def write_result(path, args, **parts) -> None:
     """The benchmark's settings (its parsed options) and results as JSON at ``path``."""
     import json

@@ -17,11 +17,15 @@ K' Gaussian blobs in D dimensions plus isotropic noise (seeded).
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_and_save  # noqa: E402
 
 
 def features(n: int, d: int, blobs: int, seed: int, scale: float = 1.5, uneven: bool = False) -> np.ndarray:
@@ -95,10 +99,7 @@ def main() -> None:
         t_fa = time.perf_counter() - t0
         result.update({"faiss_s": round(t_fa, 2), "faiss_speedup_fit": round(t_ref / t_fa, 2),
                        "faiss_inertia_ratio": fa.inertia / float(ref.inertia_)})
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_and_save(result, args.json)
 
 
 if __name__ == "__main__":

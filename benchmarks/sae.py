@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import pathlib
 import sys
 import time
@@ -29,6 +28,9 @@ import types
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _common import print_and_save  # noqa: E402
 
 
 def features(n: int, d: int, atoms: int, active: int, seed: int) -> np.ndarray:
@@ -136,10 +138,7 @@ def main() -> None:
               "overcomplete_copy_s": round(t_copy, 2), "time_ratio": round(t_ours / t_peer, 3),
               "vlmsteer_fvu": round(fvu_ours, 5), "overcomplete_fvu": round(fvu_peer, 5),
               "fvu_ratio": round(fvu_ours / fvu_peer, 4)}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_and_save(result, args.json)
 
 
 if __name__ == "__main__":

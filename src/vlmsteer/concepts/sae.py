@@ -337,8 +337,6 @@ class SparseAutoencoder(ConceptDictionary):
     def _threshold(self, w: dict, train: dict) -> torch.Tensor | None:
         return None
 
-    # -- checkpoints
-
 
 def _release_pages(z) -> None:
     """Unmap the pages a memory-mapped feature file brought into this process (they stay in the
