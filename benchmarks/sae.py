@@ -2,19 +2,25 @@
 in no more time, trained on the same features with the same latents, k, batch, epochs and
 optimizer (Adam, one learning rate).
 
-Features: synthetic residual-like rows, float16: a large shared offset plus sparse
-non-negative combinations of random unit atoms (``--active`` of ``--atoms`` per row) plus
-noise (seeded). Both train on the first N rows and are measured on the held-out rest:
-FVU = Σ‖x − x̂‖² / Σ‖x − mean‖². vlmsteer's ``TopKSAE.fit`` reads the float16 rows as
-``vlmsteer concepts`` does (its own recipe: geometric-median ``b_dec``, unit-norm decoder
-rows, AuxK, warm-up/decay); overcomplete 0.3's ``TopKSAE`` (its default encoder) with
-``train_sae`` (no monitoring, its default gradient clipping) reads a float32 copy through a
-shuffled ``DataLoader`` (the copy is timed apart). overcomplete is an optional dev dependency;
-its package ``__init__`` imports vision models (torchvision, timm), so only its ``sae``
-subpackage is loaded here.
+Features: synthetic residual-like rows, float16: a large shared offset plus sparse non-negative
+combinations of random unit atoms (``--active`` of ``--atoms`` per row) plus noise (seeded); or
+a feature store's rows (``--store S --layer L``). Both train on the first 90 % of the rows and
+are measured on the held-out rest: FVU = Σ‖x − x̂‖² / Σ‖x − mean‖². vlmsteer's ``TopKSAE.fit``
+reads the float16 rows as ``vlmsteer concepts`` does (its own recipe: geometric-median
+``b_dec``, unit-norm decoder rows, a tied encoder scaled by least squares, AuxK, warm-up/decay,
+Adam's second-moment decay suited to the run's length); overcomplete 0.3's ``TopKSAE`` (its
+default encoder, which is a plain ``Linear``: the "linear" factory passes
+``norm_layer=nn.Identity``, whatever the docstring says of BatchNorm; unit-norm decoder rows, no
+decoder bias) with ``train_sae`` (no monitoring, its default gradient clipping) reads a float32
+copy through a shuffled ``DataLoader`` (the copy is not timed). Each learning rate of ``--lr``
+(a comma list) is one comparison; both sides train ``--repeats`` times, interleaved, and the
+median times are compared (this machine's timing wanders by ±20 % between runs; the FVUs do not:
+both sides are seeded). overcomplete is an optional dev dependency; its package ``__init__``
+imports vision models (torchvision, timm), so only its ``sae`` subpackage is loaded here.
 
     python benchmarks/sae.py [--n 50000] [--d 512] [--latents 4096] [--k 32] [--batch 1024]
-                             [--epochs 1] [--lr 5e-4] [--threads 2] [--store S --layer L] [--json out.json]
+                             [--epochs 1] [--lr 5e-4[,2e-3,...]] [--repeats 3] [--threads 2]
+                             [--store S --layer L] [--json out.json]
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def main() -> None:
     ap.add_argument("--active", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", default="5e-4", help="Adam's learning rate, or a comma list (one comparison each)")
+    ap.add_argument("--repeats", type=int, default=3, help="trainings per side (interleaved); median times")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", help="train on this feature store's rows instead (e.g. the shapes world's "
@@ -101,43 +108,52 @@ def main() -> None:
     train, test = z[:args.n], z[args.n:]
 
     OcTopK, train_sae = overcomplete_sae()
-    # warm-up: both sides' first use of torch's lazily imported parts is not timed
-    TopKSAE(args.latents, seed=args.seed, l0=args.k, epochs=1, batch_size=64, lr=args.lr).fit(train[:128])
-    warm = OcTopK(args.d, args.latents, top_k=args.k)
     mse = lambda x, x_hat, *_: ((x - x_hat) ** 2).mean()  # noqa: E731
-    warm_rows = torch.utils.data.TensorDataset(torch.from_numpy(train[:128].astype(np.float32)))
-    train_sae(warm, torch.utils.data.DataLoader(warm_rows, batch_size=64), mse,
-              torch.optim.Adam(warm.parameters(), lr=args.lr), nb_epochs=1, monitoring=0)
 
-    t0 = time.perf_counter()
-    ours = TopKSAE(args.latents, seed=args.seed, l0=args.k, epochs=args.epochs, batch_size=args.batch,
-                   lr=args.lr).fit(train)
-    t_ours = time.perf_counter() - t0
-    fvu_ours = fvu(test, ours.decode(ours.encode(test)))
+    def ours(lr, epochs, rows, batch):
+        t0 = time.perf_counter()
+        sae = TopKSAE(args.latents, seed=args.seed, l0=args.k, epochs=epochs, batch_size=batch, lr=lr).fit(rows)
+        return time.perf_counter() - t0, lambda x: sae.decode(sae.encode(x))
 
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    x32 = torch.from_numpy(train.astype(np.float32))
-    t_copy = time.perf_counter() - t0
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x32), batch_size=args.batch, shuffle=True)
-    peer = OcTopK(args.d, args.latents, top_k=args.k)
-    opt = torch.optim.Adam(peer.parameters(), lr=args.lr)
-    t0 = time.perf_counter()
-    train_sae(peer, loader, mse, opt, nb_epochs=args.epochs, monitoring=0)
-    t_peer = time.perf_counter() - t0
-    peer.eval()
-    with torch.no_grad():
-        x_hat = torch.cat([peer(torch.from_numpy(test[a:a + 4096].astype(np.float32)))[2]
-                           for a in range(0, len(test), 4096)]).double().numpy()
-    fvu_peer = fvu(test, x_hat)
+    def peer(lr, epochs, rows, batch):
+        torch.manual_seed(args.seed)
+        x32 = torch.from_numpy(rows.astype(np.float32))
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x32), batch_size=batch, shuffle=True)
+        sae = OcTopK(args.d, args.latents, top_k=args.k)
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        t0 = time.perf_counter()
+        train_sae(sae, loader, mse, opt, nb_epochs=epochs, monitoring=0)
+        elapsed = time.perf_counter() - t0
+        sae.eval()
+
+        @torch.no_grad()
+        def reconstruct(x):
+            return torch.cat([sae(torch.from_numpy(x[a:a + 4096].astype(np.float32)))[2]
+                              for a in range(0, len(x), 4096)]).double().numpy()
+        return elapsed, reconstruct
+
+    # warm-up: both sides' first use of torch's lazily imported parts is not timed
+    for side in (ours, peer):
+        side(5e-4, 1, train[:128], 64)
+    runs = []
+    for lr in (float(v) for v in str(args.lr).split(",")):
+        times = {"vlmsteer": [], "overcomplete": []}
+        fvus = {}
+        for _ in range(args.repeats):  # interleaved, so a slow stretch of the machine hits both
+            for name, side in (("vlmsteer", ours), ("overcomplete", peer)):
+                elapsed, reconstruct = side(lr, args.epochs, train, args.batch)
+                times[name].append(elapsed)
+                fvus.setdefault(name, fvu(test, reconstruct(test)))
+        t_ours, t_peer = (float(np.median(times[k])) for k in ("vlmsteer", "overcomplete"))
+        runs.append({"lr": lr, "vlmsteer_s": round(t_ours, 2), "overcomplete_s": round(t_peer, 2),
+                     "time_ratio": round(t_ours / t_peer, 3),
+                     "vlmsteer_fvu": round(fvus["vlmsteer"], 5), "overcomplete_fvu": round(fvus["overcomplete"], 5),
+                     "fvu_ratio": round(fvus["vlmsteer"] / fvus["overcomplete"], 4),
+                     "times_s": {k: [round(v, 2) for v in vs] for k, vs in times.items()}})
     result = {"data": args.store or "synthetic", "n": args.n, "held_out": held, "d": args.d,
-              "latents": args.latents, "k": args.k,
-              "batch": args.batch, "epochs": args.epochs, "lr": args.lr, "threads": args.threads,
-              "steps": -(-args.n // args.batch) * args.epochs,
-              "vlmsteer_s": round(t_ours, 2), "overcomplete_s": round(t_peer, 2),
-              "overcomplete_copy_s": round(t_copy, 2), "time_ratio": round(t_ours / t_peer, 3),
-              "vlmsteer_fvu": round(fvu_ours, 5), "overcomplete_fvu": round(fvu_peer, 5),
-              "fvu_ratio": round(fvu_ours / fvu_peer, 4)}
+              "latents": args.latents, "k": args.k, "batch": args.batch, "epochs": args.epochs,
+              "threads": args.threads, "repeats": args.repeats, "steps": -(-args.n // args.batch) * args.epochs,
+              "runs": runs}
     print_and_save(result, args.json)
 
 

@@ -11,7 +11,7 @@ value with the highest CIDEr among those raising the colour's share by ≥ 30 po
 largest rise) is kept. **Report**: on worlds 17, 19, 23 (never used above), per colour the
 share before / after and CIDEr before / after, and VQA accuracy clean vs spliced; mean ± sd.
 
-    python benchmarks/sae_effects.py [--seeds 17,19,23] [--colors red,blue] [--values 30,40,45,50,55,60]
+    python benchmarks/sae_effects.py [--seeds 17,19,23] [--colors red,blue] [--values 20,25,30,35,40,50,60]
                                      [--n-scenes 300] [--json out.json]
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=512)
     ap.add_argument("--l0", type=int, default=32)
     ap.add_argument("--colors", default="red,blue")
-    ap.add_argument("--values", default="30,40,45,50,55,60")
+    ap.add_argument("--values", default="20,25,30,35,40,50,60")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "sae_effects.json"))
     args = ap.parse_args()
     colours = args.colors.split(",")

@@ -99,8 +99,10 @@ def test_concepts_cli_trains_an_sae_measures_it_on_held_out_rows_and_writes_sael
     result = json.loads((out / "concepts.json").read_text())
     q = result["quality"]
     assert result["method"] == "topk_sae" and len(result["concepts"]) == 8 and result["n_train"] == 22
-    assert q["rows"] == "held-out" and q["n_rows"] == 2 and 0 < q["l0"] <= 2 and 0 <= q["fvu"] < 1.5
-    assert result["training"] and "fvu" in result["training"][-1]
+    # two held-out rows of a random tiny model: their FVU is measured (finite), not meaningful;
+    # the training rows show the SAE learnt
+    assert q["rows"] == "held-out" and q["n_rows"] == 2 and 0 < q["l0"] <= 2 and 0 <= q["fvu"] < 10
+    assert result["training"] and result["training"][-1]["fvu"] < 0.5
     d, meta = load_dictionary(out / "dictionary.safetensors")
     s, smeta = load_dictionary(out / "saelens")
     assert smeta["layer"] == meta["layer"] == result["layer"]

@@ -200,3 +200,41 @@ def test_sae_encoding_is_chunked_and_torch_equal():
     x = np.asarray(z, dtype=np.float32)
     np.testing.assert_allclose(d.encode(x), d.encode_tensor(torch.from_numpy(x)).numpy())
     assert (d.assign(x) == d.encode(x).argmax(1)).all()
+
+
+@pytest.mark.parametrize("rows_in_order", [True, False])
+def test_sparse_products_have_the_dense_gradients(rows_in_order):
+    """Training's sparse encode/decode (bag sums, a sampled product, one shared column sort)
+    give the gradients of the same computation written densely, duplicates and all; only the
+    first ``n_x`` positions move ``b_dec``."""
+    from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, SparsePattern
+
+    g = torch.Generator().manual_seed(0)
+    b, latents, dim, nnz, n_x = 9, 13, 6, 40, 25
+    x = torch.randn(b, dim, generator=g, dtype=torch.float64)
+    w_enc, w_dec = (torch.randn(latents, dim, generator=g, dtype=torch.float64, requires_grad=True)
+                    for _ in range(2))
+    b_enc = torch.randn(latents, generator=g, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(dim, generator=g, dtype=torch.float64, requires_grad=True)
+    rows, cols = torch.randint(b, (nnz,), generator=g), torch.randint(latents, (nnz,), generator=g)
+    if rows_in_order:
+        rows = rows.sort().values
+    block = (torch.arange(nnz) >= n_x).long()  # two blocks of decoded rows, as AuxK's
+    with torch.no_grad():
+        x_c = x - b_dec
+        pre = x_c @ w_enc.T + b_enc
+    encoded = SparsePattern(rows, cols, b, latents)
+    v = SparseEncode.apply(pre[rows, cols], x_c, w_enc, b_enc, b_dec, encoded, n_x)
+    out = SparseDecode.apply(v * v.abs(), encoded.with_rows(rows + block * b, 2 * b), w_dec)
+    upstream = torch.randn(2 * b, dim, generator=g, dtype=torch.float64)
+    weights = (w_enc, b_enc, b_dec, w_dec)
+    got = torch.autograd.grad(out, weights, upstream)
+
+    x_rows = torch.cat([x[rows[:n_x]] - b_dec, x_c[rows[n_x:]]])
+    v_ref = (x_rows * w_enc[cols]).sum(1) + b_enc[cols]
+    dense = torch.zeros(2 * b, latents, dtype=torch.float64).index_put(
+        (rows + block * b, cols), v_ref * v_ref.abs(), accumulate=True)
+    want = torch.autograd.grad(dense @ w_dec, weights, upstream)
+    assert torch.allclose(out, dense.detach() @ w_dec.detach())
+    for a, r in zip(got, want):
+        assert torch.allclose(a, r, atol=1e-12)

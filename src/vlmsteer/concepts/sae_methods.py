@@ -18,9 +18,9 @@ class TopKSAE(SparseAutoencoder):
     architecture = "topk"
 
     def _select(self, pre, t, train):
-        idx = pre.topk(self.l0, dim=1, sorted=False).indices
+        values, idx = pre.topk(self.l0, dim=1, sorted=False)
         rows = torch.arange(len(pre), device=pre.device)[:, None].expand_as(idx)
-        return rows.reshape(-1), idx.reshape(-1)
+        return rows.reshape(-1), idx.reshape(-1), values.reshape(-1)
 
 
 class BatchTopKSAE(SparseAutoencoder):
@@ -33,12 +33,14 @@ class BatchTopKSAE(SparseAutoencoder):
     def _select(self, pre, t, train):
         flat = pre.clamp_min(0).reshape(-1)
         kept = flat.topk(min(len(flat), self.l0 * len(pre)), sorted=False)
-        kept_idx = kept.indices[kept.values > 0]
+        positive = kept.values > 0
+        kept_idx, kept_values = kept.indices[positive], kept.values[positive]
         if len(kept_idx):  # the inference threshold: a running mean of the smallest kept activation
-            smallest = float(flat[kept_idx].min())
+            smallest = float(kept_values.min())
             old = train.get("threshold")
             train["threshold"] = smallest if old is None else 0.99 * old + 0.01 * smallest
-        return kept_idx // pre.shape[1], kept_idx % pre.shape[1]
+        kept_idx, order = kept_idx.sort()  # row-major: rows in order, as the sparse products like them
+        return kept_idx // pre.shape[1], kept_idx % pre.shape[1], kept_values[order]
 
     def _threshold(self, w, train):
         return torch.full((self.k,), float(train.get("threshold") or 0.0))
@@ -72,7 +74,8 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _select(self, pre, t, train):
         theta = t["log_threshold"].detach().exp()
-        return torch.nonzero(pre > theta, as_tuple=True)
+        rows, cols = torch.nonzero(pre > theta, as_tuple=True)
+        return rows, cols, pre[rows, cols]
 
     def _activation(self, values, pre, t, rows, cols):
         return JumpGate.apply(values, t["log_threshold"], cols, self.BANDWIDTH)

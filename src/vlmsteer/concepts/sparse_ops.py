@@ -4,64 +4,119 @@ and the geometric median that starts ``b_dec``."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
+
+
+class SparsePattern:
+    """The positions ``(rows, cols)`` of a sparse ``n_rows × n_cols`` matrix ``S``, grouped once
+    for the three products training needs, each a fused kernel over the entries alone:
+    ``S·M`` (:meth:`mm`) and ``Sᵀ·M`` (:meth:`t_mm`) as weighted bag sums (``embedding_bag``),
+    and the entries of ``A·Bᵀ`` at the positions (:meth:`dots`, a sampled product on CPU).
+    Values are given and returned in the caller's order of the positions; rows already in order
+    (TopK's) are not sorted again, and patterns with the same columns share one column sort
+    (:meth:`with_rows`)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int, _by_col=None):
+        self.rows, self.cols, self.n_rows, self.n_cols = rows, cols, n_rows, n_cols
+        self._by_row, self._by_col = None, _by_col
+
+    def with_rows(self, rows: torch.Tensor, n_rows: int) -> SparsePattern:
+        """The pattern of the same columns (in the same order) in other rows."""
+        return SparsePattern(rows, self.cols, n_rows, self.n_cols, self._column_groups())
+
+    def _row_groups(self):
+        """``(order or None, columns in row order, row starts)``: rows in order are not sorted."""
+        if self._by_row is None:
+            rows, cols = self.rows, self.cols
+            order = None if len(rows) < 2 or bool((rows[1:] >= rows[:-1]).all()) else torch.argsort(rows, stable=True)
+            if order is not None:
+                rows, cols = rows[order], cols[order]
+            self._by_row = (order, cols, torch.searchsorted(rows, torch.arange(self.n_rows + 1, device=rows.device)))
+        return self._by_row
+
+    def _column_groups(self):
+        """``(order, column starts)``: the positions grouped by column."""
+        if self._by_col is None:
+            cols, order = torch.sort(self.cols, stable=True)
+            self._by_col = (order, torch.searchsorted(cols, torch.arange(self.n_cols + 1, device=cols.device)))
+        return self._by_col
+
+    def mm(self, values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``S·M`` (``n_rows × M.shape[1]``) for ``M`` with ``n_cols`` rows."""
+        order, cols, starts = self._row_groups()
+        values = values if order is None else values[order]
+        return F.embedding_bag(cols, m, starts, mode="sum", include_last_offset=True,
+                               per_sample_weights=values.to(m.dtype))
+
+    def t_mm(self, values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``Sᵀ·M`` (``n_cols × M.shape[1]``) for ``M`` with ``n_rows`` rows."""
+        order, starts = self._column_groups()
+        return F.embedding_bag(self.rows[order], m, starts, mode="sum", include_last_offset=True,
+                               per_sample_weights=values[order].to(m.dtype))
+
+    def dots(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a[rows]·b[cols]`` for every position."""
+        if a.device.type != "cpu":  # gathered 16 MiB at a time
+            out = torch.empty(len(self.rows), dtype=a.dtype, device=a.device)
+            step = max(1, (1 << 22) // max(1, a.shape[1]))
+            for s in range(0, len(self.rows), step):
+                out[s:s + step] = (a[self.rows[s:s + step]] * b[self.cols[s:s + step]]).sum(1)
+            return out
+        order, cols, starts = self._row_groups()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            mask = torch.sparse_csr_tensor(starts, cols, a.new_zeros(len(cols)), (self.n_rows, self.n_cols),
+                                           check_invariants=False)
+            sampled = torch.sparse.sampled_addmm(mask, a, b.T).values()
+        return sampled if order is None else torch.empty_like(sampled).index_copy_(0, order, sampled)
 
 
 class SparseEncode(torch.autograd.Function):
-    """``pre[rows, cols]`` of ``pre = x_c·W_encᵀ + b_enc`` (``pre`` computed without grad), with
-    gradients from the selected entries only: ``Sᵀ·x_c`` for the encoder rows, ``S·W_enc`` for
-    the input, where ``S`` is the sparse (batch × latents) matrix of incoming gradients. Only
-    the first ``n_x`` entries (default: all) send gradient to the input; every entry reaches the
-    weights through one dense gradient (one call per step: no second weight-sized gradient to
-    add)."""
+    """The ``selected`` entries of ``pre = (x − b_dec)·W_encᵀ + b_enc`` (computed without grad,
+    from ``x_c = x − b_dec``) at the positions of a :class:`SparsePattern`, with gradients from
+    those entries only: ``Sᵀ·x_c`` for the encoder rows (``S`` holds the incoming gradients),
+    their column sums for ``b_enc``, and ``−(column sums)·W_enc`` for ``b_dec`` from the first
+    ``n_x`` positions alone (default: all; AuxK's positions do not move ``b_dec``). Every position
+    reaches the weights through one dense gradient (one call per step: no second weight-sized
+    gradient to add)."""
 
     @staticmethod
-    def forward(ctx, pre, x_c, w_enc, b_enc, rows, cols, n_x=None):
-        ctx.save_for_backward(x_c, w_enc, rows, cols)
-        ctx.needs_x = x_c.requires_grad
-        ctx.n_x = len(rows) if n_x is None else n_x
-        return pre[rows, cols]
+    def forward(ctx, selected, x_c, w_enc, b_enc, b_dec, pattern: SparsePattern, n_x=None):
+        ctx.save_for_backward(x_c, w_enc)
+        ctx.pattern = pattern
+        ctx.n_x = len(pattern.rows) if n_x is None else n_x
+        return selected.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        x_c, w_enc, rows, cols = ctx.saved_tensors
-        s = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (w_enc.shape[0], x_c.shape[0]),
-                                    check_invariants=False)
-        grad_w = torch.sparse.mm(s, x_c)
-        grad_b = torch.zeros(w_enc.shape[0], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        grad_x = None
-        if ctx.needs_x:
-            m = ctx.n_x
-            s_x = torch.sparse_coo_tensor(torch.stack([rows[:m], cols[:m]]), grad[:m],
-                                          (x_c.shape[0], w_enc.shape[0]), check_invariants=False)
-            grad_x = torch.sparse.mm(s_x, w_enc)
-        return None, grad_x, grad_w, grad_b, None, None, None
+        x_c, w_enc = ctx.saved_tensors
+        pattern, m = ctx.pattern, ctx.n_x
+        grad_w = pattern.t_mm(grad, x_c)
+        zeros = torch.zeros(w_enc.shape[0], dtype=grad.dtype, device=grad.device)
+        grad_b = zeros.clone().index_add_(0, pattern.cols, grad)
+        from_x = grad_b if m == len(grad) else zeros.index_add_(0, pattern.cols[:m], grad[:m])
+        return None, None, grad_w, grad_b, -(from_x @ w_enc), None, None
 
 
 class SparseDecode(torch.autograd.Function):
-    """``S·W_dec`` for the sparse (batch × latents) activations ``S[rows, cols] = values``; the
-    gradient of each value is one dot product (no dense batch × latents product)."""
+    """``S·W_dec`` for the sparse (rows × latents) activations ``S`` (a :class:`SparsePattern`
+    and its ``values``); the
+    gradient of each value is one sampled dot product, the decoder's is ``Sᵀ·grad``."""
 
     @staticmethod
-    def forward(ctx, values, rows, cols, w_dec, n_rows):
-        s = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_rows, w_dec.shape[0]),
-                                    check_invariants=False)
-        ctx.save_for_backward(values, rows, cols, w_dec)
-        return torch.sparse.mm(s, w_dec)
+    def forward(ctx, values, pattern: SparsePattern, w_dec):
+        ctx.pattern = pattern
+        ctx.save_for_backward(values, w_dec)
+        return pattern.mm(values, w_dec)
 
     @staticmethod
     def backward(ctx, grad):
-        values, rows, cols, w_dec = ctx.saved_tensors
-        if grad.shape[0] * w_dec.shape[0] <= 1 << 22:  # small: one dense product beats the gathers
-            grad_v = (grad @ w_dec.T)[rows, cols]
-        else:
-            grad_v = torch.empty_like(values)
-            step = max(1, (1 << 22) // max(1, w_dec.shape[1]))  # 16 MiB of gathered rows at a time
-            for a in range(0, len(values), step):
-                grad_v[a:a + step] = (grad[rows[a:a + step]] * w_dec[cols[a:a + step]]).sum(1)
-        s = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, (w_dec.shape[0], grad.shape[0]),
-                                    check_invariants=False)
-        return grad_v, None, None, torch.sparse.mm(s, grad), None
+        values, w_dec = ctx.saved_tensors
+        pattern = ctx.pattern
+        return pattern.dots(grad, w_dec), None, pattern.t_mm(values, grad)
 
 
 def geometric_median(x: torch.Tensor, iterations: int = 50, eps: float = 1e-6) -> torch.Tensor:
