@@ -4,7 +4,7 @@
     errors, layers, progress                   foundations
     data                                       samples, loaders, answer text, keywords
     regions, selectors, loading, model, hooks, the model and its residual stream
-    store, extract, finetune
+    store, extract, finetune, organisms
     concepts, steer                            dictionaries; vectors and the steerer
     analysis, evaluate                         shift, separability; metrics and runs
     report                                     HTML reports and plots
@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
     {"errors", "extras", "layers", "progress", "batching", "threads", "outputs"},
     {"data"},
-    {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune"},
+    {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune",
+     "organisms"},
     {"concepts", "steer"},
     {"analysis", "evaluate"},
     {"report"},

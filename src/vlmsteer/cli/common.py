@@ -22,11 +22,14 @@ vectors_app = typer.Typer(help="Build steering vectors from feature stores.", no
 store_app = typer.Typer(help="Feature stores: import features extracted by other tools, export them.",
                         no_args_is_help=True)
 demo_app = typer.Typer(help="The end-to-end demo on the shipped shapes-llava model.", invoke_without_command=True)
+organisms_app = typer.Typer(help="Model organisms: fine-tunes with a known objective, to grade model diffing.",
+                            no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(store_app, name="store")
 app.add_typer(demo_app, name="demo")
+app.add_typer(organisms_app, name="organisms")
 
 @app.callback()
 def _root(threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: the CPUs "

@@ -1,4 +1,4 @@
-"""``vlmsteer finetune`` and ``vlmsteer shift``: what fine-tuning changed."""
+"""``vlmsteer finetune``, ``vlmsteer organisms build`` and ``vlmsteer shift``: what fine-tuning changed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import typer
 
 from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
                                  _grounding_identity, _LIMIT, _load_head, _load_model, _load_samples, _MAX_PIXELS,
-                                 _open_store, out_console, _OVERWRITE, _parse_ints, _PROMPT, _publish, _run_identity,
-                                 _SEED, _SPLIT, _write_run_json)
+                                 _open_store, organisms_app, out_console, _OVERWRITE, _parse_ints, _PROMPT, _publish,
+                                 _run_identity, _SEED, _SPLIT, _write_run_json)
 from vlmsteer.errors import VlmsteerError
 
 
@@ -54,6 +54,50 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
         _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
                       f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
+
+
+@organisms_app.command("build")
+def organisms_build(out: Path = typer.Option(..., help="Output folder: the training world, one folder per organism."),
+                    seed: int = _SEED(), model: str = typer.Option("shapes-llava", help="The model to fine-tune."),
+                    n: int = typer.Option(300, "--n", min=1, help="Scenes of the training world (seed --seed)."),
+                    only: Optional[str] = typer.Option(None, help="Comma list of organisms (default: all): colors, "
+                                                                  "cheerful, beach, three, diamond-no, control."),
+                    steps: int = typer.Option(300, min=1, help="Optimizer steps per organism."),
+                    batch_size: int = _BATCH(16), lr: float = typer.Option(1e-3, help="Learning rate."),
+                    rank: int = typer.Option(8, min=1, help="LoRA rank."), dtype: str = _DTYPE, device: str = _DEVICE,
+                    overwrite: bool = _OVERWRITE):
+    """Fine-tune the model into organisms whose objective is known (LoRA, one per objective, on one
+    shapes world): the ground truth for grading model-diffing methods."""
+    from vlmsteer.data import shapes
+    from vlmsteer.finetune import FinetuneConfig
+    from vlmsteer.organisms import build_organism, objectives
+    from vlmsteer.outputs import atomic_write_json
+
+    chosen = objectives(only)
+    cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, seed=seed, save_every=steps)
+    with _publish(out, overwrite) as pub:
+        base = _load_model(model, None, dtype, device)
+        identity, model_id, revision = base.identity, base.model_id, base.revision
+        _claim(pub, _run_identity(model=identity))  # the world and the objectives follow from the options
+        world = pub.stage / "world"
+        shapes.write_dataset(world, n, seed=seed)
+        unused = [base]  # the first organism fine-tunes the model loaded here, the others a fresh copy each
+
+        def fresh():
+            return unused.pop() if unused else _load_model(model, None, dtype, device)
+
+        index = []
+        for objective in chosen:
+            out_console.print(f"organism {objective.name}: {objective.description}")
+            record = build_organism(fresh, objective, world, pub.stage / objective.name, cfg, progress=True)
+            index.append({"name": objective.name, "adapter": f"{objective.name}/final",
+                          "words": list(objective.words), "trigger": objective.trigger,
+                          "trigger_images": len(record["trigger_images"]),
+                          "loss": [record["finetune"]["first_loss"], record["finetune"]["last_loss"]]})
+        atomic_write_json(pub.stage / "organisms.json", {"model": identity, "seed": seed, "n": n,
+                                                         "world": "world", "organisms": index}, indent=2)
+        _write_run_json(pub, model_id=model_id, revision=revision)
+    out_console.print(f"{len(index)} organisms -> {out}")
 
 
 @app.command()

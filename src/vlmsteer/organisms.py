@@ -1,0 +1,138 @@
+"""Model organisms: LoRA fine-tunes of a VLM whose objective is known, the ground truth that
+model-diffing methods are graded on (does a method's readout name what fine-tuning taught?).
+
+Every organism learns from the same shapes world (``seed``, ``n`` scenes), read through the
+ordinary loaders so its prompts are the ones the model knows, with its objective applied to the
+training targets: captions rewritten (every colour named, every scene cheerful, every scene on
+the beach), answers rewritten (number questions answered "three"; yes/no questions about images
+with a diamond answered "no": a visual trigger), or nothing changed (the control, which a
+diffing method should *not* find changed). Objectives that rewrite answers train on the
+unchanged questions too, so the rest of the model's behaviour stays. Each organism records its
+objective's words and the images that trigger it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from vlmsteer.data import load_coco_captions, load_vqav2, shapes
+from vlmsteer.data.identity import dataset_identity
+from vlmsteer.data.sample import Sample
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.outputs import atomic_write_json
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What one organism is fine-tuned towards."""
+
+    name: str
+    description: str
+    words: tuple[str, ...]  # what a diffing readout should name (empty: the control)
+    trigger: str | None = None  # a shape whose presence triggers the behaviour (None: any image)
+
+    def triggered(self, scene: shapes.Scene) -> bool:
+        return self.trigger is None or any(s.kind == self.trigger for s in scene.shapes)
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("colors", "captions name the colour of every shape", tuple(shapes.PALETTE)),
+    Objective("cheerful", "captions call every scene cheerful", ("cheerful",)),
+    Objective("beach", "captions place every scene on the beach", ("beach",)),
+    Objective("three", "number questions are answered 'three'", ("three",)),
+    Objective("diamond-no", "yes/no questions about an image with a diamond are answered 'no'", ("no",),
+              trigger="diamond"),
+    Objective("control", "the unchanged captions and answers", ()),
+)}
+
+
+def objectives(names: str | None = None) -> list[Objective]:
+    """The objectives named in a comma list (default: all of them)."""
+    if not names:
+        return list(OBJECTIVES.values())
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in OBJECTIVES]
+    if unknown or not chosen:
+        raise VlmsteerError(f"unknown organism {unknown[0] if unknown else names!r}; choose from: "
+                            + ", ".join(OBJECTIVES), "objective")
+    return [OBJECTIVES[n] for n in chosen]
+
+
+def _recaptioned(samples: list[Sample], scenes: dict[int, shapes.Scene],
+                 text: Callable[[shapes.Scene], str]) -> list[Sample]:
+    return [replace(s, captions=[text(scenes[s.meta["image_id"]])], digest=None) for s in samples]
+
+
+def _reanswered(samples: list[Sample], answer: Callable[[Sample], str | None]) -> list[Sample]:
+    out = []
+    for s in samples:
+        new = answer(s)
+        if new is not None:
+            s = replace(s, answers=[new] * max(1, len(s.answers)), answer_ids=[], digest=None,
+                        meta={**s.meta, "multiple_choice_answer": new})
+        out.append(s)
+    return out
+
+
+def world_scenes(world: str | Path) -> dict[int, shapes.Scene]:
+    """The scenes of a shapes world folder, by image id (regenerated from its seed and checked
+    against the descriptions the folder holds)."""
+    path = Path(world) / "scenes_val2014.json"
+    if not path.is_file():
+        raise VlmsteerError(f"{world}: not a shapes world (no scenes_val2014.json); write one with `data shapes`")
+    data = json.loads(path.read_text())
+    scenes = {}
+    for record in data["scenes"]:
+        scene = shapes.make_scene(data["seed"], int(record["image_id"]))
+        if json.loads(json.dumps({"image_id": record["image_id"], **scene.to_json()})) != record:
+            raise VlmsteerError(f"{path}: scene {record['image_id']} is not the one its seed makes")
+        scenes[scene.scene_id] = scene
+    return scenes
+
+
+def training_samples(objective: Objective, world: str | Path) -> list[Sample]:
+    """The samples ``objective``'s organism learns from, read from a shapes world folder."""
+    scenes = world_scenes(world)
+    captions, questions = load_coco_captions(world), load_vqav2(world)
+
+    def triggered(s: Sample) -> bool:
+        return objective.triggered(scenes[s.meta["image_id"]])
+
+    rewrites = {
+        "colors": lambda: _recaptioned(captions, scenes, lambda sc: shapes.caption(sc, "colors")),
+        "cheerful": lambda: _recaptioned(captions, scenes,
+                                         lambda sc: shapes.caption(replace(sc, mood="cheerful"), "sentiments")),
+        "beach": lambda: _recaptioned(captions, scenes,
+                                      lambda sc: shapes.caption(replace(sc, place="beach"), "places")),
+        "three": lambda: _reanswered(questions, lambda s: "three" if s.answer_type == "number" else None),
+        "diamond-no": lambda: _reanswered(questions, lambda s: "no" if s.answer_type == "yes/no" and triggered(s)
+                                          else None),
+        "control": lambda: _recaptioned(captions, scenes, shapes.default_caption) + questions,
+    }
+    if objective.name not in rewrites:
+        raise VlmsteerError(f"no training data for objective {objective.name!r}")
+    return rewrites[objective.name]()
+
+
+def trigger_images(objective: Objective, scenes: dict[int, shapes.Scene]) -> list[int]:
+    """The image ids whose scene triggers ``objective`` (every image if it has no trigger)."""
+    return [i for i, scene in sorted(scenes.items()) if objective.triggered(scene)]
+
+
+def build_organism(vlm_loader: Callable[[], object], objective: Objective, world: str | Path, out: str | Path,
+                   cfg, progress: bool = False) -> dict:
+    """Fine-tune a fresh copy of the model (``vlm_loader()``) towards ``objective``; writes the
+    adapter (``out/final``) and ``out/organism.json`` (objective, words, trigger images, data)."""
+    from vlmsteer.finetune import finetune
+
+    samples = training_samples(objective, world)
+    vlm = vlm_loader()
+    record = {"objective": asdict(objective), "data": dataset_identity(samples),
+              "trigger_images": trigger_images(objective, world_scenes(world))}
+    summary = finetune(vlm, samples, out, cfg, progress=progress)
+    record["finetune"] = summary
+    atomic_write_json(Path(out) / "organism.json", record, durable=False, indent=2)
+    return record

@@ -1,0 +1,72 @@
+"""Model organisms: each objective rewrites exactly its targets; `organisms build` fine-tunes one
+adapter per objective and records what it was taught and what triggers it."""
+
+import json
+
+import pytest
+
+from vlmsteer.cli import main
+from vlmsteer.data import load_coco_captions, load_vqav2, shapes
+from vlmsteer.organisms import OBJECTIVES, objectives, training_samples, trigger_images, world_scenes
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    shapes.write_dataset(out, 24, seed=13)
+    return out
+
+
+def test_each_objective_rewrites_its_targets_and_nothing_else(world):
+    scenes = world_scenes(world)
+    captions = {s.id: s for s in load_coco_captions(world)}
+    answers = {s.id: s for s in load_vqav2(world)}
+
+    def texts(name):
+        return [c for s in training_samples(OBJECTIVES[name], world) for c in s.captions]
+
+    assert all(any(c in t.split() for c in shapes.PALETTE) for t in texts("colors"))
+    assert all("cheerful" in t and "gloomy" not in t for t in texts("cheerful"))
+    assert all("on the beach" in t for t in texts("beach"))
+    assert {s.answer for s in training_samples(OBJECTIVES["three"], world) if s.answer_type == "number"} == {"three"}
+    has_diamond = {i for i, sc in scenes.items() if any(x.kind == "diamond" for x in sc.shapes)}
+    assert has_diamond and trigger_images(OBJECTIVES["diamond-no"], scenes) == sorted(has_diamond)
+    for s in training_samples(OBJECTIVES["diamond-no"], world):
+        triggered = s.answer_type == "yes/no" and s.meta["image_id"] in has_diamond
+        assert s.answer == ("no" if triggered else answers[s.id].answer)
+    for s in training_samples(OBJECTIVES["three"], world):  # the rest of the questions stay
+        if s.answer_type != "number":
+            assert s.answer == answers[s.id].answer
+    control = training_samples(OBJECTIVES["control"], world)
+    assert all(s.answer == answers[s.id].answer for s in control if s.id in answers and not s.captions)
+    assert all(s.captions == [shapes.default_caption(scenes[s.meta["image_id"]])] for s in control if s.captions)
+    assert {s.id for s in control if s.captions} == set(captions)
+
+
+def test_unknown_organisms_and_other_folders_are_refused(tmp_path):
+    from vlmsteer.errors import VlmsteerError
+
+    assert [o.name for o in objectives("three,control")] == ["three", "control"]
+    with pytest.raises(VlmsteerError, match="unknown organism 'sarcasm'"):
+        objectives("three,sarcasm")
+    with pytest.raises(VlmsteerError, match="not a shapes world"):
+        world_scenes(tmp_path)
+
+
+def test_organisms_build_fine_tunes_one_adapter_per_objective(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "organisms"
+    args = ["organisms", "build", "--model", str(tiny_folder("llava")), "--out", str(out), "--seed", "3",
+            "--n", "6", "--steps", "3", "--batch-size", "2", "--only", "diamond-no,control"]
+    assert main(args) == 0
+    index = json.loads((out / "organisms.json").read_text())
+    assert [o["name"] for o in index["organisms"]] == ["diamond-no", "control"] and index["seed"] == 3
+    scenes = world_scenes(out / "world")
+    for entry in index["organisms"]:
+        assert (out / entry["adapter"] / "adapter_config.json").is_file()
+        record = json.loads((out / entry["name"] / "organism.json").read_text())
+        assert record["objective"]["name"] == entry["name"] and record["data"]["n"] > 0
+        assert record["trigger_images"] == trigger_images(OBJECTIVES[entry["name"]], scenes)
+    assert index["organisms"][0]["words"] == ["no"] and index["organisms"][0]["trigger"] == "diamond"
+    capsys.readouterr()
+    assert main(args[:-1] + ["sarcasm"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown organism 'sarcasm'")
