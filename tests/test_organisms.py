@@ -53,11 +53,17 @@ def test_unknown_organisms_and_other_folders_are_refused(tmp_path):
         world_scenes(tmp_path)
 
 
-def test_organisms_build_fine_tunes_one_adapter_per_objective(tiny_folder, tmp_path, capsys):
-    out = tmp_path / "organisms"
+@pytest.fixture(scope="module")
+def built(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("organisms") / "organisms"
     args = ["organisms", "build", "--model", str(tiny_folder("llava")), "--out", str(out), "--seed", "3",
             "--n", "6", "--steps", "3", "--batch-size", "2", "--only", "diamond-no,control"]
     assert main(args) == 0
+    return out, args
+
+
+def test_organisms_build_fine_tunes_one_adapter_per_objective(built, capsys):
+    out, args = built
     index = json.loads((out / "organisms.json").read_text())
     assert [o["name"] for o in index["organisms"]] == ["diamond-no", "control"] and index["seed"] == 3
     scenes = world_scenes(out / "world")
@@ -70,3 +76,34 @@ def test_organisms_build_fine_tunes_one_adapter_per_objective(tiny_folder, tmp_p
     capsys.readouterr()
     assert main(args[:-1] + ["sarcasm"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: unknown organism 'sarcasm'")
+
+
+def test_diff_adl_reads_the_mean_difference_of_two_models(built, tiny_folder, tmp_path, capsys):
+    import numpy as np
+
+    from vlmsteer.steer.vector import load_vectors
+    from vlmsteer.store import FeatureStore
+
+    out, _ = built
+    model = str(tiny_folder("llava"))
+    stores = {}
+    for name, extra in (("base", []), ("again", []), ("organism", ["--adapter", str(out / "diamond-no" / "final")])):
+        stores[name] = tmp_path / name
+        assert main(["extract", "--model", model, *extra, "--data", str(out / "world"), "--format", "vqav2",
+                     "--limit", "12", "--selector", "mean_text", "--layer", "2", "--out", str(stores[name])]) == 0
+    assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["organism"]),
+                 "--out", str(tmp_path / "d")]) == 0
+    result = json.loads((tmp_path / "d" / "diff.json").read_text())
+    a, b = (FeatureStore.open(stores[n]).features(2).astype(np.float64) for n in ("base", "organism"))
+    vector = load_vectors(tmp_path / "d" / "adl.safetensors")["adl"]
+    np.testing.assert_allclose(vector.vectors[2].numpy(), b.mean(0) - a.mean(0), rtol=1e-5, atol=1e-6)
+    assert result["n_samples"] == 12 and result["relative_norm"] > 0 and len(result["words"]) == 15
+    assert (tmp_path / "d" / "report.html").is_file()
+    # the same model twice: nothing changed
+    assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["again"]),
+                 "--out", str(tmp_path / "same")]) == 0
+    assert json.loads((tmp_path / "same" / "diff.json").read_text())["relative_norm"] == 0
+    capsys.readouterr()
+    assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["again"]),
+                 "--method", "crosscoder", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown diffing method 'crosscoder'; choose one of: adl (option --method)"

@@ -102,6 +102,7 @@ def test_every_block_runs_verbatim_in_order_and_gives_the_figures_it_states(tmp_
     _check_caption_figures(work / "runs" / "captions")
     _check_yes_no_figures(work / "runs" / "yes-no")
     _check_sae_figures(work / "runs" / "sae")
+    _check_diff_figures(work / "runs" / "diff")
     assert (work / "runs" / "big-concepts" / "report.html").is_file()
     manifest = json.loads((work / "runs" / "vqa-features" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["header"]["layers"] == [1, 2, 3] and manifest["summary"]["total"] > 100
@@ -151,6 +152,17 @@ def _check_sae_figures(runs: Path) -> None:
     red = json.loads((runs / "red" / "metrics.json").read_text())["vs_baseline"]["styles"]["red"]
     assert abs(red["share_before"] - red_before) <= 2.5 and abs(red["share_after"] - red_after) <= 5
     assert red["share_after"] - red["share_before"] >= 30  # the clamp had the effect the README claims
+
+
+def _check_diff_figures(runs: Path) -> None:
+    figures = re.search(r"reads `three` as its first word and measures ([\d.]+) of the\s+features' spread; the "
+                        r"control's measures ([\d.]+)", README)
+    assert figures, "the README's diffing figures moved; update this test's pattern"
+    three = json.loads((runs / "adl-three" / "diff.json").read_text())
+    control = json.loads((runs / "adl-control" / "diff.json").read_text())
+    assert three["words"][0] == "three" and (runs / "adl-three" / "adl.safetensors").is_file()
+    assert abs(three["relative_norm"] - float(figures[1])) <= 0.1
+    assert abs(control["relative_norm"] - float(figures[2])) <= 0.02 < three["relative_norm"] / 10
 
 
 def test_python_example_runs(tmp_path):

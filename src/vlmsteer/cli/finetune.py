@@ -1,4 +1,5 @@
-"""``vlmsteer finetune``, ``vlmsteer organisms build`` and ``vlmsteer shift``: what fine-tuning changed."""
+"""``vlmsteer finetune``, ``vlmsteer organisms build``, ``vlmsteer shift`` and ``vlmsteer diff``: what
+fine-tuning changed."""
 
 from __future__ import annotations
 
@@ -152,3 +153,38 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
                       f"alpha 1 = {m['mean_recovery_alpha1']:.3f}; wrote {out}/shift.json, {out}/report.html")
 
 
+
+
+DIFF_METHODS = ("adl",)
+
+
+@app.command()
+def diff(original: Path = typer.Option(..., help="Store extracted from the original model."),
+         finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
+         out: Path = typer.Option(Path("runs/diff"), help="Output folder."),
+         method: str = typer.Option("adl", help="adl (activation difference lens)."),
+         layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
+         top_words: int = typer.Option(15, min=1, help="Words of the readout."),
+         model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
+         allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE,
+         device_map: Optional[str] = _DEVICE_MAP, overwrite: bool = _OVERWRITE):
+    """What fine-tuning changed, from two models' stores of the same samples: a ranked readout
+    (words), the difference as a steering vector, an HTML report. The stores' selector is the token
+    region (extract with --selector mean_image, mean_text or mean_response)."""
+    from vlmsteer.report.diffing import run_adl
+    from vlmsteer.store import check_paired
+
+    if method not in DIFF_METHODS:
+        raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
+    a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
+    absolute = a.layer_index(layer) if layer is not None else max(a.layers)
+    b.layer_index(absolute)
+    check_paired(a, b, "model diffing", same_samples=True)
+    with _publish(out, overwrite) as pub:
+        vlm = _load_head(model or a.header["model_id"], dtype, device, device_map)
+        _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
+                                  grounding=_grounding_identity(vlm, a)))
+        result = run_adl(a, b, absolute, pub.stage, vlm=vlm, top_words=top_words)
+        _write_run_json(pub, model_id=a.header.get("model_id"))
+    out_console.print(f"{method}, layer {absolute}: difference {result['relative_norm']:.3f} of the features' "
+                      f"spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")

@@ -1,0 +1,49 @@
+"""Model diffing on paired stores (the same samples through an original and a fine-tuned model):
+the activation difference lens (ADL, Minder et al. 2025): the mean difference of the two models'
+features, over inputs that need not be related to the fine-tuning objective, read through the
+model's final norm and unembedding. Its size beside the spread of the features says whether
+fine-tuning changed anything there at all (a control fine-tune on unchanged data barely moves
+it); its top words say what changed. The store's selector chooses the token region (image
+tokens, prompt text, generated tokens)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlmsteer.analysis.shift import BLOCK_ROWS, aligned_features
+from vlmsteer.store import FeatureStore
+
+
+@dataclass
+class ActivationDifference:
+    layer: int
+    n_samples: int
+    delta: np.ndarray  # (hidden,) mean(fine-tuned) − mean(original), float64
+    spread: float  # RMS distance of the original's features to their mean
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.delta))
+
+    @property
+    def relative_norm(self) -> float:
+        """‖Δ‖ / spread: how far the mean moved, in units of how far the features spread."""
+        return self.norm / max(self.spread, 1e-12)
+
+
+def activation_difference(original: FeatureStore, finetuned: FeatureStore, layer: int) -> ActivationDifference:
+    """Mean difference (fine-tuned − original) of the samples present in both stores, read in
+    float64 blocks."""
+    a, b, common = aligned_features(original, finetuned, layer)
+    sum_a, sum_b, sq_a = np.zeros(a.shape[1]), np.zeros(a.shape[1]), 0.0
+    for i in range(0, len(a), BLOCK_ROWS):
+        xa, xb = np.asarray(a[i:i + BLOCK_ROWS], np.float64), np.asarray(b[i:i + BLOCK_ROWS], np.float64)
+        sum_a += xa.sum(0)
+        sum_b += xb.sum(0)
+        sq_a += float((xa ** 2).sum())
+    n = len(common)
+    mean_a = sum_a / n
+    spread = float(np.sqrt(max(sq_a / n - float(mean_a @ mean_a), 0.0)))
+    return ActivationDifference(original.layer_index(layer), n, sum_b / n - mean_a, spread)
