@@ -1,0 +1,105 @@
+"""Claim: model diffing names what fine-tuning taught. Graded on the organisms of
+`vlmsteer organisms build` (objectives known), per organism × method × token region × seed:
+does the readout name the objective (one of its words among the top ``--top`` words, and the
+difference large enough to call the model changed), and is the control called unchanged?
+
+Methods: ``adl`` (the activation difference lens, `vlmsteer diff --method adl`). Inputs
+unrelated to the objectives: ``--questions`` questions of a held-out world (seed ``--world``),
+read at layer ``--layer`` over the prompt text tokens (``mean_text``) or the image tokens
+(``mean_image``). A model counts as changed when the difference is at least ``--changed``
+of the features' spread (0.1: chosen on a first build of seed 11, where the control measured
+0.034 and the organisms 0.4 to 1.1). Organisms are built per seed of ``--seeds`` (or read
+from ``--built DIR,DIR,...``, folders of `organisms build`). For the control, "named" counts
+the seeds where it was called changed: a false positive.
+
+    python benchmarks/diffing.py [--seeds 11,12,13] [--built D1,D2,D3] [--top 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import write_result  # noqa: E402
+
+from vlmsteer.cli import main as vlmsteer  # noqa: E402
+from vlmsteer.data import shapes  # noqa: E402
+from vlmsteer.organisms import OBJECTIVES  # noqa: E402
+
+REGIONS = ("mean_text", "mean_image")
+
+
+def run(args: list[str]) -> None:
+    if vlmsteer(args) != 0:
+        raise SystemExit(f"vlmsteer {' '.join(args)} failed")
+
+
+def grade(objective, readout: dict, top: int, changed: float) -> dict:
+    moved = readout["relative_norm"] >= changed
+    named = bool(set(objective.words) & set(readout["words"][:top]))
+    return {"relative_norm": round(readout["relative_norm"], 4), "top_words": readout["words"][:top],
+            "changed": moved, "named": moved and named if objective.words else moved}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="shapes-llava")
+    ap.add_argument("--seeds", default="11,12,13")
+    ap.add_argument("--built", help="comma list of organisms folders (instead of building them)")
+    ap.add_argument("--world", type=int, default=29)
+    ap.add_argument("--questions", type=int, default=200)
+    ap.add_argument("--layer", type=int, default=3)
+    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--changed", type=float, default=0.1)
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "diffing.json"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="diffing-"))
+    world = tmp / "held"
+    shapes.write_dataset(world, max(20, args.questions // 8), seed=args.world)
+    if args.built:
+        built = [Path(p) for p in args.built.split(",")]
+    else:
+        built = []
+        for seed in args.seeds.split(","):
+            built.append(tmp / f"organisms-{seed}")
+            run(["organisms", "build", "--model", args.model, "--out", str(built[-1]), "--seed", seed])
+
+    def store(name: str, region: str, extra: list[str]) -> Path:
+        out = tmp / "stores" / f"{name}-{region}"
+        if not out.exists():
+            run(["extract", "--model", args.model, *extra, "--data", str(world), "--format", "vqav2",
+                 "--limit", str(args.questions), "--selector", region, "--layer", str(args.layer), "--out", str(out)])
+        return out
+
+    rows = []
+    for folder in built:
+        seed = json.loads((folder / "organisms.json").read_text())["seed"]
+        for region in REGIONS:
+            base = store("base", region, [])
+            for name, objective in OBJECTIVES.items():
+                if not (folder / name / "final").is_dir():
+                    continue
+                tuned = store(f"{seed}-{name}", region, ["--adapter", str(folder / name / "final")])
+                out = tmp / "diff" / f"{seed}-{name}-{region}"
+                run(["diff", "--original", str(base), "--finetuned", str(tuned), "--method", "adl",
+                     "--layer", str(args.layer), "--out", str(out)])
+                readout = json.loads((out / "diff.json").read_text())
+                rows.append({"seed": seed, "method": "adl", "region": region, "organism": name,
+                             **grade(objective, readout, args.top, args.changed)})
+                print(json.dumps(rows[-1]))
+    table = {}
+    for r in rows:
+        key = f"adl/{r['region']}"
+        cell = table.setdefault(key, {}).setdefault(r["organism"], {"named": 0, "seeds": 0})
+        cell["named"] += int(r["named"])
+        cell["seeds"] += 1
+    print(json.dumps(table, indent=1))
+    write_result(args.json, args, rows=rows, table=table)
+
+
+if __name__ == "__main__":
+    main()
