@@ -107,3 +107,26 @@ def test_diff_adl_reads_the_mean_difference_of_two_models(built, tiny_folder, tm
     assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["again"]),
                  "--method", "crosscoder", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown diffing method 'crosscoder'; choose one of: adl (option --method)"
+
+
+def test_an_interrupted_build_keeps_the_organisms_it_finished(tiny_folder, tmp_path, monkeypatch):
+    import vlmsteer.organisms as organisms
+
+    out = tmp_path / "o"
+    args = ["organisms", "build", "--model", str(tiny_folder("llava")), "--out", str(out), "--seed", "4",
+            "--n", "4", "--steps", "2", "--batch-size", "2", "--only", "three,control"]
+    real, built = organisms.build_organism, []
+
+    def build_then_stop(loader, objective, *rest, **kw):
+        if built:
+            raise KeyboardInterrupt
+        built.append(objective.name)
+        return real(loader, objective, *rest, **kw)
+
+    monkeypatch.setattr(organisms, "build_organism", build_then_stop)
+    assert main(args) == 130 and not out.exists()
+    monkeypatch.setattr(organisms, "build_organism", lambda loader, objective, *rest, **kw: (
+        built.append(objective.name), real(loader, objective, *rest, **kw))[1])
+    assert main(args) == 0
+    assert built == ["three", "control"]  # "three" was not fine-tuned again
+    assert [o["name"] for o in json.loads((out / "organisms.json").read_text())["organisms"]] == ["three", "control"]

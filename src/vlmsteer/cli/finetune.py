@@ -68,7 +68,10 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
                     rank: int = typer.Option(8, min=1, help="LoRA rank."), dtype: str = _DTYPE, device: str = _DEVICE,
                     overwrite: bool = _OVERWRITE):
     """Fine-tune the model into organisms whose objective is known (LoRA, one per objective, on one
-    shapes world): the ground truth for grading model-diffing methods."""
+    shapes world): the ground truth for grading model-diffing methods. An interrupted build
+    resumes: organisms already built are kept."""
+    import json
+
     from vlmsteer.data import shapes
     from vlmsteer.finetune import FinetuneConfig
     from vlmsteer.organisms import build_organism, objectives
@@ -89,8 +92,12 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
 
         index = []
         for objective in chosen:
-            out_console.print(f"organism {objective.name}: {objective.description}")
-            record = build_organism(fresh, objective, world, pub.stage / objective.name, cfg, progress=True)
+            done = pub.stage / objective.name / "organism.json"
+            if done.is_file():  # built before an interruption, under the same identity: kept
+                record = json.loads(done.read_text())
+            else:
+                out_console.print(f"organism {objective.name}: {objective.description}")
+                record = build_organism(fresh, objective, world, pub.stage / objective.name, cfg, progress=True)
             index.append({"name": objective.name, "adapter": f"{objective.name}/final",
                           "words": list(objective.words), "trigger": objective.trigger,
                           "trigger_images": len(record["trigger_images"]),

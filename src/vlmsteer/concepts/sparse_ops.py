@@ -103,8 +103,8 @@ class SparseEncode(torch.autograd.Function):
 
 class SparseDecode(torch.autograd.Function):
     """``S·W_dec`` for the sparse (rows × latents) activations ``S`` (a :class:`SparsePattern`
-    and its ``values``); the
-    gradient of each value is one sampled dot product, the decoder's is ``Sᵀ·grad``."""
+    and its ``values``); the gradient of each value is one sampled dot product, the decoder's
+    is ``Sᵀ·grad``."""
 
     @staticmethod
     def forward(ctx, values, pattern: SparsePattern, w_dec):
