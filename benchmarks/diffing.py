@@ -3,7 +3,9 @@
 does the readout name the objective (one of its words among the top ``--top`` words, and the
 difference large enough to call the model changed), and is the control called unchanged?
 
-Methods: ``adl`` (the activation difference lens, `vlmsteer diff --method adl`). Inputs
+Methods (`vlmsteer diff --method ...`): ``adl`` (the activation difference lens) and
+``concepts`` (the paper's concept shift: the original's ``-k`` 10 concepts, readout = the
+words of the largest samples × shift concept's shift vector). Inputs
 unrelated to the objectives: ``--questions`` questions of a held-out world (seed ``--world``),
 read at layer ``--layer`` over the prompt text tokens (``mean_text``) or the image tokens
 (``mean_image``). A model counts as changed when the difference is at least ``--changed``
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--changed", type=float, default=0.1)
+    ap.add_argument("--methods", default="adl,concepts")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "diffing.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="diffing-"))
@@ -84,16 +87,17 @@ def main() -> None:
                 if not (folder / name / "final").is_dir():
                     continue
                 tuned = store(f"{seed}-{name}", region, ["--adapter", str(folder / name / "final")])
-                out = tmp / "diff" / f"{seed}-{name}-{region}"
-                run(["diff", "--original", str(base), "--finetuned", str(tuned), "--method", "adl",
-                     "--layer", str(args.layer), "--out", str(out)])
-                readout = json.loads((out / "diff.json").read_text())
-                rows.append({"seed": seed, "method": "adl", "region": region, "organism": name,
-                             **grade(objective, readout, args.top, args.changed)})
-                print(json.dumps(rows[-1]))
+                for method in args.methods.split(","):
+                    out = tmp / "diff" / f"{seed}-{name}-{region}-{method}"
+                    run(["diff", "--original", str(base), "--finetuned", str(tuned), "--method", method,
+                         "--layer", str(args.layer), "--out", str(out)])
+                    readout = json.loads((out / "diff.json").read_text())
+                    rows.append({"seed": seed, "method": method, "region": region, "organism": name,
+                                 **grade(objective, readout, args.top, args.changed)})
+                    print(json.dumps(rows[-1]))
     table = {}
     for r in rows:
-        key = f"adl/{r['region']}"
+        key = f"{r['method']}/{r['region']}"
         cell = table.setdefault(key, {}).setdefault(r["organism"], {"named": 0, "seeds": 0})
         cell["named"] += int(r["named"])
         cell["seeds"] += 1

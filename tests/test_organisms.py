@@ -95,7 +95,7 @@ def test_diff_adl_reads_the_mean_difference_of_two_models(built, tiny_folder, tm
                  "--out", str(tmp_path / "d")]) == 0
     result = json.loads((tmp_path / "d" / "diff.json").read_text())
     a, b = (FeatureStore.open(stores[n]).features(2).astype(np.float64) for n in ("base", "organism"))
-    vector = load_vectors(tmp_path / "d" / "adl.safetensors")["adl"]
+    vector = load_vectors(tmp_path / "d" / "diff.safetensors")["adl"]
     np.testing.assert_allclose(vector.vectors[2].numpy(), b.mean(0) - a.mean(0), rtol=1e-5, atol=1e-6)
     assert result["n_samples"] == 12 and result["relative_norm"] > 0 and len(result["words"]) == 15
     assert (tmp_path / "d" / "report.html").is_file()
@@ -106,7 +106,20 @@ def test_diff_adl_reads_the_mean_difference_of_two_models(built, tiny_folder, tm
     capsys.readouterr()
     assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["again"]),
                  "--method", "crosscoder", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown diffing method 'crosscoder'; choose one of: adl (option --method)"
+    assert capsys.readouterr().err.strip() == ("error: unknown diffing method 'crosscoder'; choose one of: adl, "
+                                               "concepts (option --method)")
+    # the paper's concept shift as a readout: the concepts' shift vectors, largest first
+    assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["organism"]),
+                 "--method", "concepts", "-k", "3", "--out", str(tmp_path / "c")]) == 0
+    result = json.loads((tmp_path / "c" / "diff.json").read_text())
+    shifts = load_vectors(tmp_path / "c" / "diff.safetensors")
+    sizes = [c["size"] for c in result["concepts"]]
+    assert sum(sizes) == 12 and len(shifts) == 3 and result["relative_norm"] > 0
+    moved = [c["size"] * c["shift"] for c in result["concepts"]]
+    assert moved == sorted(moved, reverse=True)
+    weighted = sum(s * shifts[f"shift:{c['concept']}"].vectors[2].double().numpy()
+                   for s, c in zip(sizes, result["concepts"])) / 12
+    np.testing.assert_allclose(weighted, b.mean(0) - a.mean(0), rtol=1e-4, atol=1e-5)  # the shifts add up to ADL
 
 
 def test_an_interrupted_build_keeps_the_organisms_it_finished(tiny_folder, tmp_path, monkeypatch):

@@ -160,7 +160,7 @@ def _check_diff_figures(runs: Path) -> None:
     assert figures, "the README's diffing figures moved; update this test's pattern"
     three = json.loads((runs / "adl-three" / "diff.json").read_text())
     control = json.loads((runs / "adl-control" / "diff.json").read_text())
-    assert three["words"][0] == "three" and (runs / "adl-three" / "adl.safetensors").is_file()
+    assert three["words"][0] == "three" and (runs / "adl-three" / "diff.safetensors").is_file()
     assert abs(three["relative_norm"] - float(figures[1])) <= 0.1
     assert abs(control["relative_norm"] - float(figures[2])) <= 0.02 < three["relative_norm"] / 10
 

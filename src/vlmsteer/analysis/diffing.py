@@ -3,8 +3,9 @@ the activation difference lens (ADL, Minder et al. 2025): the mean difference of
 features, over inputs that need not be related to the fine-tuning objective, read through the
 model's final norm and unembedding. Its size beside the spread of the features says whether
 fine-tuning changed anything there at all (a control fine-tune on unchanged data barely moves
-it); its top words say what changed. The store's selector chooses the token region (image
-tokens, prompt text, generated tokens)."""
+it); its top words say what changed. And the paper's concept shift read the same way: the
+original's concepts, each with the mean shift of its samples. The store's selector chooses the
+token region (image tokens, prompt text, generated tokens)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,38 @@ def activation_difference(original: FeatureStore, finetuned: FeatureStore, layer
     mean_a = sum_a / n
     spread = float(np.sqrt(max(sq_a / n - float(mean_a @ mean_a), 0.0)))
     return ActivationDifference(original.layer_index(layer), n, sum_b / n - mean_a, spread)
+
+
+@dataclass
+class ConceptShifts:
+    """The paper's concept shift as a diffing readout: the original model's concepts (K-Means),
+    each with its shift vector (mean fine-tuned − original feature of its samples), ranked by
+    size × shift."""
+
+    layer: int
+    n_samples: int
+    sizes: np.ndarray  # (k,) samples per concept
+    deltas: np.ndarray  # (k, hidden) shift vectors
+    spread: float
+    order: np.ndarray  # concepts, largest size × ‖Δ‖ first
+
+    @property
+    def relative_norm(self) -> float:
+        """Mean shift size over samples (Σ size·‖Δ‖ / n) in units of the features' spread."""
+        moved = float((self.sizes * np.linalg.norm(self.deltas, axis=1)).sum()) / max(1, self.n_samples)
+        return moved / max(self.spread, 1e-12)
+
+
+def concept_shifts(original: FeatureStore, finetuned: FeatureStore, layer: int, k: int = 10,
+                   seed: int = 0) -> ConceptShifts:
+    from vlmsteer.analysis.shift import shift_vectors
+    from vlmsteer.concepts import make_dictionary
+
+    a, b, common = aligned_features(original, finetuned, layer)
+    k = min(k, len(common))
+    assign = make_dictionary("kmeans", k, seed=seed).fit(a).assign(a)
+    deltas = shift_vectors(a, b, assign, k)
+    sizes = np.bincount(assign, minlength=k)
+    spread = activation_difference(original, finetuned, layer).spread
+    order = np.argsort(-(sizes * np.linalg.norm(deltas, axis=1)), kind="stable")
+    return ConceptShifts(original.layer_index(layer), len(common), sizes, deltas, spread, order)

@@ -162,23 +162,23 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
 
 
 
-DIFF_METHODS = ("adl",)
-
-
 @app.command()
 def diff(original: Path = typer.Option(..., help="Store extracted from the original model."),
          finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
          out: Path = typer.Option(Path("runs/diff"), help="Output folder."),
-         method: str = typer.Option("adl", help="adl (activation difference lens)."),
+         method: str = typer.Option("adl", help="adl (activation difference lens) or concepts (the paper's concept "
+                                                "shift: the original's concepts and their shift vectors)."),
          layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
+         k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts (--method concepts)."),
          top_words: int = typer.Option(15, min=1, help="Words of the readout."),
          model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
-         allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE,
+         seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE,
          device_map: Optional[str] = _DEVICE_MAP, overwrite: bool = _OVERWRITE):
-    """What fine-tuning changed, from two models' stores of the same samples: a ranked readout
-    (words), the difference as a steering vector, an HTML report. The stores' selector is the token
-    region (extract with --selector mean_image, mean_text or mean_response)."""
-    from vlmsteer.report.diffing import run_adl
+    """What fine-tuning changed, from two models' stores of the same samples: how much (in units
+    of the features' spread), a ranked readout (words), the differences as steering vectors, an
+    HTML report. The stores' selector is the token region (extract with --selector mean_image,
+    mean_text or mean_response)."""
+    from vlmsteer.report.diffing import DIFF_METHODS, run_diff
     from vlmsteer.store import check_paired
 
     if method not in DIFF_METHODS:
@@ -191,7 +191,7 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
         vlm = _load_head(model or a.header["model_id"], dtype, device, device_map)
         _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
                                   grounding=_grounding_identity(vlm, a)))
-        result = run_adl(a, b, absolute, pub.stage, vlm=vlm, top_words=top_words)
+        result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed)
         _write_run_json(pub, model_id=a.header.get("model_id"))
-    out_console.print(f"{method}, layer {absolute}: difference {result['relative_norm']:.3f} of the features' "
+    out_console.print(f"{method}, layer {absolute}: change {result['relative_norm']:.3f} of the features' "
                       f"spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")

@@ -1,5 +1,5 @@
-"""``vlmsteer diff`` outputs: the readout (``diff.json``), the difference as a steering vector
-and an HTML page."""
+"""``vlmsteer diff`` outputs: the readout (``diff.json``: how much changed, ranked words), the
+differences as steering vectors and an HTML page, for each diffing method."""
 
 from __future__ import annotations
 
@@ -8,40 +8,76 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsteer.analysis.diffing import activation_difference
+from vlmsteer.analysis.diffing import activation_difference, concept_shifts
 from vlmsteer.concepts.grounding import ground_text
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
 from vlmsteer.report.section import Section, Table, write_section
 from vlmsteer.steer.vector import SteeringVector, save_vectors
 from vlmsteer.store import FeatureStore
 
+DIFF_METHODS = ("adl", "concepts")
 
-def run_adl(original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
-            top_words: int = 15) -> dict:
-    """The activation difference lens between two stores at ``layer``: ``diff.json`` (its size
-    and top words), ``adl.safetensors`` (the difference as the vector ``"adl"``) and ``report.html``."""
+
+def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
+             top_words: int = 15, k: int = 10, seed: int = 0) -> dict:
+    """``method``'s readout between two stores at ``layer``: ``diff.json`` (the change in units
+    of the features' spread, the ranked words), ``diff.safetensors`` (the difference vectors:
+    ``"adl"``, or ``"shift:i"`` per concept) and ``report.html``."""
+    if method not in DIFF_METHODS:
+        raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
     out = Path(out)
-    diff = activation_difference(original, finetuned, layer)
-    words = ground_text(vlm, diff.delta[None].astype(np.float32), top_n=top_words)[0] if vlm is not None else None
-    selector = original.header.get("selector")
-    result = {"method": "adl", "layer": diff.layer, "n_samples": diff.n_samples, "selector": selector,
-              "norm": diff.norm, "spread": diff.spread, "relative_norm": diff.relative_norm,
-              "words": words.words if words else [], "logits": words.logits if words else [],
+
+    def words(vectors: np.ndarray) -> list:
+        return ground_text(vlm, vectors.astype(np.float32), top_n=top_words) if vlm is not None else [None] * len(vectors)
+
+    def vector(delta: np.ndarray, n: int, target: str) -> SteeringVector:
+        return SteeringVector({lay: torch.as_tensor(delta, dtype=torch.float32)}, model_id=original.header.get("model_id"),
+                              hidden_size=len(delta), method=f"diff-{method}", source="original model", target=target,
+                              n_source=n, n_target=n)
+
+    if method == "adl":
+        diff = activation_difference(original, finetuned, layer)
+        lay, n, relative, spread = diff.layer, diff.n_samples, diff.relative_norm, diff.spread
+        (top,) = words(diff.delta[None])
+        vectors = {"adl": vector(diff.delta, n, "fine-tuned model")}
+        rows, columns = [], []
+    else:
+        shifts = concept_shifts(original, finetuned, layer, k=k, seed=seed)
+        lay, n, relative, spread = shifts.layer, shifts.n_samples, shifts.relative_norm, shifts.spread
+        ranked = words(shifts.deltas[shifts.order])
+        top = ranked[0]
+        vectors = {f"shift:{i}": vector(shifts.deltas[i], int(shifts.sizes[i]), f"fine-tuned model, concept {i}")
+                   for i in shifts.order}
+        rows = [{"concept": int(i), "size": int(shifts.sizes[i]), "shift": float(np.linalg.norm(shifts.deltas[i])),
+                 "words": g.words if g else []} for i, g in zip(shifts.order, ranked)]
+        columns = ["rank", "concept", "samples", "‖Δ‖", "words of its shift"]
+    result = {"method": method, "layer": lay, "n_samples": n, "selector": original.header.get("selector"),
+              "relative_norm": relative, "spread": spread, "words": top.words if top else [],
+              "logits": top.logits if top else [], "concepts": rows,
               "original": str(original.path), "finetuned": str(finetuned.path)}
-    vector = SteeringVector({diff.layer: torch.as_tensor(diff.delta, dtype=torch.float32)},
-                            model_id=original.header.get("model_id"), hidden_size=len(diff.delta), method="adl",
-                            source="original model", target="fine-tuned model", n_source=diff.n_samples,
-                            n_target=diff.n_samples)
-    save_vectors(out / "adl.safetensors", {"adl": vector})
+    save_vectors(out / "diff.safetensors", vectors)
     atomic_write_json(out / "diff.json", result, indent=2)
-    where = (selector or {}).get("kind", "the stores' positions") if isinstance(selector, dict) else str(selector)
-    write_section(out, Section(
-        title=f"What fine-tuning changed: activation difference lens, layer {diff.layer}",
-        intro=[f"The mean of the fine-tuned model's features minus the original's over the same {diff.n_samples} "
-               f"samples ({where}), read through the final norm and unembedding. Its size is "
-               f"{diff.relative_norm:.3f} of the features' spread (‖Δ‖ {diff.norm:.3g}, spread {diff.spread:.3g}): "
-               "a fine-tune on unchanged data barely moves it. `adl.safetensors` holds it as a steering vector "
-               "(add it to the original model to see what the fine-tuned one says)."],
-        tables=[Table("top words of the difference", ["rank", "word", "logit"],
-                      [[i + 1, w, f"{v:.2f}"] for i, (w, v) in enumerate(zip(result["words"], result["logits"]))])]))
+    write_section(out, _section(result, columns))
     return result
+
+
+def _section(result: dict, columns: list[str]) -> Section:
+    selector = result["selector"]
+    where = selector.get("kind", "?") if isinstance(selector, dict) else "the stores' positions"
+    what = {"adl": "the mean of the fine-tuned model's features minus the original's (activation difference lens)",
+            "concepts": "the original model's concepts (K-Means), each with the mean shift of its samples, ranked "
+                        "by samples × shift; the readout is the top concept's shift"}[result["method"]]
+    tables = [Table("top words of the readout", ["rank", "word", "logit"],
+                    [[i + 1, w, f"{v:.2f}"] for i, (w, v) in enumerate(zip(result["words"], result["logits"]))])]
+    if result["concepts"]:
+        tables.append(Table("concepts by shift", columns,
+                            [[r + 1, c["concept"], c["size"], f"{c['shift']:.3g}", ", ".join(c["words"][:8])]
+                             for r, c in enumerate(result["concepts"])]))
+    return Section(
+        title=f"What fine-tuning changed: {result['method']}, layer {result['layer']}",
+        intro=[f"Over the same {result['n_samples']} samples ({where}): {what}, read through the final norm and "
+               f"unembedding. The change is {result['relative_norm']:.3f} of the features' spread "
+               f"({result['spread']:.3g}): a fine-tune on unchanged data barely moves it. `diff.safetensors` holds "
+               "the differences as steering vectors."],
+        tables=tables)
