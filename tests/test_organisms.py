@@ -98,6 +98,12 @@ def test_diff_adl_reads_the_mean_difference_of_two_models(built, tiny_folder, tm
     vector = load_vectors(tmp_path / "d" / "diff.safetensors")["adl"]
     np.testing.assert_allclose(vector.vectors[2].numpy(), b.mean(0) - a.mean(0), rtol=1e-5, atol=1e-6)
     assert result["n_samples"] == 12 and result["relative_norm"] > 0 and len(result["words"]) == 15
+    # the samples that changed most along the readout: their own change projected on it, largest first
+    ids = [r["id"] for r in FeatureStore.open(stores["base"]).records]
+    along = (b - a) @ (vector.vectors[2].double().numpy() / np.linalg.norm(vector.vectors[2].double().numpy()))
+    top = result["top_samples"]
+    assert [t["id"] for t in top] == [ids[i] for i in np.argsort(-along, kind="stable")[:8]]
+    assert all(t["image"] for t in top) and "data:image/png;base64" in (tmp_path / "d" / "report.html").read_text()
     assert (tmp_path / "d" / "report.html").is_file()
     # the same model twice: nothing changed
     assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["again"]),

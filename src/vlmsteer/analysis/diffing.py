@@ -83,3 +83,17 @@ def concept_shifts(original: FeatureStore, finetuned: FeatureStore, layer: int, 
     spread = activation_difference(original, finetuned, layer).spread
     order = np.argsort(-(sizes * np.linalg.norm(deltas, axis=1)), kind="stable")
     return ConceptShifts(original.layer_index(layer), len(common), sizes, deltas, spread, order)
+
+
+def top_samples(original: FeatureStore, finetuned: FeatureStore, layer: int, direction: np.ndarray,
+                n: int = 8) -> list[dict]:
+    """The ``n`` samples whose own change (fine-tuned − original feature) goes furthest along
+    ``direction``: id, projection, image, prompt."""
+    a, b, common = aligned_features(original, finetuned, layer)
+    unit = np.asarray(direction, np.float64) / max(float(np.linalg.norm(direction)), 1e-12)
+    scores = np.concatenate([(np.asarray(b[i:i + BLOCK_ROWS], np.float64) - np.asarray(a[i:i + BLOCK_ROWS], np.float64))
+                             @ unit for i in range(0, len(a), BLOCK_ROWS)])
+    by_id = {r["id"]: r for r in original.records}
+    return [{"id": common[m], "projection": float(scores[m]), "image": by_id[common[m]].get("image"),
+             "image_digest": by_id[common[m]].get("image_digest"), "prompt": by_id[common[m]].get("prompt")}
+            for m in np.argsort(-scores, kind="stable")[:n]]

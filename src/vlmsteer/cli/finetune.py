@@ -171,6 +171,7 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
          layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
          k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts (--method concepts)."),
          top_words: int = typer.Option(15, min=1, help="Words of the readout."),
+         top_images: int = typer.Option(8, min=0, help="Samples that changed most along the readout's vector."),
          model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
          seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE,
          device_map: Optional[str] = _DEVICE_MAP, overwrite: bool = _OVERWRITE):
@@ -191,7 +192,8 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
         vlm = _load_head(model or a.header["model_id"], dtype, device, device_map)
         _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
                                   grounding=_grounding_identity(vlm, a)))
-        result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed)
+        result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed,
+                          top_images=top_images)
         _write_run_json(pub, model_id=a.header.get("model_id"))
     out_console.print(f"{method}, layer {absolute}: change {result['relative_norm']:.3f} of the features' "
                       f"spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsteer.analysis.diffing import activation_difference, concept_shifts
+from vlmsteer.analysis.diffing import activation_difference, concept_shifts, top_samples
 from vlmsteer.concepts.grounding import ground_text
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
-from vlmsteer.report.section import Section, Table, write_section
+from vlmsteer.report.section import Example, Section, Table, write_section
 from vlmsteer.steer.vector import SteeringVector, save_vectors
 from vlmsteer.store import FeatureStore
 
@@ -20,10 +20,11 @@ DIFF_METHODS = ("adl", "concepts")
 
 
 def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
-             top_words: int = 15, k: int = 10, seed: int = 0) -> dict:
+             top_words: int = 15, k: int = 10, seed: int = 0, top_images: int = 8) -> dict:
     """``method``'s readout between two stores at ``layer``: ``diff.json`` (the change in units
-    of the features' spread, the ranked words), ``diff.safetensors`` (the difference vectors:
-    ``"adl"``, or ``"shift:i"`` per concept) and ``report.html``."""
+    of the features' spread, the ranked words, the samples that changed most along the readout's
+    vector), ``diff.safetensors`` (the difference vectors: ``"adl"``, or ``"shift:i"`` per
+    concept) and ``report.html``."""
     if method not in DIFF_METHODS:
         raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
     out = Path(out)
@@ -40,13 +41,14 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
         diff = activation_difference(original, finetuned, layer)
         lay, n, relative, spread = diff.layer, diff.n_samples, diff.relative_norm, diff.spread
         (top,) = words(diff.delta[None])
+        direction = diff.delta
         vectors = {"adl": vector(diff.delta, n, "fine-tuned model")}
         rows, columns = [], []
     else:
         shifts = concept_shifts(original, finetuned, layer, k=k, seed=seed)
         lay, n, relative, spread = shifts.layer, shifts.n_samples, shifts.relative_norm, shifts.spread
         ranked = words(shifts.deltas[shifts.order])
-        top = ranked[0]
+        top, direction = ranked[0], shifts.deltas[shifts.order[0]]
         vectors = {f"shift:{i}": vector(shifts.deltas[i], int(shifts.sizes[i]), f"fine-tuned model, concept {i}")
                    for i in shifts.order}
         rows = [{"concept": int(i), "size": int(shifts.sizes[i]), "shift": float(np.linalg.norm(shifts.deltas[i])),
@@ -55,6 +57,7 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
     result = {"method": method, "layer": lay, "n_samples": n, "selector": original.header.get("selector"),
               "relative_norm": relative, "spread": spread, "words": top.words if top else [],
               "logits": top.logits if top else [], "concepts": rows,
+              "top_samples": top_samples(original, finetuned, layer, direction, top_images),
               "original": str(original.path), "finetuned": str(finetuned.path)}
     save_vectors(out / "diff.safetensors", vectors)
     atomic_write_json(out / "diff.json", result, indent=2)
@@ -74,8 +77,12 @@ def _section(result: dict, columns: list[str]) -> Section:
         tables.append(Table("concepts by shift", columns,
                             [[r + 1, c["concept"], c["size"], f"{c['shift']:.3g}", ", ".join(c["words"][:8])]
                              for r, c in enumerate(result["concepts"])]))
+    examples = [Example([("sample", str(t["id"])), ("prompt", str(t["prompt"])),
+                         ("change along the readout", f"{t['projection']:.3g}")], t["image"], t["image_digest"])
+                for t in result["top_samples"]]
     return Section(
         title=f"What fine-tuning changed: {result['method']}, layer {result['layer']}",
+        examples=examples, examples_title="Samples that changed most along the readout's vector",
         intro=[f"Over the same {result['n_samples']} samples ({where}): {what}, read through the final norm and "
                f"unembedding. The change is {result['relative_norm']:.3f} of the features' spread "
                f"({result['spread']:.3g}): a fine-tune on unchanged data barely moves it. `diff.safetensors` holds "
