@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlmsteer.analysis.shift import BLOCK_ROWS, aligned_features
+from vlmsteer.analysis.shift import BLOCK_ROWS, aligned_features, shift_vectors
+from vlmsteer.concepts import make_dictionary
 from vlmsteer.store import FeatureStore
 
 
@@ -72,9 +73,6 @@ class ConceptShifts:
 
 def concept_shifts(original: FeatureStore, finetuned: FeatureStore, layer: int, k: int = 10,
                    seed: int = 0) -> ConceptShifts:
-    from vlmsteer.analysis.shift import shift_vectors
-    from vlmsteer.concepts import make_dictionary
-
     a, b, common = aligned_features(original, finetuned, layer)
     k = min(k, len(common))
     assign = make_dictionary("kmeans", k, seed=seed).fit(a).assign(a)
