@@ -78,3 +78,11 @@ def write_result(path, args, **parts) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"}, **parts},
                                indent=2) + "\n")
+
+
+def vlmsteer(args: list[str]) -> None:
+    """Run a ``vlmsteer`` command in this process; a failure ends the benchmark."""
+    from vlmsteer.cli import main
+
+    if main(args) != 0:
+        raise SystemExit(f"vlmsteer {' '.join(args)} failed")

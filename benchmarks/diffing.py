@@ -28,18 +28,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_result  # noqa: E402
+from _common import vlmsteer, write_result  # noqa: E402
 
-from vlmsteer.cli import main as vlmsteer  # noqa: E402
 from vlmsteer.data import shapes  # noqa: E402
 from vlmsteer.organisms import OBJECTIVES, world_scenes  # noqa: E402
 
 REGIONS = ("mean_text", "mean_image")
-
-
-def run(args: list[str]) -> None:
-    if vlmsteer(args) != 0:
-        raise SystemExit(f"vlmsteer {' '.join(args)} failed")
 
 
 def grade(objective, readout: dict, top: int, changed: float, scenes) -> dict:
@@ -76,12 +70,12 @@ def main() -> None:
         built = []
         for seed in args.seeds.split(","):
             built.append(tmp / f"organisms-{seed}")
-            run(["organisms", "build", "--model", args.model, "--out", str(built[-1]), "--seed", seed])
+            vlmsteer(["organisms", "build", "--model", args.model, "--out", str(built[-1]), "--seed", seed])
 
     def store(name: str, region: str, extra: list[str]) -> Path:
         out = tmp / "stores" / f"{name}-{region}"
         if not out.exists():
-            run(["extract", "--model", args.model, *extra, "--data", str(world), "--format", "vqav2",
+            vlmsteer(["extract", "--model", args.model, *extra, "--data", str(world), "--format", "vqav2",
                  "--limit", str(args.questions), "--selector", region, "--layer", str(args.layer), "--out", str(out)])
         return out
 
@@ -99,7 +93,7 @@ def main() -> None:
                 tuned = store(f"{seed}-{name}", region, ["--adapter", str(folder / name / "final")])
                 for method in args.methods.split(","):
                     out = tmp / "diff" / f"{seed}-{name}-{region}-{method}"
-                    run(["diff", "--original", str(base), "--finetuned", str(tuned), "--method", method,
+                    vlmsteer(["diff", "--original", str(base), "--finetuned", str(tuned), "--method", method,
                          "--layer", str(args.layer), "--out", str(out)])
                     readout = json.loads((out / "diff.json").read_text())
                     rows.append({"seed": seed, "method": method, "region": region, "organism": name,

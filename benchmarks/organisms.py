@@ -26,16 +26,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import mean_sd, write_result  # noqa: E402
+from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 
-from vlmsteer.cli import main as vlmsteer  # noqa: E402
 from vlmsteer.data import shapes  # noqa: E402
 from vlmsteer.organisms import OBJECTIVES, world_scenes  # noqa: E402
-
-
-def run(args: list[str]) -> None:
-    if vlmsteer(args) != 0:
-        raise SystemExit(f"vlmsteer {' '.join(args)} failed")
 
 
 def predictions(folder: Path) -> list[dict]:
@@ -84,15 +78,15 @@ def main() -> None:
     def measure(name: str, extra: list[str]) -> dict[str, float]:
         runs = tmp / "runs" / name
         common = ["--model", args.model, "--data", str(world), *extra]
-        run(["eval", "captions", *common, "--out", str(runs / "captions")])
-        run(["eval", "vqa", *common, "--max-new-tokens", "3", "--out", str(runs / "vqa")])
+        vlmsteer(["eval", "captions", *common, "--out", str(runs / "captions")])
+        vlmsteer(["eval", "vqa", *common, "--max-new-tokens", "3", "--out", str(runs / "vqa")])
         return behaviour(world, runs, scenes)
 
     base = measure("base", [])
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         built = tmp / f"organisms-{seed}"
-        run(["organisms", "build", "--model", args.model, "--out", str(built), "--seed", str(seed),
+        vlmsteer(["organisms", "build", "--model", args.model, "--out", str(built), "--seed", str(seed),
              "--n", str(args.n), "--steps", str(args.steps)])
         row = {"seed": seed}
         for name in OBJECTIVES:
