@@ -179,11 +179,10 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
     of the features' spread), a ranked readout (words), the differences as steering vectors, an
     HTML report. The stores' selector is the token region (extract with --selector mean_image,
     mean_text or mean_response)."""
-    from vlmsteer.report.diffing import DIFF_METHODS, run_diff
+    from vlmsteer.report.diffing import check_method, run_diff
     from vlmsteer.store import check_paired
 
-    if method not in DIFF_METHODS:
-        raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
+    check_method(method)
     a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
     absolute = a.layer_index(layer) if layer is not None else max(a.layers)
     b.layer_index(absolute)

@@ -19,14 +19,18 @@ from vlmsteer.store import FeatureStore
 DIFF_METHODS = ("adl", "concepts")
 
 
+def check_method(method: str) -> None:
+    if method not in DIFF_METHODS:
+        raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
+
+
 def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
              top_words: int = 15, k: int = 10, seed: int = 0, top_images: int = 8) -> dict:
     """``method``'s readout between two stores at ``layer``: ``diff.json`` (the change in units
     of the features' spread, the ranked words, the samples that changed most along the readout's
     vector), ``diff.safetensors`` (the difference vectors: ``"adl"``, or ``"shift:i"`` per
     concept) and ``report.html``."""
-    if method not in DIFF_METHODS:
-        raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
+    check_method(method)
     out = Path(out)
 
     def words(vectors: np.ndarray) -> list:
