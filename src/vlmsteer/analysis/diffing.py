@@ -13,9 +13,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlmsteer.analysis.shift import BLOCK_ROWS, aligned_features, shift_vectors
+from vlmsteer.analysis.shift import BLOCK_ROWS, aligned_features, sample_shifts, shift_vectors
 from vlmsteer.concepts import make_dictionary
 from vlmsteer.store import FeatureStore
+
+
+@dataclass
+class Paired:
+    """Two stores' features of the samples present in both (same order), at one layer."""
+
+    original: FeatureStore
+    layer: int
+    a: np.ndarray  # (n, hidden) the original model's, in the store's dtype
+    b: np.ndarray  # (n, hidden) the fine-tuned model's
+    ids: list[str]
+
+
+def paired_features(original: FeatureStore, finetuned: FeatureStore, layer: int) -> Paired:
+    a, b, ids = aligned_features(original, finetuned, layer)
+    return Paired(original, original.layer_index(layer), a, b, ids)
+
+
+def _means_and_spread(p: Paired) -> tuple[np.ndarray, np.ndarray, float]:
+    """Both models' mean features and the RMS distance of the original's to their mean, in one
+    pass of float64 blocks."""
+    sum_a, sum_b, sq_a = np.zeros(p.a.shape[1]), np.zeros(p.a.shape[1]), 0.0
+    for i in range(0, len(p.a), BLOCK_ROWS):
+        xa, xb = np.asarray(p.a[i:i + BLOCK_ROWS], np.float64), np.asarray(p.b[i:i + BLOCK_ROWS], np.float64)
+        sum_a += xa.sum(0)
+        sum_b += xb.sum(0)
+        sq_a += float((xa ** 2).sum())
+    n = len(p.ids)
+    mean_a = sum_a / n
+    return mean_a, sum_b / n, float(np.sqrt(max(sq_a / n - float(mean_a @ mean_a), 0.0)))
 
 
 @dataclass
@@ -35,20 +65,10 @@ class ActivationDifference:
         return self.norm / max(self.spread, 1e-12)
 
 
-def activation_difference(original: FeatureStore, finetuned: FeatureStore, layer: int) -> ActivationDifference:
-    """Mean difference (fine-tuned − original) of the samples present in both stores, read in
-    float64 blocks."""
-    a, b, common = aligned_features(original, finetuned, layer)
-    sum_a, sum_b, sq_a = np.zeros(a.shape[1]), np.zeros(a.shape[1]), 0.0
-    for i in range(0, len(a), BLOCK_ROWS):
-        xa, xb = np.asarray(a[i:i + BLOCK_ROWS], np.float64), np.asarray(b[i:i + BLOCK_ROWS], np.float64)
-        sum_a += xa.sum(0)
-        sum_b += xb.sum(0)
-        sq_a += float((xa ** 2).sum())
-    n = len(common)
-    mean_a = sum_a / n
-    spread = float(np.sqrt(max(sq_a / n - float(mean_a @ mean_a), 0.0)))
-    return ActivationDifference(original.layer_index(layer), n, sum_b / n - mean_a, spread)
+def activation_difference(p: Paired) -> ActivationDifference:
+    """Mean difference (fine-tuned − original) of the paired samples."""
+    mean_a, mean_b, spread = _means_and_spread(p)
+    return ActivationDifference(p.layer, len(p.ids), mean_b - mean_a, spread)
 
 
 @dataclass
@@ -71,27 +91,21 @@ class ConceptShifts:
         return moved / max(self.spread, 1e-12)
 
 
-def concept_shifts(original: FeatureStore, finetuned: FeatureStore, layer: int, k: int = 10,
-                   seed: int = 0) -> ConceptShifts:
-    a, b, common = aligned_features(original, finetuned, layer)
-    k = min(k, len(common))
-    assign = make_dictionary("kmeans", k, seed=seed).fit(a).assign(a)
-    deltas = shift_vectors(a, b, assign, k)
+def concept_shifts(p: Paired, k: int = 10, seed: int = 0) -> ConceptShifts:
+    k = min(k, len(p.ids))
+    assign = make_dictionary("kmeans", k, seed=seed).fit(p.a).assign(p.a)
+    deltas = shift_vectors(p.a, p.b, assign, k)
     sizes = np.bincount(assign, minlength=k)
-    spread = activation_difference(original, finetuned, layer).spread
     order = np.argsort(-(sizes * np.linalg.norm(deltas, axis=1)), kind="stable")
-    return ConceptShifts(original.layer_index(layer), len(common), sizes, deltas, spread, order)
+    return ConceptShifts(p.layer, len(p.ids), sizes, deltas, _means_and_spread(p)[2], order)
 
 
-def top_samples(original: FeatureStore, finetuned: FeatureStore, layer: int, direction: np.ndarray,
-                n: int = 8) -> list[dict]:
+def top_samples(p: Paired, direction: np.ndarray, n: int = 8) -> list[dict]:
     """The ``n`` samples whose own change (fine-tuned − original feature) goes furthest along
     ``direction``: id, projection, image, prompt."""
-    a, b, common = aligned_features(original, finetuned, layer)
     unit = np.asarray(direction, np.float64) / max(float(np.linalg.norm(direction)), 1e-12)
-    scores = np.concatenate([(np.asarray(b[i:i + BLOCK_ROWS], np.float64) - np.asarray(a[i:i + BLOCK_ROWS], np.float64))
-                             @ unit for i in range(0, len(a), BLOCK_ROWS)])
-    by_id = {r["id"]: r for r in original.records}
-    return [{"id": common[m], "projection": float(scores[m]), "image": by_id[common[m]].get("image"),
-             "image_digest": by_id[common[m]].get("image_digest"), "prompt": by_id[common[m]].get("prompt")}
+    scores = np.concatenate([block @ unit for block in sample_shifts(p.a, p.b, np.arange(len(p.ids)))])
+    by_id = {r["id"]: r for r in p.original.records}
+    return [{"id": p.ids[m], "projection": float(scores[m]), "image": by_id[p.ids[m]].get("image"),
+             "image_digest": by_id[p.ids[m]].get("image_digest"), "prompt": by_id[p.ids[m]].get("prompt")}
             for m in np.argsort(-scores, kind="stable")[:n]]

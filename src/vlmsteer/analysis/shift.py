@@ -77,7 +77,7 @@ def aligned_features(store_a: FeatureStore, store_b: FeatureStore, layer: int) -
 BLOCK_ROWS = 4096
 
 
-def _shifts(a: np.ndarray, b: np.ndarray, members: np.ndarray):
+def sample_shifts(a: np.ndarray, b: np.ndarray, members: np.ndarray):
     """``b_m − a_m`` in float64, for the rows ``members``, a block at a time."""
     for i in range(0, len(members), BLOCK_ROWS):
         rows = members[i:i + BLOCK_ROWS]
@@ -90,7 +90,7 @@ def shift_vectors(a: np.ndarray, b: np.ndarray, assignment: np.ndarray, k: int) 
     for c in range(k):
         members = np.flatnonzero(assignment == c)
         if len(members):
-            delta[c] = sum(block.sum(0) for block in _shifts(a, b, members)) / len(members)
+            delta[c] = sum(block.sum(0) for block in sample_shifts(a, b, members)) / len(members)
     return delta
 
 
@@ -100,7 +100,8 @@ def consistency(a: np.ndarray, b: np.ndarray, assignment: np.ndarray, delta: np.
     for c in range(len(delta)):
         members = np.flatnonzero(assignment == c)
         if len(members):
-            out[c] = sum(cosine_matrix(block, delta[c:c + 1]).sum() for block in _shifts(a, b, members)) / len(members)
+            cosines = (cosine_matrix(block, delta[c:c + 1]).sum() for block in sample_shifts(a, b, members))
+            out[c] = sum(cosines) / len(members)
     return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsteer.analysis.diffing import activation_difference, concept_shifts, top_samples
+from vlmsteer.analysis.diffing import activation_difference, concept_shifts, paired_features, top_samples
 from vlmsteer.concepts.grounding import ground_text
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
@@ -32,25 +32,28 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
     concept) and ``report.html``."""
     check_method(method)
     out = Path(out)
+    paired = paired_features(original, finetuned, layer)
 
     def words(vectors: np.ndarray) -> list:
-        return ground_text(vlm, vectors.astype(np.float32), top_n=top_words) if vlm is not None else [None] * len(vectors)
+        if vlm is None:
+            return [None] * len(vectors)
+        return ground_text(vlm, vectors.astype(np.float32), top_n=top_words)
 
     def vector(delta: np.ndarray, n: int, target: str) -> SteeringVector:
-        return SteeringVector({lay: torch.as_tensor(delta, dtype=torch.float32)}, model_id=original.header.get("model_id"),
-                              hidden_size=len(delta), method=f"diff-{method}", source="original model", target=target,
-                              n_source=n, n_target=n)
+        return SteeringVector({paired.layer: torch.as_tensor(delta, dtype=torch.float32)},
+                              model_id=original.header.get("model_id"), hidden_size=len(delta),
+                              method=f"diff-{method}", source="original model", target=target, n_source=n, n_target=n)
 
     if method == "adl":
-        diff = activation_difference(original, finetuned, layer)
-        lay, n, relative, spread = diff.layer, diff.n_samples, diff.relative_norm, diff.spread
+        diff = activation_difference(paired)
+        relative, spread = diff.relative_norm, diff.spread
         (top,) = words(diff.delta[None])
         direction = diff.delta
-        vectors = {"adl": vector(diff.delta, n, "fine-tuned model")}
+        vectors = {"adl": vector(diff.delta, len(paired.ids), "fine-tuned model")}
         rows, columns = [], []
     else:
-        shifts = concept_shifts(original, finetuned, layer, k=k, seed=seed)
-        lay, n, relative, spread = shifts.layer, shifts.n_samples, shifts.relative_norm, shifts.spread
+        shifts = concept_shifts(paired, k=k, seed=seed)
+        relative, spread = shifts.relative_norm, shifts.spread
         ranked = words(shifts.deltas[shifts.order])
         top, direction = ranked[0], shifts.deltas[shifts.order[0]]
         vectors = {f"shift:{i}": vector(shifts.deltas[i], int(shifts.sizes[i]), f"fine-tuned model, concept {i}")
@@ -58,10 +61,11 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
         rows = [{"concept": int(i), "size": int(shifts.sizes[i]), "shift": float(np.linalg.norm(shifts.deltas[i])),
                  "words": g.words if g else []} for i, g in zip(shifts.order, ranked)]
         columns = ["rank", "concept", "samples", "‖Δ‖", "words of its shift"]
-    result = {"method": method, "layer": lay, "n_samples": n, "selector": original.header.get("selector"),
+    result = {"method": method, "layer": paired.layer, "n_samples": len(paired.ids),
+              "selector": original.header.get("selector"),
               "relative_norm": relative, "spread": spread, "words": top.words if top else [],
               "logits": top.logits if top else [], "concepts": rows,
-              "top_samples": top_samples(original, finetuned, layer, direction, top_images),
+              "top_samples": top_samples(paired, direction, top_images),
               "original": str(original.path), "finetuned": str(finetuned.path)}
     save_vectors(out / "diff.safetensors", vectors)
     atomic_write_json(out / "diff.json", result, indent=2)
