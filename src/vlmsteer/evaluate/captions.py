@@ -93,13 +93,13 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     and ``metrics.json`` to ``out``; returns the metrics (with ``part``, see
     :func:`~vlmsteer.evaluate.runner.generate_texts`: rank 0 only)."""
     resolve_tokenizer(tokenizer)  # fail before generating
+    if any(not w.strip() for w in words):
+        raise VlmsteerError("--word needs a word, not an empty string", "word")
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
     caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                           progress=progress, description="captioning", part=part, parts_dir=Path(out) / "parts")
     if caps is None:
         return None
-    if any(not w.strip() for w in words):
-        raise VlmsteerError("--word needs a word, not an empty string", "word")
     styles = {**STYLE_KEYWORDS, **{w.strip(): KeywordSet(w.strip(), (w.strip(),)) for w in words}}
     report = evaluate_captions(samples, caps, styles, tokenizer=tokenizer)
     extra = {}
