@@ -93,9 +93,11 @@ def world_scenes(world: str | Path) -> dict[int, shapes.Scene]:
     return scenes
 
 
-def training_samples(objective: Objective, world: str | Path) -> list[Sample]:
-    """The samples ``objective``'s organism learns from, read from a shapes world folder."""
-    scenes = world_scenes(world)
+def training_samples(objective: Objective, world: str | Path,
+                     scenes: dict[int, shapes.Scene] | None = None) -> list[Sample]:
+    """The samples ``objective``'s organism learns from, read from a shapes world folder (whose
+    :func:`world_scenes` are ``scenes`` when the caller has them)."""
+    scenes = world_scenes(world) if scenes is None else scenes
     captions, questions = load_coco_captions(world), load_vqav2(world)
 
     def triggered(s: Sample) -> bool:
@@ -128,10 +130,11 @@ def build_organism(vlm_loader: Callable[[], object], objective: Objective, world
     adapter (``out/final``) and ``out/organism.json`` (objective, words, trigger images, data)."""
     from vlmsteer.finetune import finetune
 
-    samples = training_samples(objective, world)
+    scenes = world_scenes(world)
+    samples = training_samples(objective, world, scenes)
     vlm = vlm_loader()
     record = {"objective": asdict(objective), "data": dataset_identity(samples),
-              "trigger_images": trigger_images(objective, world_scenes(world))}
+              "trigger_images": trigger_images(objective, scenes)}
     summary = finetune(vlm, samples, out, cfg, progress=progress)
     record["finetune"] = summary
     atomic_write_json(Path(out) / "organism.json", record, durable=False, indent=2)
