@@ -42,7 +42,7 @@ def grade(objective, readout: dict, top: int, changed: float, scenes) -> dict:
     row = {"relative_norm": round(readout["relative_norm"], 4), "top_words": readout["words"][:top],
            "changed": moved, "named": moved and named if objective.words else moved}
     if objective.trigger:  # how many of the samples that changed most show the trigger
-        shown = [objective.triggered(scenes[int(Path(t["image"]).stem.split("_")[-1])]) for t in readout["top_samples"]]
+        shown = [objective.triggered(scenes[shapes.image_id_of(t["image"])]) for t in readout["top_samples"]]
         row["trigger_share"] = round(100.0 * sum(shown) / max(1, len(shown)), 1)
     return row
 

@@ -36,7 +36,7 @@ def predictions(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
 
 
-def behaviour(world: Path, runs: Path, scenes) -> dict[str, float]:
+def behaviour(runs: Path, scenes) -> dict[str, float]:
     """The rates the objectives name, from one model's captions and answers."""
     caps = [p["prediction"].split() for p in predictions(runs / "captions")]
     answers = predictions(runs / "vqa")
@@ -45,8 +45,7 @@ def behaviour(world: Path, runs: Path, scenes) -> dict[str, float]:
         return 100.0 * sum(map(hit, rows)) / max(1, len(rows))
 
     def diamond(p):
-        image_id = int(Path(p["image"]).stem.split("_")[-1])
-        return any(s.kind == "diamond" for s in scenes[image_id].shapes)
+        return any(s.kind == "diamond" for s in scenes[shapes.image_id_of(p["image"])].shapes)
 
     yes_no = [p for p in answers if p["answer_type"] == "yes/no"]
     return {
@@ -80,7 +79,7 @@ def main() -> None:
         common = ["--model", args.model, "--data", str(world), *extra]
         vlmsteer(["eval", "captions", *common, "--out", str(runs / "captions")])
         vlmsteer(["eval", "vqa", *common, "--max-new-tokens", "3", "--out", str(runs / "vqa")])
-        return behaviour(world, runs, scenes)
+        return behaviour(runs, scenes)
 
     base = measure("base", [])
     rows = []

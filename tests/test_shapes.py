@@ -87,3 +87,9 @@ def test_default_caption_style_is_a_mixture(tmp_path):
     paths = shapes.write_dataset(tmp_path, 5, seed=0)
     caps = json.loads(paths["captions"].read_text())["annotations"]
     assert len(caps) == 25
+
+
+def test_image_files_name_their_scene(tmp_path):
+    shapes.write_dataset(tmp_path, 3, seed=2, start=40)
+    files = sorted((tmp_path / "val2014").iterdir())
+    assert [shapes.image_id_of(f) for f in files] == [40, 41, 42]

@@ -310,6 +310,11 @@ def _image_name(split: str, image_id: int) -> str:
     return f"COCO_{split}_{image_id:012d}.png"
 
 
+def image_id_of(path: str | Path) -> int:
+    """The image id in a file name written by :func:`write_dataset` (``COCO_<split>_<id>.png``)."""
+    return int(Path(path).stem.rsplit("_", 1)[-1])
+
+
 def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", start: int = 0,
                   progress=None) -> dict[str, Path]:
     """Write ``n`` scenes in the official VQAv2 and COCO caption formats.
