@@ -3,9 +3,12 @@
 does the readout name the objective (one of its words among the top ``--top`` words, and the
 difference large enough to call the model changed), and is the control called unchanged?
 
-Methods (`vlmsteer diff --method ...`): ``adl`` (the activation difference lens) and
+Methods (`vlmsteer diff --method ...`): ``adl`` (the activation difference lens),
 ``concepts`` (the paper's concept shift: the original's ``-k`` 10 concepts, readout = the
-words of the largest samples × shift concept's shift vector). Inputs
+words of the largest samples × shift concept's shift vector), ``crosscoder`` (BatchTopK; readout
+= the largest of the decoder bias's change and the fine-tuned-only latents kept by latent
+scaling) and ``sae-diff`` (a BatchTopK SAE on the differences; readout = the largest of its
+decoder bias and its latents), both with their default sizes. Inputs
 unrelated to the objectives: ``--questions`` questions of a held-out world (seed ``--world``),
 read at layer ``--layer`` over the prompt text tokens (``mean_text``) or the image tokens
 (``mean_image``). A model counts as changed when the difference is at least ``--changed``
@@ -16,7 +19,9 @@ the seeds where it was called changed: a false positive. For the triggered organ
 ``trigger_share`` is the share of the 8 samples that changed most along the readout whose image
 shows the trigger (against the world's base rate, printed first).
 
-    python benchmarks/diffing.py [--seeds 11,12,13] [--built D1,D2,D3] [--top 5] [--json out.json]
+``--work DIR`` keeps the held-out world and the stores there (a second run reuses them).
+
+    python benchmarks/diffing.py [--seeds 11,12,13] [--built D1,D2,D3] [--work DIR] [--top 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ REGIONS = ("mean_text", "mean_image")
 def grade(objective, readout: dict, top: int, changed: float, scenes) -> dict:
     moved = readout["relative_norm"] >= changed
     named = bool(set(objective.words) & set(readout["words"][:top]))
-    row = {"relative_norm": round(readout["relative_norm"], 4), "top_words": readout["words"][:top],
+    row = {"readout": readout["readout"], "relative_norm": round(readout["relative_norm"], 4),
+           "top_words": readout["words"][:top],
            "changed": moved, "named": moved and named if objective.words else moved}
     if objective.trigger:  # how many of the samples that changed most show the trigger
         shown = [objective.triggered(scenes[shapes.image_id_of(t["image"])]) for t in readout["top_samples"]]
@@ -57,12 +63,14 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--changed", type=float, default=0.1)
-    ap.add_argument("--methods", default="adl,concepts")
+    ap.add_argument("--methods", default="adl,concepts,crosscoder,sae-diff")
+    ap.add_argument("--work", help="folder for the held-out world and the stores (kept, reused)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "diffing.json"))
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="diffing-"))
+    tmp = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="diffing-"))
     world = tmp / "held"
-    shapes.write_dataset(world, max(20, args.questions // 8), seed=args.world)
+    if not (world / "scenes_val2014.json").is_file():
+        shapes.write_dataset(world, max(20, args.questions // 8), seed=args.world)
     scenes = world_scenes(world)
     if args.built:
         built = [Path(p) for p in args.built.split(",")]
@@ -94,7 +102,7 @@ def main() -> None:
                 for method in args.methods.split(","):
                     out = tmp / "diff" / f"{seed}-{name}-{region}-{method}"
                     vlmsteer(["diff", "--original", str(base), "--finetuned", str(tuned), "--method", method,
-                         "--layer", str(args.layer), "--out", str(out)])
+                              "--layer", str(args.layer), "--out", str(out), "--overwrite"])
                     readout = json.loads((out / "diff.json").read_text())
                     rows.append({"seed": seed, "method": method, "region": region, "organism": name,
                                  **grade(objective, readout, args.top, args.changed, scenes)})

@@ -111,20 +111,19 @@ def test_diff_adl_reads_the_mean_difference_of_two_models(built, tiny_folder, tm
     assert json.loads((tmp_path / "same" / "diff.json").read_text())["relative_norm"] == 0
     capsys.readouterr()
     assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["again"]),
-                 "--method", "crosscoder", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == ("error: unknown diffing method 'crosscoder'; choose one of: adl, "
-                                               "concepts (option --method)")
+                 "--method", "lasso", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == ("error: unknown diffing method 'lasso'; choose one of: adl, "
+                                               "concepts, crosscoder, sae-diff (option --method)")
     # the paper's concept shift as a readout: the concepts' shift vectors, largest first
     assert main(["diff", "--original", str(stores["base"]), "--finetuned", str(stores["organism"]),
                  "--method", "concepts", "-k", "3", "--out", str(tmp_path / "c")]) == 0
     result = json.loads((tmp_path / "c" / "diff.json").read_text())
     shifts = load_vectors(tmp_path / "c" / "diff.safetensors")
-    sizes = [c["size"] for c in result["concepts"]]
+    sizes = [c["samples"] for c in result["parts"]]
     assert sum(sizes) == 12 and len(shifts) == 3 and result["relative_norm"] > 0
-    moved = [c["size"] * c["shift"] for c in result["concepts"]]
-    assert moved == sorted(moved, reverse=True)
-    weighted = sum(s * shifts[f"shift:{c['concept']}"].vectors[2].double().numpy()
-                   for s, c in zip(sizes, result["concepts"])) / 12
+    moved = [c["samples"] * c["‖Δ‖"] for c in result["parts"]]
+    assert moved == sorted(moved, reverse=True) and result["readout"] == result["parts"][0]["name"]
+    weighted = sum(s * shifts[c["name"]].vectors[2].double().numpy() for s, c in zip(sizes, result["parts"])) / 12
     np.testing.assert_allclose(weighted, b.mean(0) - a.mean(0), rtol=1e-4, atol=1e-5)  # the shifts add up to ADL
 
 

@@ -38,7 +38,7 @@ def _bash_blocks() -> list[Block]:
         skip = re.match(r"skip, (.*)", marker.strip(), flags=re.S)
         prepare = re.search(r"\(prepare:\s*([\w-]+)\)", marker)
         subs = re.findall(r'^"(.*)" => "(.*)"$', marker, flags=re.M)
-        if marker and not (skip or prepare):
+        if marker and not (skip or prepare or subs):
             raise AssertionError(f"unreadable readme-test marker: {marker!r}")
         blocks.append(Block(m["text"], skip[1] if skip else None, prepare[1] if prepare else None, subs))
     return blocks

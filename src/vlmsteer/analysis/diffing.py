@@ -5,11 +5,13 @@ model's final norm and unembedding. Its size beside the spread of the features s
 fine-tuning changed anything there at all (a control fine-tune on unchanged data barely moves
 it); its top words say what changed. And the paper's concept shift read the same way: the
 original's concepts, each with the mean shift of its samples. The store's selector chooses the
-token region (image tokens, prompt text, generated tokens)."""
+token region (image tokens, prompt text, generated tokens). Every method gives a
+:class:`Readout`: how much changed, and the parts of the change, ranked (the crosscoder and the
+SAE on differences are in :mod:`vlmsteer.analysis.dictionary_diffing`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,12 +102,59 @@ def concept_shifts(p: Paired, k: int = 10, seed: int = 0) -> ConceptShifts:
     return ConceptShifts(p.layer, len(p.ids), sizes, deltas, _means_and_spread(p)[2], order)
 
 
-def top_samples(p: Paired, direction: np.ndarray, n: int = 8) -> list[dict]:
-    """The ``n`` samples whose own change (fine-tuned − original feature) goes furthest along
-    ``direction``: id, projection, image, prompt."""
+@dataclass
+class Part:
+    """One ranked part of what changed."""
+
+    name: str  # "adl", "shift:3" (concept 3's), "latent:17", "bias"
+    vector: np.ndarray  # (hidden,) the change it makes where it acts, in the fine-tuned model: a steering vector
+    size: float  # its mean size over all samples (‖vector‖ × the share of samples it acts on, or the mean)
+    info: dict = field(default_factory=dict)  # the method's own figures (samples, decoder norms, scaling)
+
+
+@dataclass
+class Readout:
+    """A diffing method's answer: how much changed (``relative_norm``, in units of the original
+    features' spread) and the parts of the change, the readout (``parts[0]``) first."""
+
+    method: str
+    layer: int
+    n_samples: int
+    spread: float
+    relative_norm: float
+    parts: list[Part]
+    scores: np.ndarray | None = None  # (n,) how strongly parts[0] acts per sample (None: the change along it)
+    extra: dict = field(default_factory=dict)  # the method's own results (e.g. every latent's decoder norms)
+    dictionary: object = None  # the crosscoder or SAE it trained, if any
+
+
+def adl_readout(p: Paired) -> Readout:
+    """The activation difference lens: one part, the mean difference."""
+    diff = activation_difference(p)
+    return Readout("adl", p.layer, diff.n_samples, diff.spread, diff.relative_norm,
+                   [Part("adl", diff.delta, diff.norm)])
+
+
+def concepts_readout(p: Paired, k: int = 10, seed: int = 0) -> Readout:
+    """The paper's concept shift: a part per concept of the original (its samples' mean shift),
+    ranked by samples × ‖Δ‖."""
+    shifts = concept_shifts(p, k=k, seed=seed)
+    norms = np.linalg.norm(shifts.deltas, axis=1)
+    parts = [Part(f"shift:{i}", shifts.deltas[i], float(shifts.sizes[i] * norms[i]) / shifts.n_samples,
+                  {"samples": int(shifts.sizes[i]), "‖Δ‖": float(norms[i])}) for i in shifts.order]
+    return Readout("concepts", p.layer, shifts.n_samples, shifts.spread, shifts.relative_norm, parts)
+
+
+def change_along(p: Paired, direction: np.ndarray) -> np.ndarray:
+    """Per sample, its own change (fine-tuned − original feature) projected on ``direction``."""
     unit = np.asarray(direction, np.float64) / max(float(np.linalg.norm(direction)), 1e-12)
-    scores = np.concatenate([block @ unit for block in sample_shifts(p.a, p.b, np.arange(len(p.ids)))])
+    return np.concatenate([block @ unit for block in sample_shifts(p.a, p.b, np.arange(len(p.ids)))])
+
+
+def top_samples(p: Paired, scores: np.ndarray, n: int = 8) -> list[dict]:
+    """The ``n`` samples of largest ``scores`` (a part's activation, or :func:`change_along`):
+    id, score, image, prompt."""
     by_id = {r["id"]: r for r in p.original.records}
-    return [{"id": p.ids[m], "projection": float(scores[m]), "image": by_id[p.ids[m]].get("image"),
+    return [{"id": p.ids[m], "score": float(scores[m]), "image": by_id[p.ids[m]].get("image"),
              "image_digest": by_id[p.ids[m]].get("image_digest"), "prompt": by_id[p.ids[m]].get("prompt")}
-            for m in np.argsort(-scores, kind="stable")[:n]]
+            for m in np.argsort(-np.asarray(scores), kind="stable")[:n]]

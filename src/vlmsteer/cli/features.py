@@ -118,11 +118,13 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Learn concepts from stored features; ground them in words and images; measure the splice cost;
     write an HTML report."""
-    from vlmsteer.concepts.sae_methods import SAE_METHODS
+    from vlmsteer.concepts.sae_methods import PAIRED_METHODS, SAE_METHODS
     from vlmsteer.evaluate.splice_cost import usable_records
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
     sae = method.lower().replace("-", "_") in SAE_METHODS
+    if method.lower().replace("-", "_") in PAIRED_METHODS:
+        raise VlmsteerError(f"{method} learns from two models' paired features: use vlmsteer diff --method crosscoder")
     if not sae and (latents is not None or saelens):
         raise VlmsteerError(f"--latents and --saelens are for sparse autoencoders; {method} takes -k")
     n = (latents or 1024) if sae else k

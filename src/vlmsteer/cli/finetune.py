@@ -166,19 +166,29 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
 def diff(original: Path = typer.Option(..., help="Store extracted from the original model."),
          finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
          out: Path = typer.Option(Path("runs/diff"), help="Output folder."),
-         method: str = typer.Option("adl", help="adl (activation difference lens) or concepts (the paper's concept "
-                                                "shift: the original's concepts and their shift vectors)."),
+         method: str = typer.Option("adl", help="adl (activation difference lens), concepts (the paper's concept "
+                                                "shift: the original's concepts and their shift vectors), crosscoder "
+                                                "(BatchTopK, fine-tuned-only latents after latent scaling) or "
+                                                "sae-diff (a BatchTopK SAE on the differences)."),
          layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
          k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts (--method concepts)."),
+         latents: Optional[int] = typer.Option(None, min=1, help="Latents of the crosscoder or SAE (default: 4 × "
+                                                                 "hidden size, at most one per 8 samples)."),
+         l0: Optional[int] = typer.Option(None, min=1, help="Active latents per sample (default: latents / 8, at "
+                                                            "most 32)."),
+         epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs of the crosscoder or SAE "
+                                                                "(default: about 1000 steps)."),
          top_words: int = typer.Option(15, min=1, help="Words of the readout."),
          top_images: int = typer.Option(8, min=0, help="Samples that changed most along the readout's vector."),
          model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
+         no_words: bool = typer.Option(False, "--no-words", help="Skip word grounding (no model is loaded)."),
          seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE,
          device_map: Optional[str] = _DEVICE_MAP, overwrite: bool = _OVERWRITE):
     """What fine-tuning changed, from two models' stores of the same samples: how much (in units
     of the features' spread), a ranked readout (words), the differences as steering vectors, an
     HTML report. The stores' selector is the token region (extract with --selector mean_image,
     mean_text or mean_response)."""
+    from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
     from vlmsteer.report.diffing import check_method, run_diff
     from vlmsteer.store import check_paired
 
@@ -188,11 +198,14 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
     b.layer_index(absolute)
     check_paired(a, b, "model diffing", same_samples=True)
     with _publish(out, overwrite) as pub:
-        vlm = _load_head(model or a.header["model_id"], dtype, device, device_map)
+        name = model or a.header.get("model_id")
+        if not (name or no_words):
+            raise VlmsteerError(f"{original} names no model to read words with: pass --model or --no-words")
+        vlm = None if no_words else _load_head(name, dtype, device, device_map)
         _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
                                   grounding=_grounding_identity(vlm, a)))
         result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed,
-                          top_images=top_images)
+                          top_images=top_images, options=DictionaryOptions(latents, l0, epochs, seed, progress=True))
         _write_run_json(pub, model_id=a.header.get("model_id"))
-    out_console.print(f"{method}, layer {absolute}: change {result['relative_norm']:.3f} of the features' "
-                      f"spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")
+    out_console.print(f"{method}, layer {absolute}: readout {result['readout']}, {result['relative_norm']:.3f} of the "
+                      f"features' spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")

@@ -9,6 +9,7 @@ Seeded and deterministic.
 from __future__ import annotations
 
 import json
+import mmap
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,11 +28,27 @@ def float64_rows(z, chunk: int):
         yield i, np.asarray(z[i:i + chunk], dtype=np.float64)
 
 
-class Rows:
-    """The rows ``index`` of a 2-D array, read on demand (by slice or index array) so that
-    memory-mapped features are never copied whole: a train or held-out split of a store."""
+class LazyRows:
+    """A 2-D array read on demand (by slice or index array), never copied whole: subclasses
+    say its ``shape``, ``dtype`` and how rows are read (``__getitem__``), and release the pages
+    of the files they read (``release``)."""
 
     ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def release(self) -> None:
+        pass
+
+
+class Rows(LazyRows):
+    """The rows ``index`` of a 2-D array (memory-mapped features are never copied whole): a
+    train or held-out split of a store."""
 
     def __init__(self, array, index):
         self.array, self.index = array, np.sort(np.asarray(index, dtype=np.int64))
@@ -44,22 +61,30 @@ class Rows:
     def dtype(self):
         return self.array.dtype
 
-    def __len__(self) -> int:
-        return len(self.index)
-
     def __getitem__(self, key) -> np.ndarray:
         return np.asarray(self.array[self.index[key]])
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype, copy=False)
+    def release(self) -> None:
+        release_pages(self.array)
+
+
+def release_pages(z) -> None:
+    """Unmap the pages a memory-mapped feature file brought into this process (they stay in the
+    OS page cache, and come back on the next read): resident memory holds the rows in use, not
+    every row read so far."""
+    if isinstance(z, LazyRows):
+        z.release()
+        return
+    mm = getattr(z, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:
     """``z`` as a 2-D array of ``dtype`` (None: keep its own floating dtype, no copy; a
-    :class:`Rows` view stays a view), checked for NaN/inf chunk by chunk and for having at
+    :class:`LazyRows` view stays a view), checked for NaN/inf chunk by chunk and for having at
     least ``k`` rows."""
-    if isinstance(z, Rows) and (dtype is None or z.dtype == dtype):
+    if isinstance(z, LazyRows) and (dtype is None or z.dtype == dtype):
         pass
     else:
         z = np.asarray(z) if dtype is None else np.asarray(z, dtype=dtype)
@@ -287,10 +312,10 @@ def clustering_methods() -> dict[str, type[ConceptDictionary]]:
 
 
 def methods() -> dict[str, type[ConceptDictionary]]:
-    """Every dictionary method by name: the clustering ones, then the sparse autoencoders."""
-    from vlmsteer.concepts.sae_methods import SAE_METHODS
+    """Every dictionary method by name: the clustering ones, the sparse autoencoders, the crosscoder."""
+    from vlmsteer.concepts.sae_methods import PAIRED_METHODS, SAE_METHODS
 
-    return {**clustering_methods(), **SAE_METHODS}
+    return {**clustering_methods(), **SAE_METHODS, **PAIRED_METHODS}
 
 
 def make_dictionary(method: str, k: int, seed: int = 0, **options: Any) -> ConceptDictionary:

@@ -4,6 +4,7 @@ for the shared model and training)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from vlmsteer.concepts.sae import SparseAutoencoder
@@ -31,19 +32,57 @@ class BatchTopKSAE(SparseAutoencoder):
     architecture = "jumprelu"  # what SAELens saves a BatchTopK SAE as: one threshold per latent
 
     def _select(self, pre, t, train):
-        flat = pre.clamp_min(0).reshape(-1)
+        flat = self._score(pre, t).clamp_min(0).reshape(-1)
         kept = flat.topk(min(len(flat), self.l0 * len(pre)), sorted=False)
         positive = kept.values > 0
-        kept_idx, kept_values = kept.indices[positive], kept.values[positive]
-        if len(kept_idx):  # the inference threshold: a running mean of the smallest kept activation
-            smallest = float(kept_values.min())
+        kept_idx = kept.indices[positive]
+        if len(kept_idx):  # the inference threshold: a running mean of the smallest kept score
+            smallest = float(kept.values[positive].min())
             old = train.get("threshold")
             train["threshold"] = smallest if old is None else 0.99 * old + 0.01 * smallest
-        kept_idx, order = kept_idx.sort()  # row-major: rows in order, as the sparse products like them
-        return kept_idx // pre.shape[1], kept_idx % pre.shape[1], kept_values[order]
+        kept_idx = kept_idx.sort().values  # row-major: rows in order, as the sparse products like them
+        return kept_idx // pre.shape[1], kept_idx % pre.shape[1], pre.reshape(-1)[kept_idx]
+
+    def _score(self, pre, t):
+        """What the batch's top-k ranks (the pre-activations themselves)."""
+        return pre
 
     def _threshold(self, w, train):
         return torch.full((self.k,), float(train.get("threshold") or 0.0))
+
+
+class BatchTopKCrosscoder(BatchTopKSAE):
+    """A BatchTopK crosscoder (Minder et al. 2025) on two models' paired features ``[a, b]``
+    (the first half of each row the original model's, the second the fine-tuned model's): one
+    encoder reads both, each latent decodes into both (its decoder row's halves), and the batch
+    keeps the ``l0 × batch`` largest activations weighted by the sum of the latent's two decoder
+    norms. Decoder rows are unit-norm as a whole, so the halves' norms say which model a latent
+    serves (:meth:`decoder_norms`). At inference a latent is active above the shared threshold
+    divided by its weight (a JumpReLU with one threshold per latent)."""
+
+    method = "batchtopk_crosscoder"
+
+    def fit(self, features, callback=None):
+        if features.shape[1] % 2:
+            raise VlmsteerError(f"a crosscoder reads two models' features side by side; {features.shape[1]} "
+                                "columns cannot be split in two halves")
+        return super().fit(features, callback)
+
+    @staticmethod
+    def _norms(w: torch.Tensor) -> torch.Tensor:
+        half = w.shape[1] // 2
+        return torch.stack([w[:, :half].norm(dim=1), w[:, half:].norm(dim=1)], dim=1)
+
+    def decoder_norms(self) -> np.ndarray:
+        """``(latents, 2)``: each latent's decoder norm in the original and the fine-tuned model."""
+        self._check_fitted()
+        return self._norms(torch.as_tensor(self.components_)).numpy()
+
+    def _score(self, pre, t):
+        return pre * self._norms(t["components_"].detach()).sum(1)
+
+    def _threshold(self, w, train):
+        return super()._threshold(w, train) / self._norms(w["components_"]).sum(1).clamp_min(1e-12)
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -109,3 +148,4 @@ class ReLUSAE(SparseAutoencoder):
 
 SAE_METHODS: dict[str, type[SparseAutoencoder]] = {c.method: c for c in (TopKSAE, BatchTopKSAE, MatryoshkaSAE,
                                                                           JumpReLUSAE, ReLUSAE)}
+PAIRED_METHODS: dict[str, type[SparseAutoencoder]] = {BatchTopKCrosscoder.method: BatchTopKCrosscoder}

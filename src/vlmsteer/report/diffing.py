@@ -1,5 +1,6 @@
-"""``vlmsteer diff`` outputs: the readout (``diff.json``: how much changed, ranked words), the
-differences as steering vectors and an HTML page, for each diffing method."""
+"""``vlmsteer diff`` outputs: the readout (``diff.json``: how much changed, the ranked parts of
+the change with their words, the samples where the readout acts most), the parts as steering
+vectors, the trained dictionary (crosscoder, SAE on differences) and an HTML page."""
 
 from __future__ import annotations
 
@@ -8,15 +9,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsteer.analysis.diffing import activation_difference, concept_shifts, paired_features, top_samples
+from vlmsteer.analysis.dictionary_diffing import DictionaryOptions, crosscoder_readout, sae_diff_readout
+from vlmsteer.analysis.diffing import Readout, adl_readout, change_along, concepts_readout, paired_features, top_samples
 from vlmsteer.concepts.grounding import ground_text
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
+from vlmsteer.report.plots import decoder_norm_plot
 from vlmsteer.report.section import Example, Section, Table, write_section
 from vlmsteer.steer.vector import SteeringVector, save_vectors
 from vlmsteer.store import FeatureStore
 
-DIFF_METHODS = ("adl", "concepts")
+DIFF_METHODS = ("adl", "concepts", "crosscoder", "sae-diff")
+SHOWN_PARTS = 30  # parts grounded in words and listed
+WHAT = {"adl": "the mean of the fine-tuned model's features minus the original's (activation difference lens)",
+        "concepts": "the original model's concepts (K-Means), each with the mean shift of its samples, ranked by "
+                    "samples × shift",
+        "crosscoder": "a BatchTopK crosscoder on both models' features side by side: the change of its decoder bias "
+                      "and its fine-tuned-only latents (relative decoder norm at least {finetuned_only_threshold}, "
+                      "latent scaling ν^ε at most {max_nu}: {kept_after_scaling} of {finetuned_only} kept), "
+                      "ranked by mean size over the samples",
+        "sae-diff": "a BatchTopK sparse autoencoder on the differences (fine-tuned − original): its decoder bias "
+                    "(what every sample's change shares) and its latents, ranked by mean size over the samples"}
 
 
 def check_method(method: str) -> None:
@@ -24,75 +37,86 @@ def check_method(method: str) -> None:
         raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
 
 
-def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
-             top_words: int = 15, k: int = 10, seed: int = 0, top_images: int = 8) -> dict:
-    """``method``'s readout between two stores at ``layer``: ``diff.json`` (the change in units
-    of the features' spread, the ranked words, the samples that changed most along the readout's
-    vector), ``diff.safetensors`` (the difference vectors: ``"adl"``, or ``"shift:i"`` per
-    concept) and ``report.html``."""
+def readout(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, k: int = 10, seed: int = 0,
+            options: DictionaryOptions | None = None) -> tuple[Readout, object]:
+    """``method``'s readout of the two stores at ``layer``, and the paired features it read."""
     check_method(method)
-    out = Path(out)
     paired = paired_features(original, finetuned, layer)
-
-    def words(vectors: np.ndarray) -> list:
-        if vlm is None:
-            return [None] * len(vectors)
-        return ground_text(vlm, vectors.astype(np.float32), top_n=top_words)
-
-    def vector(delta: np.ndarray, n: int, target: str) -> SteeringVector:
-        return SteeringVector({paired.layer: torch.as_tensor(delta, dtype=torch.float32)},
-                              model_id=original.header.get("model_id"), hidden_size=len(delta),
-                              method=f"diff-{method}", source="original model", target=target, n_source=n, n_target=n)
-
+    options = options or DictionaryOptions(seed=seed)
     if method == "adl":
-        diff = activation_difference(paired)
-        relative, spread = diff.relative_norm, diff.spread
-        (top,) = words(diff.delta[None])
-        direction = diff.delta
-        vectors = {"adl": vector(diff.delta, len(paired.ids), "fine-tuned model")}
-        rows, columns = [], []
-    else:
-        shifts = concept_shifts(paired, k=k, seed=seed)
-        relative, spread = shifts.relative_norm, shifts.spread
-        ranked = words(shifts.deltas[shifts.order])
-        top, direction = ranked[0], shifts.deltas[shifts.order[0]]
-        vectors = {f"shift:{i}": vector(shifts.deltas[i], int(shifts.sizes[i]), f"fine-tuned model, concept {i}")
-                   for i in shifts.order}
-        rows = [{"concept": int(i), "size": int(shifts.sizes[i]), "shift": float(np.linalg.norm(shifts.deltas[i])),
-                 "words": g.words if g else []} for i, g in zip(shifts.order, ranked)]
-        columns = ["rank", "concept", "samples", "‖Δ‖", "words of its shift"]
-    result = {"method": method, "layer": paired.layer, "n_samples": len(paired.ids),
-              "selector": original.header.get("selector"),
-              "relative_norm": relative, "spread": spread, "words": top.words if top else [],
-              "logits": top.logits if top else [], "concepts": rows,
-              "top_samples": top_samples(paired, direction, top_images),
-              "original": str(original.path), "finetuned": str(finetuned.path)}
+        return adl_readout(paired), paired
+    if method == "concepts":
+        return concepts_readout(paired, k=k, seed=seed), paired
+    return (crosscoder_readout if method == "crosscoder" else sae_diff_readout)(paired, options), paired
+
+
+def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
+             top_words: int = 15, k: int = 10, seed: int = 0, top_images: int = 8,
+             options: DictionaryOptions | None = None) -> dict:
+    """``method``'s readout between two stores at ``layer``: ``diff.json`` (the change in units
+    of the features' spread, the ranked parts with their words, the samples where the readout
+    acts most), ``diff.safetensors`` (each part as a steering vector, by its name: ``"adl"``,
+    ``"shift:i"``, ``"bias"``, ``"latent:j"``), ``dictionary.safetensors`` (the crosscoder or SAE)
+    and ``report.html``."""
+    out = Path(out)
+    r, paired = readout(method, original, finetuned, layer, k=k, seed=seed, options=options)
+    shown = r.parts[:SHOWN_PARTS]
+    words = ground_text(vlm, np.stack([p.vector for p in shown]).astype(np.float32), top_n=top_words) if vlm \
+        else [None] * len(shown)
+    scores = r.scores if r.scores is not None else change_along(paired, r.parts[0].vector)
+    parts = [{"name": p.name, "size": p.size, "relative_size": p.size / max(r.spread, 1e-12), **p.info,
+              "words": g.words if g else []} for p, g in zip(shown, words)]
+    result = {"method": method, "layer": r.layer, "n_samples": r.n_samples, "selector": original.header.get("selector"),
+              "relative_norm": r.relative_norm, "spread": r.spread, "readout": r.parts[0].name,
+              "words": words[0].words if words[0] else [], "logits": words[0].logits if words[0] else [],
+              "parts": parts, "n_parts": len(r.parts), "top_samples": top_samples(paired, scores, top_images),
+              "top_samples_by": "activation" if r.scores is not None else "change along the readout",
+              **r.extra, "original": str(original.path), "finetuned": str(finetuned.path)}
+    vectors = {p.name: SteeringVector({r.layer: torch.as_tensor(p.vector, dtype=torch.float32)},
+                                      model_id=original.header.get("model_id"), hidden_size=len(p.vector),
+                                      method=f"diff-{method}", source="original model",
+                                      target=f"fine-tuned model ({p.name})", n_source=r.n_samples,
+                                      n_target=int(p.info.get("samples", r.n_samples)))
+               for p in r.parts}
     save_vectors(out / "diff.safetensors", vectors)
+    if r.dictionary is not None:
+        r.dictionary.save(out / "dictionary.safetensors", layer=r.layer, original=str(original.path),
+                          finetuned=str(finetuned.path))
+    figures = []
+    if "relative_decoder_norms" in r.extra and decoder_norm_plot(
+            r.extra["relative_decoder_norms"], r.extra["finetuned_only_threshold"], out / "decoder_norms.png"):
+        figures.append(("decoder_norms.png", "Relative decoder norm of every crosscoder latent"))
     atomic_write_json(out / "diff.json", result, indent=2)
-    write_section(out, _section(result, columns))
+    write_section(out, _section(result, figures))
     return result
 
 
-def _section(result: dict, columns: list[str]) -> Section:
+def _section(result: dict, figures: list) -> Section:
     selector = result["selector"]
     where = selector.get("kind", "?") if isinstance(selector, dict) else "the stores' positions"
-    what = {"adl": "the mean of the fine-tuned model's features minus the original's (activation difference lens)",
-            "concepts": "the original model's concepts (K-Means), each with the mean shift of its samples, ranked "
-                        "by samples × shift; the readout is the top concept's shift"}[result["method"]]
-    tables = [Table("top words of the readout", ["rank", "word", "logit"],
+    what = WHAT[result["method"]].format(**result)
+    extra_columns = sorted({k for p in result["parts"] for k in p} - {"name", "size", "relative_size", "words"})
+    tables = [Table(f"top words of the readout ({result['readout']})", ["rank", "word", "logit"],
                     [[i + 1, w, f"{v:.2f}"] for i, (w, v) in enumerate(zip(result["words"], result["logits"]))])]
-    if result["concepts"]:
-        tables.append(Table("concepts by shift", columns,
-                            [[r + 1, c["concept"], c["size"], f"{c['shift']:.3g}", ", ".join(c["words"][:8])]
-                             for r, c in enumerate(result["concepts"])]))
+    if len(result["parts"]) > 1:
+        tables.append(Table(f"the change's parts, largest first ({len(result['parts'])} of {result['n_parts']})",
+                            ["rank", "part", "mean size / spread", *extra_columns, "words"],
+                            [[i + 1, p["name"], f"{p['relative_size']:.3g}",
+                              *[_cell(p.get(c)) for c in extra_columns], ", ".join(p["words"][:8])]
+                             for i, p in enumerate(result["parts"])]))
     examples = [Example([("sample", str(t["id"])), ("prompt", str(t["prompt"])),
-                         ("change along the readout", f"{t['projection']:.3g}")], t["image"], t["image_digest"])
+                         (result["top_samples_by"], f"{t['score']:.3g}")], t["image"], t["image_digest"])
                 for t in result["top_samples"]]
+    quality = f" The dictionary reconstructs its input with FVU {result['fvu']:.3f}." if "fvu" in result else ""
     return Section(
         title=f"What fine-tuning changed: {result['method']}, layer {result['layer']}",
-        examples=examples, examples_title="Samples that changed most along the readout's vector",
+        examples=examples, examples_title=f"Samples where the readout acts most (by {result['top_samples_by']})",
         intro=[f"Over the same {result['n_samples']} samples ({where}): {what}, read through the final norm and "
-               f"unembedding. The change is {result['relative_norm']:.3f} of the features' spread "
-               f"({result['spread']:.3g}): a fine-tune on unchanged data barely moves it. `diff.safetensors` holds "
-               "the differences as steering vectors."],
-        tables=tables)
+               f"unembedding. The readout ({result['readout']}) measures {result['relative_norm']:.3f} of the "
+               f"features' spread ({result['spread']:.3g}): a fine-tune on unchanged data barely moves it.{quality} "
+               "`diff.safetensors` holds every part as a steering vector."],
+        tables=tables, figures=figures)
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)

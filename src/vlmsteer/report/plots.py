@@ -298,3 +298,20 @@ def shift_plots(result: dict, out: Path) -> list[str]:
         ax.legend(loc="lower right")
         made.append(_save(plt, fig, out / name).name)
     return made
+
+
+def decoder_norm_plot(relative: list[float], finetuned_only: float, path: Path) -> Path | None:
+    """The histogram of a crosscoder's relative decoder norms (0: the original's latents, ½:
+    shared, 1: the fine-tuned model's), with the fine-tuned-only threshold."""
+    plt = pyplot("the decoder-norm histogram")
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist(relative, bins=np.linspace(0, 1, 41), color="C0")
+    ax.axvline(finetuned_only, color="C3", ls="--", label=f"fine-tuned only (≥ {finetuned_only:g})")
+    ax.set_xlabel("relative decoder norm  ½((‖d_ft‖ − ‖d_orig‖) / max + 1)")
+    ax.set_ylabel("latents")
+    ax.set_yscale("log")
+    ax.set_title("whose latents: original (0), shared (½), fine-tuned (1)")
+    ax.legend(loc="upper center")
+    return _save(plt, fig, path)
