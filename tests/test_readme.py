@@ -163,6 +163,10 @@ def _check_diff_figures(runs: Path) -> None:
     assert three["words"][0] == "three" and (runs / "adl-three" / "diff.safetensors").is_file()
     assert abs(three["relative_norm"] - float(figures[1])) <= 0.1
     assert abs(control["relative_norm"] - float(figures[2])) <= 0.02 < three["relative_norm"] / 10
+    crosscoder = json.loads((runs / "cc-three" / "diff.json").read_text())
+    assert crosscoder["words"][0] == "three" and (runs / "cc-three" / "decoder_norms.png").is_file()
+    for method in ("adl", "concepts", "crosscoder", "sae-diff"):  # the bring-your-own pair's block
+        assert json.loads((runs.parent / "mine" / method / "diff.json").read_text())["method"] == method
 
 
 def test_python_example_runs(tmp_path):
