@@ -175,11 +175,12 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
          latents: Optional[int] = typer.Option(None, min=1, help="Latents of the crosscoder or SAE (default: 4 × "
                                                                  "hidden size, at most one per 8 samples)."),
          l0: Optional[int] = typer.Option(None, min=1, help="Active latents per sample (default: latents / 8, at "
-                                                            "most 32)."),
+                                                            "most 32; sae-diff: latents / 32, at most 8)."),
          epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs of the crosscoder or SAE "
                                                                 "(default: about 1000 steps)."),
          top_words: int = typer.Option(15, min=1, help="Words of the readout."),
-         top_images: int = typer.Option(8, min=0, help="Samples that changed most along the readout's vector."),
+         top_images: int = typer.Option(8, min=0, help="Samples where the readout acts most (a latent's activation, "
+                                                       "else the change along its vector)."),
          model: Optional[str] = typer.Option(None, help="Model for word grounding (default: the original's)."),
          no_words: bool = typer.Option(False, "--no-words", help="Skip word grounding (no model is loaded)."),
          seed: int = _SEED(), allow_partial: bool = _ALLOW_PARTIAL, dtype: str = _DTYPE, device: str = _DEVICE,
