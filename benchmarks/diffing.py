@@ -19,6 +19,9 @@ the seeds where it was called changed: a false positive. For the triggered organ
 ``trigger_share`` is the share of the 8 samples that changed most along the readout whose image
 shows the trigger (against the world's base rate, printed first).
 
+For ``crosscoder`` and ``sae-diff`` a row also says whether their largest latent alone (their
+readout may be the decoder bias) has an objective word among its top words
+(``largest_latent_named``; no change threshold: latents are a fraction of the whole change).
 ``--work DIR`` keeps the held-out world and the stores there (a second run reuses them).
 
     python benchmarks/diffing.py [--seeds 11,12,13] [--built D1,D2,D3] [--work DIR] [--top 5] [--json out.json]
@@ -47,6 +50,9 @@ def grade(objective, readout: dict, top: int, changed: float, scenes) -> dict:
     row = {"readout": readout["readout"], "relative_norm": round(readout["relative_norm"], 4),
            "top_words": readout["words"][:top],
            "changed": moved, "named": moved and named if objective.words else moved}
+    latents = [part for part in readout["parts"] if part["name"].startswith("latent:")]
+    if latents and objective.words:  # the dictionary methods: does their largest latent alone name it?
+        row["largest_latent_named"] = bool(set(objective.words) & set(latents[0]["words"][:top]))
     if objective.trigger:  # how many of the samples that changed most show the trigger
         shown = [objective.triggered(scenes[shapes.image_id_of(t["image"])]) for t in readout["top_samples"]]
         row["trigger_share"] = round(100.0 * sum(shown) / max(1, len(shown)), 1)
