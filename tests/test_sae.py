@@ -202,15 +202,15 @@ def test_sae_encoding_is_chunked_and_torch_equal():
     assert (d.assign(x) == d.encode(x).argmax(1)).all()
 
 
-@pytest.mark.parametrize("rows_in_order", [True, False])
-def test_sparse_products_have_the_dense_gradients(rows_in_order):
+@pytest.mark.parametrize("rows_in_order, nnz", [(True, 40), (False, 40), (False, 20000)])
+def test_sparse_products_have_the_dense_gradients(rows_in_order, nnz):
     """Training's sparse encode/decode (bag sums, a sampled product, one shared column sort)
     give the gradients of the same computation written densely, duplicates and all; only the
-    first ``n_x`` positions move ``b_dec``."""
+    first ``n_x`` positions move ``b_dec``. 20,000 positions take the padded radix sort."""
     from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, SparsePattern
 
     g = torch.Generator().manual_seed(0)
-    b, latents, dim, nnz, n_x = 9, 13, 6, 40, 25
+    b, latents, dim, n_x = (9, 13, 6, 25) if nnz < 100 else (64, 1000, 6, 12500)
     x = torch.randn(b, dim, generator=g, dtype=torch.float64)
     w_enc, w_dec = (torch.randn(latents, dim, generator=g, dtype=torch.float64, requires_grad=True)
                     for _ in range(2))
@@ -237,4 +237,4 @@ def test_sparse_products_have_the_dense_gradients(rows_in_order):
     want = torch.autograd.grad(dense @ w_dec, weights, upstream)
     assert torch.allclose(out, dense.detach() @ w_dec.detach())
     for a, r in zip(got, want):
-        assert torch.allclose(a, r, atol=1e-12)
+        assert torch.allclose(a, r, atol=1e-10)
