@@ -26,6 +26,7 @@ LAYERS = [
     {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune",
      "organisms"},
     {"concepts", "steer"},
+    {"engines"},
     {"analysis", "evaluate"},
     {"report"},
     {"demo", "testing"},

@@ -10,10 +10,11 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ADAPTER, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH,
                                  _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
-                                 _DICTIONARY, _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES,
+                                 _DICTIONARY, _DTYPE, _EDIT, _ENGINE, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES,
                                  _LATENT, _LAYERS, _LIMIT, _load_model, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE, _publish,
                                  _rank_and_world, _REGION, _run_identity, _SEED, _SPLIT, _steering, _VALUE, _VECTOR,
                                  _write_run_json)
+from vlmsteer.engines import Engine
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -40,7 +41,8 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              target: Optional[str] = typer.Option(None, help="Answer the vector moves toward (for counts)."),
              dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
              allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
-             allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
+             allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
+             engine: str = _ENGINE):
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
     from vlmsteer.evaluate.vqa_run import evaluate_vqa_run
 
@@ -52,8 +54,8 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_vqa_run(
             vlm, samples, stage, steering=steering, baseline=baseline, source=source, target=target,
-            batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part()),
-        _Model(model, adapter, dtype, device, device_map, max_image_pixels),
+            batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine),
+        _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
                _edit_spec(edit_dictionary, edit, latent, value)), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
@@ -87,7 +89,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                                                                       "this word (whole word; repeat)."),
                   dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                   allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
-                  allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
+                  allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
+                  engine: str = _ENGINE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
     from vlmsteer.evaluate.captions import evaluate_caption_run
     from vlmsteer.evaluate.cider import resolve_tokenizer
@@ -101,8 +104,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_caption_run(
             vlm, samples, stage, steering=steering, baseline=baseline, tokenizer=tokenizer, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, progress=True, part=_part(), words=tuple(word or ())),
-        _Model(model, adapter, dtype, device, device_map, max_image_pixels),
+            max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine, words=tuple(word or ())),
+        _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
                _edit_spec(edit_dictionary, edit, latent, value)), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
@@ -132,7 +135,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 baseline: Optional[Path] = _BASELINE,
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                 allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
-                allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
+                allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
+                engine: str = _ENGINE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
     from vlmsteer.data import DataFormat
     from vlmsteer.evaluate.safety import evaluate_safety_run
@@ -148,8 +152,8 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_safety_run(
             vlm, samples, stage, steering=steering, baseline=baseline, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, progress=True, part=_part()),
-        _Model(model, adapter, dtype, device, device_map, max_image_pixels),
+            max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine),
+        _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
                _edit_spec(edit_dictionary, edit, latent, value)), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
@@ -167,6 +171,7 @@ class _Model(NamedTuple):
     device: str
     device_map: Optional[str]
     max_image_pixels: int
+    engine: str = "transformers"
 
 
 class _Steer(NamedTuple):
@@ -193,6 +198,10 @@ def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callab
     from vlmsteer.outputs import read_run_record
     from vlmsteer.report.runs import write_eval_report
 
+    if Engine.parse(model.engine) is Engine.VLLM:
+        from vlmsteer.engines.vllm_engine import require_vllm
+
+        require_vllm()  # before any work, and its version goes into the run's identity
     with _publish(out, overwrite) as pub:
         samples = load()
         vlm = _load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,

@@ -87,7 +87,8 @@ def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_n
 def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                          baseline: str | Path | None = None, tokenizer: Tokenizer = "auto", batch_size: int = 32,
                          max_new_tokens: int = 32, progress: bool = False,
-                         part: tuple[int, int] | None = None, words: Sequence[str] = ()) -> dict | None:
+                         part: tuple[int, int] | None = None, words: Sequence[str] = (),
+                         engine: str = "transformers") -> dict | None:
     """``vlmsteer eval captions``: caption, score (CIDEr, style shares, and the share of captions
     naming each of ``words``), compare with a baseline run folder, write ``predictions.jsonl``
     and ``metrics.json`` to ``out``; returns the metrics (with ``part``, see
@@ -97,7 +98,8 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
         raise VlmsteerError("--word needs a word, not an empty string", "word")
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
     caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
-                          progress=progress, description="captioning", part=part, parts_dir=Path(out) / "parts")
+                          progress=progress, description="captioning", part=part,
+                          parts_dir=Path(out) / "parts", engine=engine)
     if caps is None:
         return None
     styles = {**STYLE_KEYWORDS, **{w.strip(): KeywordSet(w.strip(), (w.strip(),)) for w in words}}

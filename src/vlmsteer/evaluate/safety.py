@@ -71,12 +71,14 @@ def compare_safety_runs(baseline: list[str], steered: list[str]) -> dict:
 
 def evaluate_safety_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                         baseline: str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 64,
-                        progress: bool = False, part: tuple[int, int] | None = None) -> dict | None:
+                        progress: bool = False, part: tuple[int, int] | None = None,
+                        engine: str = "transformers") -> dict | None:
     """``vlmsteer eval safety``: answer harmful prompts, count refusals and attack successes per
     category, compare with a baseline run folder, write ``predictions.jsonl`` and ``metrics.json``."""
     base = read_baseline(baseline, samples, field="response", what="prompts") if baseline is not None else None
     responses = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
-                               progress=progress, description="answering", part=part, parts_dir=Path(out) / "parts")
+                               progress=progress, description="answering", part=part,
+                               parts_dir=Path(out) / "parts", engine=engine)
     if responses is None:  # a data-parallel rank other than 0
         return None
     metrics = safety_report(responses, [s.meta.get("category") for s in samples]).to_dict()

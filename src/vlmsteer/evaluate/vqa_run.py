@@ -25,7 +25,7 @@ def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_to
 def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                      baseline: str | Path | None = None, source: str | None = None, target: str | None = None,
                      batch_size: int = 32, max_new_tokens: int = 8, progress: bool = False,
-                     part: tuple[int, int] | None = None) -> dict | None:
+                     part: tuple[int, int] | None = None, engine: str = "transformers") -> dict | None:
     """``vlmsteer eval vqa``: answer, score, compare with a baseline run folder (answers
     changed, ``source`` -> ``target`` counts, accuracy deltas), write ``predictions.jsonl`` and
     ``metrics.json`` to ``out``; returns the metrics. With ``part=(rank, world)`` the ranks
@@ -33,7 +33,8 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
     _require_answers(samples)
     base = read_baseline(baseline, samples, what="questions") if baseline is not None else None
     preds = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
-                           progress=progress, description="answering", part=part, parts_dir=Path(out) / "parts")
+                           progress=progress, description="answering", part=part,
+                           parts_dir=Path(out) / "parts", engine=engine)
     if preds is None:
         return None
     report = score_vqa(samples, preds)

@@ -1,0 +1,134 @@
+"""The vLLM engine against the transformers reference, on the shipped model and a world no
+other test uses (opt-in: ``bash .ci/vllm`` installs the pinned vLLM in its own environment; here
+the module is skipped where vLLM is not installed). One engine serves the whole module."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vLLM is not installed (the opt-in job `bash .ci/vllm` installs it)")
+
+QUESTIONS = 300
+MIN_EQUAL = 0.995
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from vlmsteer.data import load_coco_captions, load_vqav2, shapes
+    from vlmsteer.model import VLM
+
+    root = tmp_path_factory.mktemp("vllm-world")
+    shapes.write_dataset(root, 60, seed=4242)
+    vlm = VLM.load("shapes-llava")
+    return vlm, load_vqav2(root)[:QUESTIONS], load_coco_captions(root)[:60]
+
+
+@pytest.fixture(scope="module")
+def engine(world):
+    from vlmsteer.engines.vllm_engine import VllmEngine
+
+    return VllmEngine.for_model(world[0])
+
+
+def _direction(vlm, toward: str, away: str | None = None) -> torch.Tensor:
+    """An unembedding direction, unit norm (the shapes model needs α of tens to hundreds to
+    change answers with it: α below is chosen so that each region changes 10-50 %)."""
+    w = vlm.unembed.weight.detach().float()
+    tok = vlm.tokenizer
+    d = w[tok.convert_tokens_to_ids(toward)] - (w[tok.convert_tokens_to_ids(away)] if away else w.mean(0))
+    return d / d.norm()
+
+
+def _steering(vlm, region: str, alpha: float, toward="no", away="yes", layers=(2, 3)):
+    from vlmsteer.steer.steerer import Steering
+    from vlmsteer.steer.vector import SteeringVector
+
+    d = _direction(vlm, toward, away)
+    return Steering(SteeringVector({l: d for l in layers}, model_id=vlm.model_id), alpha=alpha, layers=layers,
+                    region=region)
+
+
+def _reference(vlm, samples, steering, tokens):
+    from vlmsteer.evaluate.runner import generate_responses
+
+    return generate_responses(vlm, samples, batch_size=32, max_new_tokens=tokens, steering=steering)
+
+
+def _agree(a, b) -> float:
+    return sum(x.text == y.text and x.n_tokens == y.n_tokens for x, y in zip(a, b)) / len(a)
+
+
+def test_unsteered_answers_and_captions_equal_the_reference(world, engine):
+    vlm, questions, captions = world
+    assert _agree(engine.generate(questions, None, max_new_tokens=8), _reference(vlm, questions, None, 8)) >= MIN_EQUAL
+    assert _agree(engine.generate(captions, None, max_new_tokens=32), _reference(vlm, captions, None, 32)) >= MIN_EQUAL
+
+
+@pytest.mark.parametrize("region, alpha", [("last_prompt", 40.0), ("prompt", 40.0), ("text", 40.0),
+                                           ("image", 1000.0), ("all", 40.0)])
+def test_steered_answers_equal_the_reference_on_every_region(world, engine, region, alpha):
+    """Equal answer by answer, and the steering did something (answers changed)."""
+    vlm, questions, _ = world
+    steering = _steering(vlm, region, alpha)
+    got = engine.generate(questions, steering, max_new_tokens=8)
+    want = _reference(vlm, questions, steering, 8)
+    base = _reference(vlm, questions, None, 8)
+    assert _agree(got, want) >= MIN_EQUAL
+    assert sum(a.text != b.text for a, b in zip(want, base)) >= 10
+
+
+def test_generated_region_steers_captions_as_the_reference(world, engine):
+    vlm, _, captions = world
+    steering = _steering(vlm, "generated", 40.0, toward="red", away=None)
+    got = engine.generate(captions, steering, max_new_tokens=32)
+    want = _reference(vlm, captions, steering, 32)
+    base = _reference(vlm, captions, None, 32)
+    assert _agree(got, want) >= MIN_EQUAL
+    assert sum(a.text != b.text for a, b in zip(want, base)) >= 10
+
+
+def test_one_pass_with_a_steering_per_request_equals_each_alone(world, engine):
+    """A sweep's grid in one engine pass: requests steered differently (and not at all) side by
+    side, each equal to its own transformers run."""
+    vlm, questions, _ = world
+    grid = [None, _steering(vlm, "last_prompt", 40.0), _steering(vlm, "last_prompt", 60.0), _steering(vlm, "all", 40.0)]
+    mixed = [grid[i % len(grid)] for i in range(len(questions))]
+    got = engine.generate(questions, mixed, max_new_tokens=8)
+    want = [None] * len(questions)
+    for k, steering in enumerate(grid):
+        rows = list(range(k, len(questions), len(grid)))
+        for i, r in zip(rows, _reference(vlm, [questions[i] for i in rows], steering, 8)):
+            want[i] = r
+    assert _agree(got, want) >= MIN_EQUAL
+
+
+def test_a_steering_hook_that_did_not_fire_is_an_error(world, engine):
+    from vlmsteer.errors import VlmsteerError
+
+    vlm, questions, _ = world
+
+    engine.llm.collective_rpc("vlmsteer_uninstall")  # as if the hooks were never called
+    try:
+        with pytest.raises(VlmsteerError, match="steered 0 of"):
+            engine.generate(questions[:8], _steering(vlm, "last_prompt", 12.0), max_new_tokens=4)
+    finally:
+        engine.llm.collective_rpc("vlmsteer_install", args=(sorted(vlm.image_token_ids),))
+    assert len(engine.generate(questions[:4], _steering(vlm, "last_prompt", 12.0), max_new_tokens=4)) == 4
+
+
+def test_a_compiled_engine_and_conditions_are_refused(world, engine):
+    from vlmsteer.engines.vllm_engine import VllmEngine
+    from vlmsteer.errors import VlmsteerError
+    from vlmsteer.steer.steerer import Steering
+
+    vlm, questions, _ = world
+    with pytest.raises(VlmsteerError, match="eagerly"):
+        VllmEngine.for_model(vlm, enforce_eager=False)
+    s = _steering(vlm, "last_prompt", 12.0)
+    conditioned = Steering(s.vector, s.alpha, s.layers, s.region, condition=lambda h: h[:, 0] > 0)
+    with pytest.raises(VlmsteerError, match="conditions"):
+        engine.generate(questions[:2], conditioned, max_new_tokens=2)
