@@ -74,7 +74,9 @@ class VllmEngine:
         from vlmsteer.engines.vllm_checkpoint import check_supported, vllm_ready_folder
 
         vllm = require_vllm()
-        check_supported(vlm)
+        from vllm.platforms import current_platform
+
+        check_supported(vlm, current_platform.device_type)
         folder = vllm_ready_folder(vlm)
         text = vlm.model.config.get_text_config()
         limit = max_model_len or int(getattr(text, "max_position_embeddings", 4096))
