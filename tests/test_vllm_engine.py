@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,15 +121,52 @@ def test_a_steering_hook_that_did_not_fire_is_an_error(world, engine):
     assert len(engine.generate(questions[:4], _steering(vlm, "last_prompt", 12.0), max_new_tokens=4)) == 4
 
 
-def test_a_compiled_engine_and_conditions_are_refused(world, engine):
+def test_a_compiled_engine_is_refused(world):
     from vlmsteer.engines.vllm_engine import VllmEngine
     from vlmsteer.errors import VlmsteerError
+
+    with pytest.raises(VlmsteerError, match="eagerly"):
+        VllmEngine.for_model(world[0], enforce_eager=False)
+
+
+def test_fine_grained_steering_equals_the_reference(world, engine, tmp_path):
+    """A concept condition (the CLI's `--condition-store S --active answer=yes`: steer where the
+    last prompt feature at layer 2 is nearest the "yes" answers' centroid): the same answers as
+    the reference; the condition changed which were steered."""
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.steer.conditions import condition_from_store
     from vlmsteer.steer.steerer import Steering
 
     vlm, questions, _ = world
-    with pytest.raises(VlmsteerError, match="eagerly"):
-        VllmEngine.for_model(vlm, enforce_eager=False)
-    s = _steering(vlm, "last_prompt", 12.0)
-    conditioned = Steering(s.vector, s.alpha, s.layers, s.region, condition=lambda h: h[:, 0] > 0)
-    with pytest.raises(VlmsteerError, match="conditions"):
-        engine.generate(questions[:2], conditioned, max_new_tokens=2)
+    store, _ = extract(vlm, questions, tmp_path / "s", ExtractConfig(layers=[2], batch_size=64))
+    condition = condition_from_store(store, 2, "answer=yes")
+    s = _steering(vlm, "all", 40.0)
+    fine = Steering(s.vector, s.alpha, s.layers, s.region, condition=condition)
+    got = engine.generate(questions, fine, max_new_tokens=8)
+    want = _reference(vlm, questions, fine, 8)
+    coarse = _reference(vlm, questions, s, 8)
+    assert _agree(got, want) >= MIN_EQUAL
+    assert sum(a.text != b.text for a, b in zip(want, coarse)) >= 10
+
+
+@pytest.mark.parametrize("selector, mode", [("last_prompt", "teacher"), ("mean_image", "teacher"),
+                                            ("mean_text", "teacher"), ("mean_response", "generate")])
+def test_extracted_features_equal_the_reference(world, engine, tmp_path, selector, mode):
+    """`extract --engine vllm`: the same records, features equal within 1e-4 (float32)."""
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.selectors import Selector
+    from vlmsteer.store import FeatureStore
+
+    vlm, questions, captions = world
+    samples = captions if mode == "generate" else questions[:120]
+    config = ExtractConfig(layers=[1, 3], selector=Selector(kind=selector), mode=mode, batch_size=32,
+                           max_new_tokens=16)
+    ref, _ = extract(vlm, samples, tmp_path / "hf", config)
+    got, _ = extract(vlm, samples, tmp_path / "vllm", config, reader=engine)
+    assert FeatureStore.open(tmp_path / "vllm").manifest["header"]["engine"] == "vllm"
+    assert "engine" not in FeatureStore.open(tmp_path / "hf").manifest["header"]
+    assert [r["positions"] for r in got.records] == [r["positions"] for r in ref.records]
+    assert [r["response"] for r in got.records] == [r["response"] for r in ref.records]
+    for layer in (1, 3):
+        a, b = ref.features(layer), got.features(layer)
+        assert np.abs(a).max() > 1 and np.abs(a - b).max() <= 1e-4

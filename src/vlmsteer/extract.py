@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -65,6 +65,21 @@ class ExtractConfig:
             raise VlmsteerError(f"unknown store dtype {self.dtype!r}; choose float32 or float16")
         if self.batch_size < 1 or self.shard_size < 1:
             raise VlmsteerError("batch size and shard size must be >= 1")
+
+
+class FeatureReader(Protocol):
+    """Another engine for extraction (the vLLM engine): it generates the responses and reads the
+    residual stream; the transformers model still prepares the batches (templates, tokens,
+    positions), so both engines read the same positions of the same token ids."""
+
+    name: str
+
+    def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+        ...
+
+    def read_features(self, sequences: Sequence[list[int]], images: Sequence[Any], positions: Sequence[list[int]],
+                      layers: Sequence[int]) -> dict[int, np.ndarray]:
+        ...
 
 
 def target_text(sample: Sample, target: Target) -> str:
@@ -143,7 +158,7 @@ def select_positions(vlm: VLM, full: Batch, selector: Selector, row: int,
 
 def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: ExtractConfig,
             dataset: dict | None = None, progress: bool = False,
-            part: tuple[int, int] | None = None) -> tuple[FeatureStore, int]:
+            part: tuple[int, int] | None = None, reader: FeatureReader | None = None) -> tuple[FeatureStore, int]:
     """Extract features of ``samples`` into the store at ``out``; resumes a partial store.
 
     ``part=(rank, world)`` (a data-parallel run, e.g. under ``torchrun``): this process takes
@@ -151,7 +166,8 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
     (resumable on its own); rank 0 then waits for every part and writes ``out``'s manifest,
     which lists the parts' shards in sample order, so the store reads exactly like a
     single-process one. Returns the store (a non-zero rank: its part) and the number of
-    samples resumed from.
+    samples resumed from. ``reader`` (e.g. the vLLM engine) generates and reads instead of the
+    transformers model; the store records which engine read it.
     """
     layers = sorted({vlm.layer_index(layer) for layer in config.layers})
     if not samples:
@@ -167,10 +183,14 @@ def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: Extrac
         "shard_size": config.shard_size, "max_new_tokens": config.max_new_tokens,
         "dataset": {**dataset, **dataset_identity(samples)}, "n_samples": len(samples), "origin": origin,
     }
+    if reader is not None:
+        if part is not None and part[1] > 1:
+            raise VlmsteerError(f"the {reader.name} engine runs in one process; extract without torchrun", "engine")
+        header["engine"] = reader.name
     if part is not None and part[1] > 1:
         return _extract_part(vlm, samples, Path(out), config, header, layers, progress, *part)
     with StoreWriter(out, header) as writer:
-        resumed = _write_shards(vlm, samples, writer, layers, config, progress)
+        resumed = _write_shards(vlm, samples, writer, layers, config, progress, reader)
     _check_found(out, writer.manifest["summary"]["found"], config)
     return FeatureStore.open(out), resumed
 
@@ -203,7 +223,7 @@ def _check_found(out, found: int, config: ExtractConfig) -> None:
 
 
 def _write_shards(vlm: VLM, samples: Sequence[Sample], writer: StoreWriter, layers: list[int],
-                  config: ExtractConfig, progress: bool) -> int:
+                  config: ExtractConfig, progress: bool, reader: FeatureReader | None = None) -> int:
     """Extract the samples the store does not hold yet, writing a shard every ``shard_size``
     samples; finish the store. Returns the number of samples resumed from.
 
@@ -226,7 +246,7 @@ def _write_shards(vlm: VLM, samples: Sequence[Sample], writer: StoreWriter, laye
     with progress_bar("extracting", len(samples), enabled=progress) as advance:
         advance(resumed)
         for chunk, (chunk_records, chunk_feats) in shrinking_batches(
-                todo, config.batch_size, lambda prepared: _run_batch(vlm, prepared, layers, config),
+                todo, config.batch_size, lambda prepared: _run_batch(vlm, prepared, layers, config, reader),
                 prepare=lambda chunk: _prepare_batch(vlm, chunk, config), prefetch=_prefetch(vlm, config)):
             records.extend(chunk_records)
             found += sum(r["found"] for r in chunk_records)
@@ -271,22 +291,46 @@ def _prepare_batch(vlm: VLM, chunk: Sequence[Sample], config: ExtractConfig) -> 
 
 
 @torch.no_grad()
-def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: ExtractConfig):
+def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: ExtractConfig,
+               reader: FeatureReader | None = None):
     chunk, full, texts, responses, positions = (prepared.chunk, prepared.batch, prepared.texts,
                                                 prepared.responses, prepared.positions)
     if config.mode is Mode.GENERATE:
-        gen = vlm.generate(full, max_new_tokens=config.max_new_tokens)
-        responses = [gen.tokens[i, :gen.lengths[i]].tolist() for i in range(len(chunk))]
-        texts = gen.texts
+        if reader is not None:
+            responses, texts = reader.generate_ids(chunk, config.max_new_tokens)
+        else:
+            gen = vlm.generate(full, max_new_tokens=config.max_new_tokens)
+            responses = [gen.tokens[i, :gen.lengths[i]].tolist() for i in range(len(chunk))]
+            texts = gen.texts
         full = append_responses(vlm, full, responses)
         positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
+    found = [bool(pos) and min(pos) >= 0 for pos in positions]
+    if reader is not None:
+        features = _read_with(reader, vlm, chunk, full, positions, found, layers)
+    else:
+        features = _read_hidden(vlm, full, positions, found, layers)
+    return _records(chunk, texts, responses, positions, found), features
+
+
+def _read_with(reader: FeatureReader, vlm: VLM, chunk, full: Batch, positions, found, layers) -> dict:
+    """The reader's features: each row's unpadded ids, its positions shifted by its left padding."""
+    from vlmsteer.loading import decode_images
+
+    keep = full.attention_mask.bool()
+    left = (~keep[:, :full.prompt_length]).sum(1).tolist()
+    sequences = [full.input_ids[i][keep[i]].tolist() for i in range(len(chunk))]
+    shifted = [[p - left[i] for p in pos] if ok else [] for i, (pos, ok) in enumerate(zip(positions, found))]
+    images = decode_images([s.image for s in chunk], vlm.max_image_pixels)
+    return reader.read_features(sequences, images, shifted, layers)
+
+
+def _read_hidden(vlm: VLM, full: Batch, positions, found, layers) -> dict:
     # the forward stops after the deepest captured layer: later layers and logits are not needed
     with capture_residual(vlm.layers, layers) as captured, stop_after(vlm.layers[max(layers)]):
         vlm.forward(full)
     hidden = {layer: captured[layer][0] for layer in layers}
-    found = [bool(pos) and min(pos) >= 0 for pos in positions]
     features = {}
-    rows = torch.arange(len(chunk))
+    rows = torch.arange(len(positions))
     for layer in layers:
         h = hidden[layer]
         if all(found) and all(len(pos) == 1 for pos in positions):  # one token per sample: one gather
@@ -295,6 +339,10 @@ def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: Extract
             zero = h.new_zeros(h.shape[-1], dtype=torch.float32)
             features[layer] = torch.stack([h[i, pos].float().mean(0) if ok else zero
                                            for i, (pos, ok) in enumerate(zip(positions, found))]).cpu().numpy()
+    return features
+
+
+def _records(chunk, texts, responses, positions, found) -> list[dict]:
     records = []
     for i, s in enumerate(chunk):
         record = {"id": s.id, "prompt": s.prompt, "response": texts[i], "answers": s.answers,
@@ -307,4 +355,4 @@ def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: Extract
         if s.meta:
             record["meta"] = s.meta
         records.append(record)
-    return records, features
+    return records

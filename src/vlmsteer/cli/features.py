@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _checked_device, _claim,
-                                 _DEVICE, _DEVICE_MAP, _DTYPE, _grounding_identity, _IMAGES, _load_head, _load_model,
-                                 _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
+                                 _DEVICE, _DEVICE_MAP, _DTYPE, _ENGINE, _grounding_identity, _IMAGES, _load_head,
+                                 _load_model, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
                                  _OVERWRITE, _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
                                  store_app, _write_run_json)
 from vlmsteer.errors import VlmsteerError
@@ -42,8 +42,9 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                                                            "'question_type=what color is the' or 'answer=yes|no'."),
             adapter: Optional[Path] = _ADAPTER, dtype: str = _DTYPE, device: str = _DEVICE,
             device_map: Optional[str] = _DEVICE_MAP, allow_outside_images: bool = _ALLOW_OUTSIDE,
-            max_image_pixels: int = _MAX_PIXELS):
+            max_image_pixels: int = _MAX_PIXELS, engine: str = _ENGINE):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
+    from vlmsteer.engines import Engine
     from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
     from vlmsteer.selectors import Selector
@@ -58,14 +59,23 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     from vlmsteer.outputs import check_can_create
 
     check_can_create(out)  # before any model work
+    if Engine.parse(engine) is Engine.VLLM:
+        from vlmsteer.engines.vllm_engine import require_vllm
+
+        require_vllm()
     samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                             allow_outside_images=allow_outside_images, where=where, max_image_pixels=max_image_pixels)
     vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
     dataset = {"format": fmt, "path": str(data.resolve()), "split": split, "limit": limit, "seed": seed,
                "prompt": prompt, "where": where}
     rank, world = _rank_and_world()
+    reader = None
+    if Engine.parse(engine) is Engine.VLLM:
+        from vlmsteer.engines.vllm_engine import VllmEngine
+
+        reader = VllmEngine.for_model(vlm)
     store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=rank == 0,
-                                 part=(rank, world) if world > 1 else None)
+                                 part=(rank, world) if world > 1 else None, reader=reader)
     if resumed:
         out_console.print(f"resumed from {resumed} samples already in {store.path}")
     if rank != 0:  # rank 0 merges the parts, writes run.json and reports

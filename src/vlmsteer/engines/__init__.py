@@ -24,3 +24,4 @@ class Response:
     sample_id: str
     text: str
     n_tokens: int
+    tokens: list[int] | None = None  # the response's token ids, where the engine gives them

@@ -12,14 +12,19 @@ in one engine pass. Never silently unsteered:
   its region holds, or the run is an error;
 - prefix caching is keyed by the steering (``cache_salt``: the steering's digest), so no request
   reuses blocks computed under another steering;
-- concept conditions (read at the last prompt position) are refused for now, and said so.
+- a concept condition is read, as the transformers steerer reads it, from the stream after the
+  first steering layer at the last prompt position before anything is added; prompts are never
+  split over steps (no chunked prefill), and a request whose condition was not read is an error.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
+
+import numpy as np
 
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
@@ -59,6 +64,7 @@ class VllmEngine:
     llm: Any
     max_model_len: int
     _engines: ClassVar[dict[str, "VllmEngine"]] = {}
+    name: ClassVar[str] = "vllm"
     settings: dict = field(default_factory=dict)
 
     @classmethod
@@ -90,7 +96,7 @@ class VllmEngine:
 
         threads = torch.get_num_threads()  # vLLM sets this process's torch threads to 1 for serving
         args = dict(model=str(folder), tokenizer=str(folder), enforce_eager=True, max_model_len=limit,
-                    dtype=vlm.dtype, seed=0, enable_prefix_caching=True,
+                    dtype=vlm.dtype, seed=0, enable_prefix_caching=True, enable_chunked_prefill=False,
                     worker_extension_cls="vlmsteer.engines.vllm_worker.SteeringWorkerExtension")
         args.update(engine_args)
         if not args["enforce_eager"]:
@@ -116,12 +122,16 @@ class VllmEngine:
         self.llm.collective_rpc("vlmsteer_set", args=(specs,))
         requests, params = [], []
         images = decode_images([s.image for s in samples], self.vlm.max_image_pixels)
+        texts = [self.vlm.build_prompt(s.prompt, image=im is not None) for s, im in zip(samples, images)]
+        token_ids = self.vlm.tokenizer(texts)["input_ids"]  # as the processor tokenizes them (one batch call)
         for i, (sample, image, name) in enumerate(zip(samples, images, names)):
-            prompt: dict[str, Any] = {"prompt": self.vlm.build_prompt(sample.prompt, image=image is not None)}
-            if image is not None:
+            prompt: dict[str, Any] = {"prompt_token_ids": token_ids[i]}
+            if image is not None:  # identified by its content digest: vLLM need not hash its pixels
                 prompt["multi_modal_data"] = {"image": image}
-            if name is not None:
-                prompt["cache_salt"] = name  # blocks are shared only between requests steered alike
+                prompt["multi_modal_uuids"] = {"image": [sample.image_digest]}
+            if name is not None:  # blocks are shared only between requests steered alike; a condition is
+                # decided per request, so its requests share none
+                prompt["cache_salt"] = name if specs[name]["condition"] is None else f"{name}-{uuid.uuid4().hex}"
             requests.append(prompt)
             params.append(SamplingParams(max_tokens=max_new_tokens, temperature=0.0, detokenize=False,
                                          extra_args=None if name is None else {"vlmsteer": {"steering": name,
@@ -137,7 +147,50 @@ class VllmEngine:
         eos = set(_eos_ids(self.vlm))
         tokens = list(completion.token_ids)
         n = next((j for j, t in enumerate(tokens) if t in eos), len(tokens))
-        return Response(sample.id, self.vlm.tokenizer.decode(tokens[:n], skip_special_tokens=True).strip(), n)
+        return Response(sample.id, self.vlm.tokenizer.decode(tokens[:n], skip_special_tokens=True).strip(), n,
+                        tokens[:n])
+
+    def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+        """Unsteered greedy responses as token ids (before the end token) and texts (extraction)."""
+        responses = self.generate(samples, None, max_new_tokens=max_new_tokens)
+        return [list(r.tokens or []) for r in responses], [r.text for r in responses]
+
+    def read_features(self, sequences: Sequence[list[int]], images: Sequence[Any], positions: Sequence[list[int]],
+                      layers: Sequence[int]) -> dict[int, np.ndarray]:
+        """Per layer, ``(n, hidden)`` float32: the mean residual stream after the layer over each
+        row's ``positions`` (absolute, in its unpadded token ids ``sequences``, images expanded as
+        the transformers processor expands them; zeros where a row has none). One forward per
+        row, no token generated that counts, no prefix shared (each row's own cache salt), so
+        every position is computed here."""
+        from vllm import SamplingParams
+
+        token = sorted(self.vlm.image_token_ids)
+        requests, params = [], []
+        for i, (ids, image) in enumerate(zip(sequences, images)):
+            prompt: dict[str, Any] = {"prompt_token_ids": _collapse_runs(list(ids), set(token)),
+                                      "cache_salt": f"read-{uuid.uuid4().hex}"}
+            if image is not None:
+                prompt["multi_modal_data"] = {"image": image}
+            requests.append(prompt)
+            params.append(SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
+                                         extra_args={"vlmsteer": {"capture": i}}))
+        self.llm.collective_rpc("vlmsteer_capture", args=({i: p for i, p in enumerate(positions)}, list(layers)))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        for i, (output, ids) in enumerate(zip(outputs, sequences)):
+            if list(output.prompt_token_ids) != list(ids):
+                raise VlmsteerError(f"vLLM expanded row {i}'s image tokens differently from the transformers "
+                                    f"processor ({len(output.prompt_token_ids)} vs {len(ids)} tokens); extract with "
+                                    "the transformers engine", "engine")
+        captured = self.llm.collective_rpc("vlmsteer_captured")[0]
+        out = {layer: np.zeros((len(sequences), self.vlm.hidden_size), dtype=np.float32) for layer in layers}
+        for i, want in enumerate(positions):
+            for layer in layers if want else ():
+                got, vectors = captured.get(i, {}).get(layer, ([], None))
+                if sorted(got) != sorted(set(want)):
+                    raise VlmsteerError(f"vLLM read row {i} at {len(got)} of its {len(set(want))} positions at layer "
+                                        f"{layer}; no features are written")
+                out[layer][i] = vectors.mean(0).numpy()
+        return out
 
     def _specs(self, per_request: list[Steering | None]) -> tuple[dict[str, dict], list[str | None]]:
         """The distinct steerings by digest (what the worker adds where) and each request's name."""
@@ -151,26 +204,30 @@ class VllmEngine:
                 raise VlmsteerError(f"the vLLM engine adds steering vectors; {type(steering).__name__} (a dictionary "
                                     "edit) runs on the transformers engine", "engine")
             steering = steering.check(self.vlm)
-            if steering.condition is not None:
-                raise VlmsteerError("concept conditions are not yet supported by the vLLM engine; use the "
-                                    "transformers engine for fine-grained steering", "engine")
             if steering.alpha == 0 or all(float(steering.vector.at(l).abs().max()) == 0 for l in steering.layers):
                 names.append(None)  # nothing to add, as the transformers engine leaves the model untouched
                 continue
             name = fingerprint(steering.identity())
             specs.setdefault(name, {"deltas": {l: (steering.alpha * steering.vector.at(l)).tolist()
                                                for l in steering.layers},
-                                    "region": steering.region.value})
+                                    "region": steering.region.value, "condition": steering.condition})
             names.append(name)
         return specs, names
 
     def _check_steered(self, outputs, names: list[str | None], specs: dict[str, dict]) -> None:
         """Every steered request was steered at each of its layers on every token of its region."""
-        seen = self.llm.collective_rpc("vlmsteer_seen")[0]
+        report = self.llm.collective_rpc("vlmsteer_seen")[0]
+        seen, decisions, unread = report["seen"], report["decisions"], set(report["unread"])
         for i, (output, name) in enumerate(zip(outputs, names)):
             if name is None:
                 continue
             spec = specs[name]
+            if spec["condition"] is not None:
+                if i in unread or i not in decisions:
+                    raise VlmsteerError(f"vLLM request {i}: its steering condition was not read before steering "
+                                        "(the prompt was not computed in one step); no answer is returned")
+                if not decisions[i]:
+                    continue  # the condition said: not this one
             want = _region_tokens(spec["region"], output, self.vlm.image_token_ids)
             got = seen.get(i, {})
             for layer in spec["deltas"]:
@@ -179,6 +236,11 @@ class VllmEngine:
                                         f"{got.get(layer, 0)} of the {want} tokens of its region "
                                         f"({spec['region']}) it computed; no unsteered answer is returned (is the "
                                         "engine compiled?)")
+
+
+def _collapse_runs(ids: list[int], image: set[int]) -> list[int]:
+    """The ids with each run of image tokens as one token: vLLM expands each image token itself."""
+    return [t for j, t in enumerate(ids) if t not in image or j == 0 or ids[j - 1] != t]
 
 
 def _region_tokens(region: str, output, image_ids) -> int:

@@ -16,6 +16,7 @@ steered (vLLM internals this relies on are pinned by the ``vllm`` extra's versio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,6 +28,7 @@ REGIONS = ("prompt", "image", "text", "last_prompt", "generated", "all")
 class _Spec:
     deltas: dict[int, torch.Tensor]  # layer -> alpha * vector
     region: str
+    condition: Any = None  # (1, hidden) stream at the first layer's last prompt position -> (1,) bool
 
 
 class SteeringWorkerExtension:
@@ -40,7 +42,7 @@ class SteeringWorkerExtension:
         language = model.get_language_model() if hasattr(model, "get_language_model") else model
         layers = language.model.layers
         state = {"layers": layers, "specs": {}, "seen": {}, "image": torch.tensor(sorted(image_token_ids)),
-                 "handles": []}
+                 "handles": [], "capture": {}, "captured": {}, "decisions": {}, "unread": set()}
         self._vlmsteer = state
         for index, layer in enumerate(layers):
             state["handles"].append(layer.register_forward_hook(self._vlmsteer_hook(index)))
@@ -62,18 +64,36 @@ class SteeringWorkerExtension:
             return
         dtype = next(state["layers"].parameters()).dtype
         state["specs"] = {name: _Spec({int(l): torch.tensor(v, dtype=dtype) for l, v in spec["deltas"].items()},
-                                      spec["region"]) for name, spec in specs.items()}
-        state["seen"] = {}
+                                      spec["region"], spec.get("condition")) for name, spec in specs.items()}
+        state["seen"], state["decisions"], state["unread"] = {}, {}, set()
 
-    def vlmsteer_seen(self) -> dict[int, dict[int, int]]:
-        """Per steered row (``extra_args`` row), per layer: how many tokens the hooks steered."""
+    def vlmsteer_capture(self, positions: dict[int, list[int]], layers: list[int]) -> None:
+        """Read the residual stream (``hidden + residual``) after ``layers`` at these absolute
+        positions of the requests tagged ``{"capture": row}``; forget what was read."""
+        state = self._vlmsteer
+        state["capture"] = {"positions": {int(r): set(p) for r, p in positions.items()}, "layers": set(layers)}
+        state["captured"] = {}
+
+    def vlmsteer_captured(self) -> dict[int, dict[int, tuple[list[int], torch.Tensor]]]:
+        """Per captured row, per layer: (positions read, their features as float32, one row each)."""
+        return {row: {layer: (pos, torch.stack(vecs)) for layer, (pos, vecs) in layers.items()}
+                for row, layers in self._vlmsteer["captured"].items()}
+
+    def vlmsteer_seen(self) -> dict[str, Any]:
+        """``seen``: per steered row (``extra_args`` row), per layer, how many tokens the hooks
+        steered; ``decisions``: each conditioned row's condition; ``unread``: conditioned rows
+        whose condition could not be read before their first steered position."""
         state = getattr(self, "_vlmsteer", None)
-        return {row: dict(layers) for row, layers in state["seen"].items()} if state else {}
+        if not state:
+            return {"seen": {}, "decisions": {}, "unread": []}
+        return {"seen": {row: dict(layers) for row, layers in state["seen"].items()},
+                "decisions": dict(state["decisions"]), "unread": sorted(state["unread"])}
 
     def _vlmsteer_hook(self, layer: int):
         def hook(module, args, output):
             state = self._vlmsteer
-            if not state["specs"]:
+            capture = state["capture"] if layer in state["capture"].get("layers", ()) else None
+            if not state["specs"] and capture is None:
                 return None
             hidden, residual = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
             runner = self.model_runner
@@ -86,14 +106,22 @@ class SteeringWorkerExtension:
                 tag = ((params.extra_args or {}) if params is not None else {}).get(KEY)
                 if tag is None:
                     continue
+                if "capture" in tag:
+                    if capture is not None:
+                        _read(state, capture, tag["capture"], layer, hidden, residual, starts[i], starts[i + 1],
+                              int(batch.num_computed_tokens_cpu[i]))
+                    continue
                 spec = state["specs"][tag["steering"]]
                 delta = spec.deltas.get(layer)
                 if delta is None:
                     continue
                 a, b = starts[i], starts[i + 1]
                 first = int(batch.num_computed_tokens_cpu[i])
-                mask = positions_in_region(spec.region, runner.requests[req_id].prompt_token_ids, first, b - a,
-                                    state["image"])
+                prompt = runner.requests[req_id].prompt_token_ids
+                if spec.condition is not None and not _decide(state, spec, tag["row"], layer, hidden, residual, a,
+                                                              first, b - a, len(prompt)):
+                    continue
+                mask = positions_in_region(spec.region, prompt, first, b - a, state["image"])
                 seen = state["seen"].setdefault(tag["row"], {})
                 seen[layer] = seen.get(layer, 0) + int(mask.sum())
                 if bool(mask.any()):
@@ -106,6 +134,39 @@ class SteeringWorkerExtension:
             return (edited, residual) if isinstance(output, tuple) else edited
 
         return hook
+
+
+def _decide(state: dict, spec: _Spec, row: int, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None,
+            a: int, first: int, count: int, prompt_length: int) -> bool:
+    """Whether a conditioned request is steered: its condition, read once from the stream after
+    the first steering layer at the last prompt position, before anything is added there (as
+    the transformers steerer reads it). A request whose prompt arrives in pieces without that
+    position first is left unsteered and marked ``unread`` (the engine then refuses the run)."""
+    decided = state["decisions"].get(row)
+    if decided is not None:
+        return decided
+    last = prompt_length - 1
+    if layer != min(spec.deltas) or not first <= last < first + count:
+        state["unread"].add(row)
+        return False
+    at = a + last - first
+    stream = hidden[at] if residual is None else hidden[at] + residual[at]
+    state["decisions"][row] = decided = bool(spec.condition(stream[None].float())[0])
+    return decided
+
+
+def _read(state: dict, capture: dict, row: int, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None,
+          a: int, b: int, first: int) -> None:
+    """Keep the stream at the wanted positions among this step's ``first … first + (b − a) − 1``."""
+    wanted = capture["positions"].get(row, ())
+    hits = [p for p in range(first, first + b - a) if p in wanted]
+    if not hits:
+        return
+    rows = torch.tensor([a + p - first for p in hits], device=hidden.device)
+    stream = hidden[rows] if residual is None else hidden[rows] + residual[rows]
+    positions, vectors = state["captured"].setdefault(row, {}).setdefault(layer, ([], []))
+    positions.extend(hits)
+    vectors.extend(stream.float().cpu())
 
 
 def positions_in_region(region: str, prompt: list[int], first: int, count: int,
