@@ -170,3 +170,25 @@ def test_extracted_features_equal_the_reference(world, engine, tmp_path, selecto
     for layer in (1, 3):
         a, b = ref.features(layer), got.features(layer)
         assert np.abs(a).max() > 1 and np.abs(a - b).max() <= 1e-4
+
+
+def test_sweep_and_select_in_one_engine_pass_equal_the_reference(world, engine, tmp_path):
+    """`sweep` and `select` with --engine vllm: the whole grid (every α × region, every candidate)
+    in one engine pass, the same table as the transformers engine's, and the steering moved answers."""
+    from vlmsteer.evaluate.selection_run import rank_vectors
+    from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
+    from vlmsteer.extract import ExtractConfig, extract
+    from vlmsteer.regions import Region
+    from vlmsteer.steer.builders import coarse_vector
+
+    vlm, questions, _ = world
+    store, _ = extract(vlm, questions, tmp_path / "s", ExtractConfig(layers=[2, 3], batch_size=64))
+    grid = SweepGrid(layers=[3], alphas=[1.0, 4.0], regions=[Region.LAST_PROMPT, Region.ALL], n_samples=[None])
+    sweeps = [run_sweep(vlm, store, "answer=yes", "answer=no", questions, grid, engine=e)
+              for e in ("transformers", "vllm")]
+    assert sweeps[0]["rows"] == sweeps[1]["rows"]
+    assert max(r["changed"] for r in sweeps[0]["rows"]) >= 10
+    candidates = {f"{a}->{b}": coarse_vector(store, f"answer={a}", target=f"answer={b}", layers=[3])
+                  for a, b in (("yes", "no"), ("no", "yes"), ("2", "3"))}
+    ranked = [rank_vectors(vlm, questions, candidates, alpha=4.0, engine=e) for e in ("transformers", "vllm")]
+    assert ranked[0]["rankings"] == ranked[1]["rankings"]

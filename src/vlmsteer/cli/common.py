@@ -134,9 +134,6 @@ def _checked_device(value: str) -> str:
 
 
 _DEVICE = typer.Option("cpu", callback=_checked_device, help="Device for the model: cpu, cuda, cuda:1, mps.")
-_ENGINE = typer.Option("transformers", help="Generation engine: transformers (the reference) or vllm (the "
-                                            "optional serving engine: pip install \"vlmsteer[vllm]\"; steered "
-                                            "runs are checked to have been steered).")
 _DEVICE_MAP = typer.Option(None, help="'auto': spread a model too large for one device over all of them "
                                       "(accelerate); overrides --device.")
 

@@ -10,11 +10,11 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ADAPTER, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH,
                                  _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
-                                 _DICTIONARY, _DTYPE, _EDIT, _ENGINE, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES,
+                                 _DICTIONARY, _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES,
                                  _LATENT, _LAYERS, _LIMIT, _load_model, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE, _publish,
                                  _rank_and_world, _REGION, _run_identity, _SEED, _SPLIT, _steering, _VALUE, _VECTOR,
                                  _write_run_json)
-from vlmsteer.engines import Engine
+from vlmsteer.cli.engine import _engine, _ENGINE
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.regions import Region
 
@@ -198,10 +198,7 @@ def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callab
     from vlmsteer.outputs import read_run_record
     from vlmsteer.report.runs import write_eval_report
 
-    if Engine.parse(model.engine) is Engine.VLLM:
-        from vlmsteer.engines.vllm_engine import require_vllm
-
-        require_vllm()  # before any work, and its version goes into the run's identity
+    _engine(model.engine)
     with _publish(out, overwrite) as pub:
         samples = load()
         vlm = _load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,

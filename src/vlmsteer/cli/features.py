@@ -9,10 +9,11 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _checked_device, _claim,
-                                 _DEVICE, _DEVICE_MAP, _DTYPE, _ENGINE, _grounding_identity, _IMAGES, _load_head,
-                                 _load_model, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
+                                 _DEVICE, _DEVICE_MAP, _DTYPE, _grounding_identity, _IMAGES, _load_head, _load_model,
+                                 _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
                                  _OVERWRITE, _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
                                  store_app, _write_run_json)
+from vlmsteer.cli.engine import _engine, _ENGINE
 from vlmsteer.errors import VlmsteerError
 
 
@@ -44,7 +45,6 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
             device_map: Optional[str] = _DEVICE_MAP, allow_outside_images: bool = _ALLOW_OUTSIDE,
             max_image_pixels: int = _MAX_PIXELS, engine: str = _ENGINE):
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
-    from vlmsteer.engines import Engine
     from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
     from vlmsteer.selectors import Selector
@@ -59,10 +59,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     from vlmsteer.outputs import check_can_create
 
     check_can_create(out)  # before any model work
-    if Engine.parse(engine) is Engine.VLLM:
-        from vlmsteer.engines.vllm_engine import require_vllm
-
-        require_vllm()
+    engine = _engine(engine)
     samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                             allow_outside_images=allow_outside_images, where=where, max_image_pixels=max_image_pixels)
     vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
@@ -70,7 +67,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
                "prompt": prompt, "where": where}
     rank, world = _rank_and_world()
     reader = None
-    if Engine.parse(engine) is Engine.VLLM:
+    if engine == "vllm":
         from vlmsteer.engines.vllm_engine import VllmEngine
 
         reader = VllmEngine.for_model(vlm)

@@ -15,6 +15,7 @@ from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _A
                                  _load_samples, _MAX_PIXELS, _open_store, out_console, _OVERWRITE, _parse_layers,
                                  _publish, _REGION, _run_identity, _SEED, _steering, _SPLIT, vectors_app,
                                  _write_run_json)
+from vlmsteer.cli.engine import _engine, _ENGINE
 from vlmsteer.errors import VlmsteerError
 
 
@@ -138,13 +139,14 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE,
            device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
            allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
-           allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
+           allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE):
     """Rank candidate steering vectors with the paper's selection metric."""
     from vlmsteer.evaluate.selection_run import rank_vectors, write_selection
     from vlmsteer.steer.vector import load_vectors
 
     from vlmsteer.data.identity import dataset_identity
 
+    engine = _engine(engine)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     candidates = load_vectors(vectors)
     with _publish(out, overwrite) as pub:
@@ -159,7 +161,7 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
                                   condition=_condition_identity(condition, vlm, first_layers, allow_other_model)))
         result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n,
                               relative_to=relative_to, distinct=distinct, batch_size=batch_size,
-                              max_new_tokens=max_new_tokens, condition=condition, progress=True)
+                              max_new_tokens=max_new_tokens, condition=condition, progress=True, engine=engine)
         write_selection(result, pub.stage)
         _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     results = result["ranking"]
@@ -196,7 +198,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           latent: Optional[list[str]] = _LATENT, dtype: str = _DTYPE,
           device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
-          allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE):
+          allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE):
     """Sweep a coarse vector over layers × alphas × regions × samples, or a dictionary edit
     (--edit-dictionary) over values × regions; one table and one PNG."""
     from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
@@ -207,6 +209,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     from vlmsteer.data.identity import dataset_identity
     from vlmsteer.steer.vector import check_same_model
 
+    engine = _engine(engine)
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
     condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial)
     edit_spec = _edit_spec(edit_dictionary, edit, latent, 0.0)
@@ -238,7 +241,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
                                   condition=_condition_identity(condition, vlm, grid.layers, allow_other_model)))
         result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, seed=seed, condition=condition, progress=True,
-                           edit=edit_steering)
+                           edit=edit_steering, engine=engine)
         write_sweep(result, pub.stage)
         _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     types = list(result["baseline_accuracy"])

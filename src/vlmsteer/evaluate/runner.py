@@ -54,6 +54,30 @@ def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int =
     return out
 
 
+def generate_grid(vlm: VLM, samples: Sequence[Sample], steerings: Sequence[object | None], *, batch_size: int = 16,
+                  max_new_tokens: int = 16, progress: bool = False, description: str = "grid",
+                  engine: Engine | str = Engine.TRANSFORMERS) -> list[list[str]]:
+    """Greedy response texts of ``samples`` under each steering of ``steerings`` (None: none),
+    one list per steering. The transformers engine runs them one after another; vLLM runs the
+    whole grid in one engine pass, each request with its own steering."""
+    if Engine.parse(engine) is Engine.VLLM:
+        from vlmsteer.engines.vllm_engine import VllmEngine
+
+        flat = VllmEngine.for_model(vlm).generate(list(samples) * len(steerings),
+                                                  [s for s in steerings for _ in samples],
+                                                  max_new_tokens=max_new_tokens, progress=progress,
+                                                  description=description)
+        n = len(samples)
+        return [[r.text for r in flat[k * n:(k + 1) * n]] for k in range(len(steerings))]
+    out = []
+    with progress_bar(description, len(steerings), enabled=progress) as advance:
+        for steering in steerings:
+            out.append([r.text for r in generate_responses(vlm, samples, batch_size=batch_size,
+                                                           max_new_tokens=max_new_tokens, steering=steering)])
+            advance(1)
+    return out
+
+
 def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
                    steering: Steering | None = None, progress: bool = False, description: str = "generating",
                    part: tuple[int, int] | None = None, parts_dir: str | Path | None = None,

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmsteer.data.sample import Sample
-from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.evaluate.runner import generate_grid
 from vlmsteer.model import VLM
-from vlmsteer.progress import progress_bar
 from vlmsteer.regions import Region
 from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.errors import VlmsteerError
@@ -21,12 +20,14 @@ from vlmsteer.steer.vector import SteeringVector
 def rank_vectors(vlm: VLM, samples: list[Sample], candidates: dict[str, SteeringVector], *, alpha: float = 1.0,
                  region: Region | str = Region.LAST_PROMPT, top_n: int = 5, relative_to: str = "base",
                  distinct: bool = True, batch_size: int = 64, max_new_tokens: int = 3,
-                 condition: ConditionSpec | None = None, progress: bool = False) -> dict:
+                 condition: ConditionSpec | None = None, progress: bool = False,
+                 engine: str = "transformers") -> dict:
     """Answer ``samples`` without steering and with each candidate; score every candidate by
     the selection metric and rank them (``distinct``: the best per set of primary answers).
     Both forms of the metric are scored on the same answers: ``ranking`` follows
     ``relative_to``, ``rankings`` holds both side by side.
-    With ``condition``, each candidate steers only where the condition holds (fine-grained)."""
+    With ``condition``, each candidate steers only where the condition holds (fine-grained).
+    ``engine="vllm"`` answers every candidate in one vLLM pass."""
     region = Region.parse(region)
     built: dict[int, object] = {}  # one condition per steering layer
 
@@ -37,18 +38,15 @@ def rank_vectors(vlm: VLM, samples: list[Sample], candidates: dict[str, Steering
         return Steering(vec, alpha, region=region, condition=built.get(first)).check(vlm)
 
     steerings = {name: steering(vec) for name, vec in candidates.items()}
-    base = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                               progress=progress, description="baseline")]
     if relative_to not in RELATIVE_TO:
         raise VlmsteerError(f"unknown relative_to {relative_to!r}; choose base or total", "relative_to")
+    base, *answers = generate_grid(vlm, samples, [None, *steerings.values()], batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, progress=progress, description="candidates",
+                                   engine=engine)
     selections: dict[str, list] = {form: [] for form in RELATIVE_TO}
-    with progress_bar("candidates", len(candidates), enabled=progress) as advance:
-        for name, steering in steerings.items():
-            steered = [r.text for r in generate_responses(vlm, samples, batch_size=batch_size,
-                                                          max_new_tokens=max_new_tokens, steering=steering)]
-            for form in RELATIVE_TO:
-                selections[form].append(selection_score(base, steered, top_n=top_n, name=name, relative_to=form))
-            advance(1)
+    for name, steered in zip(steerings, answers):
+        for form in RELATIVE_TO:
+            selections[form].append(selection_score(base, steered, top_n=top_n, name=name, relative_to=form))
     rankings = {form: [{**s.to_dict(), "source": candidates[s.name].source, "target": candidates[s.name].target}
                        for s in rank(found, distinct=distinct)] for form, found in selections.items()}
     ranking = rankings[relative_to]

@@ -11,9 +11,9 @@ from vlmsteer.data.filters import ANSWER_FIELDS, Filter, as_filter
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.vqa import compare_runs
-from vlmsteer.evaluate.vqa_run import run_vqa
+from vlmsteer.evaluate.runner import generate_grid
+from vlmsteer.evaluate.vqa_run import require_answers, score_vqa
 from vlmsteer.model import VLM
-from vlmsteer.progress import progress_bar
 from vlmsteer.regions import Region
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import ConditionSpec
@@ -36,13 +36,14 @@ class SweepGrid:
 def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target: Filter | str,
               samples: list[Sample], grid: SweepGrid, batch_size: int = 64, max_new_tokens: int = 3, seed: int = 0,
               condition: ConditionSpec | None = None, progress: bool = False,
-              edit: DictionarySteering | None = None) -> dict:
+              edit: DictionarySteering | None = None, engine: str = "transformers") -> dict:
     """VQA answers steered by the coarse vector ``mean(target) - mean(source)`` of ``store`` at
     every grid point: answers changed, share of ``source`` answers moved to the ``target``
     answer (when the filters name one answer each), accuracy deltas per answer type. With
     ``condition``, steering applies only where it holds (built at each swept layer). With
     ``edit`` (no store), the dictionary edit at its own layer, its value swept over
-    ``grid.alphas`` (clamp values or scale factors; splice and zero take none) and the regions."""
+    ``grid.alphas`` (clamp values or scale factors; splice and zero take none) and the regions.
+    ``engine="vllm"`` answers the whole grid in one vLLM pass."""
     source, target = as_filter(source), as_filter(target)
     if edit is None:
         if store is None:
@@ -54,34 +55,34 @@ def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target
             if len(store.select(flt)) == 0:
                 raise VlmsteerError(f"{store.path}: no samples match the {name} filter ({flt})")
     source_answer, target_answer = (f.value_of(*ANSWER_FIELDS) for f in (source, target))
-    base, base_rep = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    rows = []
-
-    def measure(steering, row: dict) -> None:
-        preds, rep = run_vqa(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering)
-        cmp = compare_runs(base, preds, source=source_answer, target=target_answer)
-        rows.append({**row, "changed": cmp["changed"], "moved_fraction": cmp.get("source_moved_fraction"),
-                     "target_after": cmp.get("target", {}).get("after"), "accuracy": rep.per_type,
-                     "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
-
+    points: list[tuple[object, dict]] = []  # (steering, what the row says of it)
     if edit is not None:
         values = grid.alphas if edit.mode in (EditMode.CLAMP, EditMode.SCALE) else [edit.value]
-        with progress_bar("sweep", len(values) * len(grid.regions), enabled=progress) as advance:
-            for value, region in itertools.product(values, grid.regions):
-                measure(replace(edit, value=value, region=region),
-                        {"layer": edit.layer, "alpha": value, "region": region.value, "n_samples": None,
-                         "vector_samples": None})
-                advance(1)
-        return _sweep_result(source, target, None, edit.describe(), base, base_rep, samples, rows, target_answer)
-    with progress_bar("sweep", len(grid), enabled=progress) as advance:
+        for value, region in itertools.product(values, grid.regions):
+            points.append((replace(edit, value=value, region=region),
+                           {"layer": edit.layer, "alpha": value, "region": region.value, "n_samples": None,
+                            "vector_samples": None}))
+    else:
         for layer, n in itertools.product(grid.layers, grid.n_samples):
             vec = coarse_vector(store, source, target=target, layers=[layer], max_samples=n, seed=seed)
             cond = condition.build(layer) if condition is not None else None
             for alpha, region in itertools.product(grid.alphas, grid.regions):
-                measure(Steering(vec, alpha, region=region, condition=cond),
-                        {"layer": layer, "alpha": alpha, "region": region.value, "n_samples": n,
-                         "vector_samples": vec.n_source + vec.n_target})
-                advance(1)
+                points.append((Steering(vec, alpha, region=region, condition=cond),
+                               {"layer": layer, "alpha": alpha, "region": region.value, "n_samples": n,
+                                "vector_samples": vec.n_source + vec.n_target}))
+    require_answers(samples)
+    answers = generate_grid(vlm, samples, [None] + [p for p, _ in points], batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, progress=progress, description="sweep", engine=engine)
+    base, base_rep = answers[0], score_vqa(samples, answers[0])
+    rows = []
+    for (_, row), preds in zip(points, answers[1:]):
+        rep = score_vqa(samples, preds)
+        cmp = compare_runs(base, preds, source=source_answer, target=target_answer)
+        rows.append({**row, "changed": cmp["changed"], "moved_fraction": cmp.get("source_moved_fraction"),
+                     "target_after": cmp.get("target", {}).get("after"), "accuracy": rep.per_type,
+                     "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
+    if edit is not None:
+        return _sweep_result(source, target, None, edit.describe(), base, base_rep, samples, rows, target_answer)
     return _sweep_result(source, target, condition and vars(condition), None, base, base_rep, samples, rows,
                          target_answer)
 

@@ -15,7 +15,7 @@ from vlmsteer.steer.steerer import Steering
 def run_vqa(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_new_tokens: int = 8,
             steering: Steering | None = None, progress: bool = False) -> tuple[list[str], VQAReport]:
     """Greedy answers (steered by ``steering`` if given) and their official accuracy."""
-    _require_answers(samples)
+    require_answers(samples)
     responses = generate_responses(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    steering=steering, progress=progress, description="answering")
     preds = [r.text for r in responses]
@@ -30,7 +30,7 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
     changed, ``source`` -> ``target`` counts, accuracy deltas), write ``predictions.jsonl`` and
     ``metrics.json`` to ``out``; returns the metrics. With ``part=(rank, world)`` the ranks
     answer slices and rank 0 scores them all (the other ranks return None)."""
-    _require_answers(samples)
+    require_answers(samples)
     base = read_baseline(baseline, samples, what="questions") if baseline is not None else None
     preds = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                            progress=progress, description="answering", part=part,
@@ -47,7 +47,7 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
     return {**report.to_dict(), **extra}
 
 
-def _require_answers(samples: list[Sample]) -> None:
+def require_answers(samples: list[Sample]) -> None:
     missing = [s.id for s in samples if not s.answers]
     if missing:
         raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
