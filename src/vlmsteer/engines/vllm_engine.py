@@ -128,7 +128,8 @@ class VllmEngine:
             prompt: dict[str, Any] = {"prompt_token_ids": token_ids[i]}
             if image is not None:  # identified by its content digest: vLLM need not hash its pixels
                 prompt["multi_modal_data"] = {"image": image}
-                prompt["multi_modal_uuids"] = {"image": [sample.image_digest]}
+                if sample.image_digest:
+                    prompt["multi_modal_uuids"] = {"image": [sample.image_digest]}
             if name is not None:  # blocks are shared only between requests steered alike; a condition is
                 # decided per request, so its requests share none
                 prompt["cache_salt"] = name if specs[name]["condition"] is None else f"{name}-{uuid.uuid4().hex}"
@@ -139,8 +140,21 @@ class VllmEngine:
         with progress_bar(description, len(samples), enabled=progress) as advance:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
             advance(len(samples))
+        if outputs:
+            self._check_prompt(samples[0], images[0], outputs[0].prompt_token_ids)
         self._check_steered(outputs, names, specs)
         return [self._response(s, o.outputs[0]) for s, o in zip(samples, outputs)]
+
+    def _check_prompt(self, sample: Sample, image, got: Sequence[int]) -> None:
+        """The first request's token ids, as vLLM expanded its image, equal the transformers
+        processor's (one processor call per run: a model whose processor expands images unlike
+        vLLM is refused, not answered on other tokens)."""
+        batch = self.vlm.prepare([image], [sample.prompt])
+        want = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+        if list(got) != want:
+            raise VlmsteerError(f"vLLM's prompt for {sample.id} has {len(got)} tokens where the transformers processor "
+                                f"gives {len(want)}; this model's images are expanded differently: use the "
+                                "transformers engine", "engine")
 
     def _response(self, sample: Sample, completion) -> Response:
         """Decoded as the reference decodes: the tokens before the first end token."""
@@ -193,26 +207,26 @@ class VllmEngine:
         return out
 
     def _specs(self, per_request: list[Steering | None]) -> tuple[dict[str, dict], list[str | None]]:
-        """The distinct steerings by digest (what the worker adds where) and each request's name."""
+        """The distinct steerings by digest (what the worker adds where) and each request's name
+        (each distinct ``Steering`` object is checked and digested once)."""
         specs: dict[str, dict] = {}
-        names: list[str | None] = []
+        named: dict[int, str | None] = {}
         for steering in per_request:
-            if steering is None:
-                names.append(None)
-                continue
-            if not isinstance(steering, Steering):
-                raise VlmsteerError(f"the vLLM engine adds steering vectors; {type(steering).__name__} (a dictionary "
-                                    "edit) runs on the transformers engine", "engine")
-            steering = steering.check(self.vlm)
-            if steering.alpha == 0 or all(float(steering.vector.at(l).abs().max()) == 0 for l in steering.layers):
-                names.append(None)  # nothing to add, as the transformers engine leaves the model untouched
-                continue
-            name = fingerprint(steering.identity())
-            specs.setdefault(name, {"deltas": {l: (steering.alpha * steering.vector.at(l)).tolist()
-                                               for l in steering.layers},
-                                    "region": steering.region.value, "condition": steering.condition})
-            names.append(name)
-        return specs, names
+            if steering is not None and id(steering) not in named:
+                named[id(steering)] = self._spec(steering, specs)
+        return specs, [None if s is None else named[id(s)] for s in per_request]
+
+    def _spec(self, steering: Steering, specs: dict[str, dict]) -> str | None:
+        if not isinstance(steering, Steering):
+            raise VlmsteerError(f"the vLLM engine adds steering vectors; {type(steering).__name__} (a dictionary "
+                                "edit) runs on the transformers engine", "engine")
+        steering = steering.check(self.vlm)
+        if steering.alpha == 0 or all(float(steering.vector.at(l).abs().max()) == 0 for l in steering.layers):
+            return None  # nothing to add, as the transformers engine leaves the model untouched
+        name = fingerprint(steering.identity())
+        deltas = {l: (steering.alpha * steering.vector.at(l)).tolist() for l in steering.layers}
+        specs.setdefault(name, {"deltas": deltas, "region": steering.region.value, "condition": steering.condition})
+        return name
 
     def _check_steered(self, outputs, names: list[str | None], specs: dict[str, dict]) -> None:
         """Every steered request was steered at each of its layers on every token of its region."""

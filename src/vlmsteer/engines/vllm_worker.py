@@ -42,7 +42,8 @@ class SteeringWorkerExtension:
         language = model.get_language_model() if hasattr(model, "get_language_model") else model
         layers = language.model.layers
         state = {"layers": layers, "specs": {}, "seen": {}, "image": torch.tensor(sorted(image_token_ids)),
-                 "handles": [], "capture": {}, "captured": {}, "decisions": {}, "unread": set()}
+                 "handles": [], "capture": {}, "captured": {}, "decisions": {}, "unread": set(), "plan": None,
+                 "last_layer": float("inf")}
         self._vlmsteer = state
         for index, layer in enumerate(layers):
             state["handles"].append(layer.register_forward_hook(self._vlmsteer_hook(index)))
@@ -66,13 +67,14 @@ class SteeringWorkerExtension:
         state["specs"] = {name: _Spec({int(l): torch.tensor(v, dtype=dtype) for l, v in spec["deltas"].items()},
                                       spec["region"], spec.get("condition")) for name, spec in specs.items()}
         state["seen"], state["decisions"], state["unread"] = {}, {}, set()
+        state["plan"], state["last_layer"] = None, float("inf")
 
     def vlmsteer_capture(self, positions: dict[int, list[int]], layers: list[int]) -> None:
         """Read the residual stream (``hidden + residual``) after ``layers`` at these absolute
         positions of the requests tagged ``{"capture": row}``; forget what was read."""
         state = self._vlmsteer
         state["capture"] = {"positions": {int(r): set(p) for r, p in positions.items()}, "layers": set(layers)}
-        state["captured"] = {}
+        state["captured"], state["plan"], state["last_layer"] = {}, None, float("inf")
 
     def vlmsteer_captured(self) -> dict[int, dict[int, tuple[list[int], torch.Tensor]]]:
         """Per captured row, per layer: (positions read, their features as float32, one row each)."""
@@ -86,6 +88,7 @@ class SteeringWorkerExtension:
         state = getattr(self, "_vlmsteer", None)
         if not state:
             return {"seen": {}, "decisions": {}, "unread": []}
+        _fold(state)
         return {"seen": {row: dict(layers) for row, layers in state["seen"].items()},
                 "decisions": dict(state["decisions"]), "unread": sorted(state["unread"])}
 
@@ -96,44 +99,107 @@ class SteeringWorkerExtension:
             if not state["specs"] and capture is None:
                 return None
             hidden, residual = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
-            runner = self.model_runner
-            batch = runner.input_batch
-            n = batch.num_reqs
-            starts = runner.query_start_loc.cpu[:n + 1].tolist()
+            if layer <= state["last_layer"]:  # the first hooked layer of a forward pass: plan it once
+                _fold(state)
+                state["plan"] = _plan(state, self.model_runner, hidden.device)
+            state["last_layer"] = layer
+            plan = state["plan"]
+            if capture is not None:
+                for row, a, b, first in plan.captures:
+                    _read(state, capture, row, layer, hidden, residual, a, b, first)
             edited = None
-            for i, req_id in enumerate(batch.req_ids[:n]):
-                params = runner.requests[req_id].sampling_params
-                tag = ((params.extra_args or {}) if params is not None else {}).get(KEY)
-                if tag is None:
-                    continue
-                if "capture" in tag:
-                    if capture is not None:
-                        _read(state, capture, tag["capture"], layer, hidden, residual, starts[i], starts[i + 1],
-                              int(batch.num_computed_tokens_cpu[i]))
-                    continue
-                spec = state["specs"][tag["steering"]]
-                delta = spec.deltas.get(layer)
+            for name, group in plan.groups.items():  # one indexed add per steering
+                delta = state["specs"][name].deltas.get(layer)
                 if delta is None:
                     continue
-                a, b = starts[i], starts[i + 1]
-                first = int(batch.num_computed_tokens_cpu[i])
-                prompt = runner.requests[req_id].prompt_token_ids
-                if spec.condition is not None and not _decide(state, spec, tag["row"], layer, hidden, residual, a,
-                                                              first, b - a, len(prompt)):
+                group.fired.add(layer)
+                if len(group.index):
+                    edited = hidden.clone() if edited is None else edited
+                    edited[group.index] += delta.to(hidden.device)
+            for name, row, a, b, first, prompt in plan.conditioned:  # decided per request
+                spec = state["specs"][name]
+                delta = spec.deltas.get(layer)
+                if delta is None or not _decide(state, spec, row, layer, hidden, residual, a, first, b - a,
+                                                len(prompt)):
                     continue
                 mask = positions_in_region(spec.region, prompt, first, b - a, state["image"])
-                seen = state["seen"].setdefault(tag["row"], {})
+                seen = state["seen"].setdefault(row, {})
                 seen[layer] = seen.get(layer, 0) + int(mask.sum())
                 if bool(mask.any()):
-                    if edited is None:
-                        edited = hidden.clone()
-                    rows = torch.arange(a, b, device=hidden.device)[mask.to(hidden.device)]
-                    edited[rows] += delta.to(hidden.device)
+                    edited = hidden.clone() if edited is None else edited
+                    edited[torch.arange(a, b, device=hidden.device)[mask.to(hidden.device)]] += delta.to(hidden.device)
             if edited is None:
                 return None
             return (edited, residual) if isinstance(output, tuple) else edited
 
         return hook
+
+
+@dataclass
+class _Group:
+    """The rows of one forward pass that one (unconditioned) steering edits."""
+
+    index: Any  # (rows,) long tensor of the flat token rows to add to
+    counts: list[tuple[int, int]]  # (request row, tokens) in this pass
+    fired: set  # the layers whose hooks added to them
+
+
+@dataclass
+class _Plan:
+    groups: dict[str, _Group]
+    conditioned: list[tuple]  # (steering, request row, start, end, first position, prompt ids)
+    captures: list[tuple[int, int, int, int]]  # (request row, start, end, first position)
+
+
+def _plan(state: dict, runner, device) -> _Plan:
+    """Who is edited where in this forward pass (the same for every layer): the scheduled requests'
+    rows (``query_start_loc``), absolute positions (``num_computed_tokens``) and regions."""
+    batch = runner.input_batch
+    n = batch.num_reqs
+    starts = runner.query_start_loc.cpu[:n + 1].tolist()
+    computed = batch.num_computed_tokens_cpu[:n].tolist()
+    rows: dict[str, list] = {}
+    counts: dict[str, list] = {}
+    conditioned, captures = [], []
+    for i, req_id in enumerate(batch.req_ids[:n]):
+        request = runner.requests[req_id]
+        params = request.sampling_params
+        tag = ((params.extra_args or {}) if params is not None else {}).get(KEY)
+        if tag is None:
+            continue
+        a, b, first = starts[i], starts[i + 1], int(computed[i])
+        if "capture" in tag:
+            captures.append((tag["capture"], a, b, first))
+            continue
+        name = tag["steering"]
+        spec = state["specs"][name]
+        prompt = request.prompt_token_ids
+        if spec.condition is not None:
+            conditioned.append((name, tag["row"], a, b, first, prompt))
+            continue
+        if first >= len(prompt):  # decoding: every position is a generated one
+            hit = list(range(a, b)) if spec.region in ("generated", "all") else []
+        else:
+            mask = positions_in_region(spec.region, prompt, first, b - a, state["image"])
+            hit = (torch.nonzero(mask).flatten() + a).tolist()
+        rows.setdefault(name, []).extend(hit)
+        counts.setdefault(name, []).append((tag["row"], len(hit)))
+    groups = {name: _Group(torch.tensor(rows[name], dtype=torch.long, device=device), counts[name], set())
+              for name in rows}
+    return _Plan(groups, conditioned, captures)
+
+
+def _fold(state: dict) -> None:
+    """Credit each request of the last planned pass with the tokens steered at each layer whose
+    hook did fire (what the engine checks), and forget the plan."""
+    plan = state.get("plan")
+    for group in plan.groups.values() if plan else ():
+        for layer in group.fired:
+            for row, count in group.counts:
+                seen = state["seen"].setdefault(row, {})
+                seen[layer] = seen.get(layer, 0) + count
+    state["plan"] = None
+    state["last_layer"] = float("inf")
 
 
 def _decide(state: dict, spec: _Spec, row: int, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None,
