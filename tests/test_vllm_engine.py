@@ -74,21 +74,20 @@ def test_unsteered_answers_and_captions_equal_the_reference(world, engine):
 def test_steered_answers_equal_the_reference_on_every_region(world, engine, region, alpha):
     """Equal answer by answer, and the steering did something (answers changed)."""
     vlm, questions, _ = world
-    steering = _steering(vlm, region, alpha)
-    got = engine.generate(questions, steering, max_new_tokens=8)
-    want = _reference(vlm, questions, steering, 8)
-    base = _reference(vlm, questions, None, 8)
-    assert _agree(got, want) >= MIN_EQUAL
-    assert sum(a.text != b.text for a, b in zip(want, base)) >= 10
+    _assert_equal_and_steered(engine, vlm, questions, _steering(vlm, region, alpha), 8)
 
 
 def test_generated_region_steers_captions_as_the_reference(world, engine):
     vlm, _, captions = world
-    steering = _steering(vlm, "generated", 40.0, toward="red", away=None)
-    got = engine.generate(captions, steering, max_new_tokens=32)
-    want = _reference(vlm, captions, steering, 32)
-    base = _reference(vlm, captions, None, 32)
-    assert _agree(got, want) >= MIN_EQUAL
+    _assert_equal_and_steered(engine, vlm, captions, _steering(vlm, "generated", 40.0, toward="red", away=None), 32)
+
+
+def _assert_equal_and_steered(engine, vlm, samples, steering, tokens, against=None):
+    """vLLM's responses equal the reference's, and ≥ 10 of them differ from the reference's
+    under ``against`` (default: unsteered)."""
+    want = _reference(vlm, samples, steering, tokens)
+    assert _agree(engine.generate(samples, steering, max_new_tokens=tokens), want) >= MIN_EQUAL
+    base = _reference(vlm, samples, against, tokens)
     assert sum(a.text != b.text for a, b in zip(want, base)) >= 10
 
 
@@ -96,7 +95,8 @@ def test_one_pass_with_a_steering_per_request_equals_each_alone(world, engine):
     """A sweep's grid in one engine pass: requests steered differently (and not at all) side by
     side, each equal to its own transformers run."""
     vlm, questions, _ = world
-    grid = [None, _steering(vlm, "last_prompt", 40.0), _steering(vlm, "last_prompt", 60.0), _steering(vlm, "all", 40.0)]
+    grid = [None, _steering(vlm, "last_prompt", 40.0), _steering(vlm, "last_prompt", 60.0),
+            _steering(vlm, "all", 40.0)]
     mixed = [grid[i % len(grid)] for i in range(len(questions))]
     got = engine.generate(questions, mixed, max_new_tokens=8)
     want = [None] * len(questions)
@@ -142,11 +142,7 @@ def test_fine_grained_steering_equals_the_reference(world, engine, tmp_path):
     condition = condition_from_store(store, 2, "answer=yes")
     s = _steering(vlm, "all", 40.0)
     fine = Steering(s.vector, s.alpha, s.layers, s.region, condition=condition)
-    got = engine.generate(questions, fine, max_new_tokens=8)
-    want = _reference(vlm, questions, fine, 8)
-    coarse = _reference(vlm, questions, s, 8)
-    assert _agree(got, want) >= MIN_EQUAL
-    assert sum(a.text != b.text for a, b in zip(want, coarse)) >= 10
+    _assert_equal_and_steered(engine, vlm, questions, fine, 8, against=s)  # the condition changed which
 
 
 @pytest.mark.parametrize("selector, mode", [("last_prompt", "teacher"), ("mean_image", "teacher"),
