@@ -3,13 +3,17 @@ unsteered, and steering costs it ≤ 10 %; answers equal the reference.
 
 The same workloads on both engines, side by side in one run, on a held-out shapes world
 (``--seed``): ``--n`` questions (8 new tokens), ``--captions`` captions (32 tokens), each
-unsteered, steered by one vector (last prompt position, layers 2–3), and with a different
-vector per request (α from a grid of 4, one engine pass). vLLM's start-up (engine and model
+unsteered, steered by one vector (last prompt position, the last two layers: 2–3 on the shipped
+model), and with a different vector per request (α from a grid of 4, one engine pass). vLLM's start-up (engine and model
 load) is timed apart from the steady state; each workload runs ``--repeats`` times per engine,
 interleaved, and the medians are compared. The transformers engine runs batches of ``--batch``.
 Needs vLLM (the opt-in job's environment: ``bash .ci/vllm`` builds ``.venv-vllm``).
 
     python benchmarks/engine.py [--n 2000] [--captions 200] [--batch 64] [--repeats 3] [--json out.json]
+                                [--model shapes-llava] [--device cpu] [--dtype auto]
+
+On a GPU: ``--model llava-hf/llava-1.5-7b-hf --device cuda --dtype bfloat16`` (vLLM takes the GPU;
+the transformers engine runs on ``--device``; the world's questions and images are the same).
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _common import load_model, print_and_save  # noqa: E402
 
 
+def _load(args):
+    from _common import quiet
+
+    from vlmsteer.model import VLM
+
+    quiet()
+    return VLM.load(args.model, device=args.device, dtype=args.dtype)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="questions")
@@ -32,6 +45,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="the transformers engine's batch size")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=31)
+    ap.add_argument("--model", default="shapes-llava")
+    ap.add_argument("--device", default="cpu", help="the transformers engine's device")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--json")
     args = ap.parse_args()
     import torch
@@ -42,18 +58,19 @@ def main() -> None:
     from vlmsteer.steer.steerer import Steering
     from vlmsteer.steer.vector import SteeringVector
 
-    vlm = load_model("shapes-llava")
+    vlm = load_model(args.model) if args.model.startswith("tiny:") else _load(args)
     root = pathlib.Path(tempfile.mkdtemp()) / "world"
     scenes = max(args.captions, args.n // 9 + 1)
     shapes.write_dataset(root, scenes, seed=args.seed)
     questions = load_vqav2(root)[:args.n]
     captions = load_coco_captions(root)[:args.captions]
-    w = vlm.unembed.weight.detach().float()
-    tok = vlm.tokenizer
-    d = w[tok.convert_tokens_to_ids("no")] - w[tok.convert_tokens_to_ids("yes")]
-    vector = SteeringVector({2: d / d.norm(), 3: d / d.norm()}, model_id=vlm.model_id)
-    one = Steering(vector, alpha=40.0, layers=(2, 3), region="last_prompt")
-    grid = [Steering(vector, alpha=a, layers=(2, 3), region="last_prompt") for a in (10.0, 20.0, 40.0, 60.0)]
+    w = vlm.unembed.weight.detach().float().cpu()
+    word = lambda text: vlm.tokenizer(" " + text, add_special_tokens=False)["input_ids"][-1]  # noqa: E731
+    d = w[word("no")] - w[word("yes")]
+    layers = (vlm.num_layers - 2, vlm.num_layers - 1)  # the last two (2, 3 on the shipped model)
+    vector = SteeringVector({layer: d / d.norm() for layer in layers}, model_id=vlm.model_id)
+    one = Steering(vector, alpha=40.0, layers=layers, region="last_prompt")
+    grid = [Steering(vector, alpha=a, layers=layers, region="last_prompt") for a in (10.0, 20.0, 40.0, 60.0)]
 
     t0 = time.perf_counter()
     engine = VllmEngine.for_model(vlm)
@@ -91,7 +108,7 @@ def main() -> None:
                      "transformers_s": round(hf, 3), "vllm_s": round(vl, 3), "speedup": round(hf / vl, 2),
                      "equal": round(equal, 4), "times_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()}})
     by = {r["workload"]: r for r in rows}
-    result = {"vllm_startup_s": round(startup, 1), "threads": torch.get_num_threads(), "batch": args.batch,
+    result = {"model": vlm.model_id, "vllm_startup_s": round(startup, 1), "threads": torch.get_num_threads(), "batch": args.batch,
               "repeats": args.repeats, "world_seed": args.seed, "workloads": rows,
               "vllm_steered_over_unsteered": round(by["questions, one vector"]["vllm_s"]
                                                    / by["questions, unsteered"]["vllm_s"], 3)}
