@@ -4,9 +4,9 @@ unsteered, and steering costs it ≤ 10 %; answers equal the reference.
 The same workloads on both engines, side by side in one run, on a held-out shapes world
 (``--seed``): ``--n`` questions (8 new tokens), ``--captions`` captions (32 tokens), each
 unsteered, steered by one vector (last prompt position, the last two layers: 2–3 on the shipped
-model), and with a different vector per request (α from a grid of 4, one engine pass). vLLM's start-up (engine and model
-load) is timed apart from the steady state; each workload runs ``--repeats`` times per engine,
-interleaved, and the medians are compared. The transformers engine runs batches of ``--batch``.
+model), and with a different vector per request (α from a grid of 4, one engine pass). vLLM's
+start-up (engine and model load) is timed apart from the steady state; each workload runs
+``--repeats`` times per engine, interleaved, and the medians are compared. The transformers engine runs batches of ``--batch``.
 Needs vLLM (the opt-in job's environment: ``bash .ci/vllm`` builds ``.venv-vllm``).
 
     python benchmarks/engine.py [--n 2000] [--captions 200] [--batch 64] [--repeats 3] [--json out.json]
@@ -108,8 +108,8 @@ def main() -> None:
                      "transformers_s": round(hf, 3), "vllm_s": round(vl, 3), "speedup": round(hf / vl, 2),
                      "equal": round(equal, 4), "times_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()}})
     by = {r["workload"]: r for r in rows}
-    result = {"model": vlm.model_id, "vllm_startup_s": round(startup, 1), "threads": torch.get_num_threads(), "batch": args.batch,
-              "repeats": args.repeats, "world_seed": args.seed, "workloads": rows,
+    result = {"model": vlm.model_id, "vllm_startup_s": round(startup, 1), "threads": torch.get_num_threads(),
+              "batch": args.batch, "repeats": args.repeats, "world_seed": args.seed, "workloads": rows,
               "vllm_steered_over_unsteered": round(by["questions, one vector"]["vllm_s"]
                                                    / by["questions, unsteered"]["vllm_s"], 3)}
     print_and_save(result, args.json)
