@@ -6,8 +6,8 @@ The same workloads on both engines, side by side in one run, on a held-out shape
 unsteered, steered by one vector (last prompt position, the last two layers: 2–3 on the shipped
 model), and with a different vector per request (α from a grid of 4, one engine pass). vLLM's
 start-up (engine and model load) is timed apart from the steady state; each workload runs
-``--repeats`` times per engine, interleaved, and the medians are compared. The transformers engine runs batches of ``--batch``.
-Needs vLLM (the opt-in job's environment: ``bash .ci/vllm`` builds ``.venv-vllm``).
+``--repeats`` times per engine, interleaved, and the medians are compared. The transformers
+engine runs batches of ``--batch``. Needs vLLM (the opt-in job's environment: ``bash .ci/vllm`` builds ``.venv-vllm``).
 
     python benchmarks/engine.py [--n 2000] [--captions 200] [--batch 64] [--repeats 3] [--json out.json]
                                 [--model shapes-llava] [--device cpu] [--dtype auto]
