@@ -188,6 +188,7 @@ class VllmEngine:
             requests.append(prompt)
             params.append(SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
                                          extra_args={"vlmsteer": {"capture": i}}))
+        self.llm.collective_rpc("vlmsteer_set", args=({},))  # nothing steered while reading
         self.llm.collective_rpc("vlmsteer_capture", args=({i: p for i, p in enumerate(positions)}, list(layers)))
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         for i, (output, ids) in enumerate(zip(outputs, sequences)):

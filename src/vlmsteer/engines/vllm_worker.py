@@ -57,8 +57,8 @@ class SteeringWorkerExtension:
         self._vlmsteer = None
 
     def vlmsteer_set(self, specs: dict[str, dict]) -> None:
-        """Replace the steerings: ``{name: {"deltas": {layer: list of floats}, "region": str}}``;
-        forget what was seen. Without hooks (never installed, or removed) nothing is kept, and
+        """Replace the steerings: ``{name: {"deltas": {layer: list of floats}, "region": str,
+        "condition": callable or None}}``; forget what was seen. Without hooks (never installed, or removed) nothing is kept, and
         what the hooks saw stays empty: the engine's check then refuses every steered answer."""
         state = getattr(self, "_vlmsteer", None)
         if state is None:
