@@ -188,3 +188,45 @@ def test_sweep_and_select_in_one_engine_pass_equal_the_reference(world, engine, 
                   for a, b in (("yes", "no"), ("no", "yes"), ("2", "3"))}
     ranked = [rank_vectors(vlm, questions, candidates, alpha=4.0, engine=e) for e in ("transformers", "vllm")]
     assert ranked[0]["rankings"] == ranked[1]["rankings"]
+
+
+def test_prefix_cache_is_shared_within_a_steering_never_across(world, monkeypatch):
+    """With KV blocks (32 tokens) shorter than the prompts, requests sharing an image and a long
+    question prefix reuse cached blocks. Keyed by the steering, a steered run after an unsteered
+    one reuses only its own blocks and equals the reference; with the key removed (what vLLM
+    does by default) the steered run reuses unsteered blocks and some answers go wrong."""
+    import dataclasses
+    import itertools
+
+    from vlmsteer.engines.vllm_engine import VllmEngine
+
+    vlm, questions, _ = world
+    by_image = [list(g) for _, g in itertools.groupby(questions, key=lambda q: q.image_path)][:20]
+    samples = [dataclasses.replace(q, prompt="what colour is the square ? " * 5 + q.prompt)
+               for group in by_image for q in group]
+    engine = VllmEngine.for_model(vlm, block_size=32)
+    steering = _steering(vlm, "prompt", 30.0, layers=(1, 2))
+    want = _reference(vlm, samples, steering, 4)
+    cached = []
+    real = engine.llm.generate
+
+    def recording(requests, params, **kwargs):
+        outputs = real(requests, params, **kwargs)
+        cached.append(sum(o.num_cached_tokens or 0 for o in outputs))
+        return outputs
+
+    monkeypatch.setattr(engine.llm, "generate", recording)
+    engine.generate(samples, None, max_new_tokens=4)
+    assert _agree(engine.generate(samples, steering, max_new_tokens=4), want) == 1.0
+    assert _agree(engine.generate(samples, steering, max_new_tokens=4), want) == 1.0
+    assert cached[-1] > 0  # the second steered run hit its own blocks
+
+    def unsalted(requests, params, **kwargs):
+        for request in requests:
+            request.pop("cache_salt", None)
+        return recording(requests, params, **kwargs)
+
+    monkeypatch.setattr(engine.llm, "generate", unsalted)
+    engine.generate(samples, None, max_new_tokens=4)
+    wrong = engine.generate(samples, steering, max_new_tokens=4)
+    assert cached[-1] > 0 and _agree(wrong, want) < 0.97
