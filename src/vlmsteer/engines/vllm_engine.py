@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -61,11 +61,9 @@ class VllmEngine:
     """One vLLM engine for one model (see the module's doc)."""
 
     vlm: VLM
-    llm: Any
-    max_model_len: int
+    llm: Any  # the vllm.LLM, started with the model's vLLM-ready folder
     _engines: ClassVar[dict[str, "VllmEngine"]] = {}
     name: ClassVar[str] = "vllm"
-    settings: dict = field(default_factory=dict)
 
     @classmethod
     def for_model(cls, vlm: VLM, *, max_model_len: int | None = None, **engine_args) -> "VllmEngine":
@@ -108,7 +106,7 @@ class VllmEngine:
             raise VlmsteerError(f"{vlm.model_id}: vLLM could not start ({str(exc).splitlines()[0]})") from None
         torch.set_num_threads(threads)  # both engines compute with the threads the process had
         llm.collective_rpc("vlmsteer_install", args=(sorted(vlm.image_token_ids),))
-        return cls(vlm, llm, limit, settings={k: v for k, v in args.items() if k != "worker_extension_cls"})
+        return cls(vlm, llm)
 
     def generate(self, samples: Sequence[Sample], steering: Steering | None | Sequence[Steering | None] = None, *,
                  max_new_tokens: int = 16, progress: bool = False, description: str = "generating") -> list[Response]:
