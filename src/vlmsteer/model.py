@@ -343,16 +343,14 @@ class Generation:
 
     @classmethod
     def from_tokens(cls, tokens: torch.Tensor, tokenizer, eos: list[int]) -> "Generation":
-        texts, lengths = [], []
-        for row in tokens.tolist():
-            n = len(row)
-            for j, t in enumerate(row):
-                if t in eos:
-                    n = j
-                    break
-            lengths.append(n)
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
-        return cls(tokens=tokens, texts=texts, lengths=lengths)
+        decoded = [decode_response(row, tokenizer, eos) for row in tokens.tolist()]
+        return cls(tokens=tokens, texts=[t for t, _ in decoded], lengths=[n for _, n in decoded])
+
+
+def decode_response(row: Sequence[int], tokenizer, eos: Sequence[int]) -> tuple[str, int]:
+    """A response's text and its number of tokens: the tokens before the first end token."""
+    n = next((j for j, t in enumerate(row) if t in eos), len(row))
+    return tokenizer.decode(list(row[:n]), skip_special_tokens=True).strip(), n
 
 
 def _eos_ids(vlm: VLM) -> list[int]:

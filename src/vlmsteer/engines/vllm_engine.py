@@ -31,7 +31,7 @@ from vlmsteer.errors import VlmsteerError
 from vlmsteer.engines.vllm_worker import positions_in_region
 from vlmsteer.engines import Response
 from vlmsteer.loading import decode_images
-from vlmsteer.model import VLM, _eos_ids
+from vlmsteer.model import VLM, _eos_ids, decode_response
 from vlmsteer.outputs import fingerprint
 from vlmsteer.progress import progress_bar
 from vlmsteer.steer.steerer import Steering
@@ -155,12 +155,10 @@ class VllmEngine:
                                 "transformers engine", "engine")
 
     def _response(self, sample: Sample, completion) -> Response:
-        """Decoded as the reference decodes: the tokens before the first end token."""
-        eos = set(_eos_ids(self.vlm))
+        """Decoded as the reference decodes (:func:`~vlmsteer.model.decode_response`)."""
         tokens = list(completion.token_ids)
-        n = next((j for j, t in enumerate(tokens) if t in eos), len(tokens))
-        return Response(sample.id, self.vlm.tokenizer.decode(tokens[:n], skip_special_tokens=True).strip(), n,
-                        tokens[:n])
+        text, n = decode_response(tokens, self.vlm.tokenizer, set(_eos_ids(self.vlm)))
+        return Response(sample.id, text, n, tokens[:n])
 
     def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
         """Unsteered greedy responses as token ids (before the end token) and texts (extraction)."""
