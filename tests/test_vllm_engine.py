@@ -29,7 +29,13 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(world):
+def threads():
+    """The process's torch threads before vLLM started."""
+    return torch.get_num_threads()
+
+
+@pytest.fixture(scope="module")
+def engine(world, threads):
     from vlmsteer.engines.vllm_engine import VllmEngine
 
     return VllmEngine.for_model(world[0])
@@ -67,6 +73,24 @@ def test_unsteered_answers_and_captions_equal_the_reference(world, engine):
     vlm, questions, captions = world
     assert _agree(engine.generate(questions, None, max_new_tokens=8), _reference(vlm, questions, None, 8)) >= MIN_EQUAL
     assert _agree(engine.generate(captions, None, max_new_tokens=32), _reference(vlm, captions, None, 32)) >= MIN_EQUAL
+
+
+def test_the_process_keeps_its_threads_and_no_thread_warning_is_printed(world, engine, threads):
+    """vLLM's CPU worker replaces torch.set_num_threads, for the whole process, by a warning that
+    its input processing logs twice per request; the engine keeps the threads and drops the lines."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.DEBUG)
+    catch.emit = records.append
+    log = logging.getLogger("vllm.v1.worker.cpu_worker")  # (the logger's filters act before its handlers)
+    log.addHandler(catch)
+    try:
+        engine.generate(world[1][:20], None, max_new_tokens=2)
+    finally:
+        log.removeHandler(catch)
+    assert not [r for r in records if "set_num_threads" in str(r.msg)]
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.parametrize("region, alpha", [("last_prompt", 40.0), ("prompt", 40.0), ("text", 40.0),
@@ -147,18 +171,25 @@ def test_fine_grained_steering_equals_the_reference(world, engine, tmp_path):
 
 @pytest.mark.parametrize("selector, mode", [("last_prompt", "teacher"), ("mean_image", "teacher"),
                                             ("mean_text", "teacher"), ("mean_response", "generate")])
-def test_extracted_features_equal_the_reference(world, engine, tmp_path, selector, mode):
-    """`extract --engine vllm`: the same records, features equal within 1e-4 (float32)."""
+def test_extracted_features_equal_the_reference(world, engine, tmp_path, selector, mode, monkeypatch):
+    """`extract --engine vllm`: the same records, features equal within 1e-4 (float32); each
+    batch's images are read from disk once (the engine takes them decoded)."""
+    import vlmsteer.loading
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.selectors import Selector
     from vlmsteer.store import FeatureStore
 
     vlm, questions, captions = world
     samples = captions if mode == "generate" else questions[:120]
-    config = ExtractConfig(layers=[1, 3], selector=Selector(kind=selector), mode=mode, batch_size=32,
+    config = ExtractConfig(layers=[1, 3], selector=Selector(kind=selector), mode=mode, batch_size=len(samples),
                            max_new_tokens=16)
     ref, _ = extract(vlm, samples, tmp_path / "hf", config)
+    opened = []
+    real_open = vlmsteer.loading.open_image
+    monkeypatch.setattr(vlmsteer.loading, "open_image", lambda source, where: opened.append(source) or real_open(
+        source, where))
     got, _ = extract(vlm, samples, tmp_path / "vllm", config, reader=engine)
+    assert sorted(map(str, opened)) == sorted({str(s.image_path) for s in samples})
     assert FeatureStore.open(tmp_path / "vllm").manifest["header"]["engine"] == "vllm"
     assert "engine" not in FeatureStore.open(tmp_path / "hf").manifest["header"]
     assert [r["positions"] for r in got.records] == [r["positions"] for r in ref.records]

@@ -24,6 +24,7 @@ from vlmsteer.data.identity import dataset_identity
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.hooks import capture_residual, stop_after
+from vlmsteer.loading import decode_images
 from vlmsteer.model import Batch, VLM
 from vlmsteer.progress import progress_bar
 from vlmsteer.selectors import Selector, SelectorKind, WordPosition, WordSource, word_token_indices
@@ -74,7 +75,8 @@ class FeatureReader(Protocol):
 
     name: str
 
-    def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+    def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int,
+                     images: Sequence[Any]) -> tuple[list[list[int]], list[str]]:
         ...
 
     def read_features(self, sequences: Sequence[list[int]], images: Sequence[Any], positions: Sequence[list[int]],
@@ -273,6 +275,7 @@ class _Prepared:
     positions to read; to generate, the prompt batch only."""
 
     chunk: Sequence[Sample]
+    images: list  # the chunk's images, decoded once (RGB PIL images; None: text only)
     batch: Batch
     texts: list[str] | None = None
     responses: list[list[int]] | None = None
@@ -280,14 +283,15 @@ class _Prepared:
 
 
 def _prepare_batch(vlm: VLM, chunk: Sequence[Sample], config: ExtractConfig) -> _Prepared:
-    prompt_batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
+    images = decode_images([s.image for s in chunk], vlm.max_image_pixels)
+    prompt_batch = vlm.prepare(images, [s.prompt for s in chunk])
     if config.mode is Mode.GENERATE:
-        return _Prepared(chunk, prompt_batch)
+        return _Prepared(chunk, images, prompt_batch)
     texts = [target_text(s, config.target) for s in chunk]
     responses = response_ids(vlm, prompt_batch.texts, texts)
     full = append_responses(vlm, prompt_batch, responses)
     positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
-    return _Prepared(chunk, full, texts, responses, positions)
+    return _Prepared(chunk, images, full, texts, responses, positions)
 
 
 @torch.no_grad()
@@ -297,7 +301,7 @@ def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: Extract
                                                 prepared.responses, prepared.positions)
     if config.mode is Mode.GENERATE:
         if reader is not None:
-            responses, texts = reader.generate_ids(chunk, config.max_new_tokens)
+            responses, texts = reader.generate_ids(chunk, config.max_new_tokens, prepared.images)
         else:
             gen = vlm.generate(full, max_new_tokens=config.max_new_tokens)
             responses = [gen.tokens[i, :gen.lengths[i]].tolist() for i in range(len(chunk))]
@@ -306,21 +310,18 @@ def _run_batch(vlm: VLM, prepared: _Prepared, layers: list[int], config: Extract
         positions = [select_positions(vlm, full, config.selector, i, responses[i]) for i in range(len(chunk))]
     found = [bool(pos) and min(pos) >= 0 for pos in positions]
     if reader is not None:
-        features = _read_with(reader, vlm, chunk, full, positions, found, layers)
+        features = _read_with(reader, prepared.images, full, positions, found, layers)
     else:
         features = _read_hidden(vlm, full, positions, found, layers)
     return _records(chunk, texts, responses, positions, found), features
 
 
-def _read_with(reader: FeatureReader, vlm: VLM, chunk, full: Batch, positions, found, layers) -> dict:
+def _read_with(reader: FeatureReader, images: list, full: Batch, positions, found, layers) -> dict:
     """The reader's features: each row's unpadded ids, its positions shifted by its left padding."""
-    from vlmsteer.loading import decode_images
-
     keep = full.attention_mask.bool()
     left = (~keep[:, :full.prompt_length]).sum(1).tolist()
-    sequences = [full.input_ids[i][keep[i]].tolist() for i in range(len(chunk))]
+    sequences = [full.input_ids[i][keep[i]].tolist() for i in range(len(images))]
     shifted = [[p - left[i] for p in pos] if ok else [] for i, (pos, ok) in enumerate(zip(positions, found))]
-    images = decode_images([s.image for s in chunk], vlm.max_image_pixels)
     return reader.read_features(sequences, images, shifted, layers)
 
 

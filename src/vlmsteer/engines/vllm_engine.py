@@ -92,7 +92,7 @@ class VllmEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         import torch
 
-        threads = torch.get_num_threads()  # vLLM sets this process's torch threads to 1 for serving
+        threads = torch.get_num_threads()
         args = dict(model=str(folder), tokenizer=str(folder), enforce_eager=True, max_model_len=limit,
                     dtype=vlm.dtype, seed=0, enable_prefix_caching=True, enable_chunked_prefill=False,
                     worker_extension_cls="vlmsteer.engines.vllm_worker.SteeringWorkerExtension")
@@ -104,13 +104,15 @@ class VllmEngine:
             llm = vllm.LLM(**args)
         except Exception as exc:  # vLLM raises many kinds; one line naming the model and the cause
             raise VlmsteerError(f"{vlm.model_id}: vLLM could not start ({str(exc).splitlines()[0]})") from None
-        torch.set_num_threads(threads)  # both engines compute with the threads the process had
+        _keep_threads(threads)
         llm.collective_rpc("vlmsteer_install", args=(sorted(vlm.image_token_ids),))
         return cls(vlm, llm)
 
     def generate(self, samples: Sequence[Sample], steering: Steering | None | Sequence[Steering | None] = None, *,
-                 max_new_tokens: int = 16, progress: bool = False, description: str = "generating") -> list[Response]:
-        """Greedy responses, request ``i`` steered by ``steering[i]`` (or all by one ``Steering``)."""
+                 max_new_tokens: int = 16, progress: bool = False, description: str = "generating",
+                 images: Sequence[Any] | None = None) -> list[Response]:
+        """Greedy responses, request ``i`` steered by ``steering[i]`` (or all by one ``Steering``);
+        ``images``: the samples' images already decoded (RGB PIL images or None), else read here."""
         from vllm import SamplingParams
 
         per_request = list(steering) if isinstance(steering, (list, tuple)) else [steering] * len(samples)
@@ -119,7 +121,10 @@ class VllmEngine:
         specs, names = self._specs(per_request)
         self.llm.collective_rpc("vlmsteer_set", args=(specs,))
         requests, params = [], []
-        images = decode_images([s.image for s in samples], self.vlm.max_image_pixels)
+        if images is None:
+            images = decode_images([s.image for s in samples], self.vlm.max_image_pixels)
+        elif len(images) != len(samples):
+            raise VlmsteerError(f"{len(images)} images for {len(samples)} samples")
         texts = [self.vlm.build_prompt(s.prompt, image=im is not None) for s, im in zip(samples, images)]
         token_ids = self.vlm.tokenizer(texts)["input_ids"]  # as the processor tokenizes them (one batch call)
         for i, (sample, image, name) in enumerate(zip(samples, images, names)):
@@ -160,9 +165,10 @@ class VllmEngine:
         text, n = decode_response(tokens, self.vlm.tokenizer, set(_eos_ids(self.vlm)))
         return Response(sample.id, text, n, tokens[:n])
 
-    def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+    def generate_ids(self, samples: Sequence[Sample], max_new_tokens: int,
+                     images: Sequence[Any] | None = None) -> tuple[list[list[int]], list[str]]:
         """Unsteered greedy responses as token ids (before the end token) and texts (extraction)."""
-        responses = self.generate(samples, None, max_new_tokens=max_new_tokens)
+        responses = self.generate(samples, None, max_new_tokens=max_new_tokens, images=images)
         return [list(r.tokens or []) for r in responses], [r.text for r in responses]
 
     def read_features(self, sequences: Sequence[list[int]], images: Sequence[Any], positions: Sequence[list[int]],
@@ -247,6 +253,31 @@ class VllmEngine:
                                         f"{got.get(layer, 0)} of the {want} tokens of its region "
                                         f"({spec['region']}) it computed; no unsteered answer is returned (is the "
                                         "engine compiled?)")
+
+
+def _keep_threads(threads: int) -> None:
+    """After vLLM's start: torch computes with the process's ``threads`` again (both engines then
+    use the same), and vLLM's CPU worker's warning that it skips ``torch.set_num_threads`` — which
+    its input processing calls twice per request, thousands of lines a run — is not printed. (The
+    worker replaces ``torch.set_num_threads`` for the whole process with that warning; torch's
+    own function stays at ``torch._C.set_num_threads``.)"""
+    import logging
+
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch._C.set_num_threads(threads)
+    log = logging.getLogger("vllm.v1.worker.cpu_worker")
+    if not any(isinstance(f, _SkippedThreadsFilter) for f in log.filters):
+        log.addFilter(_SkippedThreadsFilter())
+
+
+class _SkippedThreadsFilter:
+    """Drops the CPU worker's "skip set_num_threads" warnings (a logging filter)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "set_num_threads" not in str(record.msg)
 
 
 def _collapse_runs(ids: list[int], image: set[int]) -> list[int]:
