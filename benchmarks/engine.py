@@ -7,7 +7,10 @@ unsteered, steered by one vector (last prompt position, the last two layers: 2â€
 model), and with a different vector per request (Î± from a grid of 4, one engine pass). vLLM's
 start-up (engine and model load) is timed apart from the steady state; each workload runs
 ``--repeats`` times per engine, interleaved, and the medians are compared. The transformers
-engine runs batches of ``--batch``. Needs vLLM (the opt-in job's environment: ``bash .ci/vllm`` builds ``.venv-vllm``).
+engine runs batches of ``--batch``. The time vLLM's model forward takes in each run (summed over
+its steps, timed inside the engine) bounds what any cut of vLLM's own overhead could reach:
+``ceiling = transformers_s / vllm_forward_s`` is the speed-up of a vLLM whose every step were its
+forward alone. Needs vLLM (the opt-in job's environment: ``bash .ci/vllm`` builds ``.venv-vllm``).
 
     python benchmarks/engine.py [--n 2000] [--captions 200] [--batch 64] [--repeats 3] [--json out.json]
                                 [--model shapes-llava] [--device cpu] [--dtype auto]
@@ -87,8 +90,12 @@ def main() -> None:
             return out
         return generate_responses(vlm, samples, batch_size=args.batch, max_new_tokens=tokens, steering=steering)
 
+    engine.llm.collective_rpc(_time_forward)
+
     def vllm_run(samples, steering, tokens):
-        return engine.generate(samples, steering, max_new_tokens=tokens)
+        out = engine.generate(samples, steering, max_new_tokens=tokens)
+        forward_s.append(engine.llm.collective_rpc(_forward_seconds)[0])
+        return out
 
     workloads = {"questions, unsteered": (questions, None, 8), "questions, one vector": (questions, one, 8),
                  "questions, a vector per request": (questions, [grid[i % 4] for i in range(len(questions))], 8),
@@ -96,7 +103,7 @@ def main() -> None:
     rows = []
     for name, (samples, steering, tokens) in workloads.items():
         times = {"transformers": [], "vllm": []}
-        answers = {}
+        answers, forward_s = {}, []
         for _ in range(args.repeats):
             for side, run in (("transformers", transformers_run), ("vllm", vllm_run)):
                 t = time.perf_counter()
@@ -104,8 +111,10 @@ def main() -> None:
                 times[side].append(time.perf_counter() - t)
         equal = sum(a.text == b.text for a, b in zip(answers["transformers"], answers["vllm"])) / len(samples)
         hf, vl = (statistics.median(times[k]) for k in ("transformers", "vllm"))
+        fw = statistics.median(forward_s)
         rows.append({"workload": name, "samples": len(samples), "new_tokens": tokens,
                      "transformers_s": round(hf, 3), "vllm_s": round(vl, 3), "speedup": round(hf / vl, 2),
+                     "vllm_forward_s": round(fw, 3), "ceiling": round(hf / fw, 2),
                      "equal": round(equal, 4), "times_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()}})
     by = {r["workload"]: r for r in rows}
     result = {"model": vlm.model_id, "vllm_startup_s": round(startup, 1), "threads": torch.get_num_threads(),
@@ -113,6 +122,27 @@ def main() -> None:
               "vllm_steered_over_unsteered": round(by["questions, one vector"]["vllm_s"]
                                                    / by["questions, unsteered"]["vllm_s"], 3)}
     print_and_save(result, args.json)
+
+
+def _time_forward(worker) -> None:
+    """Inside the engine: sum the seconds of each call of the model's forward."""
+    model = worker.model_runner.model
+    forward = model.forward
+    worker.forward_seconds = 0.0
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            worker.forward_seconds += time.perf_counter() - t
+    model.forward = timed
+
+
+def _forward_seconds(worker) -> float:
+    """The forward's seconds since the last call (and start again from 0)."""
+    seconds, worker.forward_seconds = worker.forward_seconds, 0.0
+    return seconds
 
 
 if __name__ == "__main__":

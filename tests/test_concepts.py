@@ -270,3 +270,32 @@ def test_faiss_backend_matches_torch_inertia_and_names_its_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
     with pytest.raises(VlmsteerError, match=r"vlmsteer\[faiss\]"):
         KMeansConcepts(k=8, backend="faiss").fit(z)
+
+
+def test_rows_of_a_memory_mapped_file_are_read_without_mapping_the_file(tmp_path):
+    """take_rows equals plain indexing (runs, any order, repeats, the last row) and, on Linux,
+    reading 8 % of a file's rows at random keeps the file's pages out of this process (read
+    through the map, the kernel's fault-around maps neighbouring pages with every row)."""
+    import os
+    import re
+
+    from vlmsteer.concepts.dictionary import Rows, release_pages, take_rows
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "z.npy"
+    np.save(path, rng.standard_normal((20000, 1024)).astype(np.float16))
+    z = np.load(path, mmap_mode="r")
+    for rows in (np.array([5, 6, 7, 100, 19999]), np.array([9, 3, 3, 4, 5]), rng.choice(20000, 300)):
+        np.testing.assert_array_equal(take_rows(z, rows), z[rows])
+    np.testing.assert_array_equal(Rows(z, [1, 7, 8])[1:], z[[7, 8]])
+    if not os.path.exists("/proc/self/status"):
+        return
+
+    def file_kib() -> int:
+        return int(re.search(r"RssFile:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+    release_pages(z)
+    before = file_kib()
+    rows = np.sort(rng.choice(20000, 1600, replace=False))
+    take_rows(z, rows)
+    assert file_kib() - before < 8 * 1024  # the rows alone are 3.2 MB of the 41 MB file

@@ -25,7 +25,8 @@ import torch
 
 from vlmsteer.analysis.diffing import Paired, Part, Readout, _means_and_spread
 from vlmsteer.concepts import make_dictionary
-from vlmsteer.concepts.dictionary import LazyRows, release_pages
+from vlmsteer.concepts.dictionary import LazyRows, release_pages, take_rows
+from vlmsteer.concepts.quality import dictionary_quality
 from vlmsteer.concepts.sae import ENCODE_ROWS
 
 FINETUNED_ONLY = 0.9  # relative decoder norm from which a crosscoder latent is the fine-tuned model's alone
@@ -50,7 +51,8 @@ class PairRows(LazyRows):
         return np.dtype(np.float32)
 
     def __getitem__(self, key) -> np.ndarray:
-        xa, xb = np.asarray(self.a[key], np.float32), np.asarray(self.b[key], np.float32)
+        read = (lambda z: z[key]) if isinstance(key, slice) else (lambda z: take_rows(z, key))
+        xa, xb = read(self.a).astype(np.float32, copy=False), read(self.b).astype(np.float32, copy=False)
         return xb - xa if self.how == "difference" else np.concatenate([xa, xb], axis=-1)
 
     def release(self) -> None:
@@ -77,38 +79,6 @@ class DictionaryOptions:
                                progress=self.progress)
 
 
-@dataclass
-class LatentStats:
-    fired: np.ndarray  # (latents,) samples on which each latent is active
-    total: np.ndarray  # (latents,) the sum of its activations
-    fvu: float  # the dictionary's fraction of variance unexplained on the rows
-
-    def mean_active(self) -> np.ndarray:
-        return self.total / np.maximum(self.fired, 1)
-
-
-@torch.no_grad()
-def _scan(dictionary, rows: LazyRows, each=None) -> LatentStats:
-    """Each latent's firing count and summed activation, and the reconstruction's FVU, a chunk of
-    rows at a time; ``each(x, codes, reconstruction)`` sees every chunk (float32 tensors)."""
-    fired, total = torch.zeros(dictionary.k, dtype=torch.long), torch.zeros(dictionary.k, dtype=torch.float64)
-    sse, total_x, total_sq = 0.0, torch.zeros(rows.shape[1], dtype=torch.float64), 0.0
-    for i in range(0, len(rows), ENCODE_ROWS):
-        x = torch.from_numpy(rows[i:i + ENCODE_ROWS])
-        codes = dictionary.encode_tensor(x)
-        recon = dictionary.decode_tensor(codes)
-        fired += (codes > 0).sum(0)
-        total += codes.sum(0, dtype=torch.float64)
-        sse += float((x - recon).double().square().sum())
-        total_x += x.sum(0, dtype=torch.float64)
-        total_sq += float(x.double().square().sum())
-        if each is not None:
-            each(x, codes, recon)
-        rows.release()
-    variance = total_sq - float(total_x @ total_x) / len(rows)
-    return LatentStats(fired.numpy(), total.numpy(), sse / max(variance, 1e-12))
-
-
 @torch.no_grad()
 def _activations(dictionary, rows: LazyRows, latent: int) -> np.ndarray:
     """One latent's activation on every row."""
@@ -133,9 +103,11 @@ class LatentScaling:
         self.cols, self.d = torch.as_tensor(cols, dtype=torch.long), torch.as_tensor(d, dtype=torch.float32)
         self.num, self.den = torch.zeros(4, len(cols), dtype=torch.float64), torch.zeros(len(cols), dtype=torch.float64)
 
-    def add(self, x: torch.Tensor, codes: torch.Tensor, recon: torch.Tensor) -> None:
+    def add(self, x: np.ndarray, codes: np.ndarray, recon: np.ndarray) -> None:
         if not len(self.cols):
             return
+        x, recon = (torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in (x, recon))
+        codes = torch.from_numpy(np.asarray(codes, dtype=np.float32))
         half = x.shape[1] // 2
         f, dd = codes[:, self.cols], self.d.square().sum(1)
         on = lambda y: y @ self.d.T  # noqa: E731 - each row of a target projected on each latent's d
@@ -180,7 +152,7 @@ def crosscoder_readout(p: Paired, options: DictionaryOptions = DictionaryOptions
     relative = relative_decoder_norms(cc.decoder_norms())
     candidates = np.flatnonzero(relative >= finetuned_only)
     scaling = LatentScaling(candidates, cc.components_[candidates, hidden:])
-    stats = _scan(cc, rows, scaling.add)
+    stats = dictionary_quality(cc, rows, each=scaling.add)
     nu_error, nu_recon = scaling.ratios()
     bias = (cc.b_dec_[hidden:] - cc.b_dec_[:hidden]).astype(np.float64)
     parts = [Part("bias", bias, float(np.linalg.norm(bias)), {"samples": len(rows)})]
@@ -188,7 +160,7 @@ def crosscoder_readout(p: Paired, options: DictionaryOptions = DictionaryOptions
         if stats.fired[j] and ne <= max_nu:
             change = (cc.components_[j, hidden:] - cc.components_[j, :hidden]).astype(np.float64)
             parts.append(Part(f"latent:{j}", change * stats.mean_active()[j],
-                              float(stats.total[j] * np.linalg.norm(change)) / len(rows),
+                              float(stats.activation[j] * np.linalg.norm(change)) / len(rows),
                               {"samples": int(stats.fired[j]), "relative decoder norm": float(relative[j]),
                                "ν^ε": float(ne), "ν^r": float(nr)}))
     return _readout("crosscoder", p, cc, rows, parts, {
@@ -203,10 +175,10 @@ def sae_diff_readout(p: Paired, options: DictionaryOptions = DictionaryOptions()
     where active."""
     rows = PairRows(p.a, p.b, "difference")
     sae = options.make("batchtopk_sae", len(rows), p.a.shape[1], sparser=True).fit(rows)
-    stats = _scan(sae, rows)
+    stats = dictionary_quality(sae, rows)
     bias = sae.b_dec_.astype(np.float64)
     parts = [Part("bias", bias, float(np.linalg.norm(bias)), {"samples": len(rows)})]
     for j in np.flatnonzero(stats.fired):
         parts.append(Part(f"latent:{j}", sae.components_[j].astype(np.float64) * stats.mean_active()[j],
-                          float(stats.total[j]) / len(rows), {"samples": int(stats.fired[j])}))
+                          float(stats.activation[j]) / len(rows), {"samples": int(stats.fired[j])}))
     return _readout("sae-diff", p, sae, rows, parts, {"fired": stats.fired.tolist(), "fvu": stats.fvu})

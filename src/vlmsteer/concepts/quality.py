@@ -4,13 +4,14 @@ so K-Means, PCA, NMF and SAEs compare on the same held-out rows."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import numpy as np
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, Rows
+from vlmsteer.concepts.dictionary import ConceptDictionary, Rows, release_pages
 
-CHUNK_ROWS = 4096
+CHUNK_VALUES = 1 << 23  # a chunk holds about this many feature (or code) values
 DENSE = 0.1  # a concept active on more than this fraction of rows is "dense"
 
 
@@ -21,9 +22,16 @@ class DictionaryQuality:
     l0: float  # mean number of concepts decode uses per row
     dead: float  # fraction of concepts active on none of the rows
     dense: float  # fraction of concepts active on more than DENSE of the rows
+    fired: np.ndarray = field(repr=False)  # (K,) on how many rows each concept is active
+    activation: np.ndarray = field(repr=False)  # (K,) each concept's codes summed over the rows
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The figures (not the per-concept arrays)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fired", "activation")}
+
+    def mean_active(self) -> np.ndarray:
+        """Each concept's mean code where it is active."""
+        return self.activation / np.maximum(self.fired, 1)
 
 
 def held_out_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,23 +47,37 @@ def held_out_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return train, held
 
 
-def dictionary_quality(dictionary: ConceptDictionary, features, rows: np.ndarray | None = None) -> DictionaryQuality:
-    """FVU, L0, dead and dense fractions of ``dictionary`` on ``features[rows]`` (all rows by
-    default), read chunk by chunk."""
-    view = Rows(features, np.arange(len(features)) if rows is None else rows)
-    n = len(view)
-    sse, total, sq_sum, l0 = 0.0, np.zeros(view.shape[1]), 0.0, 0.0
+def dictionary_quality(dictionary: ConceptDictionary, features, rows: np.ndarray | None = None,
+                       each: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> DictionaryQuality:
+    """FVU, L0, dead and dense fractions, and per concept its active rows and summed codes, of
+    ``dictionary`` on ``features[rows]`` (all rows by default; ``features`` may be
+    :class:`~vlmsteer.concepts.dictionary.LazyRows`), read a chunk at a time (about
+    ``CHUNK_VALUES`` features or codes; the pages read are released after each).
+    ``each(x, codes, reconstruction)`` sees every chunk (float64 rows and reconstruction)."""
+    view = features if rows is None else Rows(features, rows)
+    n, dim = view.shape
+    step = int(np.clip(CHUNK_VALUES // max(dim, dictionary.k), 64, 4096))
+    sse, total, sq_sum, l0 = 0.0, np.zeros(dim), 0.0, 0.0
     fired = np.zeros(dictionary.k, dtype=np.int64)
-    for a in range(0, n, CHUNK_ROWS):
-        x = np.asarray(view[a:a + CHUNK_ROWS], dtype=np.float64)
-        codes = dictionary.encode(x)
-        sse += float(((x - dictionary.decode(codes)) ** 2).sum())
+    activation = np.zeros(dictionary.k)
+    for a in range(0, n, step):
+        x = np.asarray(view[a:a + step], dtype=np.float64)
+        codes = np.asarray(dictionary.encode(x))
+        reconstruction = dictionary.decode(codes)
+        error = x - reconstruction
+        sse += float(np.einsum("ij,ij->", error, error))  # (no squared copy of the chunk)
+        del error
         total += x.sum(0)
-        sq_sum += float((x ** 2).sum())
+        sq_sum += float(np.einsum("ij,ij->", x, x))
         active = dictionary.active(codes)
         l0 += float(active.sum())
         fired += active.sum(0)
+        activation += codes.sum(0, dtype=np.float64)
+        if each is not None:
+            each(x, codes, reconstruction)
+        del x, codes, reconstruction, active
+        release_pages(view)
     variance = sq_sum - float((total ** 2).sum()) / max(1, n)
     return DictionaryQuality(n_rows=n, fvu=sse / variance if variance > 0 else float("nan"),
                              l0=l0 / max(1, n), dead=float((fired == 0).mean()),
-                             dense=float((fired > DENSE * n).mean()))
+                             dense=float((fired > DENSE * n).mean()), fired=fired, activation=activation)

@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages
+from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages, take_rows
 from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
 from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, SparsePattern, geometric_median
 from vlmsteer.errors import VlmsteerError
@@ -189,7 +189,7 @@ class SparseAutoencoder(ConceptDictionary):
         lr = self.lr or 2e-4 / math.sqrt(self.k / 2 ** 14)
         gen = torch.Generator().manual_seed(self.seed)
         sample_rows = np.sort(np.random.default_rng(self.seed).choice(n, size=min(n, 8192), replace=False))
-        sample = torch.as_tensor(np.asarray(z[sample_rows], dtype=np.float32))
+        sample = torch.as_tensor(take_rows(z, sample_rows).astype(np.float32, copy=False))
         import hashlib
 
         self._data_identity = [n, dim, hashlib.sha256(sample.numpy().tobytes()).hexdigest()]
@@ -275,7 +275,7 @@ class SparseAutoencoder(ConceptDictionary):
                     continue  # every batch of this chunk was done before the resume
                 part = order[c:c + chunk]
                 inverse = np.argsort(np.argsort(part, kind="stable"), kind="stable")
-                data = torch.from_numpy(np.asarray(z[np.sort(part)])[inverse])  # one in-order gather
+                data = torch.from_numpy(take_rows(z, np.sort(part))[inverse])  # one in-order gather
                 release_pages(z)
                 for b in range(0, len(part), batch):
                     step = first + (c + b) // batch
