@@ -86,8 +86,9 @@ def take_rows(z, rows) -> np.ndarray:
     neighbours (the kernel's fault-around), so reading 8 % of a file's rows at random made nearly
     all of the file resident in this process."""
     rows = np.asarray(rows, dtype=np.int64)
-    if not (rows.ndim == 1 and isinstance(z, np.memmap) and isinstance(z.base, mmap.mmap) and z.ndim == 2 and z.flags.c_contiguous
-            and z.filename and len(rows) and rows.min() >= 0 and rows.max() < len(z)):
+    mapped = isinstance(z, np.memmap) and isinstance(z.base, mmap.mmap) and z.filename  # (not a view of one)
+    if not (mapped and rows.ndim == 1 and z.ndim == 2 and z.flags.c_contiguous and len(rows)
+            and rows.min() >= 0 and rows.max() < len(z)):
         return np.asarray(z[rows])
     out = np.empty((len(rows), z.shape[1]), dtype=z.dtype)
     row_bytes = z.shape[1] * z.dtype.itemsize
