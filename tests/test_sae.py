@@ -203,38 +203,126 @@ def test_sae_encoding_is_chunked_and_torch_equal():
 
 
 @pytest.mark.parametrize("rows_in_order, nnz", [(True, 40), (False, 40), (False, 20000)])
-def test_sparse_products_have_the_dense_gradients(rows_in_order, nnz):
-    """Training's sparse encode/decode (bag sums, a sampled product, one shared column sort)
-    give the gradients of the same computation written densely, duplicates and all; only the
-    first ``n_x`` positions move ``b_dec``. 20,000 positions take the padded radix sort."""
-    from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, SparsePattern
+@pytest.mark.parametrize("kind", ["sparse", "dense t_mm", "dense"])
+def test_products_over_positions_equal_the_dense_matrix(rows_in_order, nnz, kind, monkeypatch):
+    """Training's products over positions (bag sums, a sampled product, a shared column sort;
+    ``Sᵀ·M`` by sort or through the dense matrix) equal the dense matrix's, duplicates and all.
+    20,000 positions take the padded radix sort."""
+    from vlmsteer.concepts import sparse_ops
+    from vlmsteer.concepts.sparse_ops import SparsePattern, products
 
     g = torch.Generator().manual_seed(0)
-    b, latents, dim, n_x = (9, 13, 6, 25) if nnz < 100 else (64, 1000, 6, 12500)
-    x = torch.randn(b, dim, generator=g, dtype=torch.float64)
-    w_enc, w_dec = (torch.randn(latents, dim, generator=g, dtype=torch.float64, requires_grad=True)
-                    for _ in range(2))
-    b_enc = torch.randn(latents, generator=g, dtype=torch.float64, requires_grad=True)
-    b_dec = torch.randn(dim, generator=g, dtype=torch.float64, requires_grad=True)
-    rows, cols = torch.randint(b, (nnz,), generator=g), torch.randint(latents, (nnz,), generator=g)
+    n_rows, n_cols, dim = (9, 13, 6) if nnz < 100 else (64, 1000, 6)
+    rows, cols = torch.randint(n_rows, (nnz,), generator=g), torch.randint(n_cols, (nnz,), generator=g)
     if rows_in_order:
         rows = rows.sort().values
-    block = (torch.arange(nnz) >= n_x).long()  # two blocks of decoded rows, as AuxK's
-    with torch.no_grad():
-        x_c = x - b_dec
-        pre = x_c @ w_enc.T + b_enc
-    encoded = SparsePattern(rows, cols, b, latents)
-    v = SparseEncode.apply(pre[rows, cols], x_c, w_enc, b_enc, b_dec, encoded, n_x)
-    out = SparseDecode.apply(v * v.abs(), encoded.with_rows(rows + block * b, 2 * b), w_dec)
-    upstream = torch.randn(2 * b, dim, generator=g, dtype=torch.float64)
-    weights = (w_enc, b_enc, b_dec, w_dec)
-    got = torch.autograd.grad(out, weights, upstream)
+    values = torch.randn(nnz, generator=g, dtype=torch.float64)
+    matrix = torch.zeros(n_rows, n_cols, dtype=torch.float64).index_put((rows, cols), values, accumulate=True)
+    inf = float("inf")
+    levels = {"sparse": (inf, inf), "dense t_mm": (0.0, inf), "dense": (0.0, 0.0)}[kind]
+    for name, level in zip(("DENSE_T_MM", "DENSE_ALL"), levels):
+        monkeypatch.setattr(sparse_ops, name, level)
+    pattern = SparsePattern(rows, cols, n_rows, n_cols)
+    m, m_t = (torch.randn(n, dim, generator=g, dtype=torch.float64) for n in (n_cols, n_rows))
+    a = torch.randn(n_rows, dim, generator=g, dtype=torch.float64)
+    assert torch.allclose(pattern.mm(values, m), matrix @ m)
+    assert torch.allclose(pattern.t_mm(values, m_t), matrix.T @ m_t)
+    assert torch.allclose(pattern.dots(a, m), (a @ m.T)[rows, cols])
+    other = products(rows + n_rows, cols, 2 * n_rows, n_cols, share=SparsePattern(rows, cols, n_rows, n_cols))
+    assert torch.allclose(other.t_mm(values, torch.cat([m_t, m_t])), matrix.T @ m_t)
 
-    x_rows = torch.cat([x[rows[:n_x]] - b_dec, x_c[rows[n_x:]]])
-    v_ref = (x_rows * w_enc[cols]).sum(1) + b_enc[cols]
-    dense = torch.zeros(2 * b, latents, dtype=torch.float64).index_put(
-        (rows + block * b, cols), v_ref * v_ref.abs(), accumulate=True)
-    want = torch.autograd.grad(dense @ w_dec, weights, upstream)
-    assert torch.allclose(out, dense.detach() @ w_dec.detach())
-    for a, r in zip(got, want):
-        assert torch.allclose(a, r, atol=1e-10)
+
+class _Gate(torch.autograd.Function):
+    """JumpReLU's gate with its straight-through threshold gradient on the active values (the
+    rectangle kernel's half above θ: the sparse products give no gradient for inactive ones)."""
+
+    @staticmethod
+    def forward(ctx, pre, log_theta, eps):
+        ctx.save_for_backward(pre, log_theta)
+        ctx.eps = eps
+        return pre * (pre > log_theta.exp())
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, log_theta = ctx.saved_tensors
+        theta = log_theta.exp()
+        active, near = pre > theta, ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
+        return grad * active, (-(theta / ctx.eps) * near * grad * active).sum(0) * theta, None
+
+
+class _Count(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, log_theta, eps):
+        ctx.save_for_backward(pre, log_theta)
+        ctx.eps = eps
+        return (pre > log_theta.exp()).sum().to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, log_theta = ctx.saved_tensors
+        theta = log_theta.exp()
+        return None, grad * -((pre - theta).abs() < ctx.eps / 2).sum(0).to(pre.dtype) / ctx.eps * theta, None
+
+
+def _reference_loss(sae, t, x, train, dead_rows, aux_k):
+    """A training step's loss written densely with autograd: codes as a full matrix, each
+    Matryoshka prefix's reconstruction from its columns, AuxK from the dead columns' top
+    pre-activations (not moving ``b_dec``), JumpReLU through its straight-through gate."""
+    b = len(x)
+    pre = (x - t["b_dec"]) @ t["W_enc"].T + t["b_enc"]
+    rows, cols, _ = sae._select(pre.detach(), {k: v.detach() for k, v in t.items()}, dict(train))
+    if "log_threshold" in t:
+        codes = _Gate.apply(pre, t["log_threshold"], sae.BANDWIDTH)
+    else:
+        mask = torch.zeros_like(pre, dtype=torch.bool).index_put((rows, cols), torch.tensor(True))
+        codes = pre.clamp_min(0) * mask
+    variance = x.var(0, correction=0).sum()
+    target = x - t["b_dec"]
+    losses = [((codes[:, :end] @ t["components_"][:end] - target) ** 2).sum() / (b * variance)
+              for end in sae._latent_groups()]
+    loss = sum(losses) / len(losses)
+    residual = (target - codes @ t["components_"]).detach()
+    dead = (train["since_fired"] + b) > dead_rows
+    dead[cols[pre.detach()[rows, cols] > 0]] = False
+    k_aux = min(aux_k, int(dead.sum()))
+    if k_aux:
+        pre_aux = (x - t["b_dec"].detach()) @ t["W_enc"].T + t["b_enc"]
+        masked = torch.where(dead, pre_aux.detach(), -torch.inf)
+        top = masked.topk(k_aux, dim=1).indices
+        aux_codes = torch.zeros_like(pre_aux).scatter(1, top, pre_aux.gather(1, top).clamp_min(0))
+        aux = ((aux_codes @ t["components_"] - residual) ** 2).sum(1).mean() / (residual ** 2).sum(1).mean()
+        loss = loss + sae.aux_coef * min(1.0, k_aux / aux_k) * aux
+    if "log_threshold" in t:
+        l0 = _Count.apply(pre, t["log_threshold"], sae.BANDWIDTH) / b
+        loss = loss + 2 * sae.SPARSITY * (float(l0) / sae.l0 - 1) / sae.l0 * l0
+    return loss
+
+
+@pytest.mark.parametrize("method", TRAINED)
+@pytest.mark.parametrize("kind, aux_k", [("sparse", 2), ("dense", 2), ("dense", 64)])
+def test_training_gradients_equal_autograd_of_the_dense_loss(method, kind, aux_k, monkeypatch):
+    """The written-out gradients of a step (products over the selected positions, AuxK on the
+    dead columns, Matryoshka's nested losses, JumpReLU's straight-through threshold) equal
+    autograd's of the same loss written densely, with either kind of products, AuxK on some or
+    all of the dead latents."""
+    from vlmsteer.concepts import sparse_ops
+
+    for name in ("DENSE_T_MM", "DENSE_ALL"):
+        monkeypatch.setattr(sparse_ops, name, 0.0 if kind == "dense" else float("inf"))
+    g = torch.Generator().manual_seed(3)
+    b, dim, latents = 8, 10, 48
+    sae = make_dictionary(method, latents, seed=0, l0=4, aux_k=aux_k)
+    x = torch.randn(b, dim, generator=g) + 0.5
+    t = {"W_enc": torch.randn(latents, dim, generator=g) * 0.5, "b_enc": torch.randn(latents, generator=g) * 0.1,
+         "components_": torch.nn.functional.normalize(torch.randn(latents, dim, generator=g), dim=1),
+         "b_dec": torch.randn(dim, generator=g) * 0.1}
+    if method == "jumprelu_sae":
+        t["log_threshold"] = (torch.rand(latents, generator=g) + 1.5).log()
+    train = {"since_fired": torch.where(torch.arange(latents) % 3 > 0, 1000, 0), "threshold": None}
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    want = torch.autograd.grad(_reference_loss(sae, leaves, x, train, 100, aux_k), list(leaves.values()))
+    stats, got = sae._step(x, t, {**train, "since_fired": train["since_fired"].clone()}, 100, aux_k, 0)
+    assert stats.dead * latents >= 3
+    for name, w in zip(leaves, want):
+        assert torch.allclose(got[name], w, rtol=1e-4, atol=1e-6), name
+    assert abs(stats.loss - float(_reference_loss(sae, leaves, x, train, 100, aux_k).detach())) < 1e-5

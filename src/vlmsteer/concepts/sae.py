@@ -18,10 +18,11 @@ squared norm is the dimension (folded back into the weights at the end), Adam wi
 warm-up, final linear decay and a second-moment decay suited to the run's length
 (:func:`_beta2`), decoder rows kept unit-norm with their parallel gradient removed, an AuxK loss
 that makes the top ``aux_k`` dead latents model the residual error. Batches are shuffled rows
-gathered chunk by chunk from the features (never the whole matrix in float32); gradients of the
-encoder and decoder are computed from the selected (sparse) activations only. Checkpoints
+gathered chunk by chunk from the features (never the whole matrix in float32); the gradients
+are written out (no autograd graph), those of the encoder and decoder from the selected (sparse)
+activations only, AuxK's as one dense block over the dead latents. Checkpoints
 (safetensors) resume a long training where it stopped, to the same result. The architectures are
-in :mod:`vlmsteer.concepts.sae_methods`, the sparse autograd pieces in
+in :mod:`vlmsteer.concepts.sae_methods`, the products over positions in
 :mod:`vlmsteer.concepts.sparse_ops`.
 """
 
@@ -37,7 +38,7 @@ import torch
 
 from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages, take_rows
 from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
-from vlmsteer.concepts.sparse_ops import SparseDecode, SparseEncode, SparsePattern, geometric_median
+from vlmsteer.concepts.sparse_ops import geometric_median, products
 from vlmsteer.errors import VlmsteerError
 
 ENCODE_ROWS = 4096  # rows per chunk when encoding for inference
@@ -169,12 +170,6 @@ class SparseAutoencoder(ConceptDictionary):
         """Ends of the nested prefixes whose reconstructions enter the loss (Matryoshka)."""
         return [self.k]
 
-    def _extra_loss(self, pre, t, train, rows, cols) -> torch.Tensor | None:
-        return None
-
-    def _after_step(self, pre, t, train, rows, cols) -> None:
-        pass
-
     def fit(self, features, callback: Callable[[TrainStats], None] | None = None):
         z = check_features(features, 1, dtype=None)
         if len(z) < 2:
@@ -203,7 +198,7 @@ class SparseAutoencoder(ConceptDictionary):
         self._init_extra(t, centred)
         del centred
         del sample  # (8192 rows in float32: not kept through training)
-        t = {k: torch.nn.Parameter(v.to(device)) for k, v in t.items()}
+        t = {k: v.to(device).contiguous() for k, v in t.items()}  # (gradients are written out: no autograd)
         opt = torch.optim.Adam([{"params": [t[k] for k in sorted(t) if k != "log_threshold"]},
                                 {"params": [t[k] for k in sorted(t) if k == "log_threshold"],
                                  "scale": self.THRESHOLD_LR}], lr=lr, betas=(0.9, _beta2(total)),
@@ -224,10 +219,11 @@ class SparseAutoencoder(ConceptDictionary):
                                   max(0.0, (total - step) / max(1, self.decay * total)))
                 for group in opt.param_groups:
                     group["lr"] = lr_now * group.get("scale", 1.0)
-                opt.zero_grad(set_to_none=True)  # the last step's gradients go before this step's forward
-                stats, loss = self._step(x, t, train, dead_rows, aux_k, step, torch_dtype)
-                loss.backward()
-                del loss  # (and no other name for a gradient: each is freed before the next forward)
+                opt.zero_grad(set_to_none=True)  # the last step's gradients go before this step's
+                stats, grads = self._step(x, t, train, dead_rows, aux_k, step, torch_dtype)
+                for name, grad in grads.items():
+                    t[name].grad = grad
+                del grads  # (no other name for a gradient: each is freed before the next step's)
                 _remove_radial_part(t["components_"])
                 opt.step()
                 with torch.no_grad():
@@ -282,67 +278,85 @@ class SparseAutoencoder(ConceptDictionary):
                     if step >= start:
                         yield step, data[b:b + batch].to(device=device, dtype=torch.float32, copy=True)
 
+    @torch.no_grad()
     def _step(self, x: torch.Tensor, t: dict, train: dict, dead_rows: int, aux_k: int, step: int,
-              dtype: torch.dtype = torch.float32):
+              dtype: torch.dtype = torch.float32) -> tuple[TrainStats, dict[str, torch.Tensor]]:
+        """One batch's figures and the gradient of its loss for every weight, written out (no
+        autograd graph): products over the selected positions only (:func:`products`), one
+        weight-sized gradient per weight."""
         b = len(x)
-        with torch.no_grad():  # the one dense product (bf16 where asked); the rest is sparse
-            x_c = x - t["b_dec"]
-            pre = torch.addmm(t["b_enc"].to(dtype), x_c.to(dtype), t["W_enc"].T.to(dtype)).float()
+        w_enc, w_dec, b_dec = t["W_enc"], t["components_"], t["b_dec"]
+        x_c = x - b_dec
+        pre = torch.addmm(t["b_enc"].to(dtype), x_c.to(dtype), w_enc.T.to(dtype)).float()  # bf16 where asked
         rows, cols, selected = self._select(pre, t, train)
-        with torch.no_grad():  # which latents fired (selected and positive), which are dead
-            fired = torch.zeros(self.k, dtype=torch.bool, device=x.device).index_fill_(0, cols[selected > 0], True)
-            train["since_fired"] += b
-            train["since_fired"].masked_fill_(fired, 0)
-            dead = train["since_fired"] > dead_rows
-            a_rows = a_cols = rows[:0]
-            a_values = selected[:0]
-            k_aux = min(aux_k, int(dead.sum())) if self.aux_coef > 0 else 0
-            if k_aux:  # AuxK: the dead latents' top pre-activations model the residual
-                dead_cols = dead.nonzero().view(-1)
-                a_values = pre[:, dead_cols]
-                if k_aux < len(dead_cols):
-                    a_values, top = a_values.topk(k_aux, dim=1, sorted=False)
-                    dead_cols = dead_cols[top]
-                a_cols = dead_cols.expand_as(a_values).reshape(-1)
-                a_rows = torch.arange(b, device=x.device)[:, None].expand_as(a_values).reshape(-1)
-                a_values = a_values.reshape(-1)
-        # one encode and one decode for every reconstruction (each Matryoshka prefix's part and the
-        # AuxK one as further blocks of rows), so each weight gets one dense gradient per step
-        n = len(rows)
-        encoded = SparsePattern(torch.cat([rows, a_rows]), torch.cat([cols, a_cols]), b, self.k)
-        both = SparseEncode.apply(torch.cat([selected, a_values]), x_c, t["W_enc"], t["b_enc"], t["b_dec"],
-                                  encoded, n)
-        values = self._activation(both[:n], pre, t, rows, cols)
+        active = selected > 0
+        fired = torch.zeros(self.k, device=x.device).index_add_(0, cols, active.float())  # rows each fired on
+        train["since_fired"] += b
+        train["since_fired"].masked_fill_(fired > 0, 0)
+        dead = train["since_fired"] > dead_rows
+        grads = {name: torch.zeros_like(v) for name, v in t.items() if name not in ("W_enc", "components_")}
+
+        # the reconstructions: each Matryoshka prefix adds its group's latents (a block of rows each)
+        values = self._activation(selected, t, cols)
         groups = self._latent_groups()
-        out_rows = rows  # Matryoshka: each latent's part goes to its group's block of rows
+        out_rows = rows
         if len(groups) > 1:
             out_rows = rows + b * torch.bucketize(cols, torch.tensor(groups, device=cols.device), right=True)
-        decoded = encoded.with_rows(torch.cat([out_rows, a_rows + len(groups) * b]), (len(groups) + 1) * b)
-        parts = SparseDecode.apply(torch.cat([values, both[n:].clamp_min(0)]), decoded, t["components_"])
-        target = x - t["b_dec"]
-        variance = max(1e-12, float(x.var(0, correction=0).sum()))
-        loss = 0.0
-        recon = None
-        for g in range(len(groups)):  # nested prefixes: each reconstruction adds the next group's latents
-            recon = parts[:b] if recon is None else recon + parts[g * b:(g + 1) * b]
-            group_fvu = (recon - target).square().sum(1).mean() / variance
-            loss = loss + group_fvu
-        loss = loss / len(groups)
-        fvu = float(group_fvu.detach())  # (the whole dictionary's)
-        if k_aux:
-            residual = (target - recon).detach()
-            aux = parts[len(groups) * b:]
-            aux_loss = ((aux - residual) ** 2).sum(1).mean() / max(1e-12, float((residual ** 2).sum(1).mean()))
-            loss = loss + self.aux_coef * min(1.0, k_aux / aux_k) * aux_loss
-        extra = self._extra_loss(pre, t, train, rows, cols)
-        if extra is not None:
-            loss = loss + extra
-        self._after_step(pre, t, train, rows, cols)
-        l0 = float((values > 0).sum()) / b
-        return TrainStats(step, float(loss.detach()), fvu, l0, float(dead.float().mean())), loss
+        encoded = products(rows, cols, b, self.k)
+        decoded = encoded if len(groups) == 1 else products(out_rows, cols, len(groups) * b, self.k, share=encoded)
+        parts = decoded.mm(values, w_dec).view(len(groups), b, -1)
+        mean = x_c.sum(0) / b
+        variance = max(1e-12, float(_squared(x_c) / b - _squared(mean)))  # Σ of x's variances
+        errors = (parts if len(groups) == 1 else parts.cumsum(0)) - x_c  # recon_g − target, target = x − b_dec
+        group_fvu = [_squared(e) / (b * variance) for e in errors]
+        loss = sum(group_fvu) / len(group_fvu)
+        # ∂loss/∂part_h = Σ_{g ≥ h} 2·error_g / (G·b·var): a reversed cumulative sum
+        d_errors = errors * (2 / (len(groups) * b * variance))
+        d_parts = d_errors if len(groups) == 1 else d_errors.flip(0).cumsum(0).flip(0)
+        d_parts = d_parts.view(len(groups) * b, -1)
+        grads["b_dec"] += d_errors.sum((0, 1))  # through the target
+        grad_w_dec = decoded.t_mm(values, d_parts)
+        d_selected = self._activation_grad(decoded.dots(d_parts, w_dec), selected, values, pre, t, cols, grads)
+        grad_w_enc = encoded.t_mm(d_selected, x_c)
+        col_sums = encoded.col_sums(d_selected)
+        grads["b_enc"] += col_sums
+        grads["b_dec"] -= col_sums @ w_enc  # through x − b_dec (AuxK's positions do not move b_dec)
 
-    def _activation(self, values, pre, t, rows, cols):
-        return values.clamp_min(0)
+        k_aux = min(aux_k, int(dead.sum())) if self.aux_coef > 0 else 0
+        if k_aux:  # AuxK: the dead latents' top pre-activations model the residual, as one dense block
+            dead_cols = dead.nonzero().view(-1)
+            a = pre.index_select(1, dead_cols)  # (rows × dead latents)
+            if k_aux < len(dead_cols):
+                top = a.topk(k_aux, dim=1, sorted=False)
+                a = torch.zeros_like(a).scatter_(1, top.indices, top.values)
+            a = a.clamp_min_(0)
+            w_dead = w_dec.index_select(0, dead_cols)
+            residual_norm = max(1e-12, _squared(errors[-1]) / b)  # the residual x − x̂ is −errors[-1]
+            aux_error = torch.addmm(errors[-1], a, w_dead)  # a·W_dead − residual
+            weight = self.aux_coef * min(1.0, k_aux / aux_k)
+            loss += weight * _squared(aux_error) / (b * residual_norm)
+            d_aux = aux_error.mul_(2 * weight / (b * residual_norm))
+            grad_w_dec.index_add_(0, dead_cols, a.T @ d_aux)
+            d_a = (d_aux @ w_dead.T).mul_(a > 0)
+            grad_w_enc.index_add_(0, dead_cols, d_a.T @ x_c)
+            grads["b_enc"].index_add_(0, dead_cols, d_a.sum(0))
+        loss += self._extra_loss(pre, t, grads)
+        grads["W_enc"], grads["components_"] = grad_w_enc, grad_w_dec
+        l0 = float(fired.sum()) / b
+        return TrainStats(step, loss, group_fvu[-1], l0, float(dead.float().mean())), grads
+
+    def _activation(self, selected: torch.Tensor, t: dict, cols: torch.Tensor) -> torch.Tensor:
+        """The active values of the selected pre-activations."""
+        return selected.clamp_min(0)
+
+    def _activation_grad(self, grad, selected, values, pre, t, cols, grads) -> torch.Tensor:
+        """The gradient for the selected pre-activations from their values' (adding any the
+        activation's own parameters get to ``grads``)."""
+        return grad * (values > 0)
+
+    def _extra_loss(self, pre: torch.Tensor, t: dict, grads: dict) -> float:
+        """An architecture's further loss term (its gradients added to ``grads``)."""
+        return 0.0
 
     def _finish(self, t: dict, train: dict, scale: float) -> None:
         """Weights back to the data's scale (activations scale by 1/scale, decoder rows stay unit)."""
@@ -356,6 +370,12 @@ class SparseAutoencoder(ConceptDictionary):
 
     def _threshold(self, w: dict, train: dict) -> torch.Tensor | None:
         return None
+
+
+def _squared(x: torch.Tensor) -> float:
+    """``Σ x²`` over all entries (one pass, no squared copy)."""
+    flat = x.reshape(-1)
+    return float(torch.dot(flat, flat))
 
 
 def _beta2(total: int) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vlmsteer.concepts.sae import SparseAutoencoder
-from vlmsteer.concepts.sparse_ops import JumpGate, StepCount
+from vlmsteer.concepts.sparse_ops import jump_threshold_grad, step_count_grad
 from vlmsteer.errors import VlmsteerError
 
 
@@ -116,12 +116,20 @@ class JumpReLUSAE(SparseAutoencoder):
         rows, cols = torch.nonzero(pre > theta, as_tuple=True)
         return rows, cols, pre[rows, cols]
 
-    def _activation(self, values, pre, t, rows, cols):
-        return JumpGate.apply(values, t["log_threshold"], cols, self.BANDWIDTH)
+    def _activation(self, selected, t, cols):
+        return selected  # (all above θ > 0)
 
-    def _extra_loss(self, pre, t, train, rows, cols):
-        l0 = StepCount.apply(pre, t["log_threshold"], self.BANDWIDTH) / len(pre)
-        weight = 2 * self.SPARSITY * (float(l0.detach()) / self.l0 - 1) / self.l0
+    def _activation_grad(self, grad, selected, values, pre, t, cols, grads):
+        grads["log_threshold"] += jump_threshold_grad(grad, values, t["log_threshold"].exp(), cols, self.BANDWIDTH)
+        return grad
+
+    def _extra_loss(self, pre, t, grads):
+        """A penalty ``w·L0`` holding the batch's mean L0 at ``l0``: ``w = 2·SPARSITY·(L0/l0 − 1)/l0``
+        (L0 as measured, constant for the gradient), L0's threshold gradient straight-through."""
+        theta = t["log_threshold"].exp()
+        l0 = float((pre > theta).sum()) / len(pre)
+        weight = 2 * self.SPARSITY * (l0 / self.l0 - 1) / self.l0
+        grads["log_threshold"] += weight / len(pre) * step_count_grad(pre, theta, self.BANDWIDTH)
         return weight * l0
 
     def _threshold(self, w, train):
