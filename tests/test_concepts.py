@@ -275,11 +275,15 @@ def test_faiss_backend_matches_torch_inertia_and_names_its_extra(monkeypatch):
 def test_rows_of_a_memory_mapped_file_are_read_without_mapping_the_file(tmp_path):
     """take_rows equals plain indexing (runs, any order, repeats, the last row) and, on Linux,
     reading 8 % of a file's rows at random keeps the file's pages out of this process (read
-    through the map, the kernel's fault-around maps neighbouring pages with every row)."""
+    through the map, the kernel's fault-around maps neighbouring pages with every row), alone
+    and through a store's selection of rows."""
+    import json
     import os
     import re
 
-    from vlmsteer.concepts.dictionary import Rows, release_pages, take_rows
+    from vlmsteer.concepts.dictionary import Rows, release_pages
+    from vlmsteer.mapped import take_rows
+    from vlmsteer.store_io import import_features
 
     rng = np.random.default_rng(0)
     path = tmp_path / "z.npy"
@@ -288,14 +292,20 @@ def test_rows_of_a_memory_mapped_file_are_read_without_mapping_the_file(tmp_path
     for rows in (np.array([5, 6, 7, 100, 19999]), np.array([9, 3, 3, 4, 5]), rng.choice(20000, 300)):
         np.testing.assert_array_equal(take_rows(z, rows), z[rows])
     np.testing.assert_array_equal(Rows(z, [1, 7, 8])[1:], z[[7, 8]])
-    if not os.path.exists("/proc/self/status"):
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"id": f"r{i}"}) + "\n" for i in range(20000)))
+    store = import_features(path, tmp_path / "r.jsonl", 0, tmp_path / "store")
+    picked = rng.choice(20000, 300)
+    np.testing.assert_array_equal(store.features(0, picked, dtype=None), z[picked])
+    if not os.path.exists("/proc/self/clear_refs"):
         return
 
-    def file_kib() -> int:
-        return int(re.search(r"RssFile:\s+(\d+)", open("/proc/self/status").read()).group(1))
+    def kib(field: str) -> int:
+        return int(re.search(field + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
 
     release_pages(z)
-    before = file_kib()
-    rows = np.sort(rng.choice(20000, 1600, replace=False))
-    take_rows(z, rows)
-    assert file_kib() - before < 8 * 1024  # the rows alone are 3.2 MB of the 41 MB file
+    for read in (lambda rows: take_rows(z, rows), lambda rows: store.features(0, rows, dtype=None)):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak resident size starts again from the present one
+        before = kib("VmRSS")
+        read(np.sort(rng.choice(20000, 1600, replace=False)))
+        assert kib("VmHWM") - before < 8 * 1024  # the rows alone are 3.2 MB of the 41 MB file

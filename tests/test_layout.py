@@ -21,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
-    {"errors", "extras", "layers", "progress", "batching", "threads", "outputs"},
+    {"errors", "extras", "layers", "progress", "batching", "threads", "outputs", "mapped"},
     {"data"},
     {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune",
      "organisms"},

@@ -30,6 +30,7 @@ import numpy as np
 from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
+from vlmsteer.mapped import take_rows
 from vlmsteer.outputs import atomic_write, atomic_write_json, differences, fingerprint, lock_file, make_folder
 
 log = logging.getLogger(__name__)
@@ -370,5 +371,5 @@ class FeatureStore:
         shard_of = np.searchsorted(bounds, indices, side="right") - 1
         for s in np.unique(shard_of):
             rows = np.nonzero(shard_of == s)[0]
-            out[rows] = arrays[s][indices[rows] - bounds[s]]
+            out[rows] = take_rows(arrays[s], indices[rows] - bounds[s])  # (from the file: see take_rows)
         return out

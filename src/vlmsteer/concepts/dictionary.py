@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from vlmsteer.data.identity import regular_file
 from vlmsteer.errors import VlmsteerError, input_error
+from vlmsteer.mapped import take_rows
 
 
 def float64_rows(z, chunk: int):
@@ -78,31 +79,6 @@ def release_pages(z) -> None:
     mm = getattr(z, "_mmap", None)
     if mm is not None and hasattr(mm, "madvise"):
         mm.madvise(mmap.MADV_DONTNEED)
-
-
-def take_rows(z, rows) -> np.ndarray:
-    """``z[rows]`` as an array. The rows of a memory-mapped file are read from the file, a run of
-    consecutive rows at a time, not through the map: each page fault on the map also maps its
-    neighbours (the kernel's fault-around), so reading 8 % of a file's rows at random made nearly
-    all of the file resident in this process."""
-    rows = np.asarray(rows, dtype=np.int64)
-    mapped = isinstance(z, np.memmap) and isinstance(z.base, mmap.mmap) and z.filename  # (not a view of one)
-    if not (mapped and rows.ndim == 1 and z.ndim == 2 and z.flags.c_contiguous and len(rows)
-            and rows.min() >= 0 and rows.max() < len(z)):
-        return np.asarray(z[rows])
-    out = np.empty((len(rows), z.shape[1]), dtype=z.dtype)
-    row_bytes = z.shape[1] * z.dtype.itemsize
-    buffer = memoryview(out.reshape(-1).view(np.uint8))
-    ends = np.append(np.flatnonzero(np.diff(rows) != 1) + 1, len(rows))
-    with open(z.filename, "rb", buffering=0) as f:
-        start = 0
-        for end in ends.tolist():
-            f.seek(z.offset + int(rows[start]) * row_bytes)
-            want = buffer[start * row_bytes:end * row_bytes]
-            if f.readinto(want) != len(want):
-                raise input_error(z.filename, "is shorter than its header says (truncated?)")
-            start = end
-    return out
 
 
 def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:

@@ -36,10 +36,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages, take_rows
+from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages
 from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
 from vlmsteer.concepts.sparse_ops import geometric_median, products
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.mapped import take_rows
 
 ENCODE_ROWS = 4096  # rows per chunk when encoding for inference
 
@@ -316,7 +317,7 @@ class SparseAutoencoder(ConceptDictionary):
         d_parts = d_parts.view(len(groups) * b, -1)
         grads["b_dec"] += d_errors.sum((0, 1))  # through the target
         grad_w_dec = decoded.t_mm(values, d_parts)
-        d_selected = self._activation_grad(decoded.dots(d_parts, w_dec), selected, values, pre, t, cols, grads)
+        d_selected = self._activation_grad(decoded.dots(d_parts, w_dec), values, t, cols, grads)
         grad_w_enc = encoded.t_mm(d_selected, x_c)
         col_sums = encoded.col_sums(d_selected)
         grads["b_enc"] += col_sums
@@ -349,7 +350,7 @@ class SparseAutoencoder(ConceptDictionary):
         """The active values of the selected pre-activations."""
         return selected.clamp_min(0)
 
-    def _activation_grad(self, grad, selected, values, pre, t, cols, grads) -> torch.Tensor:
+    def _activation_grad(self, grad, values, t, cols, grads) -> torch.Tensor:
         """The gradient for the selected pre-activations from their values' (adding any the
         activation's own parameters get to ``grads``)."""
         return grad * (values > 0)

@@ -119,7 +119,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def _activation(self, selected, t, cols):
         return selected  # (all above θ > 0)
 
-    def _activation_grad(self, grad, selected, values, pre, t, cols, grads):
+    def _activation_grad(self, grad, values, t, cols, grads):
         grads["log_threshold"] += jump_threshold_grad(grad, values, t["log_threshold"].exp(), cols, self.BANDWIDTH)
         return grad
 
