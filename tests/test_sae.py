@@ -299,7 +299,7 @@ def _reference_loss(sae, t, x, train, dead_rows, aux_k):
 
 
 @pytest.mark.parametrize("method", TRAINED)
-@pytest.mark.parametrize("kind, aux_k", [("sparse", 2), ("dense", 2), ("dense", 64)])
+@pytest.mark.parametrize("kind, aux_k", [("sparse", 2), ("sparse", 64), ("dense", 2), ("dense", 64)])
 def test_training_gradients_equal_autograd_of_the_dense_loss(method, kind, aux_k, monkeypatch):
     """The written-out gradients of a step (products over the selected positions, AuxK on the
     dead columns, Matryoshka's nested losses, JumpReLU's straight-through threshold) equal

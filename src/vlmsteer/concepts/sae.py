@@ -20,7 +20,7 @@ warm-up, final linear decay and a second-moment decay suited to the run's length
 that makes the top ``aux_k`` dead latents model the residual error. Batches are shuffled rows
 gathered chunk by chunk from the features (never the whole matrix in float32); the gradients
 are written out (no autograd graph), those of the encoder and decoder from the selected (sparse)
-activations only, AuxK's as one dense block over the dead latents. Checkpoints
+activations only, AuxK's from the dead latents' top entries (:func:`row_top`). Checkpoints
 (safetensors) resume a long training where it stopped, to the same result. The architectures are
 in :mod:`vlmsteer.concepts.sae_methods`, the products over positions in
 :mod:`vlmsteer.concepts.sparse_ops`.
@@ -38,7 +38,7 @@ import torch
 
 from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages
 from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
-from vlmsteer.concepts.sparse_ops import geometric_median, products
+from vlmsteer.concepts.sparse_ops import geometric_median, products, row_top
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.mapped import take_rows
 
@@ -324,23 +324,19 @@ class SparseAutoencoder(ConceptDictionary):
         grads["b_dec"] -= col_sums @ w_enc  # through x − b_dec (AuxK's positions do not move b_dec)
 
         k_aux = min(aux_k, int(dead.sum())) if self.aux_coef > 0 else 0
-        if k_aux:  # AuxK: the dead latents' top pre-activations model the residual, as one dense block
+        if k_aux:  # AuxK: the dead latents' top pre-activations model the residual (products over them)
             dead_cols = dead.nonzero().view(-1)
-            a = pre.index_select(1, dead_cols)  # (rows × dead latents)
-            if k_aux < len(dead_cols):
-                top = a.topk(k_aux, dim=1, sorted=False)
-                a = torch.zeros_like(a).scatter_(1, top.indices, top.values)
-            a = a.clamp_min_(0)
+            a, aux = row_top(pre.index_select(1, dead_cols), k_aux)  # (of rows × dead latents)
             w_dead = w_dec.index_select(0, dead_cols)
             residual_norm = max(1e-12, _squared(errors[-1]) / b)  # the residual x − x̂ is −errors[-1]
-            aux_error = torch.addmm(errors[-1], a, w_dead)  # a·W_dead − residual
+            aux_error = aux.mm(a, w_dead).add_(errors[-1])  # a·W_dead − residual
             weight = self.aux_coef * min(1.0, k_aux / aux_k)
             loss += weight * _squared(aux_error) / (b * residual_norm)
             d_aux = aux_error.mul_(2 * weight / (b * residual_norm))
-            grad_w_dec.index_add_(0, dead_cols, a.T @ d_aux)
-            d_a = (d_aux @ w_dead.T).mul_(a > 0)
-            grad_w_enc.index_add_(0, dead_cols, d_a.T @ x_c)
-            grads["b_enc"].index_add_(0, dead_cols, d_a.sum(0))
+            grad_w_dec.index_add_(0, dead_cols, aux.t_mm(a, d_aux))
+            d_a = aux.dots(d_aux, w_dead).mul_(a > 0)
+            grad_w_enc.index_add_(0, dead_cols, aux.t_mm(d_a, x_c))
+            grads["b_enc"].index_add_(0, dead_cols, aux.col_sums(d_a))
         loss += self._extra_loss(pre, t, grads)
         grads["W_enc"], grads["components_"] = grad_w_enc, grad_w_dec
         l0 = float(fired.sum()) / b

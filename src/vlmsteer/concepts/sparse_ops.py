@@ -1,6 +1,7 @@
 """The products of sparse autoencoder training over the selected (row, latent) positions
-alone (:class:`SparsePattern`; :func:`products` makes them); JumpReLU's straight-through threshold
-gradients; the geometric median that starts ``b_dec``."""
+alone (:class:`SparsePattern`; :func:`products` makes them, :func:`row_top` from each row's largest
+entries); JumpReLU's straight-through threshold gradients; the geometric median that starts
+``b_dec``."""
 
 from __future__ import annotations
 
@@ -118,6 +119,37 @@ def products(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
     if share is not None and share.cols is cols:
         return share.with_rows(rows, n_rows)
     return SparsePattern(rows, cols, n_rows, n_cols)
+
+
+class DenseProducts:
+    """The same products as :class:`SparsePattern` for values given as a dense matrix ``S``."""
+
+    def mm(self, values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return values @ m
+
+    def t_mm(self, values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return values.T @ m
+
+    def dots(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b.T
+
+    def col_sums(self, values: torch.Tensor) -> torch.Tensor:
+        return values.sum(0)
+
+
+def row_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, SparsePattern | DenseProducts]:
+    """The ``k`` largest entries of each row of ``scores`` (all where ``k`` reaches the width),
+    clamped at 0, and the products over them: over their positions where they fill less than
+    :data:`DENSE_ALL` of the matrix, else as a dense matrix with the rest zero."""
+    n_rows, n_cols = scores.shape
+    if k * n_rows < DENSE_ALL * scores.numel():
+        values, cols = scores.topk(k, dim=1, sorted=False)
+        rows = torch.arange(n_rows, device=scores.device).repeat_interleave(k)
+        return values.reshape(-1).clamp_min_(0), SparsePattern(rows, cols.reshape(-1), n_rows, n_cols)
+    if k < n_cols:
+        top = scores.topk(k, dim=1, sorted=False)
+        scores = torch.zeros_like(scores).scatter_(1, top.indices, top.values)
+    return scores.clamp_min(0), DenseProducts()
 
 
 RADIX_MIN = 32768  # torch sorts non-negative int64 vectors this long with a parallel radix sort on CPU
