@@ -209,7 +209,7 @@ def test_products_over_positions_equal_the_dense_matrix(rows_in_order, nnz, kind
     ``Sᵀ·M`` by sort or through the dense matrix) equal the dense matrix's, duplicates and all.
     20,000 positions take the padded radix sort."""
     from vlmsteer.concepts import sparse_ops
-    from vlmsteer.concepts.sparse_ops import SparsePattern, products
+    from vlmsteer.concepts.sparse_ops import SparsePattern
 
     g = torch.Generator().manual_seed(0)
     n_rows, n_cols, dim = (9, 13, 6) if nnz < 100 else (64, 1000, 6)
@@ -228,7 +228,7 @@ def test_products_over_positions_equal_the_dense_matrix(rows_in_order, nnz, kind
     assert torch.allclose(pattern.mm(values, m), matrix @ m)
     assert torch.allclose(pattern.t_mm(values, m_t), matrix.T @ m_t)
     assert torch.allclose(pattern.dots(a, m), (a @ m.T)[rows, cols])
-    other = products(rows + n_rows, cols, 2 * n_rows, n_cols, share=SparsePattern(rows, cols, n_rows, n_cols))
+    other = SparsePattern(rows, cols, n_rows, n_cols).with_rows(rows + n_rows, 2 * n_rows)
     assert torch.allclose(other.t_mm(values, torch.cat([m_t, m_t])), matrix.T @ m_t)
 
 

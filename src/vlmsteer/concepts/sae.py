@@ -38,7 +38,7 @@ import torch
 
 from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages
 from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
-from vlmsteer.concepts.sparse_ops import geometric_median, products, row_top
+from vlmsteer.concepts.sparse_ops import SparsePattern, geometric_median, row_top
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.mapped import take_rows
 
@@ -283,7 +283,7 @@ class SparseAutoencoder(ConceptDictionary):
     def _step(self, x: torch.Tensor, t: dict, train: dict, dead_rows: int, aux_k: int, step: int,
               dtype: torch.dtype = torch.float32) -> tuple[TrainStats, dict[str, torch.Tensor]]:
         """One batch's figures and the gradient of its loss for every weight, written out (no
-        autograd graph): products over the selected positions only (:func:`products`), one
+        autograd graph): products over the selected positions only (:class:`SparsePattern`), one
         weight-sized gradient per weight."""
         b = len(x)
         w_enc, w_dec, b_dec = t["W_enc"], t["components_"], t["b_dec"]
@@ -303,8 +303,8 @@ class SparseAutoencoder(ConceptDictionary):
         out_rows = rows
         if len(groups) > 1:
             out_rows = rows + b * torch.bucketize(cols, torch.tensor(groups, device=cols.device), right=True)
-        encoded = products(rows, cols, b, self.k)
-        decoded = encoded if len(groups) == 1 else products(out_rows, cols, len(groups) * b, self.k, share=encoded)
+        encoded = SparsePattern(rows, cols, b, self.k)
+        decoded = encoded if len(groups) == 1 else encoded.with_rows(out_rows, len(groups) * b)
         parts = decoded.mm(values, w_dec).view(len(groups), b, -1)
         mean = x_c.sum(0) / b
         variance = max(1e-12, float(_squared(x_c) / b - _squared(mean)))  # Σ of x's variances

@@ -1,7 +1,6 @@
 """The products of sparse autoencoder training over the selected (row, latent) positions
-alone (:class:`SparsePattern`; :func:`products` makes them, :func:`row_top` from each row's largest
-entries); JumpReLU's straight-through threshold gradients; the geometric median that starts
-``b_dec``."""
+alone (:class:`SparsePattern`, or :func:`row_top` over each row's largest entries); JumpReLU's
+straight-through threshold gradients; the geometric median that starts ``b_dec``."""
 
 from __future__ import annotations
 
@@ -56,7 +55,7 @@ class SparsePattern:
 
     def _matrix(self, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``S`` as a dense matrix (duplicate positions summed)."""
-        if self._kept is None or self._kept[0] is not values:
+        if self._kept is None or self._kept[0] is not values or self._kept[1].dtype != dtype:
             flat = torch.zeros(self.n_rows * self.n_cols, dtype=dtype, device=values.device)
             flat.index_add_(0, self._flat_positions(), values.to(dtype))
             self._kept = (values, flat.view(self.n_rows, self.n_cols))
@@ -112,15 +111,6 @@ DENSE_T_MM = 1 / 24
 DENSE_ALL = 1 / 4
 
 
-def products(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
-             share: SparsePattern | None = None) -> SparsePattern:
-    """The products over these positions; a pattern of the same columns as ``share`` reuses
-    its column sort."""
-    if share is not None and share.cols is cols:
-        return share.with_rows(rows, n_rows)
-    return SparsePattern(rows, cols, n_rows, n_cols)
-
-
 class DenseProducts:
     """The same products as :class:`SparsePattern` for values given as a dense matrix ``S``."""
 
@@ -142,7 +132,7 @@ def row_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, SparsePattern |
     clamped at 0, and the products over them: over their positions where they fill less than
     :data:`DENSE_ALL` of the matrix, else as a dense matrix with the rest zero."""
     n_rows, n_cols = scores.shape
-    if k * n_rows < DENSE_ALL * scores.numel():
+    if k < DENSE_ALL * n_cols:
         values, cols = scores.topk(k, dim=1, sorted=False)
         rows = torch.arange(n_rows, device=scores.device).repeat_interleave(k)
         return values.reshape(-1).clamp_min_(0), SparsePattern(rows, cols.reshape(-1), n_rows, n_cols)
