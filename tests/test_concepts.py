@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmsteer.concepts.dictionary import clustering_methods
+from vlmsteer.concepts.methods import methods_of
 
 from vlmsteer.concepts import (KMeansConcepts, NMFConcepts, PCAConcepts, SemiNMFConcepts, ground_text,
                                load_dictionary, make_dictionary, mean_pairwise_overlap, t_overlap)
@@ -103,7 +103,7 @@ def test_nmf_needs_nonnegative_features():
         NMFConcepts(k=3).fit(_blobs()[0])
 
 
-@pytest.mark.parametrize("method", list(clustering_methods()))
+@pytest.mark.parametrize("method", list(methods_of("clustering")))
 def test_deterministic_and_saved(method, tmp_path):
     """The contract every registered method keeps: seeded fits agree, save/load round-trips."""
     z, _, _ = _blobs()
@@ -281,7 +281,7 @@ def test_rows_of_a_memory_mapped_file_are_read_without_mapping_the_file(tmp_path
     import os
     import re
 
-    from vlmsteer.concepts.dictionary import Rows, release_pages
+    from vlmsteer.mapped import Rows, release_pages
     from vlmsteer.mapped import take_rows
     from vlmsteer.store_io import import_features
 

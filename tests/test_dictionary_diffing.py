@@ -122,7 +122,7 @@ def _import(tmp_path, name: str, features: np.ndarray, model: str):
 
 
 def test_diff_crosscoder_and_sae_diff_from_the_command_line(tiny_folder, tmp_path, capsys):
-    from vlmsteer.concepts.dictionary import load_dictionary
+    from vlmsteer.concepts import load_dictionary
     from vlmsteer.steer.vector import load_vectors
 
     paired, new, _ = _planted()

@@ -1,5 +1,6 @@
 """The package's layout: imports flow one way, down the pipeline, and no module grows past
-~400 lines. The layers, lowest first (a module may import its own layer and those below):
+450 lines; no two modules import each other, even through others (function-level imports
+count); choices are registries, never string switches. The layers, lowest first (a module may import its own layer and those below):
 
     errors, layers, progress                   foundations
     data                                       samples, loaders, answer text, keywords
@@ -15,13 +16,14 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
-    {"errors", "extras", "layers", "progress", "batching", "threads", "outputs", "mapped"},
+    {"errors", "extras", "layers", "progress", "batching", "threads", "outputs", "mapped", "registry"},
     {"data"},
     {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune",
      "organisms"},
@@ -33,7 +35,7 @@ LAYERS = [
     {"cli", "__main__"},
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
-MAX_LINES = 400
+MAX_LINES = 450
 
 
 def _unit(module: str) -> str:
@@ -91,3 +93,76 @@ def test_the_checker_catches_a_forbidden_import(source, module, expected):
 def test_modules_stay_small():
     big = {m: n for path, m in _modules() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not big, f"split these modules (over {MAX_LINES} lines): {big}"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (module and function level; ``from pkg import
+    name`` counts as importing ``pkg.name`` where that is a module)."""
+    modules = dict((m, path) for path, m in _modules())
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            graph[module] |= {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each strongly connected group of modules (Tarjan)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    assert not cycles(import_graph()), "modules that import each other: " + str(cycles(import_graph()))
+
+
+def test_the_circle_finder_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+SWITCH = re.compile(r"""\b(engine|method|region|selector|fmt)(\.value)?\s*(==|!=|in)\s*[\("']""")
+
+
+def test_no_string_switches_outside_the_registries():
+    """Choices among methods, engines, regions, selectors and formats are made by the registries
+    (their entries' attributes), never by comparing names."""
+    hits = [f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}" for path, _ in _modules()
+            for i, line in enumerate(path.read_text().splitlines(), 1) if SWITCH.search(line)]
+    assert not hits, "\n".join(hits)

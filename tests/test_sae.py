@@ -8,11 +8,12 @@ import torch
 from safetensors.numpy import save_file
 
 from vlmsteer.concepts import load_dictionary, make_dictionary
-from vlmsteer.concepts.sae_methods import SAE_METHODS, TopKSAE
+from vlmsteer.concepts.methods import methods_of
+from vlmsteer.concepts.sae_methods import TopKSAE
 from vlmsteer.concepts.saelens import load_saelens, save_saelens
 from vlmsteer.errors import VlmsteerError
 
-TRAINED = [m for m in SAE_METHODS if m != "relu_sae"]
+TRAINED = [m for m in methods_of("sae") if m != "relu_sae"]
 
 
 def _sparse_data(n=4000, dim=32, atoms=64, active=4, seed=0):
@@ -160,7 +161,7 @@ def test_our_saes_saved_in_saelens_format_load_back_equal(tmp_path, method):
     save_saelens(d, tmp_path / "out", layer=3, model_id="shapes-llava")
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
     assert cfg["architecture"] in ("topk", "jumprelu") and cfg["d_in"] == 32 and cfg["meta"]["hook_layer"] == 3
-    back, meta = load_saelens(tmp_path / "out")
+    back, meta = load_dictionary(tmp_path / "out")
     assert back.method == method and meta["layer"] == 3
     x = np.asarray(z[:100], dtype=np.float32)
     np.testing.assert_allclose(back.encode(x), d.encode(x), atol=1e-6)

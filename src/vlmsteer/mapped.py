@@ -1,4 +1,5 @@
-"""Rows of a memory-mapped ``.npy`` read from its file, not through the map."""
+"""Row access to feature arrays that are never copied whole: rows of a memory-mapped ``.npy``
+read from its file (not through the map), lazy row views and the release of mapped pages."""
 
 from __future__ import annotations
 
@@ -32,3 +33,62 @@ def take_rows(z, rows) -> np.ndarray:
                 raise input_error(z.filename, "is shorter than its header says (truncated?)")
             start = end
     return out
+
+
+def float64_rows(z, chunk: int):
+    """``(start, rows)`` over ``z`` in chunks of ``chunk`` rows, each as float64 (no float64
+    copy of the whole array)."""
+    for i in range(0, len(z), chunk):
+        yield i, np.asarray(z[i:i + chunk], dtype=np.float64)
+
+
+class LazyRows:
+    """A 2-D array read on demand (by slice or index array), never copied whole: subclasses
+    say its ``shape``, ``dtype`` and how rows are read (``__getitem__``), and release the pages
+    of the files they read (``release``)."""
+
+    ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def release(self) -> None:
+        pass
+
+
+class Rows(LazyRows):
+    """The rows ``index`` of a 2-D array (memory-mapped features are never copied whole): a
+    train or held-out split of a store."""
+
+    def __init__(self, array, index):
+        self.array, self.index = array, np.sort(np.asarray(index, dtype=np.int64))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.index), self.array.shape[1]
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    def __getitem__(self, key) -> np.ndarray:
+        return take_rows(self.array, self.index[key])
+
+    def release(self) -> None:
+        release_pages(self.array)
+
+
+def release_pages(z) -> None:
+    """Unmap the pages a memory-mapped feature file brought into this process (they stay in the
+    OS page cache, and come back on the next read): resident memory holds the rows in use, not
+    every row read so far."""
+    if isinstance(z, LazyRows):
+        z.release()
+        return
+    mm = getattr(z, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)

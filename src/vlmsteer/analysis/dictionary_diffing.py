@@ -25,10 +25,9 @@ import torch
 
 from vlmsteer.analysis.diffing import Paired, Part, Readout, _means_and_spread
 from vlmsteer.concepts import make_dictionary
-from vlmsteer.concepts.dictionary import LazyRows, release_pages
 from vlmsteer.concepts.quality import dictionary_quality
 from vlmsteer.concepts.sae import ENCODE_ROWS
-from vlmsteer.mapped import take_rows
+from vlmsteer.mapped import LazyRows, release_pages, take_rows
 
 FINETUNED_ONLY = 0.9  # relative decoder norm from which a crosscoder latent is the fine-tuned model's alone
 MAX_NU = 0.5  # latent scaling: the most of a latent's effect the original may explain for it to count

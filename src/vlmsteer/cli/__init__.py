@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    from vlmsteer.registry import load_plugins
+
+    try:
+        load_plugins()  # before the commands are built: their help lists the plugins' entries
+    except VlmsteerError as exc:
+        return _error(str(exc))
     command = typer.main.get_command(app)
     _tidy_help(command)
     _log_to_stderr()

@@ -124,6 +124,28 @@ def _device_for_rank(device: str, env: Optional[dict] = None) -> str:
     return device
 
 
+class _RegistryOption(typer.models.OptionInfo):
+    """An option whose help text is read from a registry each time the command is built (so a
+    plugin's entries appear in ``--help``)."""
+
+    @property
+    def help(self) -> str:
+        return self._help_of()
+
+    @help.setter
+    def help(self, value) -> None:  # typer's constructor sets it; the registry decides
+        pass
+
+
+def registry_option(default, *flags: str, registry, intro: str = "", where=None, **kwargs):
+    """A ``typer.Option`` choosing an entry of ``registry``: its help lists every entry (those
+    ``where`` accepts) with its one-line description."""
+    info = typer.Option(default, *flags, **kwargs)
+    info.__class__ = _RegistryOption
+    info._help_of = lambda: registry.help(intro, where)
+    return info
+
+
 # options of every command that loads a model
 _DTYPE = typer.Option("auto", help="Model dtype: auto (the checkpoint's), float32, bfloat16 or float16.")
 def _checked_device(value: str) -> str:

@@ -13,7 +13,9 @@ from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, 
                                  _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
                                  _OVERWRITE, _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
                                  store_app, _write_run_json)
+from vlmsteer.cli.common import registry_option
 from vlmsteer.cli.engine import _engine, _ENGINE
+from vlmsteer.concepts.methods import CONCEPT_METHODS
 from vlmsteer.errors import VlmsteerError
 
 
@@ -85,9 +87,9 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
 @app.command()
 def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              out: Path = typer.Option(..., help="Output folder."),
-             method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf, nmf (clustering, -k concepts) or a "
-                                                       "sparse autoencoder: topk-sae, batchtopk-sae, matryoshka-sae, "
-                                                       "jumprelu-sae (--latents, --l0)."),
+             method: str = registry_option("kmeans", registry=CONCEPT_METHODS, intro="Clustering methods take -k, "
+                                           "sparse autoencoders --latents and --l0.",
+                                           where=lambda e: e.value.family != "paired"),
              k: int = typer.Option(20, "-k", "--k", min=1, help="Number of concepts (clustering methods)."),
              latents: Optional[int] = typer.Option(None, min=1, help="SAE latents (default 1024)."),
              l0: int = typer.Option(32, min=1, help="SAE: active latents per row (TopK's k; the target L0 of "
@@ -125,12 +127,12 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Learn concepts from stored features; ground them in words and images; measure the splice cost;
     write an HTML report."""
-    from vlmsteer.concepts.sae_methods import PAIRED_METHODS, SAE_METHODS
     from vlmsteer.evaluate.splice_cost import usable_records
     from vlmsteer.report.concepts import ConceptRun, run_concepts
 
-    sae = method.lower().replace("-", "_") in SAE_METHODS
-    if method.lower().replace("-", "_") in PAIRED_METHODS:
+    family = CONCEPT_METHODS.get(method).family
+    sae = family == "sae"
+    if family == "paired":
         raise VlmsteerError(f"{method} learns from two models' paired features: use vlmsteer diff --method crosscoder")
     if not sae and (latents is not None or saelens):
         raise VlmsteerError(f"--latents and --saelens are for sparse autoencoders; {method} takes -k")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, KMeansConcepts, check_features, float64_rows
+from vlmsteer.concepts.dictionary import ConceptDictionary, check_features
+from vlmsteer.concepts.kmeans_concepts import KMeansConcepts
+from vlmsteer.mapped import float64_rows
 from vlmsteer.errors import VlmsteerError
 
 

@@ -9,7 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, Rows, release_pages
+from vlmsteer.concepts.dictionary import ConceptDictionary
+from vlmsteer.mapped import Rows, release_pages
 
 CHUNK_VALUES = 1 << 23  # a chunk holds about this many feature (or code) values
 DENSE = 0.1  # a concept active on more than this fraction of rows is "dense"

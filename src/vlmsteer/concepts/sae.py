@@ -36,11 +36,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, check_features, release_pages
+from vlmsteer.concepts.dictionary import ConceptDictionary, check_features
 from vlmsteer.concepts.sae_checkpoint import resume, save_checkpoint
 from vlmsteer.concepts.sparse_ops import SparsePattern, geometric_median, row_top
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.mapped import take_rows
+from vlmsteer.mapped import release_pages, take_rows
 
 ENCODE_ROWS = 4096  # rows per chunk when encoding for inference
 
@@ -62,7 +62,9 @@ class TrainStats:
 class SparseAutoencoder(ConceptDictionary):
     """The shared machinery; subclasses choose the sparse activation (``_select``)."""
 
-    architecture: ClassVar[str]  # SAELens's name for the inference architecture
+    architecture: ClassVar[str] = "custom"  # SAELens's name for the inference architecture
+    family = "sae"
+    FIT_OPTIONS = ("l0", "epochs", "batch_size", "lr", "dtype", "device", "checkpoint", "progress")
     THRESHOLD_LR = 10.0  # JumpReLU's log-thresholds move this much faster than the weights
     PARAMS = ("l0", "epochs", "batch_size", "lr", "warmup", "decay", "aux_k", "aux_coef", "dead_rows", "dtype")
 

@@ -61,6 +61,7 @@ class BatchTopKCrosscoder(BatchTopKSAE):
     divided by its weight (a JumpReLU with one threshold per latent)."""
 
     method = "batchtopk_crosscoder"
+    family = "paired"
 
     def fit(self, features, callback=None):
         if features.shape[1] % 2:
@@ -152,8 +153,3 @@ class ReLUSAE(SparseAutoencoder):
     def fit(self, features, callback=None):
         raise VlmsteerError("ReLU (L1) SAEs are only loaded from SAELens folders here; train topk_sae, "
                             "batchtopk_sae, matryoshka_sae or jumprelu_sae")
-
-
-SAE_METHODS: dict[str, type[SparseAutoencoder]] = {c.method: c for c in (TopKSAE, BatchTopKSAE, MatryoshkaSAE,
-                                                                          JumpReLUSAE, ReLUSAE)}
-PAIRED_METHODS: dict[str, type[SparseAutoencoder]] = {BatchTopKCrosscoder.method: BatchTopKCrosscoder}

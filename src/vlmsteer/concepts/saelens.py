@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmsteer.concepts.sae import SparseAutoencoder
-from vlmsteer.concepts.sae_methods import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
+from vlmsteer.concepts.sae_methods import JumpReLUSAE, ReLUSAE, TopKSAE
 from vlmsteer.errors import VlmsteerError, input_error
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -29,9 +29,11 @@ def is_saelens_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / CFG).is_file()
 
 
-def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict]:
+def load_saelens(folder: str | Path, ours: dict[str, type[SparseAutoencoder]] | None = None
+                 ) -> tuple[SparseAutoencoder, dict]:
     """The SAE in ``folder`` and metadata (``layer`` from ``hook_layer`` where recorded,
-    ``model_id``, ``hook_name``)."""
+    ``model_id``, ``hook_name``). A folder written by :func:`save_saelens` comes back as the
+    vlmsteer class it records, looked up in ``ours`` (saved name -> class)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -65,7 +67,7 @@ def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict]:
     b_enc = w["b_enc"].astype(np.float64)
     if not cfg.get("apply_b_dec_to_input", True):  # pre = x·W_enc + b_enc = (x − b_dec)·W_enc + (b_enc + b_dec·W_enc)
         b_enc = b_enc + w["b_dec"].astype(np.float64) @ w["W_enc"].astype(np.float64)
-    sae = _ours(cfg, d_sae)
+    sae = _ours(cfg, d_sae, ours or {})
     if sae is None:
         sae = ARCHITECTURES[arch](k=d_sae, l0=min(d_sae, int(cfg.get("k") or 1)))  # l0: TopK's k
     state = {"components_": w["W_dec"], "W_enc": np.ascontiguousarray(w["W_enc"].T), "b_enc": b_enc,
@@ -85,15 +87,13 @@ def load_saelens(folder: str | Path) -> tuple[SparseAutoencoder, dict]:
                  "hook_name": meta.get("hook_name", cfg.get("hook_name")), "source": str(folder)}
 
 
-def _ours(cfg: dict, d_sae: int) -> SparseAutoencoder | None:
+def _ours(cfg: dict, d_sae: int, ours: dict[str, type[SparseAutoencoder]]) -> SparseAutoencoder | None:
     """The vlmsteer SAE a folder written by :func:`save_saelens` records (None for others)."""
-    from vlmsteer.concepts.sae_methods import SAE_METHODS
-
     own = cfg.get("vlmsteer")
-    if not (isinstance(own, dict) and own.get("method") in SAE_METHODS and isinstance(own.get("params"), dict)):
+    if not (isinstance(own, dict) and own.get("method") in ours and isinstance(own.get("params"), dict)):
         return None
     try:
-        return SAE_METHODS[own["method"]](**{**own["params"], "k": d_sae})
+        return ours[own["method"]](**{**own["params"], "k": d_sae})
     except (TypeError, VlmsteerError):
         return None
 
@@ -109,7 +109,10 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, layer: int | None =
     if not isinstance(sae, SparseAutoencoder):
         raise VlmsteerError(f"only sparse autoencoders have an SAELens form, not {sae.method}")
     sae._check_fitted()
-    arch = "jumprelu" if isinstance(sae, (BatchTopKSAE, MatryoshkaSAE)) else sae.architecture
+    arch = sae.architecture  # (BatchTopK and Matryoshka: jumprelu, with their inference threshold)
+    if arch not in ARCHITECTURES:
+        raise VlmsteerError(f"{sae.method}'s activation ({arch}) has no SAELens form; SAELens knows "
+                            f"{', '.join(ARCHITECTURES)}")
     weights = {"W_enc": np.ascontiguousarray(sae.W_enc_.T, dtype=np.float32),
                "b_enc": sae.b_enc_.astype(np.float32), "W_dec": sae.components_.astype(np.float32),
                "b_dec": sae.b_dec_.astype(np.float32)}

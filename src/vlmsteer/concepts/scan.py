@@ -9,8 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vlmsteer.concepts.dictionary import ConceptDictionary
-
 
 @dataclass
 class Scan:
@@ -20,8 +18,9 @@ class Scan:
     top_values: np.ndarray  # (K, n) their activations
 
 
-def scan_rows(dictionary: ConceptDictionary, features, top_n: int = 0) -> Scan:
-    """:class:`Scan` of ``features`` in one encoding pass (chunks of about 2²⁴ code values)."""
+def scan_rows(dictionary, features, top_n: int = 0) -> Scan:
+    """:class:`Scan` of ``features`` by a fitted concept dictionary, in one encoding pass (chunks
+    of about 2²⁴ code values)."""
     n, k = len(features), dictionary.k
     assign = np.empty(n, dtype=np.int64)
     sizes = np.zeros(k, dtype=np.int64)

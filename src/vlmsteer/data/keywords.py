@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable
 
-from vlmsteer.data import shapes
+import vlmsteer.data.shapes as shapes
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 

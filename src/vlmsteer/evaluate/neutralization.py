@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsteer.concepts.dictionary import KMeansConcepts
+from vlmsteer.concepts.kmeans_concepts import KMeansConcepts
 from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 from vlmsteer.report.plots import pca_plot
-from vlmsteer.concepts.dictionary import Rows, make_dictionary
+from vlmsteer.concepts.methods import CONCEPT_METHODS, make_dictionary
+from vlmsteer.mapped import Rows
 from vlmsteer.concepts.quality import dictionary_quality, held_out_split
 from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.concepts.scan import scan_rows
@@ -42,14 +43,12 @@ class ConceptRun:
     splice_samples: int = 100  # responses re-read for the splice cost (needs the whole model)
 
     def options(self, checkpoint: Path) -> dict:
-        """The method's own settings, for :func:`make_dictionary`."""
-        from vlmsteer.concepts.sae_methods import SAE_METHODS
-
-        if self.method.lower().replace("-", "_") in SAE_METHODS:
-            return {"l0": self.l0, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "dtype": self.train_dtype, "device": self.device, "checkpoint": checkpoint,
-                    "progress": self.progress}
-        return {"backend": self.backend, "device": self.device} if self.method == "kmeans" else {}
+        """The settings the method takes (its ``FIT_OPTIONS``), for :func:`make_dictionary`."""
+        offered = {"l0": self.l0, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                   "dtype": self.train_dtype, "device": self.device, "checkpoint": checkpoint,
+                   "progress": self.progress, "backend": self.backend}
+        takes = CONCEPT_METHODS.get(self.method).FIT_OPTIONS
+        return {name: value for name, value in offered.items() if name in takes}
 
 
 def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None, model=None) -> dict:

@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vlmsteer.concepts.dictionary import ConceptDictionary, load_dictionary
+from vlmsteer.concepts.dictionary import ConceptDictionary
+from vlmsteer.concepts.methods import load_dictionary
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.data.filters import Filter, normalized, record_value
 from vlmsteer.outputs import fingerprint

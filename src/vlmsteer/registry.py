@@ -1,0 +1,149 @@
+"""Extension points as registries: concept methods, diffing methods, dataset formats, engines,
+token regions and extraction selectors are each one :class:`Registry` whose entries carry a
+name, a one-line description and the options they take. The CLI's choices and help text are
+read from the registries when a command is built, so an entry registered by a plugin (a module
+named in ``VLMSTEER_PLUGINS`` or under the ``vlmsteer.plugins`` entry-point group, see
+:func:`load_plugins`) appears in ``--help`` and is accepted by every command that takes its
+kind — without another file of the project being edited.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from vlmsteer.errors import VlmsteerError
+
+T = TypeVar("T")
+
+
+def canonical(name: str) -> str:
+    """Names compare without case, and ``-`` equals ``_`` (``topk-sae`` is ``topk_sae``)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered thing: its name (as users type it), a one-line description, the options
+    it takes (option name -> what it does) and the thing itself (a class, a function, a value)."""
+
+    name: str
+    description: str
+    value: T
+    options: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.name or not self.description or "\n" in self.description:
+            raise ValueError(f"a registry entry needs a name and a one-line description, got {self.name!r}")
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind, in registration order. ``kind`` names the kind in errors
+    ("concept method") and ``option`` the command-line option that chooses one (``--method``)."""
+
+    def __init__(self, kind: str, option: str):
+        self.kind, self.option = kind, option
+        self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, name: str, value: T, description: str, options: dict[str, str] | None = None,
+            aliases: tuple[str, ...] = (), replace: bool = False) -> Entry[T]:
+        """Register ``value`` under ``name``; a second entry of the same name is refused unless
+        ``replace``."""
+        entry = Entry(name, description, value, dict(options or {}), tuple(aliases))
+        key = canonical(name)
+        if not replace and (key in self._entries or key in self._aliases):
+            raise VlmsteerError(f"a {self.kind} named {name!r} is registered already")
+        self._entries[key] = entry
+        for alias in aliases:
+            self._aliases[canonical(alias)] = key
+        return entry
+
+    def register(self, name: str, description: str, options: dict[str, str] | None = None,
+                 aliases: tuple[str, ...] = (), replace: bool = False) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+
+        def decorate(value: T) -> T:
+            self.add(name, value, description, options, aliases, replace)
+            return value
+
+        return decorate
+
+    def remove(self, name: str) -> None:
+        key = canonical(name)
+        entry = self._entries.pop(key, None)
+        for alias in entry.aliases if entry else ():
+            self._aliases.pop(canonical(alias), None)
+
+    def entry(self, name: str) -> Entry[T]:
+        """The entry called ``name`` (or an alias of it); a one-line error listing the choices
+        otherwise."""
+        key = canonical(name)
+        key = self._aliases.get(key, key)
+        if key not in self._entries:
+            raise VlmsteerError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}",
+                                self.option.lstrip("-") or None)
+        return self._entries[key]
+
+    def get(self, name: str) -> T:
+        return self.entry(name).value
+
+    def __contains__(self, name: object) -> bool:
+        key = canonical(str(name))
+        return key in self._entries or key in self._aliases
+
+    def entries(self) -> list[Entry[T]]:
+        return list(self._entries.values())
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(self.entries())
+
+    def names(self, where: Callable[[Entry[T]], bool] | None = None) -> list[str]:
+        return [e.name for e in self.entries() if where is None or where(e)]
+
+    def help(self, intro: str = "", where: Callable[[Entry[T]], bool] | None = None) -> str:
+        """Help text for the option choosing an entry: ``intro`` then each name with its
+        description."""
+        listed = "; ".join(f"{e.name}: {e.description}" for e in self.entries() if where is None or where(e))
+        return f"{intro} {listed}".strip() if intro else listed
+
+
+# -- plugins: modules that register entries, named by the user
+
+
+PLUGINS_ENV = "VLMSTEER_PLUGINS"
+ENTRY_POINT_GROUP = "vlmsteer.plugins"
+
+
+def load_plugins(env: dict[str, str] | None = None) -> list[str]:
+    """Import every plugin module: those named (comma-separated) in ``$VLMSTEER_PLUGINS`` and the
+    installed packages' ``vlmsteer.plugins`` entry points. Returns the modules imported; a module
+    that fails to import is a one-line error naming it."""
+    env = os.environ if env is None else env
+    names = [m.strip() for m in env.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    loaded = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the plugin's own failure, in one line
+            raise VlmsteerError(f"plugin {name!r} (from ${PLUGINS_ENV}) failed to import: "
+                                f"{type(exc).__name__}: {exc}") from None
+        loaded.append(name)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001
+            raise VlmsteerError(f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
+                                f"{type(exc).__name__}: {exc}") from None
+        loaded.append(ep.value)
+    return loaded
+
+
+def options_of(value: Any) -> dict[str, str]:
+    """The ``OPTIONS`` mapping a registered class declares (option name -> what it does)."""
+    return dict(getattr(value, "OPTIONS", {}) or {})
