@@ -27,7 +27,7 @@ def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape
     from vlmsteer.evaluate.vqa_run import run_vqa
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     root = tmp / f"world-{seed}"
     shapes.write_dataset(root, args.n_scenes, seed=seed)
@@ -57,7 +57,7 @@ def grounded_words(vlm, questions, question_type: str, k: int, out: Path) -> lis
     from vlmsteer.concepts import KMeansConcepts, ground_text
     from vlmsteer.data.filters import Filter
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     last = vlm.num_layers - 1
     samples = Filter.parse(f"question_type={question_type}").samples(questions)

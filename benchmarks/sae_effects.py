@@ -33,7 +33,7 @@ def train_sae(vlm, args, tmp: Path):
     from vlmsteer.data import load_coco_captions, shapes
     from vlmsteer.evaluate.splice_cost import splice_cost
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     root = tmp / f"build-{args.build}"
     shapes.write_dataset(root, args.n_build, seed=args.build)

@@ -50,7 +50,7 @@ def main() -> None:
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.model import VLM
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
     from vlmsteer.steer import SteeringVector, steer
 
     torch.manual_seed(0)

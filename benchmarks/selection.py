@@ -27,7 +27,7 @@ def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.evaluate.selection_run import rank_vectors
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
     from vlmsteer.steer.builders import all_concept_shifts
 
     root = tmp / f"seed-{seed}"

@@ -73,7 +73,7 @@ def one_world(vlm, last: int, seed: int, args) -> dict:
     from vlmsteer.evaluate.vqa import compare_runs
     from vlmsteer.evaluate.vqa_run import run_vqa
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
     from vlmsteer.steer import Steering
     from vlmsteer.steer.builders import coarse_vector
     from vlmsteer.steer.conditions import NearestConceptCondition

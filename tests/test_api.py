@@ -110,7 +110,7 @@ def world_vector(tmp_path_factory, tiny_folder):
 
 def test_library_errors_name_parameters_and_the_cli_adds_flags(tmp_path, capsys):
     from vlmsteer.data.io import dataset_file
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     with pytest.raises(VlmsteerError) as info:
         dataset_file(tmp_path, "../x.png", tmp_path / "d.json", "entry 1")
@@ -158,11 +158,11 @@ def test_device_map_and_dtype_load_paths(tiny_folder, capsys):
 
 
 def test_each_torchrun_rank_takes_its_own_gpu():
-    from vlmsteer.cli.common import _device_for_rank
+    from vlmsteer.runs.protocol import device_for_rank
 
-    assert _device_for_rank("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
-    assert _device_for_rank("cuda:1", {"LOCAL_RANK": "3"}) == "cuda:1"
-    assert _device_for_rank("cuda", {}) == "cuda" and _device_for_rank("cpu", {"LOCAL_RANK": "1"}) == "cpu"
+    assert device_for_rank("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
+    assert device_for_rank("cuda:1", {"LOCAL_RANK": "3"}) == "cuda:1"
+    assert device_for_rank("cuda", {}) == "cuda" and device_for_rank("cpu", {"LOCAL_RANK": "1"}) == "cpu"
 
 
 def test_batches_shrink_on_out_of_memory(tiny_vlm, monkeypatch, caplog):

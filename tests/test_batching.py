@@ -89,7 +89,7 @@ def test_prefetched_batches_shrink_on_out_of_memory(mode):
 def test_extraction_is_identical_whatever_prepares_the_batches(mode, tiny_vlm, tmp_path, monkeypatch):
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     shapes.write_dataset(tmp_path / "w", n=4, seed=3)
     samples = load_vqav2(tmp_path / "w")

@@ -14,7 +14,7 @@ from PIL import Image
 from vlmsteer.cli import main
 from vlmsteer.data import load_jsonl
 from vlmsteer.extract import ExtractConfig, extract
-from vlmsteer.selectors import Selector
+from vlmsteer.positions import Selector
 from vlmsteer.store import FeatureStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -100,7 +100,7 @@ def test_answer_concepts_ground_to_distinct_words(tmp_path, question_type, words
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.data.filters import Condition, Filter, Op
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     shapes.write_dataset(tmp_path / "d", 200, seed=11)
     samples = Filter((Condition("question_type", Op.EQUALS, (question_type,)),)).samples(load_vqav2(tmp_path / "d"))
@@ -120,7 +120,7 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.evaluate.runner import generate_responses
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
     from vlmsteer.steer import Steering
     from vlmsteer.steer.builders import all_concept_shifts
     from vlmsteer.steer.selection import rank, selection_score
@@ -226,7 +226,7 @@ def test_per_concept_neutralization_routes_each_image_to_its_concept_vector(tmp_
     from vlmsteer.evaluate.experiments import GenerationSettings
     from vlmsteer.evaluate.neutralization import per_concept_routes, routed_captions
     from vlmsteer.model import VLM
-    from vlmsteer.regions import Region
+    from vlmsteer.positions import Region
     from vlmsteer.steer import Steering
     from vlmsteer.steer.conditions import NearestConceptCondition
 

@@ -12,15 +12,13 @@ from safetensors import safe_open
 
 from vlmsteer.cli import main
 from vlmsteer.engines.vllm_checkpoint import check_supported, vllm_ready_folder
-from vlmsteer.engines.vllm_worker import REGIONS, positions_in_region
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.regions import Region
-from vlmsteer.steer.steerer import region_mask
+from vlmsteer.positions import REGIONS, positions_in_region, region_mask
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("region", REGIONS.names())
 def test_worker_regions_equal_the_transformers_steerers(tiny_vlm, region):
     """For one unpadded prompt, the positions the worker steers (from the prompt's token ids and
     absolute positions, prompt and generated, in any chunking) are those the steerer steers."""
@@ -28,7 +26,7 @@ def test_worker_regions_equal_the_transformers_steerers(tiny_vlm, region):
     batch = vlm.prepare([_image()], ["what colour is the square ?"])
     prompt = batch.input_ids[0].tolist()
     total = len(prompt) + 5
-    want = region_mask(batch, Region.parse(region), torch.arange(total))[0]
+    want = region_mask(batch.regions, region, torch.arange(total))[0]
     ids = torch.tensor(sorted(vlm.image_token_ids))
     whole = positions_in_region(region, prompt, 0, total, ids)
     chunks = torch.cat([positions_in_region(region, prompt, a, min(3, total - a), ids) for a in range(0, total, 3)])

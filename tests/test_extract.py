@@ -19,7 +19,8 @@ from vlmsteer.cli import main
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.extract import ExtractConfig, extract
-from vlmsteer.selectors import Selector, word_token_indices
+from vlmsteer.positions import Selector
+from vlmsteer.word_positions import word_token_indices
 from vlmsteer.store import FeatureStore
 
 
@@ -57,7 +58,7 @@ def _reference(vlm, sample, answer, selector: Selector, layer: int):
         hs = vlm.model(**enc, output_hidden_states=True).hidden_states[layer + 1][0]
     toks = vlm.tokenizer.convert_ids_to_tokens(ids)
     image_id = vlm.processor.image_token_id
-    kind = selector.kind.value
+    kind = selector.kind
     if kind == "last_prompt":
         pos = [len(p_ids) - 1]
     elif kind == "mean_response":
@@ -75,7 +76,7 @@ def _reference(vlm, sample, answer, selector: Selector, layer: int):
     return hs[pos].mean(0).numpy()
 
 
-@pytest.mark.parametrize("selector", SELECTORS, ids=lambda s: f"{s.kind.value}-{s.word}-{s.position.value}")
+@pytest.mark.parametrize("selector", SELECTORS, ids=lambda s: f"{s.kind}-{s.word}-{s.position.value}")
 def test_features_equal_hidden_states(tiny_vlm, shapes_data, tmp_path, selector):
     vlm = tiny_vlm("llava")
     samples = load_vqav2(shapes_data)[:14]
@@ -249,7 +250,7 @@ def test_token_offsets_are_exact_and_linear(arch, tiny_vlm):
     and the tokens decoded grow linearly with the sequence (150 -> 2400 tokens)."""
     import random
 
-    from vlmsteer.selectors import token_offsets
+    from vlmsteer.word_positions import token_offsets
 
     tok = tiny_vlm(arch).tokenizer
     rng = random.Random(0)

@@ -9,7 +9,7 @@ from vlmsteer.data.keywords import COLORS, filter_samples
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.finetune import FinetuneConfig, finetune, lora_target_modules
 from vlmsteer.model import VLM
-from vlmsteer.selectors import Selector
+from vlmsteer.positions import Selector
 
 
 def test_finetune_adapter_and_merge_give_identical_features(tiny_folder, tmp_path):

@@ -4,11 +4,12 @@ count); choices are registries, never string switches. The layers, lowest first 
 
     errors, layers, progress                   foundations
     data                                       samples, loaders, answer text, keywords
-    regions, selectors, loading, model, hooks, the model and its residual stream
+    positions, loading, model, hooks,           the model and its residual stream
     store, extract, finetune, organisms
     concepts, steer                            dictionaries; vectors and the steerer
     analysis, evaluate                         shift, separability; metrics and runs
-    report                                     HTML reports and plots
+    report                                     rendering: HTML reports and plots of results handed to it
+    runs                                       compute and publish output folders (the run protocol)
     demo, testing                              the shipped demo; tiny test models
     cli                                        `vlmsteer <command>`
 """
@@ -25,12 +26,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmsteer"
 LAYERS = [
     {"errors", "extras", "layers", "progress", "batching", "threads", "outputs", "mapped", "registry"},
     {"data"},
-    {"regions", "selectors", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune",
+    {"positions", "word_positions", "loading", "model", "head", "hooks", "store", "store_io", "extract", "finetune",
      "organisms"},
     {"concepts", "steer"},
     {"engines"},
     {"analysis", "evaluate"},
     {"report"},
+    {"runs"},
     {"demo", "testing"},
     {"cli", "__main__"},
 ]

@@ -16,7 +16,7 @@ from vlmsteer.data import load_jsonl
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.splice_cost import splice_cost
 from vlmsteer.extract import ExtractConfig, append_responses, extract, response_ids
-from vlmsteer.selectors import Selector
+from vlmsteer.positions import Selector
 
 
 def _store(vlm, root, selector: str, n: int = 12):

@@ -10,7 +10,7 @@ import torch
 from vlmsteer.cli import main
 from vlmsteer.data import shapes
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.regions import Region
+from vlmsteer.positions import REGIONS, Region
 from vlmsteer.steer import SteeringVector, steer
 from vlmsteer.steer.builders import all_concept_shifts, concept_shift
 from vlmsteer.steer.vector import load_vector, load_vectors, save_vectors
@@ -68,7 +68,7 @@ def _generate_capturing_last_layer(vlm, batch, **kwargs):
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "idefics3", "gemma3"])
-@pytest.mark.parametrize("region", [r.value for r in Region])
+@pytest.mark.parametrize("region", REGIONS.names())
 def test_kv_cache_equals_no_cache_and_steering_acts(arch, region, tiny_vlm):
     vlm = tiny_vlm(arch)
     batch = _batch(vlm)
@@ -81,7 +81,7 @@ def test_kv_cache_equals_no_cache_and_steering_acts(arch, region, tiny_vlm):
         uncached = vlm.generate(batch, max_new_tokens=6, use_cache=False).tokens
     assert torch.equal(cached, uncached)
     # the effect happened where the region says, in every row (the left-padded ones too)
-    r = Region(region)
+    r = Region.parse(region)
     prompt_rows = (prompt_pass - plain_prompt).abs().amax(-1)  # (batch, prompt)
     region_mask = batch.regions.mask(r)
     if r is not Region.GENERATED:
@@ -283,7 +283,7 @@ def shapes_llava():
     return VLM.load("shapes-llava")
 
 
-@pytest.mark.parametrize("region", [r.value for r in Region])
+@pytest.mark.parametrize("region", REGIONS.names())
 def test_shapes_llava_cached_equals_uncached_and_tokens_change(region, shapes_llava):
     """On the shipped (trained) model, left-padded batch: every region changes the generated
     tokens (of every row, but for the 4-token image region), and the KV cache changes nothing."""

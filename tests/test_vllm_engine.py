@@ -176,7 +176,7 @@ def test_extracted_features_equal_the_reference(world, engine, tmp_path, selecto
     batch's images are read from disk once (the engine takes them decoded)."""
     import vlmsteer.loading
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
     from vlmsteer.store import FeatureStore
 
     vlm, questions, captions = world
@@ -205,7 +205,7 @@ def test_sweep_and_select_in_one_engine_pass_equal_the_reference(world, engine, 
     from vlmsteer.evaluate.selection_run import rank_vectors
     from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.regions import Region
+    from vlmsteer.positions import Region
     from vlmsteer.steer.builders import coarse_vector
 
     vlm, questions, _ = world

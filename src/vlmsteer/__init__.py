@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "VLM": "vlmsteer.model", "Batch": "vlmsteer.model", "load_head": "vlmsteer.head",
-    "Region": "vlmsteer.regions", "Selector": "vlmsteer.selectors",
+    "Region": "vlmsteer.positions", "Selector": "vlmsteer.positions",
     "ExtractConfig": "vlmsteer.extract", "extract": "vlmsteer.extract",
     "FeatureStore": "vlmsteer.store",
     "Sample": "vlmsteer.data", "load_samples": "vlmsteer.data",

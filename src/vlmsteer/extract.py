@@ -27,7 +27,7 @@ from vlmsteer.hooks import capture_residual, stop_after
 from vlmsteer.loading import decode_images
 from vlmsteer.model import Batch, VLM
 from vlmsteer.progress import progress_bar
-from vlmsteer.selectors import Selector, SelectorKind, WordPosition, WordSource, word_token_indices
+from vlmsteer.positions import Selector
 from vlmsteer.store import MANIFEST, FeatureStore, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -133,29 +133,7 @@ def append_responses(vlm: VLM, batch: Batch, responses: Sequence[Sequence[int]])
 def select_positions(vlm: VLM, full: Batch, selector: Selector, row: int,
                      response: Sequence[int]) -> list[int]:
     """Absolute positions (in ``full``) whose features are averaged for ``row``; [] if none."""
-    p = full.prompt_length
-    kind = selector.kind
-    if kind is SelectorKind.LAST_PROMPT:
-        return [p - 1]
-    if kind is SelectorKind.MEAN_RESPONSE:
-        return list(range(p, p + len(response)))
-    if kind is SelectorKind.MEAN_IMAGE:
-        return torch.nonzero(full.regions.image[row]).flatten().tolist()
-    if kind is SelectorKind.MEAN_TEXT:
-        return torch.nonzero(full.regions.text[row]).flatten().tolist()
-    # a word of interest
-    if selector.source is WordSource.RESPONSE:
-        ids, offset = list(response), p
-    else:
-        keep = ~full.regions.padding[row]
-        start = int(torch.nonzero(keep).flatten()[0]) if keep.any() else p
-        ids, offset = full.input_ids[row, start:p].tolist(), start
-    idx = word_token_indices(vlm.tokenizer, ids, selector.word)
-    if idx is None:
-        return []
-    if selector.position is WordPosition.OF:
-        return [offset + idx[-1]]
-    return [offset + idx[0] - 1]
+    return selector.positions(full.regions, row, response, vlm.tokenizer)
 
 
 def extract(vlm: VLM, samples: Sequence[Sample], out: str | Path, config: ExtractConfig,

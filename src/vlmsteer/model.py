@@ -25,7 +25,7 @@ from vlmsteer.layers import resolve_layer
 from vlmsteer.data.identity import DEFAULT_MAX_IMAGE_PIXELS
 from vlmsteer.loading import (_attach_adapter, adapter_fingerprint, check_device, decode_images, load_processor,
                               model_fingerprint, model_identity, parameters_fingerprint, parse_dtype, resolve_model_id)
-from vlmsteer.regions import TokenRegions
+from vlmsteer.positions import TokenRegions
 
 Images = Sequence[Image.Image | str | Path | None]
 

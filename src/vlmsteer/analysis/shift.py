@@ -22,6 +22,7 @@ from scipy.stats import pearsonr, spearmanr
 from vlmsteer.concepts.grounding import cosine_matrix
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.extras import require
+from vlmsteer.registry import Registry
 from vlmsteer.store import FeatureStore, check_paired
 
 
@@ -35,22 +36,28 @@ class Matching:
         return dict(self.pairs)
 
 
+def _hungarian(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return linear_sum_assignment(cost)
+
+
+def _optimal_transport(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ot = require("ot", "optimal-transport matching")
+    k_a, k_b = cost.shape
+    plan = ot.emd(np.full(k_a, 1.0 / k_a), np.full(k_b, 1.0 / k_b), cost)
+    return np.arange(k_a), plan.argmax(axis=1)
+
+
+MATCHINGS: Registry = Registry("matching method", "--matching")
+MATCHINGS.add("hungarian", _hungarian, "one-to-one assignment minimising the summed cosine cost")
+MATCHINGS.add("ot", _optimal_transport, "exact optimal transport with uniform marginals (vlmsteer[ot])")
+
+
 def match_concepts(u_a: np.ndarray, u_b: np.ndarray, method: str = "hungarian") -> Matching:
     """One-to-one matching minimizing ``Σ (1 − cos)``. ``ot`` solves the exact transport
     problem with uniform marginals (equal to Hungarian when K_a = K_b) and, for unequal K,
     matches each original concept to the fine-tuned concept it sends most mass to."""
     sim = cosine_matrix(u_a, u_b)
-    cost = 1.0 - sim
-    if method == "hungarian":
-        rows, cols = linear_sum_assignment(cost)
-    elif method == "ot":
-        ot = require("ot", "optimal-transport matching")
-
-        plan = ot.emd(np.full(len(u_a), 1.0 / len(u_a)), np.full(len(u_b), 1.0 / len(u_b)), cost)
-        rows = np.arange(len(u_a))
-        cols = plan.argmax(axis=1)
-    else:
-        raise VlmsteerError(f"unknown matching method {method!r}; choose hungarian or ot")
+    rows, cols = MATCHINGS.get(method)(1.0 - sim)
     pairs = [(int(r), int(c)) for r, c in zip(rows, cols)]
     return Matching(pairs=pairs, cosine=[float(sim[r, c]) for r, c in pairs], method=method)
 

@@ -4,7 +4,6 @@ definitions and small parsers. Nothing here computes."""
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -49,14 +48,6 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def _load_samples(*args, **kwargs):
     """:func:`vlmsteer.data.load_samples`, then what this process holds so far (the samples,
     imported modules) frozen out of the cyclic collector's scans for the rest of the command:
@@ -71,62 +62,9 @@ def _load_samples(*args, **kwargs):
     return samples
 
 
-def _load_model(model: str, adapter: Optional[Path] = None, dtype: str = "auto", device: str = "cpu",
-                device_map: Optional[str] = None, trust_remote_code: bool = False,
-                max_image_pixels: Optional[int] = None):
-    _quiet_transformers()
-    from vlmsteer.model import VLM
-
-    vlm = VLM.load(model, adapter=adapter, dtype=dtype, device=_device_for_rank(device),
-                   device_map=device_map or None, trust_remote_code=trust_remote_code)
-    if max_image_pixels is not None:
-        vlm.max_image_pixels = max_image_pixels
-    return vlm
-
-
-def _load_head(model: str, dtype: str = "auto", device: str = "cpu", device_map: Optional[str] = None):
-    """The final norm and unembedding alone, for word grounding (see :mod:`vlmsteer.head`); the
-    whole model with a device map."""
-    if device_map:
-        return _load_model(model, None, dtype, device, device_map)
-    _quiet_transformers()
-    from vlmsteer.head import load_head
-
-    return load_head(model, dtype=dtype, device=_device_for_rank(device))
-
-
-def _grounding_identity(vlm, store) -> dict | None:
-    """The grounding head's identity, after checking it reads vectors of the store's size."""
-    if vlm is None:
-        return None
-    if vlm.hidden_size != store.hidden_size:
-        raise VlmsteerError(f"{vlm.model_id} has hidden size {vlm.hidden_size} but the features of {store.path} have "
-                            f"{store.hidden_size}: ground the words with the store's own model", "model")
-    return vlm.identity
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes, as torchrun (or any launcher setting
-    RANK and WORLD_SIZE) gives them; (0, 1) when run alone."""
-    import os
-
-    try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise VlmsteerError("RANK and WORLD_SIZE must be integers (set by torchrun)") from None
-
-
-def _device_for_rank(device: str, env: Optional[dict] = None) -> str:
-    """Under torchrun (LOCAL_RANK set), a bare ``cuda`` means this rank's own GPU."""
-    env = os.environ if env is None else env
-    if device == "cuda" and "LOCAL_RANK" in env:
-        return f"cuda:{int(env['LOCAL_RANK'])}"
-    return device
-
-
-class _RegistryOption(typer.models.OptionInfo):
-    """An option whose help text is read from a registry each time the command is built (so a
-    plugin's entries appear in ``--help``)."""
+class _RegistryHelp:
+    """Help text read from a registry each time the command is built (so a plugin's entries
+    appear in ``--help``)."""
 
     @property
     def help(self) -> str:
@@ -137,11 +75,27 @@ class _RegistryOption(typer.models.OptionInfo):
         pass
 
 
+class _RegistryOption(_RegistryHelp, typer.models.OptionInfo):
+    pass
+
+
+class _RegistryArgument(_RegistryHelp, typer.models.ArgumentInfo):
+    pass
+
+
 def registry_option(default, *flags: str, registry, intro: str = "", where=None, **kwargs):
     """A ``typer.Option`` choosing an entry of ``registry``: its help lists every entry (those
     ``where`` accepts) with its one-line description."""
     info = typer.Option(default, *flags, **kwargs)
     info.__class__ = _RegistryOption
+    info._help_of = lambda: registry.help(intro, where)
+    return info
+
+
+def registry_argument(default, *, registry, intro: str = "", where=None, **kwargs):
+    """:func:`registry_option` for a positional argument."""
+    info = typer.Argument(default, **kwargs)
+    info.__class__ = _RegistryArgument
     info._help_of = lambda: registry.help(intro, where)
     return info
 
@@ -173,12 +127,6 @@ _ALLOW_OTHER_MODEL = typer.Option(False, "--allow-other-model",
 _ALLOW_PARTIAL = typer.Option(False, "--allow-partial", help="Accept a store whose extraction did not finish.")
 
 
-def _open_store(path: Path, allow_partial: bool = False):
-    from vlmsteer.store import FeatureStore
-
-    return FeatureStore.open(path, allow_partial=allow_partial).verify()
-
-
 # options shared by the evaluation commands (typer reads these as defaults)
 _VECTOR = typer.Option(None, help="Steering vector file (.safetensors).")
 _NAME = typer.Option(None, help="Vector name, for files holding several ('i->j' for concept pairs, or their top "
@@ -202,8 +150,9 @@ def _SEED(default: int = 0, help: str = "Random seed."):  # noqa: N802 - an opti
 
 
 def _REGION(default: str, why: str):  # noqa: N802 - an option factory
-    return typer.Option(default, help=f"Where the vector is added: prompt, image, text, last_prompt, generated or all "
-                                      f"(default {default}: {why}).")
+    from vlmsteer.positions import REGIONS
+
+    return registry_option(default, registry=REGIONS, intro=f"Where the vector is added (default {default}: {why}).")
 
 
 def _BATCH(default: int):  # noqa: N802 - an option factory, like the constants around it
@@ -322,72 +271,6 @@ def _current_params() -> dict:
     return dict(ctx.params)
 
 
-# options that do not change what a command computes (where it runs, how it reports): left out of
-# the identity an output records; options naming files are replaced by their contents' identity
-NOT_RESULTS = {"out", "overwrite", "device", "device_map", "threads", "show", "allow_partial",
-               "allow_outside_images", "max_image_pixels", "allow_other_model"}
-
-
-def _run_identity(**contents) -> dict:
-    """What an output folder is made of: ``contents`` (model, data, stores, steering by their
-    content identities) plus the command's options that change its result. Paths as typed
-    are not part of it: the same inputs named by another path make the same output."""
-    params = _current_params()
-    ctx = _current_context()
-    settings = {k: v for k, v in params.items()
-                if k not in NOT_RESULTS and not isinstance(v, Path) and k not in contents and k != "model"}
-    return {"command": ctx.command_path if ctx is not None else None, "settings": settings,
-            "versions": _result_versions(), **contents}
-
-
-def _result_versions() -> dict:
-    from vlmsteer.evaluate.runinfo import versions
-
-    v = versions()
-    return {k: v.get(k) for k in ("vlmsteer", "torch", "transformers", "vllm") if k in v}
-
-
-def _publish(out: Path, overwrite: bool = False):
-    """An output folder built in a staging folder beside ``out`` and swapped in whole at the end
-    (see :func:`vlmsteer.outputs.published`): its lock is taken and writability checked now,
-    before any model work. Under torchrun every rank writes its part into the same staging
-    folder and rank 0 alone locks and publishes."""
-    from vlmsteer.outputs import published
-
-    rank, _ = _rank_and_world()
-    return published(out, overwrite, lock=rank == 0, commit=rank == 0)
-
-
-def _claim(pub, identity: dict) -> str:
-    """Check ``identity`` against what ``pub``'s output folder holds (refused unless
-    --overwrite when it differs); the staging folder keeps only work of this identity (rank 0
-    clears the rest, the other ranks wait for it)."""
-    import time
-
-    from vlmsteer.outputs import atomic_write_text
-
-    rank, _ = _rank_and_world()
-    digest = pub.claim(identity)
-    marker = pub.stage / ".identity"
-    if rank == 0:
-        try:
-            current = marker.read_text()
-        except OSError:
-            current = None
-        if current != digest:
-            pub.clear_stage()
-            atomic_write_text(marker, digest)
-    else:
-        while True:
-            try:
-                if marker.read_text() == digest:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-    return digest
-
-
 def _current_context():
     import importlib
 
@@ -401,15 +284,23 @@ def _current_context():
     return None
 
 
-def _write_run_json(out, *, model_id: Optional[str] = None, revision: Optional[str] = None, **extra) -> None:
-    """``run.json`` from the options this command was given, as parsed (nothing listed by hand);
-    ``out`` is a folder or a :class:`~vlmsteer.outputs.Publication` (written into its staging
-    folder, with the identity it claimed)."""
-    from vlmsteer.evaluate.runinfo import write_run_json
+def command_spec():
+    """The running command and its parsed options, for the run protocol."""
+    from vlmsteer.runs.protocol import RunSpec
 
-    params = _current_params()
-    identity = getattr(out, "identity", None)
-    if identity is not None:
-        extra = {**extra, "identity": identity, "fingerprint": out.fingerprint}
-        out = out.stage
-    write_run_json(out, options=params, seed=params.get("seed"), model_id=model_id, revision=revision, **extra)
+    ctx = _current_context()
+    return RunSpec(ctx.command_path if ctx is not None else None, _current_params())
+
+
+def command_identity(**contents) -> dict:
+    """:func:`vlmsteer.runs.protocol.run_identity` of the running command."""
+    from vlmsteer.runs.protocol import run_identity
+
+    return run_identity(command_spec(), **contents)
+
+
+def command_run_json(out, **extra) -> None:
+    """:func:`vlmsteer.runs.protocol.write_run_json` with the running command's options."""
+    from vlmsteer.runs.protocol import write_run_json
+
+    write_run_json(out, command_spec(), **extra)

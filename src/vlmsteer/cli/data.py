@@ -8,9 +8,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, app, _claim, data_app, _DEVICE, _DEVICE_MAP, _DTYPE, err_console,
-                                 _IMAGES, _LIMIT, _load_model, _MAX_PIXELS, out_console, _OVERWRITE, _publish,
-                                 _run_identity, _SEED, _SPLIT, _write_run_json)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, app, data_app, _DEVICE, _DEVICE_MAP, _DTYPE, err_console, _IMAGES,
+                                 _LIMIT, _MAX_PIXELS, out_console, _OVERWRITE, command_identity, _SEED, _SPLIT,
+                                 command_run_json)
+from vlmsteer.runs.models import load_model
+from vlmsteer.runs.protocol import claim, publish
+from vlmsteer.cli.common import registry_argument
+from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
 
 
@@ -23,7 +27,7 @@ def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-
     """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
     from vlmsteer.evaluate.runinfo import version_warnings, versions
 
-    vlm = _load_model(model, adapter, dtype, device, device_map, trust_remote_code=trust_remote_code)
+    vlm = load_model(model, adapter, dtype, device, device_map, trust_remote_code=trust_remote_code)
     table = Table(show_header=False)
     for k, v in vlm.describe().items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
@@ -47,17 +51,17 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 
     if n < 1:
         raise VlmsteerError(f"--n must be >= 1, got {n}")
-    with _publish(out, overwrite) as pub:
-        _claim(pub, _run_identity())
+    with publish(out, overwrite) as pub:
+        claim(pub, command_identity())
         with progress_bar("rendering scenes", n) as advance:
             paths = shapes.write_dataset(pub.stage, n=n, seed=seed, split=split, start=start, progress=advance)
-        _write_run_json(pub)
+        command_run_json(pub)
     for name, p in paths.items():
         out_console.print(f"{name:12s} {out / p.relative_to(pub.stage)}")
 
 
 @data_app.command("check")
-def data_check(fmt: str = typer.Argument(..., metavar="FORMAT", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
+def data_check(fmt: str = registry_argument(..., metavar="FORMAT", registry=DATA_FORMATS),
                path: Path = typer.Argument(..., help="Dataset folder or file."),
                split: str = _SPLIT, images: Optional[Path] = _IMAGES,
                limit: Optional[int] = _LIMIT, seed: int = _SEED(),

@@ -8,8 +8,10 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_BATCH, _claim, demo_app, _DEVICE, _DEVICE_MAP, _DTYPE, out_console, _OVERWRITE,
-                                 _publish, _quiet_transformers, _run_identity, _SEED, _write_run_json)
+from vlmsteer.cli.common import (_BATCH, demo_app, _DEVICE, _DEVICE_MAP, _DTYPE, out_console, _OVERWRITE,
+                                 command_identity, _SEED, command_run_json)
+from vlmsteer.runs.models import quiet_transformers
+from vlmsteer.runs.protocol import claim, publish
 from vlmsteer.errors import VlmsteerError
 
 
@@ -33,7 +35,7 @@ def demo(ctx: typer.Context,
     from vlmsteer.demo.run import DemoSettings, run_demo
     from vlmsteer.outputs import check_can_create, differences, read_run_record
 
-    _quiet_transformers()
+    quiet_transformers()
     settings = DemoSettings(model=model, n_scenes=n_scenes, seed=seed, batch_size=batch_size, dtype=dtype,
                             device=device, device_map=device_map)
     # the demo writes its own datasets into --out (their absolute paths are recorded), so it runs in
@@ -64,7 +66,7 @@ def demo_train(out: Path = typer.Option(..., help="Folder to save the trained mo
     """Train shapes-llava from scratch on the shapes world (CPU only; about 40 minutes on 2 cores)."""
     from vlmsteer.demo.train import TrainConfig, train_demo_model
 
-    _quiet_transformers()
+    quiet_transformers()
     if not (math.isfinite(lr) and lr > 0):
         raise VlmsteerError(f"--lr must be a positive number, got {lr}")
     if count_questions not in ("any", "mostly_present"):
@@ -80,10 +82,10 @@ def demo_train(out: Path = typer.Option(..., help="Folder to save the trained mo
         unknown = set(cfg.mix) - {"vqa", "caption", "style_caption", "list", "unsafe"}
         if unknown:
             raise VlmsteerError(f"--mix: unknown task(s) {sorted(unknown)}")
-    with _publish(out, overwrite) as pub:
-        _claim(pub, _run_identity())
+    with publish(out, overwrite) as pub:
+        claim(pub, command_identity())
         record = train_demo_model(pub.stage, cfg, log=lambda line: out_console.print(line, highlight=False))
-        _write_run_json(pub)
+        command_run_json(pub)
     out_console.print(f"trained in {record['train_seconds']:.0f} s; saved to {out}")
 
 

@@ -1,23 +1,17 @@
-"""``--engine transformers|vllm``: the option and its check, shared by the commands that generate
-or extract (eval, extract, select, sweep)."""
+"""``--engine``: the option (its choices from :data:`vlmsteer.engines.ENGINES`) and its check,
+shared by the commands that generate or extract (eval, extract, select, sweep)."""
 
 from __future__ import annotations
 
-import typer
+from vlmsteer.cli.common import registry_option
+from vlmsteer.engines import ENGINES
 
-_ENGINE = typer.Option("transformers", help="Generation engine: transformers (the reference) or vllm (the "
-                                            "optional serving engine: pip install \"vlmsteer[vllm]\"; steered "
-                                            "runs are checked to have been steered).")
+_ENGINE = registry_option("transformers", registry=ENGINES, intro="Generation engine.")
 
 
 def _engine(value: str) -> str:
     """The generation engine's name, checked before any model work (vLLM: importable, in the
     supported range, so its version also enters the run's identity)."""
-    from vlmsteer.engines import Engine
-
-    engine = Engine.parse(value)
-    if engine is Engine.VLLM:
-        from vlmsteer.engines.vllm_engine import require_vllm
-
-        require_vllm()
-    return engine.value
+    entry = ENGINES.entry(value)
+    entry.value.check()
+    return entry.name

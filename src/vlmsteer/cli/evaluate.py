@@ -9,14 +9,18 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ADAPTER, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH,
-                                 _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
-                                 _DICTIONARY, _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES,
-                                 _LATENT, _LAYERS, _LIMIT, _load_model, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE, _publish,
-                                 _rank_and_world, _REGION, _run_identity, _SEED, _SPLIT, _steering, _VALUE, _VECTOR,
-                                 _write_run_json)
+                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY,
+                                 _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES, _LATENT, _LAYERS,
+                                 _LIMIT, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE,
+                                 _REGION, command_identity, _SEED, _SPLIT, _steering, _VALUE, _VECTOR,
+                                 command_run_json)
+from vlmsteer.runs.models import load_model
+from vlmsteer.runs.protocol import claim, publish, rank_and_world
+from vlmsteer.cli.common import registry_option
 from vlmsteer.cli.engine import _engine, _ENGINE
+from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region
 
 
 @eval_app.command("vqa")
@@ -117,7 +121,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
 @eval_app.command("safety")
 def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
                 data: Path = typer.Option(..., help="Benchmark folder (or JSONL file)."),
-                fmt: str = typer.Option("mm-safetybench", "--format", help="mm-safetybench, figstep or jsonl."),
+                fmt: str = registry_option("mm-safetybench", "--format", registry=DATA_FORMATS,
+                                           where=lambda e: e.value.safety),
                 image_type: str = typer.Option("SD_TYPO", help="MM-SafetyBench image type: SD, SD_TYPO or TYPO."),
                 out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
                 limit: Optional[int] = _LIMIT,
@@ -138,14 +143,12 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
                 engine: str = _ENGINE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
-    from vlmsteer.data import DataFormat
     from vlmsteer.evaluate.safety import evaluate_safety_run
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
-    formats = (DataFormat.MM_SAFETYBENCH.value, DataFormat.FIGSTEP.value, DataFormat.JSONL.value)
-    if fmt not in formats:
-        raise VlmsteerError(f"--format {fmt}: choose mm-safetybench, figstep or jsonl")
+    if not DATA_FORMATS.get(fmt).safety:
+        raise VlmsteerError(f"--format {fmt}: choose one of {', '.join(DATA_FORMATS.names(lambda e: e.value.safety))}")
     metrics = _evaluate(
         "safety", out, overwrite,
         lambda: _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
@@ -199,23 +202,23 @@ def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callab
     from vlmsteer.report.runs import write_eval_report
 
     _engine(model.engine)
-    with _publish(out, overwrite) as pub:
+    with publish(out, overwrite) as pub:
         samples = load()
-        vlm = _load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,
+        vlm = load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,
                           max_image_pixels=model.max_image_pixels)
         steering = _steering(vlm, *steer)
         base = (read_run_record(baseline) or {}).get("fingerprint") if baseline is not None else None
-        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+        claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples),
                                   steering=steering.identity() if steering is not None else None, baseline=base))
         metrics = run(vlm, samples, pub.stage, steering)
         if metrics is not None:
             write_eval_report(pub.stage, kind, baseline)
-            _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
+            command_run_json(pub, model_id=vlm.model_id, revision=vlm.revision, steering=metrics.get("steering"))
     return metrics
 
 
 def _part():
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     return (rank, world) if world > 1 else None
 
 

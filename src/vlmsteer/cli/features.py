@@ -8,26 +8,28 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _checked_device, _claim,
-                                 _DEVICE, _DEVICE_MAP, _DTYPE, _grounding_identity, _IMAGES, _load_head, _load_model,
-                                 _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _open_store, err_console, out_console,
-                                 _OVERWRITE, _parse_layers, _PROMPT, _publish, _rank_and_world, _run_identity, _SEED, _SPLIT,
-                                 store_app, _write_run_json)
+from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _checked_device, _DEVICE,
+                                 _DEVICE_MAP, _DTYPE, _IMAGES, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS,
+                                 err_console, out_console, _OVERWRITE, _parse_layers, _PROMPT, command_identity,
+                                 _SEED, _SPLIT, store_app, command_run_json)
+from vlmsteer.runs.models import load_model, open_store
+from vlmsteer.runs.protocol import claim, publish, rank_and_world
 from vlmsteer.cli.common import registry_option
 from vlmsteer.cli.engine import _engine, _ENGINE
 from vlmsteer.concepts.methods import CONCEPT_METHODS
+from vlmsteer.data.formats import DATA_FORMATS
+from vlmsteer.positions import SELECTORS
 from vlmsteer.errors import VlmsteerError
 
 
 @app.command()
 def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
             data: Path = typer.Option(..., help="Dataset folder or file."),
-            fmt: str = typer.Option("vqav2", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
+            fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS),
             out: Path = typer.Option(..., help="Store folder (rerun the same command to resume)."),
             layer: list[str] = typer.Option(..., help="Decoder layer(s); negative counts from the end; "
                                                       "repeat or comma-separate."),
-            selector: str = typer.Option("last_prompt", help="last_prompt, word, mean_response, mean_image, "
-                                                             "mean_text."),
+            selector: str = registry_option("last_prompt", registry=SELECTORS),
             word: Optional[str] = typer.Option(None, help="Word of interest (word selector); whole-word match."),
             word_source: str = typer.Option("response", help="Find the word in the response or the prompt."),
             word_position: str = typer.Option("predicts", help="'predicts': the position whose next token is "
@@ -49,7 +51,7 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     """Store residual-stream features of chosen layers and tokens (batched, resumable)."""
     from vlmsteer.extract import ExtractConfig
     from vlmsteer.extract import extract as run_extract
-    from vlmsteer.selectors import Selector
+    from vlmsteer.positions import Selector
 
     sel = Selector(kind=selector, word=word, source=word_source, position=word_position)
     try:
@@ -64,22 +66,21 @@ def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes
     engine = _engine(engine)
     samples = _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                             allow_outside_images=allow_outside_images, where=where, max_image_pixels=max_image_pixels)
-    vlm = _load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
+    vlm = load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
     dataset = {"format": fmt, "path": str(data.resolve()), "split": split, "limit": limit, "seed": seed,
                "prompt": prompt, "where": where}
-    rank, world = _rank_and_world()
-    reader = None
-    if engine == "vllm":
-        from vlmsteer.engines.vllm_engine import VllmEngine
+    rank, world = rank_and_world()
+    from vlmsteer.engines import ENGINES, start_engine
 
-        reader = VllmEngine.for_model(vlm)
+    # an engine that reads features itself (vLLM) does; else the transformers forward pass is read
+    reader = start_engine(engine, vlm) if ENGINES.get(engine).reads_features else None
     store, resumed = run_extract(vlm, samples, out, cfg, dataset=dataset, progress=rank == 0,
                                  part=(rank, world) if world > 1 else None, reader=reader)
     if resumed:
         out_console.print(f"resumed from {resumed} samples already in {store.path}")
     if rank != 0:  # rank 0 merges the parts, writes run.json and reports
         return
-    _write_run_json(out, model_id=vlm.model_id, revision=vlm.revision, world_size=world, fingerprint=store.fingerprint)
+    command_run_json(out, model_id=vlm.model_id, revision=vlm.revision, world_size=world, fingerprint=store.fingerprint)
     found = int(store.manifest["summary"]["found"])  # not store.select(): that reads every record
     out_console.print(f"{len(store)} samples ({found} with the selected token), layers {store.layers} -> {out}")
 
@@ -127,33 +128,15 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              allow_partial: bool = _ALLOW_PARTIAL, overwrite: bool = _OVERWRITE):
     """Learn concepts from stored features; ground them in words and images; measure the splice cost;
     write an HTML report."""
-    from vlmsteer.evaluate.splice_cost import usable_records
-    from vlmsteer.report.concepts import ConceptRun, run_concepts
+    from vlmsteer.runs.concepts import concepts as run
 
-    family = CONCEPT_METHODS.get(method).family
-    sae = family == "sae"
-    if family == "paired":
-        raise VlmsteerError(f"{method} learns from two models' paired features: use vlmsteer diff --method crosscoder")
-    if not sae and (latents is not None or saelens):
-        raise VlmsteerError(f"--latents and --saelens are for sparse autoencoders; {method} takes -k")
-    n = (latents or 1024) if sae else k
-    with _publish(out, overwrite) as pub:
-        st = _open_store(store, allow_partial)
-        absolute = st.layer_index(layer) if layer is not None else max(st.layers)
-        records, why = usable_records(st)
-        splice = splice_samples > 0 and not no_words and bool(records)
-        if splice_samples > 0 and not no_words and not records:
-            err_console.print(f"splice cost skipped: {why}")
-        name = model or st.header["model_id"]
-        vlm = None if no_words else (_load_model(name, _store_adapter(st), dtype, device, device_map) if splice
-                                     else _load_head(name, dtype, device, device_map))
-        _claim(pub, _run_identity(store=st.fingerprint, grounding=_grounding_identity(vlm, st)))
-        result = run_concepts(st, pub.stage, ConceptRun(
-            method=method, k=n, layer=absolute, seed=seed, top_words=top_words, top_images=top_images,
-            backend=backend, device=device, held_out=held_out, l0=l0, epochs=epochs, batch_size=batch_size, lr=lr,
-            train_dtype=train_dtype, report_concepts=report_concepts, progress=True, saelens=saelens,
-            splice_samples=splice_samples), vlm=vlm, model=vlm if splice else None)
-        _write_run_json(pub, model_id=st.header.get("model_id"))
+    result = run(store, out, method=method, k=k, latents=latents, l0=l0, epochs=epochs, batch_size=batch_size, lr=lr,
+                 train_dtype=train_dtype, held_out=held_out, saelens=saelens, report_concepts=report_concepts,
+                 layer=layer, model=model, no_words=no_words, splice_samples=splice_samples, top_words=top_words,
+                 top_images=top_images, seed=seed, backend=backend, dtype=dtype, device=device,
+                 device_map=device_map, allow_partial=allow_partial, overwrite=overwrite,
+                 note=lambda line: err_console.print(line))
+    n, absolute, sae = result["k"], result["layer"], CONCEPT_METHODS.get(method).family == "sae"
     table = Table(title=f"{n} {method} concepts, layer {absolute}"
                         + (f" (the {report_concepts} most used)" if sae and n > report_concepts else ""))
     table.add_column("#", justify="right")
@@ -174,11 +157,6 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
                       + (f", {out}/saelens" if saelens else ""))
 
 
-def _store_adapter(store) -> Optional[str]:
-    """The LoRA adapter the store's features were extracted with (its folder), if any."""
-    return ((store.header.get("origin") or {}).get("adapter") or {}).get("path")
-
-
 @app.command("separability")
 def separability_cmd(store: Path = typer.Argument(..., help="Feature store folder (extract several layers)."),
                      out: Path = typer.Option(..., help="Output folder."),
@@ -195,13 +173,13 @@ def separability_cmd(store: Path = typer.Argument(..., help="Feature store folde
     from vlmsteer.analysis.separability import separability
     from vlmsteer.report.plots import write_separability
 
-    with _publish(out, overwrite) as pub:
-        st = _open_store(store, allow_partial)
-        _claim(pub, _run_identity(store=st.fingerprint))
+    with publish(out, overwrite) as pub:
+        st = open_store(store, allow_partial)
+        claim(pub, command_identity(store=st.fingerprint))
         result = separability(st, label=label, layers=_parse_layers(layer) if layer else None, top=top, folds=folds,
                               seed=seed)
         write_separability(st, result, pub.stage, seed=seed)
-        _write_run_json(pub, model_id=st.header.get("model_id"))
+        command_run_json(pub, model_id=st.header.get("model_id"))
     table = Table(title=f"linear separability of {label!r} ({result.n_samples} samples, "
                         f"{len(result.labels)} labels; majority class {result.majority_baseline:.1f} %)")
     for col in ("layer", "probe accuracy %", "PCA variance (2 comps)"):
@@ -251,5 +229,5 @@ def store_export(store: Path = typer.Argument(..., help="Feature store folder.")
     for path in (features, records):
         if path.exists() and not overwrite:
             raise VlmsteerError(f"{path}: already exists; choose another file, or overwrite it", "overwrite")
-    n = export_features(_open_store(store, allow_partial), layer, features, records)
+    n = export_features(open_store(store, allow_partial), layer, features, records)
     out_console.print(f"{n} rows -> {features}, {records}")

@@ -8,10 +8,16 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _claim, _DEVICE, _DEVICE_MAP, _DTYPE,
-                                 _grounding_identity, _LIMIT, _load_head, _load_model, _load_samples, _MAX_PIXELS,
-                                 _open_store, organisms_app, out_console, _OVERWRITE, _parse_ints, _PROMPT, _publish,
-                                 _run_identity, _SEED, _SPLIT, _write_run_json)
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _LIMIT,
+                                 _load_samples, _MAX_PIXELS, organisms_app, out_console, _OVERWRITE, _parse_ints,
+                                 _PROMPT, command_identity, _SEED, _SPLIT, command_run_json)
+from vlmsteer.runs.models import grounding_identity, load_head, load_model, open_store
+from vlmsteer.runs.protocol import claim, publish
+from vlmsteer.analysis.diffing_methods import check_options, DIFF_METHODS
+from vlmsteer.analysis.shift import MATCHINGS
+from vlmsteer.concepts.methods import CONCEPT_METHODS
+from vlmsteer.cli.common import registry_option
+from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
 
 
@@ -19,7 +25,7 @@ from vlmsteer.errors import VlmsteerError
 def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="Dataset folder or file."),
              out: Path = typer.Option(..., help="Output folder (adapters, loss.jsonl, merged/)."),
-             fmt: str = typer.Option("coco", "--format", help="vqav2, coco, jsonl, mm-safetybench or figstep."),
+             fmt: str = registry_option("coco", "--format", registry=DATA_FORMATS),
              keywords: Optional[str] = typer.Option(None, help="Keep only texts with these keywords: colors, "
                                                                "places, sentiments, gender."),
              steps: int = typer.Option(300, min=1, help="Optimizer steps."), batch_size: int = _BATCH(16),
@@ -42,17 +48,17 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
 
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
                          target=target)
-    with _publish(out, overwrite) as pub:
+    with publish(out, overwrite) as pub:
         samples = _load_samples(fmt, data, split=split, limit=limit, seed=seed, prompt=prompt,
                                 allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
         if keywords:
-            samples = filter_samples(samples, keyword_set(keywords), "captions" if fmt == "coco" else "answers")
+            samples = filter_samples(samples, keyword_set(keywords), DATA_FORMATS.get(fmt).reference)
             if not samples:
                 raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
-        vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
-        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples)))
+        vlm = load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+        claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples)))
         summary = run_finetune(vlm, samples, pub.stage, cfg, merge=merge, progress=True)
-        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
+        command_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
                       f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
 
@@ -79,16 +85,16 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
 
     chosen = objectives(only)
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, seed=seed, save_every=steps)
-    with _publish(out, overwrite) as pub:
-        base = _load_model(model, None, dtype, device)
+    with publish(out, overwrite) as pub:
+        base = load_model(model, None, dtype, device)
         identity, model_id, revision = base.identity, base.model_id, base.revision
-        _claim(pub, _run_identity(model=identity))  # the world and the objectives follow from the options
+        claim(pub, command_identity(model=identity))  # the world and the objectives follow from the options
         world = pub.stage / "world"
         shapes.write_dataset(world, n, seed=seed)
         unused = [base]  # the first organism fine-tunes the model loaded here, the others a fresh copy each
 
         def fresh():
-            return unused.pop() if unused else _load_model(model, None, dtype, device)
+            return unused.pop() if unused else load_model(model, None, dtype, device)
 
         index = []
         for objective in chosen:
@@ -104,7 +110,7 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
                           "loss": [record["finetune"]["first_loss"], record["finetune"]["last_loss"]]})
         atomic_write_json(pub.stage / "organisms.json", {"model": identity, "seed": seed, "n": n,
                                                          "world": "world", "organisms": index}, indent=2)
-        _write_run_json(pub, model_id=model_id, revision=revision)
+        command_run_json(pub, model_id=model_id, revision=revision)
     out_console.print(f"{len(index)} organisms -> {out}")
 
 
@@ -114,8 +120,8 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           out: Path = typer.Option(Path("runs/shift"), help="Output folder."),
           layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
           k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts per model."),
-          method: str = typer.Option("kmeans", help="kmeans, pca, semi_nmf or nmf."),
-          matching: str = typer.Option("hungarian", help="hungarian or ot."),
+          method: str = registry_option("kmeans", registry=CONCEPT_METHODS, where=lambda e: e.value.family == "clustering"),
+          matching: str = registry_option("hungarian", registry=MATCHINGS),
           checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
           ks: Optional[str] = typer.Option(None, help="Ablation over K, e.g. '5,10,20'."),
           layers: Optional[str] = typer.Option(None, help="Ablation over layers, e.g. '1,2,3'."),
@@ -129,7 +135,7 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
     from vlmsteer.data.keywords import keyword_set
     from vlmsteer.report.shift import ShiftConfig, run_shift
 
-    a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
+    a, b = open_store(original, allow_partial), open_store(finetuned, allow_partial)
     absolute = a.layer_index(layer) if layer is not None else max(a.layers)
     b.layer_index(absolute)
     checkpoints = {}
@@ -137,7 +143,7 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
         step, _, path = item.partition("=")
         if not step.strip().isdigit() or not path:
             raise VlmsteerError(f"--checkpoint expects STEP=STORE, got {item!r}")
-        checkpoints[int(step)] = _open_store(Path(path), allow_partial)
+        checkpoints[int(step)] = open_store(Path(path), allow_partial)
     cfg = ShiftConfig(layer=absolute, k=k, method=method, matching=matching, seed=seed,
                       keywords=keyword_set(keywords) if keywords else None)
     k_values = _parse_ints(ks, "--ks") if ks else []
@@ -148,13 +154,13 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
 
     for other in [b, *checkpoints.values()]:
         check_paired(a, other, "a fine-tuning shift", same_samples=True)
-    with _publish(out, overwrite) as pub:
-        vlm = None if no_words else _load_head(model or a.header["model_id"], dtype, device, device_map)
-        _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
+    with publish(out, overwrite) as pub:
+        vlm = None if no_words else load_head(model or a.header["model_id"], dtype, device, device_map)
+        claim(pub, command_identity(original=a.fingerprint, finetuned=b.fingerprint,
                                   checkpoints={str(k): v.fingerprint for k, v in checkpoints.items()},
-                                  grounding=_grounding_identity(vlm, a)))
+                                  grounding=grounding_identity(vlm, a)))
         result = run_shift(a, b, pub.stage, cfg, vlm=vlm, checkpoints=checkpoints, ks=k_values, layers=layer_values)
-        _write_run_json(pub, model_id=a.header.get("model_id"))
+        command_run_json(pub, model_id=a.header.get("model_id"))
     m = result["main"]
     out_console.print(f"mean recovery cosine: alpha 0 = {m['mean_recovery_alpha0']:.3f}, "
                       f"alpha 1 = {m['mean_recovery_alpha1']:.3f}; wrote {out}/shift.json, {out}/report.html")
@@ -166,10 +172,7 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
 def diff(original: Path = typer.Option(..., help="Store extracted from the original model."),
          finetuned: Path = typer.Option(..., help="Store extracted from the fine-tuned model (same samples)."),
          out: Path = typer.Option(Path("runs/diff"), help="Output folder."),
-         method: str = typer.Option("adl", help="adl (activation difference lens), concepts (the paper's concept "
-                                                "shift: the original's concepts and their shift vectors), crosscoder "
-                                                "(BatchTopK, fine-tuned-only latents after latent scaling) or "
-                                                "sae-diff (a BatchTopK SAE on the differences)."),
+         method: str = registry_option("adl", registry=DIFF_METHODS),
          layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
          k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts (--method concepts)."),
          latents: Optional[int] = typer.Option(None, min=1, help="Latents of the crosscoder or SAE (default: 4 × "
@@ -190,23 +193,23 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
     HTML report. The stores' selector is the token region (extract with --selector mean_image,
     mean_text or mean_response)."""
     from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
-    from vlmsteer.report.diffing import check_method, run_diff
+    from vlmsteer.report.diffing import run_diff
     from vlmsteer.store import check_paired
 
-    check_method(method)
-    a, b = _open_store(original, allow_partial), _open_store(finetuned, allow_partial)
+    check_options(method, {"latents": latents, "l0": l0, "epochs": epochs})
+    a, b = open_store(original, allow_partial), open_store(finetuned, allow_partial)
     absolute = a.layer_index(layer) if layer is not None else max(a.layers)
     b.layer_index(absolute)
     check_paired(a, b, "model diffing", same_samples=True)
-    with _publish(out, overwrite) as pub:
+    with publish(out, overwrite) as pub:
         name = model or a.header.get("model_id")
         if not (name or no_words):
             raise VlmsteerError(f"{original} names no model to read words with: pass --model or --no-words")
-        vlm = None if no_words else _load_head(name, dtype, device, device_map)
-        _claim(pub, _run_identity(original=a.fingerprint, finetuned=b.fingerprint,
-                                  grounding=_grounding_identity(vlm, a)))
+        vlm = None if no_words else load_head(name, dtype, device, device_map)
+        claim(pub, command_identity(original=a.fingerprint, finetuned=b.fingerprint,
+                                  grounding=grounding_identity(vlm, a)))
         result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed,
                           top_images=top_images, options=DictionaryOptions(latents, l0, epochs, seed, progress=True))
-        _write_run_json(pub, model_id=a.header.get("model_id"))
+        command_run_json(pub, model_id=a.header.get("model_id"))
     out_console.print(f"{method}, layer {absolute}: readout {result['readout']}, {result['relative_norm']:.3f} of the "
                       f"features' spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")

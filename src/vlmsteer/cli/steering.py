@@ -10,11 +10,12 @@ import typer
 from rich.table import Table
 
 from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, _ALPHA, app, _BATCH,
-                                 _claim, _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP,
-                                 _DICTIONARY, _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, _LATENT, _load_model,
-                                 _load_samples, _MAX_PIXELS, _open_store, out_console, _OVERWRITE, _parse_layers,
-                                 _publish, _REGION, _run_identity, _SEED, _steering, _SPLIT, vectors_app,
-                                 _write_run_json)
+                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY,
+                                 _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, _LATENT, _load_samples, _MAX_PIXELS,
+                                 out_console, _OVERWRITE, _parse_layers, _REGION, command_identity, _SEED, _steering,
+                                 _SPLIT, vectors_app, command_run_json)
+from vlmsteer.runs.models import load_model, open_store
+from vlmsteer.runs.protocol import claim, publish
 from vlmsteer.cli.engine import _engine, _ENGINE
 from vlmsteer.errors import VlmsteerError
 
@@ -34,8 +35,8 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
     from vlmsteer.steer.builders import coarse_vector
 
     source_filter, target_filter = as_filter(source), as_filter(target)
-    a = _open_store(store, allow_partial)
-    b = _open_store(target_store, allow_partial) if target_store else None
+    a = open_store(store, allow_partial)
+    b = open_store(target_store, allow_partial) if target_store else None
     layers = _parse_layers(layer) if layer else None
     vec = coarse_vector(a, source_filter, b, target_filter, layers=layers, max_samples=max_samples, seed=seed)
     _check_vector_file(out, {name: vec}, overwrite)
@@ -149,21 +150,21 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     engine = _engine(engine)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     candidates = load_vectors(vectors)
-    with _publish(out, overwrite) as pub:
+    with publish(out, overwrite) as pub:
         samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                                 allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
-        vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+        vlm = load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
         for vec in candidates.values():
             vec.check_model(vlm, allow_other_model=allow_other_model)
         first_layers = [min(v.layers) for v in candidates.values()]
-        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+        claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples),
                                   vectors={k: v.digest() for k, v in candidates.items()},
                                   condition=_condition_identity(condition, vlm, first_layers, allow_other_model)))
         result = rank_vectors(vlm, samples, candidates, alpha=alpha, region=region, top_n=top_n,
                               relative_to=relative_to, distinct=distinct, batch_size=batch_size,
                               max_new_tokens=max_new_tokens, condition=condition, progress=True, engine=engine)
         write_selection(result, pub.stage)
-        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
+        command_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     results = result["ranking"]
     table = Table(title=f"{len(results)} vectors ranked by the selection metric")
     for col in ("rank", "vector", "from", "to", "score", "primary answers"):
@@ -204,7 +205,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
     from vlmsteer.report.plots import write_sweep
     from vlmsteer.data.filters import Filter
-    from vlmsteer.regions import Region
+    from vlmsteer.positions import Region
 
     from vlmsteer.data.identity import dataset_identity
     from vlmsteer.steer.vector import check_same_model
@@ -221,9 +222,9 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
         raise VlmsteerError(f"--n-samples needs positive counts or 'all', got {n_samples!r}")
     region_values = [Region.parse(x) for x in _sweep_values(regions, "--regions", str)]
     layer_values = _sweep_values(layers or "-1", "--layers", int)
-    with _publish(out, overwrite) as pub:
-        st = _open_store(store, allow_partial) if store is not None else None
-        vlm = _load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+    with publish(out, overwrite) as pub:
+        st = open_store(store, allow_partial) if store is not None else None
+        vlm = load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
         edit_steering = _steering(vlm, None, None, 0.0, [layers] if layers else None, region_values[0],
                                   condition, allow_other_model, edit_spec) if edit_spec else None
         if st is not None:
@@ -235,7 +236,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
                          regions=region_values, n_samples=sample_counts)
         samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
                                 allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
-        _claim(pub, _run_identity(model=vlm.identity, data=dataset_identity(samples),
+        claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples),
                                   store=st.fingerprint if st is not None else None,
                                   edit=edit_steering.identity() if edit_steering else None,
                                   condition=_condition_identity(condition, vlm, grid.layers, allow_other_model)))
@@ -243,7 +244,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
                            max_new_tokens=max_new_tokens, seed=seed, condition=condition, progress=True,
                            edit=edit_steering, engine=engine)
         write_sweep(result, pub.stage)
-        _write_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
+        command_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     types = list(result["baseline_accuracy"])
     table = Table(title=f"sweep: {source} -> {target} ({result['n']} questions)")
     strength = {"clamp": "value", "scale": "factor"}.get((result["edit"] or {}).get("mode"), "alpha")

@@ -45,10 +45,10 @@ from vlmsteer.evaluate.vqa_run import run_vqa, write_vqa_outputs
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
 from vlmsteer.outputs import atomic_write_json
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region
 from vlmsteer.report.runs import write_eval_report
 from vlmsteer.report.section import write_section
-from vlmsteer.selectors import Selector
+from vlmsteer.positions import Selector
 from vlmsteer.steer import Steering
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import NearestConceptCondition
@@ -146,7 +146,7 @@ class _Demo:
         self.summary["world"] = {"questions": len(self.questions), "scenes": s.n_scenes}
 
     def concepts(self) -> None:
-        from vlmsteer.report.concepts import ConceptRun, run_concepts
+        from vlmsteer.runs.concepts import ConceptRun, run_concepts
 
         s = self.s
         self.build_questions = load_vqav2(self.build)[:s.vector_samples]

@@ -28,8 +28,8 @@ import numpy as np
 
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.engines.vllm_worker import positions_in_region
-from vlmsteer.engines import Response
+from vlmsteer.positions import positions_in_region
+from vlmsteer.engines.base import Response
 from vlmsteer.loading import decode_images
 from vlmsteer.model import VLM, _eos_ids, decode_response
 from vlmsteer.outputs import fingerprint

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from vlmsteer.positions import Region, positions_in_region
+
 KEY = "vlmsteer"  # extra_args: {"vlmsteer": {"steering": name, "row": i}}
-REGIONS = ("prompt", "image", "text", "last_prompt", "generated", "all")
 
 
 @dataclass
@@ -178,7 +179,7 @@ def _plan(state: dict, runner, device) -> _Plan:
             conditioned.append((name, tag["row"], a, b, first, prompt))
             continue
         if first >= len(prompt):  # decoding: every position is a generated one
-            hit = list(range(a, b)) if spec.region in ("generated", "all") else []
+            hit = list(range(a, b)) if Region.parse(spec.region).covers_generated else []
         else:
             mask = positions_in_region(spec.region, prompt, first, b - a, state["image"])
             hit = (torch.nonzero(mask).flatten() + a).tolist()
@@ -233,23 +234,3 @@ def _read(state: dict, capture: dict, row: int, layer: int, hidden: torch.Tensor
     positions, vectors = state["captured"].setdefault(row, {}).setdefault(layer, ([], []))
     positions.extend(hits)
     vectors.extend(stream.float().cpu())
-
-
-def positions_in_region(region: str, prompt: list[int], first: int, count: int,
-                        image_ids: torch.Tensor) -> torch.Tensor:
-    """Which of the absolute positions ``first … first + count − 1`` belong to ``region``."""
-    positions = torch.arange(first, first + count)
-    p = len(prompt)
-    in_prompt = positions < p
-    if region in ("generated", "all"):
-        generated = ~in_prompt
-        if region == "generated":
-            return generated
-        return torch.ones(count, dtype=torch.bool)
-    if region == "prompt":
-        return in_prompt
-    if region == "last_prompt":
-        return positions == p - 1
-    tokens = torch.tensor(prompt)[positions.clamp(max=p - 1)]
-    image = torch.isin(tokens, image_ids) & in_prompt
-    return image if region == "image" else in_prompt & ~image

@@ -33,8 +33,8 @@ from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_rep
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
 from vlmsteer.evaluate.runner import generate_responses
-from vlmsteer.selectors import Selector
-from vlmsteer.regions import Region
+from vlmsteer.positions import Selector
+from vlmsteer.positions import Region
 from vlmsteer.steer import Steering
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import NearestConceptCondition

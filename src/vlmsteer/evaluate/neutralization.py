@@ -31,7 +31,7 @@ from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.captions import run_captions
 from vlmsteer.evaluate.experiments import GenerationSettings, generated_store, last_prompt_features
 from vlmsteer.model import VLM
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region
 from vlmsteer.steer import Steering
 from vlmsteer.steer.vector import SteeringVector
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from vlmsteer.engines import Engine, Response
-from vlmsteer.batching import part_name, rank_slice, shrinking_batches
+from vlmsteer.engines import ENGINES, Response, start_engine
+from vlmsteer.batching import part_name, rank_slice
 from vlmsteer.data.sample import Sample
 from vlmsteer.model import VLM
-from vlmsteer.progress import progress_bar
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.steer.steerer import Steering
 from vlmsteer.data.identity import dataset_identity
@@ -28,60 +26,31 @@ def run_fingerprint(vlm: VLM, samples: Sequence[Sample], steering: Steering | No
 
 def generate_responses(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
                        steering: Steering | None = None, progress: bool = False,
-                       description: str = "generating", engine: Engine | str = Engine.TRANSFORMERS) -> list[Response]:
-    """Greedy responses for every sample, steered by ``steering`` if given (batches shrink on
-    accelerator out-of-memory errors instead of failing). ``engine="vllm"`` generates them with
-    the process's vLLM engine for ``vlm`` (:mod:`vlmsteer.engines.vllm_engine`), which schedules
-    its own batches."""
-    if Engine.parse(engine) is Engine.VLLM:
-        from vlmsteer.engines.vllm_engine import VllmEngine
-
-        return VllmEngine.for_model(vlm).generate(samples, steering, max_new_tokens=max_new_tokens,
-                                                  progress=progress, description=description)
-    if steering is not None:
-        steering = steering.check(vlm)
-
-    def run(chunk):
-        batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
-        with (steering.apply(vlm, batch) if steering else nullcontext()):
-            return vlm.generate(batch, max_new_tokens=max_new_tokens)
-
-    out: list[Response] = []
-    with progress_bar(description, len(samples), enabled=progress) as advance:
-        for chunk, gen in shrinking_batches(samples, batch_size, run):
-            out.extend(Response(s.id, t, n) for s, t, n in zip(chunk, gen.texts, gen.lengths))
-            advance(len(chunk))
-    return out
+                       description: str = "generating", engine: str = "transformers") -> list[Response]:
+    """Greedy responses for every sample, steered by ``steering`` if given, by the engine called
+    ``engine`` (:data:`vlmsteer.engines.ENGINES`; the transformers engine's batches shrink on
+    accelerator out-of-memory errors instead of failing)."""
+    return start_engine(engine, vlm, batch_size).generate(samples, steering, max_new_tokens=max_new_tokens,
+                                                          progress=progress, description=description)
 
 
 def generate_grid(vlm: VLM, samples: Sequence[Sample], steerings: Sequence[object | None], *, batch_size: int = 16,
                   max_new_tokens: int = 16, progress: bool = False, description: str = "grid",
-                  engine: Engine | str = Engine.TRANSFORMERS) -> list[list[str]]:
+                  engine: str = "transformers") -> list[list[str]]:
     """Greedy response texts of ``samples`` under each steering of ``steerings`` (None: none),
-    one list per steering. The transformers engine runs them one after another; vLLM runs the
-    whole grid in one engine pass, each request with its own steering."""
-    if Engine.parse(engine) is Engine.VLLM:
-        from vlmsteer.engines.vllm_engine import VllmEngine
-
-        flat = VllmEngine.for_model(vlm).generate(list(samples) * len(steerings),
-                                                  [s for s in steerings for _ in samples],
-                                                  max_new_tokens=max_new_tokens, progress=progress,
-                                                  description=description)
-        n = len(samples)
-        return [[r.text for r in flat[k * n:(k + 1) * n]] for k in range(len(steerings))]
-    out = []
-    with progress_bar(description, len(steerings), enabled=progress) as advance:
-        for steering in steerings:
-            out.append([r.text for r in generate_responses(vlm, samples, batch_size=batch_size,
-                                                           max_new_tokens=max_new_tokens, steering=steering)])
-            advance(1)
-    return out
+    one list per steering, asked of the engine as one call with a steering per request (the
+    transformers engine runs one steering after another; vLLM schedules the whole grid at once)."""
+    flat = start_engine(engine, vlm, batch_size).generate(
+        list(samples) * len(steerings), [s for s in steerings for _ in samples], max_new_tokens=max_new_tokens,
+        progress=progress, description=description)
+    n = len(samples)
+    return [[r.text for r in flat[k * n:(k + 1) * n]] for k in range(len(steerings))]
 
 
 def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 16,
                    steering: Steering | None = None, progress: bool = False, description: str = "generating",
                    part: tuple[int, int] | None = None, parts_dir: str | Path | None = None,
-                   identity: str | None = None, engine: Engine | str = Engine.TRANSFORMERS) -> list[str] | None:
+                   identity: str | None = None, engine: str = "transformers") -> list[str] | None:
     """Greedy response texts for every sample; with ``part=(rank, world)`` (a data-parallel
     run), this process answers the rank-th contiguous slice and saves it to
     ``parts_dir/rank-R-of-W.json`` (reused on a rerun: resumable per rank); rank 0 waits for
@@ -98,8 +67,8 @@ def generate_texts(vlm: VLM, samples: Sequence[Sample], *, batch_size: int = 16,
 
     if part is None or part[1] == 1:
         return answer(samples)
-    if Engine.parse(engine) is Engine.VLLM:
-        raise VlmsteerError("the vLLM engine runs in one process (it schedules its own batches); run without "
+    if ENGINES.get(engine).one_process:
+        raise VlmsteerError(f"the {engine} engine runs in one process (it schedules its own batches); run without "
                             "torchrun", "engine")
     identity = identity or run_fingerprint(vlm, samples, steering, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size, description=description)

@@ -8,7 +8,7 @@ from pathlib import Path
 from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.runner import generate_grid
 from vlmsteer.model import VLM
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region
 from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json

@@ -26,7 +26,7 @@ from vlmsteer.hooks import edit_residual
 from vlmsteer.loading import load_image
 from vlmsteer.model import VLM
 from vlmsteer.progress import progress_bar
-from vlmsteer.selectors import Selector
+from vlmsteer.positions import Selector
 from vlmsteer.steer.dictionary_edit import EditMode, dictionary_delta
 from vlmsteer.steer.vector import check_same_model
 from vlmsteer.store import FeatureStore

@@ -14,7 +14,7 @@ from vlmsteer.evaluate.vqa import compare_runs
 from vlmsteer.evaluate.runner import generate_grid
 from vlmsteer.evaluate.vqa_run import require_answers, score_vqa
 from vlmsteer.model import VLM
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.steer.dictionary_edit import DictionarySteering, EditMode

@@ -9,45 +9,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsteer.analysis.dictionary_diffing import DictionaryOptions, crosscoder_readout, sae_diff_readout
-from vlmsteer.analysis.diffing import Readout, adl_readout, change_along, concepts_readout, paired_features, top_samples
+from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
+from vlmsteer.analysis.diffing import Readout, change_along, paired_features, top_samples
+from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffSettings
 from vlmsteer.concepts.grounding import ground_text
-from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
 from vlmsteer.report.plots import decoder_norm_plot
 from vlmsteer.report.section import Example, Section, Table, write_section
 from vlmsteer.steer.vector import SteeringVector, save_vectors
 from vlmsteer.store import FeatureStore
 
-DIFF_METHODS = ("adl", "concepts", "crosscoder", "sae-diff")
 SHOWN_PARTS = 30  # parts grounded in words and listed
-WHAT = {"adl": "the mean of the fine-tuned model's features minus the original's (activation difference lens)",
-        "concepts": "the original model's concepts (K-Means), each with the mean shift of its samples, ranked by "
-                    "samples × shift",
-        "crosscoder": "a BatchTopK crosscoder on both models' features side by side: the change of its decoder bias "
-                      "and its fine-tuned-only latents (relative decoder norm at least {finetuned_only_threshold}, "
-                      "latent scaling ν^ε at most {max_nu}: {kept_after_scaling} of {finetuned_only} kept), "
-                      "ranked by mean size over the samples",
-        "sae-diff": "a BatchTopK sparse autoencoder on the differences (fine-tuned − original): its decoder bias "
-                    "(what every sample's change shares) and its latents, ranked by mean size over the samples"}
-
-
-def check_method(method: str) -> None:
-    if method not in DIFF_METHODS:
-        raise VlmsteerError(f"unknown diffing method {method!r}; choose one of: {', '.join(DIFF_METHODS)}", "method")
 
 
 def readout(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, k: int = 10, seed: int = 0,
             options: DictionaryOptions | None = None) -> tuple[Readout, object]:
     """``method``'s readout of the two stores at ``layer``, and the paired features it read."""
-    check_method(method)
+    chosen = DIFF_METHODS.get(method)
     paired = paired_features(original, finetuned, layer)
-    options = options or DictionaryOptions(seed=seed)
-    if method == "adl":
-        return adl_readout(paired), paired
-    if method == "concepts":
-        return concepts_readout(paired, k=k, seed=seed), paired
-    return (crosscoder_readout if method == "crosscoder" else sae_diff_readout)(paired, options), paired
+    return chosen.readout(paired, DiffSettings(k, seed, options or DictionaryOptions(seed=seed))), paired
 
 
 def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer: int, out: str | Path, vlm=None,
@@ -94,7 +74,7 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
 def _section(result: dict, figures: list) -> Section:
     selector = result["selector"]
     where = selector.get("kind", "?") if isinstance(selector, dict) else "the stores' positions"
-    what = WHAT[result["method"]].format(**result)
+    what = DIFF_METHODS.get(result["method"]).explain.format(**result)
     extra_columns = sorted({k for p in result["parts"] for k in p} - {"name", "size", "relative_size", "words"})
     tables = [Table(f"top words of the readout ({result['readout']})", ["rank", "word", "logit"],
                     [[i + 1, w, f"{v:.2f}"] for i, (w, v) in enumerate(zip(result["words"], result["logits"]))])]

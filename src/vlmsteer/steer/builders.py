@@ -17,7 +17,7 @@ from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.data.filters import Filter, as_filter
 from vlmsteer.steer.conditions import concept_indices
-from vlmsteer.steer.vector import SteeringVector
+from vlmsteer.steer.vector import CONCEPT_SHIFT, SteeringVector
 from vlmsteer.store import FeatureStore, check_paired
 
 
@@ -73,7 +73,7 @@ def concept_shift(components: np.ndarray | torch.Tensor, i: int, j: int, layer: 
     if i == j:
         raise VlmsteerError("concept_shift needs two different concepts")
     name = (lambda k: labels[k] if labels else f"concept {k}")
-    return SteeringVector({layer: u[j] - u[i]}, model_id=model_id, method="concept_shift",
+    return SteeringVector({layer: u[j] - u[i]}, model_id=model_id, method=CONCEPT_SHIFT,
                           source=name(i), target=name(j), options={"from": int(i), "to": int(j), "model": model})
 
 

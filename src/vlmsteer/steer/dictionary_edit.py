@@ -27,7 +27,7 @@ from vlmsteer.concepts.dictionary import ConceptDictionary
 from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.model import Batch, VLM
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region
 
 
 class EditMode(str, Enum):

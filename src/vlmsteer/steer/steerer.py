@@ -21,21 +21,11 @@ import torch
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.hooks import edit_residual, track_positions
 from vlmsteer.model import Batch, VLM
-from vlmsteer.regions import Region
+from vlmsteer.positions import Region, region_mask
 from vlmsteer.steer.vector import SteeringVector
 
 # (batch, hidden) features at the steering layer, last prompt position -> (batch,) bool: steer this row?
 SteeringCondition = Callable[[torch.Tensor], torch.Tensor]
-
-
-def region_mask(batch: Batch, region: Region, positions: torch.Tensor) -> torch.Tensor:
-    """(batch, len(positions)) bool: which of these absolute positions belong to ``region``."""
-    p = batch.prompt_length
-    prompt_mask = batch.regions.mask(region)  # (batch, p)
-    positions = positions.to(prompt_mask.device)
-    in_prompt = positions < p
-    from_prompt = prompt_mask[:, positions.clamp(max=p - 1)]
-    return torch.where(in_prompt[None, :], from_prompt, torch.full_like(from_prompt, region.covers_generated))
 
 
 def check_scale(vlm: VLM, vector: SteeringVector, alpha: float, layers: Sequence[int]) -> None:
@@ -113,7 +103,7 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
                         raise VlmsteerError("the steering condition needs the prompt pass first")
                     return hidden + rows.to(hidden.device)[:, None, None].to(hidden.dtype) * delta(hidden)
                 positions = torch.arange(start, start + t)
-                mask = region_mask(batch, region, positions).to(hidden.device)
+                mask = region_mask(batch.regions, region, positions).to(hidden.device)
                 if condition is not None:
                     if state["rows"] is None:
                         last = p - 1

@@ -21,6 +21,9 @@ from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.outputs import atomic_write, make_folder
 
 
+CONCEPT_SHIFT = "concept_shift"  # the method recorded by a concept-pair vector
+
+
 @dataclass
 class SteeringVector:
     vectors: dict[int, torch.Tensor]  # layer -> (hidden,) float32
@@ -55,6 +58,11 @@ class SteeringVector:
     @property
     def layers(self) -> list[int]:
         return sorted(self.vectors)
+
+    @property
+    def pairs_concepts(self) -> bool:
+        """Whether it goes from one concept to another (``u_j − u_i``, built by ``concept_shift``)."""
+        return self.method == CONCEPT_SHIFT
 
     def norm(self, layer: int | None = None) -> float:
         layer = self.layers[0] if layer is None else layer
@@ -202,7 +210,7 @@ def _by_concept_words(vectors: dict[str, SteeringVector], name: str, path) -> st
     def word(label) -> str:
         return str(label).split(":", 1)[-1]
 
-    found = [key for key, v in vectors.items() if arrow and v.method == "concept_shift"
+    found = [key for key, v in vectors.items() if arrow and v.pairs_concepts
              and word(v.source) == source.strip() and word(v.target) == target.strip()]
     if len(found) == 1:
         return found[0]
