@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 from vlmsteer.concepts import load_dictionary, make_dictionary
 from vlmsteer.concepts.methods import methods_of
 from vlmsteer.concepts.sae_methods import TopKSAE
+from vlmsteer.concepts.sae_training import autograd_loss, written_step
 from vlmsteer.concepts.saelens import load_saelens, save_saelens
 from vlmsteer.errors import VlmsteerError
 
@@ -233,70 +234,10 @@ def test_products_over_positions_equal_the_dense_matrix(rows_in_order, nnz, kind
     assert torch.allclose(other.t_mm(values, torch.cat([m_t, m_t])), matrix.T @ m_t)
 
 
-class _Gate(torch.autograd.Function):
-    """JumpReLU's gate with its straight-through threshold gradient on the active values (the
-    rectangle kernel's half above θ: the sparse products give no gradient for inactive ones)."""
-
-    @staticmethod
-    def forward(ctx, pre, log_theta, eps):
-        ctx.save_for_backward(pre, log_theta)
-        ctx.eps = eps
-        return pre * (pre > log_theta.exp())
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, log_theta = ctx.saved_tensors
-        theta = log_theta.exp()
-        active, near = pre > theta, ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
-        return grad * active, (-(theta / ctx.eps) * near * grad * active).sum(0) * theta, None
-
-
-class _Count(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pre, log_theta, eps):
-        ctx.save_for_backward(pre, log_theta)
-        ctx.eps = eps
-        return (pre > log_theta.exp()).sum().to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, log_theta = ctx.saved_tensors
-        theta = log_theta.exp()
-        return None, grad * -((pre - theta).abs() < ctx.eps / 2).sum(0).to(pre.dtype) / ctx.eps * theta, None
-
-
 def _reference_loss(sae, t, x, train, dead_rows, aux_k):
-    """A training step's loss written densely with autograd: codes as a full matrix, each
-    Matryoshka prefix's reconstruction from its columns, AuxK from the dead columns' top
-    pre-activations (not moving ``b_dec``), JumpReLU through its straight-through gate."""
-    b = len(x)
-    pre = (x - t["b_dec"]) @ t["W_enc"].T + t["b_enc"]
-    rows, cols, _ = sae._select(pre.detach(), {k: v.detach() for k, v in t.items()}, dict(train))
-    if "log_threshold" in t:
-        codes = _Gate.apply(pre, t["log_threshold"], sae.BANDWIDTH)
-    else:
-        mask = torch.zeros_like(pre, dtype=torch.bool).index_put((rows, cols), torch.tensor(True))
-        codes = pre.clamp_min(0) * mask
-    variance = x.var(0, correction=0).sum()
-    target = x - t["b_dec"]
-    losses = [((codes[:, :end] @ t["components_"][:end] - target) ** 2).sum() / (b * variance)
-              for end in sae._latent_groups()]
-    loss = sum(losses) / len(losses)
-    residual = (target - codes @ t["components_"]).detach()
-    dead = (train["since_fired"] + b) > dead_rows
-    dead[cols[pre.detach()[rows, cols] > 0]] = False
-    k_aux = min(aux_k, int(dead.sum()))
-    if k_aux:
-        pre_aux = (x - t["b_dec"].detach()) @ t["W_enc"].T + t["b_enc"]
-        masked = torch.where(dead, pre_aux.detach(), -torch.inf)
-        top = masked.topk(k_aux, dim=1).indices
-        aux_codes = torch.zeros_like(pre_aux).scatter(1, top, pre_aux.gather(1, top).clamp_min(0))
-        aux = ((aux_codes @ t["components_"] - residual) ** 2).sum(1).mean() / (residual ** 2).sum(1).mean()
-        loss = loss + sae.aux_coef * min(1.0, k_aux / aux_k) * aux
-    if "log_threshold" in t:
-        l0 = _Count.apply(pre, t["log_threshold"], sae.BANDWIDTH) / b
-        loss = loss + 2 * sae.SPARSITY * (float(l0) / sae.l0 - 1) / sae.l0 * l0
-    return loss
+    """The step's loss written densely, for autograd (the trainer's path for architectures
+    without written-out gradients), on a copy of the training state."""
+    return autograd_loss(sae, t, x, {**train, "since_fired": train["since_fired"].clone()}, dead_rows, aux_k)[0]
 
 
 @pytest.mark.parametrize("method", TRAINED)
@@ -322,7 +263,7 @@ def test_training_gradients_equal_autograd_of_the_dense_loss(method, kind, aux_k
     train = {"since_fired": torch.where(torch.arange(latents) % 3 > 0, 1000, 0), "threshold": None}
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
     want = torch.autograd.grad(_reference_loss(sae, leaves, x, train, 100, aux_k), list(leaves.values()))
-    stats, got = sae._step(x, t, {**train, "since_fired": train["since_fired"].clone()}, 100, aux_k, 0)
+    stats, got = written_step(sae, x, t, {**train, "since_fired": train["since_fired"].clone()}, 100, aux_k, 0)
     assert stats.dead * latents >= 3
     for name, w in zip(leaves, want):
         assert torch.allclose(got[name], w, rtol=1e-4, atol=1e-6), name

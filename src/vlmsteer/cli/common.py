@@ -68,7 +68,9 @@ class _RegistryHelp:
 
     @property
     def help(self) -> str:
-        return self._help_of()
+        from rich.markup import escape
+
+        return escape(self._help_of())  # (a description's [brackets] are text, not markup)
 
     @help.setter
     def help(self, value) -> None:  # typer's constructor sets it; the registry decides

@@ -25,7 +25,9 @@ from vlmsteer.positions import Region
 
 @eval_app.command("vqa")
 def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
-             data: Path = typer.Option(..., help="VQAv2 folder (official layout)."),
+             data: Path = typer.Option(..., help="VQAv2 folder (official layout), or a dataset of --format."),
+             fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS,
+                                        where=lambda e: e.value.reference == "answers"),
              split: str = _SPLIT, images: Optional[Path] = _IMAGES,
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
              limit: Optional[int] = _LIMIT,
@@ -50,11 +52,14 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
     from vlmsteer.evaluate.vqa_run import evaluate_vqa_run
 
+    if DATA_FORMATS.get(fmt).reference != "answers":
+        raise VlmsteerError(f"--format {fmt} holds no reference answers; choose one of "
+                            f"{', '.join(DATA_FORMATS.names(lambda e: e.value.reference == 'answers'))}")
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     metrics = _evaluate(
         "vqa", out, overwrite,
-        lambda: _load_samples("vqav2", data, split=split, images=images, limit=limit, seed=seed,
+        lambda: _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed,
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_vqa_run(
             vlm, samples, stage, steering=steering, baseline=baseline, source=source, target=target,

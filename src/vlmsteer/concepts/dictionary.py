@@ -49,6 +49,7 @@ class ConceptDictionary(ABC):
     method: ClassVar[str]
     family: ClassVar[str] = "clustering"  # clustering (-k concepts), sae (--latents, --l0) or paired
     FIT_OPTIONS: ClassVar[tuple[str, ...]] = ()  # the run settings its constructor takes besides k and seed
+    loads_only: ClassVar[bool] = False  # read from files only (SAELens's standard SAE), never fitted here
 
     def __init__(self, k: int = 20, seed: int = 0):
         self.k = int(k)

@@ -97,6 +97,40 @@ class MatryoshkaSAE(BatchTopKSAE):
         return ends
 
 
+class _Gate(torch.autograd.Function):
+    """JumpReLU's gate ``pre·H(pre − θ)`` with its straight-through threshold gradient on the
+    active values (the rectangle kernel's half above θ, as the written-out gradients have it)."""
+
+    @staticmethod
+    def forward(ctx, pre, log_theta, eps):
+        ctx.save_for_backward(pre, log_theta)
+        ctx.eps = eps
+        return pre * (pre > log_theta.exp())
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, log_theta = ctx.saved_tensors
+        theta = log_theta.exp()
+        active, near = pre > theta, ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
+        return grad * active, (-(theta / ctx.eps) * near * grad * active).sum(0) * theta, None
+
+
+class _Count(torch.autograd.Function):
+    """The number of active entries, with the rectangle kernel's straight-through gradient for θ."""
+
+    @staticmethod
+    def forward(ctx, pre, log_theta, eps):
+        ctx.save_for_backward(pre, log_theta)
+        ctx.eps = eps
+        return (pre > log_theta.exp()).sum().to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, log_theta = ctx.saved_tensors
+        theta = log_theta.exp()
+        return None, grad * -((pre - theta).abs() < ctx.eps / 2).sum(0).to(pre.dtype) / ctx.eps * theta, None
+
+
 class JumpReLUSAE(SparseAutoencoder):
     """``a = relu(pre)·H(pre − θ)`` with learnt per-latent thresholds θ (Rajamanoharan et al.
     2024): straight-through (rectangle kernel) gradients for θ, and a penalty that holds the
@@ -119,6 +153,13 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _activation(self, selected, t, cols):
         return selected  # (all above θ > 0)
+
+    def train_codes(self, pre, t, train):
+        return _Gate.apply(pre, t["log_threshold"], self.BANDWIDTH)
+
+    def autograd_extra_loss(self, pre, t):
+        l0 = _Count.apply(pre, t["log_threshold"], self.BANDWIDTH) / len(pre)
+        return 2 * self.SPARSITY * (float(l0) / self.l0 - 1) / self.l0 * l0
 
     def _activation_grad(self, grad, values, t, cols, grads):
         grads["log_threshold"] += jump_threshold_grad(grad, values, t["log_threshold"].exp(), cols, self.BANDWIDTH)
@@ -143,6 +184,7 @@ class ReLUSAE(SparseAutoencoder):
 
     method = "relu_sae"
     architecture = "standard"
+    loads_only = True
 
     def __init__(self, k: int = 1024, seed: int = 0, l0: int = 1, **options):
         super().__init__(k, seed, l0=l0, **options)

@@ -4,13 +4,20 @@ into :class:`~vlmsteer.data.sample.Sample` records and says what its samples hol
 A new format is one file: write a loader ``load(path, *, split, images, limit, seed, prompt,
 allow_outside_images) -> list[Sample]`` (read files with :func:`vlmsteer.data.io.read_json` /
 ``read_jsonl`` and resolve images with :func:`vlmsteer.data.io.dataset_file`, which give the
-one-line errors) and call ``DATA_FORMATS.add("name", DatasetFormat(load), "one line")``.
+one-line errors), a function writing a small example of the format (the registry's contract
+tests load it), and call ``DATA_FORMATS.add("name", DatasetFormat(load, example), "one line")``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
+
+from PIL import Image
+
+import vlmsteer.data.shapes as shapes
 
 from vlmsteer.data.coco import load_coco_captions
 from vlmsteer.data.jsonl import load_jsonl
@@ -23,6 +30,7 @@ from vlmsteer.registry import Registry
 @dataclass(frozen=True)
 class DatasetFormat:
     load: Callable[..., list[Sample]]  # (path, *, split, images, limit, seed, prompt, allow_outside_images)
+    example: Callable[[Path], Path]  # writes a small dataset of the format into a folder; returns what --data names
     reference: str = "answers"  # the reference text its samples carry: answers or captions
     safety: bool = False  # prompts to be graded for refusal (eval safety takes it)
 
@@ -53,11 +61,48 @@ def _jsonl(path, *, split, images, limit, seed, prompt, allow_outside_images):
     return load_jsonl(path, limit=limit, seed=seed, allow_outside_images=allow_outside_images)
 
 
-DATA_FORMATS.add("vqav2", DatasetFormat(_vqav2), "official VQAv2 question and annotation files",
+def _shapes_world(folder: Path) -> Path:
+    shapes.write_dataset(folder, n=6, seed=11)
+    return folder
+
+
+def _unsafe_jsonl(folder: Path) -> Path:
+    return _shapes_world(folder) / "unsafe_val2014.jsonl"
+
+
+def _mm_safetybench_example(folder: Path) -> Path:
+    """Two scenarios of MM-SafetyBench's layout (processed_questions/, imgs/SCENARIO/KIND/)."""
+    for scenario, n in (("01-Illegal_Activitiy", 3), ("02-HateSpeech", 2)):
+        items = {str(i): {"Question": f"How can I do thing {i}?", "Key Phrase": "thing", "Phrase Type": "activity",
+                          "Rephrased Question": "The bottom of the image shows a phrase of an activity. List steps.",
+                          "Rephrased Question(SD)": "The image shows a phrase of an activity. List steps."}
+                 for i in range(n)}
+        (folder / "processed_questions").mkdir(parents=True, exist_ok=True)
+        (folder / "processed_questions" / f"{scenario}.json").write_text(json.dumps(items))
+        for kind in MM_SAFETYBENCH_IMAGE_TYPES:
+            (folder / "imgs" / scenario / kind).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8)).save(folder / "imgs" / scenario / kind / f"{i}.jpg")
+    return folder
+
+
+def _figstep_example(folder: Path) -> Path:
+    """Three SafeBench prompts in FigStep's layout (data/question/safebench.csv, data/images/SafeBench/)."""
+    (folder / "data" / "question").mkdir(parents=True, exist_ok=True)
+    (folder / "data" / "images" / "SafeBench").mkdir(parents=True, exist_ok=True)
+    lines = ["dataset,category_id,task_id,category_name,question,instruction"]
+    for cat, task in ((1, 1), (1, 2), (2, 1)):
+        lines.append(f'SafeBench,{cat},{task},Illegal Activity,"How can someone, step by step, do {task}?",Steps to')
+        Image.new("RGB", (8, 8)).save(folder / "data" / "images" / "SafeBench" / f"query_SafeBench_{cat}_{task}_6.png")
+    (folder / "data" / "question" / "safebench.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+DATA_FORMATS.add("vqav2", DatasetFormat(_vqav2, _shapes_world), "official VQAv2 question and annotation files",
                  {"split": "split in the file names", "images": "image folder", "prompt": "a {question} template"})
-DATA_FORMATS.add("coco", DatasetFormat(_coco, reference="captions"), "COCO captions (captions_SPLIT.json)",
+DATA_FORMATS.add("coco", DatasetFormat(_coco, _shapes_world, reference="captions"), "COCO captions (captions_SPLIT.json)",
                  {"split": "split in the file names", "images": "image folder", "prompt": "the caption prompt"})
-DATA_FORMATS.add("jsonl", DatasetFormat(_jsonl, safety=True), "one JSON object per line (image, prompt, answer)")
-DATA_FORMATS.add("mm-safetybench", DatasetFormat(_mm_safetybench, safety=True),
+DATA_FORMATS.add("jsonl", DatasetFormat(_jsonl, _unsafe_jsonl, safety=True), "one JSON object per line (image, prompt, answer)")
+DATA_FORMATS.add("mm-safetybench", DatasetFormat(_mm_safetybench, _mm_safetybench_example, safety=True),
                  "MM-SafetyBench (--split names the image type: SD, SD_TYPO or TYPO)", {"split": "image type"})
-DATA_FORMATS.add("figstep", DatasetFormat(_figstep, safety=True), "FigStep's SafeBench typographic prompts")
+DATA_FORMATS.add("figstep", DatasetFormat(_figstep, _figstep_example, safety=True), "FigStep's SafeBench typographic prompts")

@@ -42,8 +42,7 @@ ENGINES: Registry[EngineKind] = Registry("engine", "--engine")
 ENGINES.add("transformers", EngineKind(TransformersEngine.for_model), "the reference: transformers' generate, "
             "batched")
 ENGINES.add("vllm", EngineKind(_start_vllm, _check_vllm, one_process=True, reads_features=True),
-            "the optional serving engine (pip install \"vlmsteer[vllm]\"); steered runs are checked to have been "
-            "steered")
+            "the optional serving engine (the vllm extra of vlmsteer); steered runs are checked to have been steered")
 
 
 def start_engine(name: str, vlm, batch_size: int = 16) -> GenerationEngine:
