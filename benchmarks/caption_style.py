@@ -39,7 +39,8 @@ class World:
 
     def __init__(self, vlm, root: Path, seed: int, n: int, tokens: int):
         from vlmsteer.data import load_coco_captions, shapes
-        from vlmsteer.evaluate.captions import evaluate_captions, run_captions
+        from vlmsteer.evaluate.captions import evaluate_captions
+        from vlmsteer.runs.captions import run_captions
         from vlmsteer.evaluate.shapes_captions import load_scenes
 
         shapes.write_dataset(root, n, seed=seed)

@@ -57,7 +57,7 @@ def main() -> None:
 
     from vlmsteer.data import load_coco_captions, load_vqav2, shapes
     from vlmsteer.engines.vllm_engine import VllmEngine
-    from vlmsteer.evaluate.runner import generate_responses
+    from vlmsteer.runs.generation import generate_responses
     from vlmsteer.steer.steerer import Steering
     from vlmsteer.steer.vector import SteeringVector
 

@@ -23,9 +23,9 @@ from _common import mean_sd, over_worlds, write_result  # noqa: E402
 def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.analysis.separability import separability
     from vlmsteer.data import load_coco_captions, load_vqav2, shapes
-    from vlmsteer.evaluate.captions import run_captions
+    from vlmsteer.runs.captions import run_captions
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape
-    from vlmsteer.evaluate.vqa_run import run_vqa
+    from vlmsteer.runs.vqa import run_vqa
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.positions import Selector
 

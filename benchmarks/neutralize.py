@@ -10,7 +10,7 @@ the grid (all reported: nothing is chosen on the held-out world), by
 * coarse: the paired vector (plain captions − colour captions of the same images), everywhere;
 * fine-grained: the same vector, only where the last-prompt feature is nearest the "colour
   caption" group (two centroids);
-* per-concept: the paper's method (``vlmsteer.evaluate.neutralization``): K-Means concepts of
+* per-concept: the paper's method (``vlmsteer.runs.neutralization``): K-Means concepts of
   colour captions and of neutral captions, ``u_j − u_i`` per colour concept towards its nearest
   neutral concept, each applied only to images routed to concept i;
 * per-concept, paired: the same concepts and routing, each concept's target the neutral
@@ -42,8 +42,8 @@ def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.data import load_coco_captions, shapes
     from vlmsteer.data.keywords import COLORS
     from vlmsteer.evaluate import experiments as apps
-    from vlmsteer.evaluate.captions import run_captions
-    from vlmsteer.evaluate.neutralization import per_concept_routes, routed_captions
+    from vlmsteer.runs.captions import run_captions
+    from vlmsteer.runs.neutralization import per_concept_routes, routed_captions
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape
 
     root = tmp / f"seed-{seed}"

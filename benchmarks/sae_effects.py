@@ -60,7 +60,8 @@ def clamp(sae, labels, colour: str, value: float, region: str = "generated"):
 
 def captions_with(vlm, samples, steering, words):
     from vlmsteer.data.keywords import KeywordSet
-    from vlmsteer.evaluate.captions import evaluate_captions, run_captions
+    from vlmsteer.evaluate.captions import evaluate_captions
+    from vlmsteer.runs.captions import run_captions
 
     caps = run_captions(vlm, samples, max_new_tokens=TOKENS, batch_size=64, steering=steering)
     report = evaluate_captions(samples, caps, {w: KeywordSet(w, (w,)) for w in words})
@@ -109,7 +110,7 @@ def main() -> None:
         print("tuned on world", args.tune, {c: chosen[c]["value"] for c in colours}, flush=True)
 
     def one_world(vlm, seed: int, args, tmp: Path) -> dict:
-        from vlmsteer.evaluate.vqa_run import run_vqa
+        from vlmsteer.runs.vqa import run_vqa
         from vlmsteer.steer.dictionary_edit import DictionarySteering
 
         if "sae" not in state:

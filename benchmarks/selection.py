@@ -25,7 +25,7 @@ from _common import over_worlds, write_result  # noqa: E402
 def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.concepts import KMeansConcepts
     from vlmsteer.data import load_vqav2, shapes
-    from vlmsteer.evaluate.selection_run import rank_vectors
+    from vlmsteer.runs.select import rank_vectors
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.positions import Selector
     from vlmsteer.steer.builders import all_concept_shifts

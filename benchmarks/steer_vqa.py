@@ -71,7 +71,7 @@ def one_world(vlm, last: int, seed: int, args) -> dict:
     """Vectors from the build world (seed + BUILD_OFFSET), applied to held-out world ``seed``."""
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.evaluate.vqa import compare_runs
-    from vlmsteer.evaluate.vqa_run import run_vqa
+    from vlmsteer.runs.vqa import run_vqa
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.positions import Selector
     from vlmsteer.steer import Steering

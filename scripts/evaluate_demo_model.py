@@ -15,9 +15,9 @@ from transformers.utils import logging
 
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.evaluate.shapes_captions import caption_report, load_scenes
-from vlmsteer.evaluate.vqa_run import run_vqa
+from vlmsteer.runs.vqa import run_vqa
 from vlmsteer.model import VLM
-from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.runs.generation import generate_responses
 
 
 def evaluate(model: str, seed: int, n_scenes: int, batch_size: int = 64) -> dict:

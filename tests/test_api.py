@@ -171,7 +171,7 @@ def test_batches_shrink_on_out_of_memory(tiny_vlm, monkeypatch, caplog):
     fit is a one-line error."""
     from vlmsteer.batching import OOM
     from vlmsteer.data.sample import Sample
-    from vlmsteer.evaluate.runner import generate_responses
+    from vlmsteer.runs.generation import generate_responses
 
     vlm = tiny_vlm("llava")
     samples = [Sample(str(i), None, f"question {i}?") for i in range(10)]

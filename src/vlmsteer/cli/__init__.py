@@ -1,6 +1,6 @@
 """``vlmsteer <command>``: thin shells that parse options and call the library, one module per
-command group (:mod:`.data`, :mod:`.features`, :mod:`.finetune`, :mod:`.steering`,
-:mod:`.evaluate`, :mod:`.demo`); shared options live in :mod:`.common`.
+command or command group, named after it (:mod:`.extract`, :mod:`.concepts`, :mod:`.eval`,
+:mod:`.vectors`, ...); shared options live in :mod:`.common`, the engine option in :mod:`.engine`.
 
 Every problem with the user's input ends with a one-line ``error: ...`` on stderr and exit
 code 2, never a traceback; Ctrl-C exits with 130.
@@ -14,7 +14,8 @@ import sys
 
 import typer
 
-from vlmsteer.cli import data, demo, evaluate, features, finetune, steering  # noqa: F401 - registers the commands
+from vlmsteer.cli import (concepts, data, demo, diff, eval, extract, finetune, info, organisms, select,  # noqa: F401
+                          separability, shift, store, sweep, vectors)  # (importing a module registers its commands)
 from vlmsteer.cli.common import app, err_console
 from vlmsteer.errors import VlmsteerError
 

@@ -306,3 +306,19 @@ def command_run_json(out, **extra) -> None:
     from vlmsteer.runs.protocol import write_run_json
 
     write_run_json(out, command_spec(), **extra)
+
+
+_VQA_TOKENS = typer.Option(3, min=1, help="Tokens generated per answer (short VQA answers need few).")
+
+
+def _condition_identity(spec, vlm, layers, allow_other_model: bool):
+    """The digests of the conditions ``spec`` builds at ``layers`` (where steering starts),
+    after checking they were made for ``vlm``; None without a condition."""
+    if spec is None:
+        return None
+    digests = {}
+    for layer in sorted(set(layers)):
+        built = spec.build(layer)
+        built.check_model(vlm, allow_other_model)
+        digests[str(layer)] = built.digest()
+    return digests

@@ -1,4 +1,4 @@
-"""``vlmsteer info`` and ``vlmsteer data shapes|check``."""
+"""``vlmsteer data``: generate the shapes world, check dataset files."""
 
 from __future__ import annotations
 
@@ -6,36 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, app, data_app, _DEVICE, _DEVICE_MAP, _DTYPE, err_console, _IMAGES,
+from vlmsteer.cli.common import (_ALLOW_OUTSIDE, data_app, _IMAGES,
                                  _LIMIT, _MAX_PIXELS, out_console, _OVERWRITE, command_identity, _SEED, _SPLIT,
                                  command_run_json)
-from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import claim, publish
 from vlmsteer.cli.common import registry_argument
 from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
-
-
-@app.command()
-def info(model: str = typer.Argument(..., help="Hub id, model folder, or shapes-llava."),
-         adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder."),
-         trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                                help="Allow the model's own code to run."),
-         dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP):
-    """Print a model's architecture, layer count, hidden size, vocabulary size and image-token count."""
-    from vlmsteer.evaluate.runinfo import version_warnings, versions
-
-    vlm = load_model(model, adapter, dtype, device, device_map, trust_remote_code=trust_remote_code)
-    table = Table(show_header=False)
-    for k, v in vlm.describe().items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    for name, version in versions().items():
-        table.add_row(name, version)
-    out_console.print(table)
-    for line in version_warnings():
-        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("shapes")
@@ -82,5 +60,3 @@ def data_check(fmt: str = registry_argument(..., metavar="FORMAT", registry=DATA
         s = samples[0]
         out_console.print(f"first: id={s.id} prompt={s.prompt!r} answer={s.answer!r} "
                           f"captions={len(s.captions)} image={s.image_path}")
-
-

@@ -37,11 +37,11 @@ from vlmsteer.data.keywords import COLORS, filter_samples
 from vlmsteer.demo import sections
 from vlmsteer.demo.page import STAGES, write_page
 from vlmsteer.evaluate import experiments as apps
-from vlmsteer.evaluate.runinfo import write_run_json
-from vlmsteer.evaluate.runner import generate_responses
+from vlmsteer.runs.runinfo import write_run_json
+from vlmsteer.runs.generation import generate_responses
 from vlmsteer.evaluate.shapes_captions import caption_report, load_scenes, mentions_every_shape
 from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa
-from vlmsteer.evaluate.vqa_run import run_vqa, write_vqa_outputs
+from vlmsteer.runs.vqa import run_vqa, write_vqa_outputs
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
 from vlmsteer.outputs import atomic_write_json
@@ -251,7 +251,7 @@ class _Demo:
 
     def shift(self) -> None:
         from vlmsteer.finetune import FinetuneConfig, finetune
-        from vlmsteer.report.shift import ShiftConfig, run_shift
+        from vlmsteer.runs.shift import ShiftConfig, run_shift
 
         s, out = self.s, self.out / "shift"
         training = filter_samples(self.build_caps, COLORS, "captions")

@@ -4,7 +4,7 @@ The COCO caption pipeline lower-cases and tokenizes every caption with Stanford'
 ``PTBTokenizer``, drops punctuation tokens, then scores with ``Cider``. We call that exact
 pipeline when ``java`` is on the PATH; otherwise :func:`ptb_tokenize` does the same in pure
 Python for ordinary captions (words, hyphenated words, numbers, contractions, possessives,
-punctuation, quotes, brackets). ``tests/test_cider.py`` checks that both give the same
+punctuation, quotes, brackets). ``tests/evaluate/test_cider.py`` checks that both give the same
 tokens and the same scores (to 1e-6) on a fixture of 100+ images with 5 references each.
 """
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 from vlmsteer.data.text import clean_whitespace, normalize_answer
+from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 
 __all__ = ["normalize_answer", "vqa_accuracy", "evaluate_vqa", "compare_runs", "VQAReport"]
@@ -115,3 +116,15 @@ def _answer_set(words: str | Sequence[str] | None) -> set[str] | None:
     if words is None:
         return None
     return {normalize_answer(w) for w in ([words] if isinstance(words, str) else words)}
+
+
+def require_answers(samples: list[Sample]) -> None:
+    missing = [s.id for s in samples if not s.answers]
+    if missing:
+        raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
+
+
+def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
+    """Official accuracy of ``predictions`` on ``samples`` (their reference entries)."""
+    return evaluate_vqa(predictions, [s.answers for s in samples], [s.answer_type for s in samples],
+                        [s.answer_ids for s in samples])

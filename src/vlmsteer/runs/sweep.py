@@ -11,8 +11,8 @@ from vlmsteer.data.filters import ANSWER_FIELDS, Filter, as_filter
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.vqa import compare_runs
-from vlmsteer.evaluate.runner import generate_grid
-from vlmsteer.evaluate.vqa_run import require_answers, score_vqa
+from vlmsteer.runs.generation import generate_grid
+from vlmsteer.evaluate.vqa import require_answers, score_vqa
 from vlmsteer.model import VLM
 from vlmsteer.positions import Region
 from vlmsteer.steer.builders import coarse_vector

@@ -60,7 +60,7 @@ def _steering(vlm, region: str, alpha: float, toward="no", away="yes", layers=(2
 
 
 def _reference(vlm, samples, steering, tokens):
-    from vlmsteer.evaluate.runner import generate_responses
+    from vlmsteer.runs.generation import generate_responses
 
     return generate_responses(vlm, samples, batch_size=32, max_new_tokens=tokens, steering=steering)
 
@@ -202,8 +202,8 @@ def test_extracted_features_equal_the_reference(world, engine, tmp_path, selecto
 def test_sweep_and_select_in_one_engine_pass_equal_the_reference(world, engine, tmp_path):
     """`sweep` and `select` with --engine vllm: the whole grid (every α × region, every candidate)
     in one engine pass, the same table as the transformers engine's, and the steering moved answers."""
-    from vlmsteer.evaluate.selection_run import rank_vectors
-    from vlmsteer.evaluate.sweep import SweepGrid, run_sweep
+    from vlmsteer.runs.select import rank_vectors
+    from vlmsteer.runs.sweep import SweepGrid, run_sweep
     from vlmsteer.extract import ExtractConfig, extract
     from vlmsteer.positions import Region
     from vlmsteer.steer.builders import coarse_vector

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (demo_model_path() / "config.json").exists()
 def test_shipped_model_resolves_and_answers():
     from vlmsteer.data import shapes
     from vlmsteer.data.sample import Sample
-    from vlmsteer.evaluate.vqa_run import run_vqa
+    from vlmsteer.runs.vqa import run_vqa
     import random
 
     vlm = VLM.load("shapes-llava")
@@ -119,7 +119,7 @@ def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     from vlmsteer.concepts import KMeansConcepts
     from vlmsteer.data import load_vqav2, shapes
     from vlmsteer.extract import ExtractConfig, extract
-    from vlmsteer.evaluate.runner import generate_responses
+    from vlmsteer.runs.generation import generate_responses
     from vlmsteer.positions import Selector
     from vlmsteer.steer import Steering
     from vlmsteer.steer.builders import all_concept_shifts
@@ -222,9 +222,9 @@ def test_per_concept_neutralization_routes_each_image_to_its_concept_vector(tmp_
     generation, and images routed to no concept keep their baseline caption."""
     from vlmsteer.data import load_coco_captions, shapes
     from vlmsteer.data.keywords import COLORS
-    from vlmsteer.evaluate.captions import run_captions
-    from vlmsteer.evaluate.experiments import GenerationSettings
-    from vlmsteer.evaluate.neutralization import per_concept_routes, routed_captions
+    from vlmsteer.runs.captions import run_captions
+    from vlmsteer.runs.experiments import GenerationSettings
+    from vlmsteer.runs.neutralization import per_concept_routes, routed_captions
     from vlmsteer.model import VLM
     from vlmsteer.positions import Region
     from vlmsteer.steer import Steering

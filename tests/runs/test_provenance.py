@@ -43,7 +43,7 @@ def test_parts_of_another_run_are_never_reused(tiny_vlm, tmp_path):
     picked up by a steered rerun (they were matched by sample ids only)."""
     import torch
 
-    from vlmsteer.evaluate.runner import generate_texts
+    from vlmsteer.runs.generation import generate_texts
     from vlmsteer.steer import Steering, SteeringVector
 
     vlm = tiny_vlm("llava")

@@ -117,7 +117,7 @@ def test_eval_captions_cli_with_baseline(tiny_folder, tmp_path, capsys):
     # an empty --word is refused before any caption is generated (the model is never asked)
     from vlmsteer.data.sample import Sample
     from vlmsteer.errors import VlmsteerError
-    from vlmsteer.evaluate.captions import evaluate_caption_run
+    from vlmsteer.runs.captions import evaluate_caption_run
 
     with pytest.raises(VlmsteerError, match="--word needs a word"):
         evaluate_caption_run(None, [Sample("1", None, "describe")], tmp_path / "y", tokenizer="python",

@@ -1,6 +1,6 @@
 """The vLLM engine's parts that need no vLLM: its token regions equal the transformers steerer's,
 the vLLM-ready checkpoint view, the checks made before loading, and the CLI's one-line errors
-where vLLM is missing (the engine itself: tests/test_vllm_engine.py, in the opt-in vLLM job)."""
+where vLLM is missing (the engine itself: tests/engines/test_vllm_engine.py, in the opt-in vLLM job)."""
 
 from __future__ import annotations
 

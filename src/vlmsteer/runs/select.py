@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmsteer.data.sample import Sample
-from vlmsteer.evaluate.runner import generate_grid
+from vlmsteer.runs.generation import generate_grid
 from vlmsteer.model import VLM
 from vlmsteer.positions import Region
 from vlmsteer.steer.conditions import ConditionSpec

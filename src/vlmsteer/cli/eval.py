@@ -1,4 +1,4 @@
-"""``vlmsteer eval vqa|captions|safety``."""
+"""``vlmsteer eval vqa|captions|safety``: answer, score and report, optionally steered."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
              engine: str = _ENGINE):
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
-    from vlmsteer.evaluate.vqa_run import evaluate_vqa_run
+    from vlmsteer.runs.vqa import evaluate_vqa_run
 
     if DATA_FORMATS.get(fmt).reference != "answers":
         raise VlmsteerError(f"--format {fmt} holds no reference answers; choose one of "
@@ -101,7 +101,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
                   engine: str = _ENGINE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
-    from vlmsteer.evaluate.captions import evaluate_caption_run
+    from vlmsteer.runs.captions import evaluate_caption_run
     from vlmsteer.evaluate.cider import resolve_tokenizer
 
     region_ = Region.parse(region)
@@ -148,7 +148,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
                 engine: str = _ENGINE):
     """Answer harmful prompts (optionally steered): refusals and attack success rate per category."""
-    from vlmsteer.evaluate.safety import evaluate_safety_run
+    from vlmsteer.runs.safety import evaluate_safety_run
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)

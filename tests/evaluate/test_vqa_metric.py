@@ -1,5 +1,5 @@
 """The official VQAv2 accuracy, table-driven, normalization edge cases included; crafted
-cases scored by the official evaluator itself (tests/data/vqa_official_cases.json)."""
+cases scored by the official evaluator itself (tests/evaluate/vqa_official_cases.json)."""
 
 import json
 from pathlib import Path
@@ -10,7 +10,7 @@ from vlmsteer.data.vqav2 import entry_identity
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa, normalize_answer, vqa_accuracy
 
-OFFICIAL = json.loads((Path(__file__).parent / "data" / "vqa_official_cases.json").read_text())["cases"]
+OFFICIAL = json.loads((Path(__file__).parent / "vqa_official_cases.json").read_text())["cases"]
 
 TEN = 10
 

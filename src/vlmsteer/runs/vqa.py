@@ -6,7 +6,7 @@ from pathlib import Path
 from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.evaluate.runner import generate_responses, generate_texts
+from vlmsteer.runs.generation import generate_responses, generate_texts
 from vlmsteer.evaluate.vqa import VQAReport, compare_runs, evaluate_vqa
 from vlmsteer.model import VLM
 from vlmsteer.steer.steerer import Steering
@@ -45,18 +45,6 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
         extra["vs_baseline"] = compare_to_baseline(base, samples, preds, report, source=source, target=target)
     write_vqa_outputs(out, samples, preds, report, extra=extra)
     return {**report.to_dict(), **extra}
-
-
-def require_answers(samples: list[Sample]) -> None:
-    missing = [s.id for s in samples if not s.answers]
-    if missing:
-        raise VlmsteerError(f"{len(missing)} samples have no reference answers (first: {missing[0]})")
-
-
-def score_vqa(samples: list[Sample], predictions: list[str]) -> VQAReport:
-    """Official accuracy of ``predictions`` on ``samples`` (their reference entries)."""
-    return evaluate_vqa(predictions, [s.answers for s in samples], [s.answer_type for s in samples],
-                        [s.answer_ids for s in samples])
 
 
 def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,
