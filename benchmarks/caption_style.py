@@ -61,7 +61,7 @@ class World:
 def style_vectors(vlm, build_seed: int, n: int, layers: list[int], styles: list[str], tmp: Path, g) -> dict:
     """``{(style, kind): vector}`` from the model's captions of build world ``build_seed``."""
     from vlmsteer.data import load_coco_captions, shapes
-    from vlmsteer.evaluate import experiments as apps
+    from vlmsteer.runs import experiments as apps
     from vlmsteer.steer.builders import coarse_vector
 
     root = tmp / f"build-{build_seed}"
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "caption_style.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    from vlmsteer.evaluate import experiments as apps
+    from vlmsteer.runs import experiments as apps
 
     vlm = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")]

@@ -41,7 +41,7 @@ FIGURES = ["converted", "converted_faithful", "neutral_captions_changed"]
 def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.data import load_coco_captions, shapes
     from vlmsteer.data.keywords import COLORS
-    from vlmsteer.evaluate import experiments as apps
+    from vlmsteer.runs import experiments as apps
     from vlmsteer.runs.captions import run_captions
     from vlmsteer.runs.neutralization import per_concept_routes, routed_captions
     from vlmsteer.evaluate.shapes_captions import load_scenes, mentions_every_shape

@@ -23,7 +23,7 @@ from _common import mean_sd, over_worlds, write_result  # noqa: E402
 
 def one_world(vlm, seed: int, args, tmp: Path) -> dict:
     from vlmsteer.data import load_jsonl, load_vqav2, shapes
-    from vlmsteer.evaluate import experiments as apps
+    from vlmsteer.runs import experiments as apps
     from vlmsteer.evaluate.vqa import evaluate_vqa
 
     root = tmp / f"seed-{seed}"

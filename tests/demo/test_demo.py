@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,26 @@ def test_the_browser_check_sees_a_broken_image_a_script_error_and_a_dead_link(tm
     (check,) = open_pages([page], tmp_path)
     assert check.broken_images == ["missing.png"] and check.local_links == ["nothere.json"]
     assert any(e.startswith("script:") for e in check.errors)
+
+
+def test_the_readme_screenshots_are_made_from_a_demo_run(reduced_demo, tmp_path):
+    """scripts/demo_screenshots.py photographs a demo's page: the top and the shift section, at the
+    sizes the README shows, neither blank, the two different."""
+    import importlib.util
+    import shutil
+
+    from PIL import Image
+
+    from browser import _require  # tests/browser.py
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        _require("chromium")
+    path = Path(__file__).resolve().parents[2] / "scripts" / "demo_screenshots.py"
+    spec = importlib.util.spec_from_file_location("demo_screenshots", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, _ = reduced_demo
+    shots = script.screenshots(out / "index.html", tmp_path)
+    pixels = [np.asarray(Image.open(p).convert("L"), dtype=float) for p in shots]
+    assert [Image.open(p).size for p in shots] == [(script.WIDTH, h) for _, _, h in script.SHOTS]
+    assert all(p.std() > 5 for p in pixels) and not np.array_equal(pixels[0][:1390], pixels[1])

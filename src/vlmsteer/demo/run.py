@@ -36,7 +36,7 @@ from vlmsteer.data import load_coco_captions, load_jsonl, load_vqav2, shapes
 from vlmsteer.data.keywords import COLORS, filter_samples
 from vlmsteer.demo import sections
 from vlmsteer.demo.page import STAGES, write_page
-from vlmsteer.evaluate import experiments as apps
+from vlmsteer.runs import experiments as apps
 from vlmsteer.runs.runinfo import write_run_json
 from vlmsteer.runs.generation import generate_responses
 from vlmsteer.evaluate.shapes_captions import caption_report, load_scenes, mentions_every_shape
