@@ -50,8 +50,10 @@ def paired(tmp_path_factory):
 
 @pytest.mark.parametrize("name", DIFF_METHODS.names())
 def test_diff_method_contract(name, paired):
+    from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
+
     p, planted = paired
-    contracts.check_diff_method(name, p, planted, k=3)
+    contracts.check_diff_method(name, p, planted, k=3, dictionary=DictionaryOptions(epochs=40))
 
 
 @pytest.mark.parametrize("region", REGIONS.names())
