@@ -51,6 +51,7 @@ def _without_extras(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", _BLOCK, *argv], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_core_pipeline_runs_without_extras(tiny_folder, tmp_path):
     """Issue 13, acceptance 3: without pycocoevalcap, POT, matplotlib and peft, extract,
     concepts, vectors and eval vqa (steered) run; what needs an extra says which."""

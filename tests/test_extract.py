@@ -140,6 +140,7 @@ def _cli(args, **kw):
     return subprocess.run([sys.executable, "-m", "vlmsteer.cli", *args], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(tiny_folder, shapes_data, tmp_path):
     folder = str(tiny_folder("llava"))
     big = tmp_path / "data"
@@ -186,6 +187,7 @@ def _rank_pid(rank: int, out) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
 def test_torchrun_rank_killed_midway_resumes_to_the_single_process_store(tiny_folder, tmp_path):
     """Issue 14, acceptance 3: SIGKILL one rank of ``torchrun --nproc_per_node 2`` after its
@@ -278,6 +280,7 @@ def test_token_offsets_are_exact_and_linear(arch, tiny_vlm):
     assert work[2400] / work[150] < 16 * 1.2, work  # 16x the tokens, about 16x the work
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_give_the_single_process_store(tiny_folder, tmp_path):
     """Issue 14, acceptance 3: ``torchrun --nproc_per_node 2 -m vlmsteer extract`` on CPU writes
     one part per rank and a store that reads exactly like the single-process one; a rank whose

@@ -181,6 +181,7 @@ def _check_diff_figures(runs: Path) -> None:
         assert json.loads((runs.parent / "mine" / method / "diff.json").read_text())["method"] == method
 
 
+@pytest.mark.slow
 def test_python_examples_run(tmp_path):
     steering, run = _blocks("python")
     work = _workdir(tmp_path)

@@ -207,6 +207,7 @@ def test_outside_image_paths_in_coco_files(world, tmp_path, capsys):
                "leads outside the dataset folder")
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_the_store_resumes(tiny_folder, tmp_path):
     data = tmp_path / "data"
     shapes.write_dataset(data, n=40, seed=12)

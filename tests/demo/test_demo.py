@@ -55,6 +55,7 @@ def reduced_demo(tmp_path_factory):
     return out, seen["page"]
 
 
+@pytest.mark.slow
 def test_reduced_demo_writes_every_section_with_its_report_progressively(reduced_demo):
     import re
 
@@ -114,6 +115,7 @@ def test_answer_concepts_ground_to_distinct_words(tmp_path, question_type, words
     assert len(set(first) & set(words)) >= need, first
 
 
+@pytest.mark.slow
 def test_selection_finds_no_and_a_colour_on_the_shipped_model(tmp_path):
     """Issue 6, acceptance 4, reduced: concept-pair vectors of a K-Means dictionary of the
     model's answer features, ranked by the selection metric."""
@@ -255,6 +257,7 @@ def test_per_concept_neutralization_routes_each_image_to_its_concept_vector(tmp_
     assert [t for t, k in zip(inside, groups) if k != c] == [t for t, k in zip(base, groups) if k != c]
 
 
+@pytest.mark.slow
 def test_every_report_renders_in_a_browser_without_broken_images_or_script_errors(reduced_demo, tmp_path):
     """Each page the demo writes (the front page and every section's report), opened in
     headless Chromium: no script error, no console error, every image decoded, every local
@@ -285,6 +288,7 @@ def test_the_browser_check_sees_a_broken_image_a_script_error_and_a_dead_link(tm
     assert any(e.startswith("script:") for e in check.errors)
 
 
+@pytest.mark.slow
 def test_the_readme_screenshots_are_made_from_a_demo_run(reduced_demo, tmp_path):
     """scripts/demo_screenshots.py photographs a demo's page: the top and the shift section, at the
     sizes the README shows, neither blank, the two different."""

@@ -474,6 +474,7 @@ def test_malformed_values_are_one_line_and_exit_2(command, tmp_path, capsys, mon
     assert not any(tmp_path.iterdir()), "a refused command left files behind"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(model, tmp_path):
     import signal
     import time
