@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.stats import pearsonr, spearmanr
 
 from vlmsteer.concepts.grounding import cosine_matrix
 from vlmsteer.errors import VlmsteerError
@@ -37,6 +35,8 @@ class Matching:
 
 
 def _hungarian(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.optimize import linear_sum_assignment
+
     return linear_sum_assignment(cost)
 
 
@@ -124,6 +124,8 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return {"pearson": float("nan"), "pearson_p": float("nan"), "spearman": float("nan"),
                 "spearman_p": float("nan")}
+    from scipy.stats import pearsonr, spearmanr  # (here: scipy.stats takes 0.5 s to import)
+
     p = pearsonr(x, y)
     s = spearmanr(x, y)
     return {"pearson": float(p.statistic), "pearson_p": float(p.pvalue), "spearman": float(s.statistic),

@@ -1,13 +1,29 @@
 """Concept dictionaries (one contract for every method, one registry of methods: see
-:mod:`vlmsteer.concepts.methods`), grounding in words and images, T-Overlap and similarity."""
+:mod:`vlmsteer.concepts.methods`), grounding in words and images, T-Overlap and similarity.
 
-from vlmsteer.concepts.dictionary import ConceptDictionary
-from vlmsteer.concepts.grounding import ground_images, ground_text, mean_pairwise_overlap, t_overlap
-from vlmsteer.concepts.kmeans_concepts import KMeansConcepts
-from vlmsteer.concepts.methods import CONCEPT_METHODS, load_dictionary, make_dictionary
-from vlmsteer.concepts.nmf import NMFConcepts, SemiNMFConcepts
-from vlmsteer.concepts.pca import PCAConcepts
+The names below load their modules on first use, so that importing one submodule (a command's
+registry) does not import every dictionary's dependencies."""
 
-__all__ = ["ConceptDictionary", "KMeansConcepts", "PCAConcepts", "SemiNMFConcepts", "NMFConcepts", "CONCEPT_METHODS",
-           "make_dictionary", "load_dictionary", "ground_text", "ground_images", "t_overlap",
-           "mean_pairwise_overlap"]
+import importlib
+from typing import Any
+
+_API = {
+    "ConceptDictionary": "vlmsteer.concepts.dictionary", "KMeansConcepts": "vlmsteer.concepts.kmeans_concepts",
+    "PCAConcepts": "vlmsteer.concepts.pca", "SemiNMFConcepts": "vlmsteer.concepts.nmf",
+    "NMFConcepts": "vlmsteer.concepts.nmf", "CONCEPT_METHODS": "vlmsteer.concepts.methods",
+    "make_dictionary": "vlmsteer.concepts.methods", "load_dictionary": "vlmsteer.concepts.methods",
+    "ground_text": "vlmsteer.concepts.grounding", "ground_images": "vlmsteer.concepts.grounding",
+    "t_overlap": "vlmsteer.concepts.grounding", "mean_pairwise_overlap": "vlmsteer.concepts.grounding",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'vlmsteer.concepts' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,7 +9,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from vlmsteer.concepts.dictionary import ConceptDictionary
 from vlmsteer.concepts.scan import Scan, scan_rows
@@ -34,7 +33,15 @@ class ImageGrounding:
 ANSWER_WORDS = frozenset({"no", "not", "none", "nothing", "nobody", "one", "two", "three", "four", "five", "six",
                           "seven", "eight", "nine", "ten", "eleven", "twelve", "fifteen", "twenty", "fifty",
                           "hundred", "top", "bottom", "front", "back", "left", "right", "up", "down", "side"})
-STOPWORDS = ENGLISH_STOP_WORDS - ANSWER_WORDS
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    """scikit-learn's English stopwords less :data:`ANSWER_WORDS` (imported when first needed:
+    scikit-learn takes 0.8 s to import, which no command should pay before it grounds words)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS - ANSWER_WORDS)
 
 
 @lru_cache(maxsize=8)
@@ -45,6 +52,7 @@ def _word_mask(tokenizer) -> tuple[np.ndarray, tuple[str, ...]]:
     marked = any(str(t).startswith(_SPACE_MARKERS) for t in vocab if t)
     special = set(getattr(tokenizer, "all_special_tokens", []))
     keep = np.zeros(len(vocab), dtype=bool)
+    stop = stopwords()
     words = []
     for i, tok in enumerate(vocab):
         tok = str(tok) if tok is not None else ""
@@ -55,7 +63,7 @@ def _word_mask(tokenizer) -> tuple[np.ndarray, tuple[str, ...]]:
                 continue  # a continuation fragment
             word = tok.lstrip("".join(_SPACE_MARKERS))
         word = word.lower()
-        ok = (tok not in special and bool(_WORD.match(word)) and word not in STOPWORDS
+        ok = (tok not in special and bool(_WORD.match(word)) and word not in stop
               and (len(word) > 1 or word.isdigit()))
         keep[i] = ok
         words.append(word if ok else "")
