@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from vlmsteer.errors import VlmsteerError
 
@@ -33,7 +33,6 @@ class Entry(Generic[T]):
     description: str
     value: T
     options: dict[str, str] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.name or not self.description or "\n" in self.description:
@@ -47,42 +46,24 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, option: str):
         self.kind, self.option = kind, option
         self._entries: dict[str, Entry[T]] = {}
-        self._aliases: dict[str, str] = {}
 
     def add(self, name: str, value: T, description: str, options: dict[str, str] | None = None,
-            aliases: tuple[str, ...] = (), replace: bool = False) -> Entry[T]:
+            replace: bool = False) -> Entry[T]:
         """Register ``value`` under ``name``; a second entry of the same name is refused unless
         ``replace``."""
-        entry = Entry(name, description, value, dict(options or {}), tuple(aliases))
+        entry = Entry(name, description, value, dict(options or {}))
         key = canonical(name)
-        if not replace and (key in self._entries or key in self._aliases):
+        if not replace and key in self._entries:
             raise VlmsteerError(f"a {self.kind} named {name!r} is registered already")
         self._entries[key] = entry
-        for alias in aliases:
-            self._aliases[canonical(alias)] = key
         return entry
 
-    def register(self, name: str, description: str, options: dict[str, str] | None = None,
-                 aliases: tuple[str, ...] = (), replace: bool = False) -> Callable[[T], T]:
-        """Decorator form of :meth:`add`."""
-
-        def decorate(value: T) -> T:
-            self.add(name, value, description, options, aliases, replace)
-            return value
-
-        return decorate
-
     def remove(self, name: str) -> None:
-        key = canonical(name)
-        entry = self._entries.pop(key, None)
-        for alias in entry.aliases if entry else ():
-            self._aliases.pop(canonical(alias), None)
+        self._entries.pop(canonical(name), None)
 
     def entry(self, name: str) -> Entry[T]:
-        """The entry called ``name`` (or an alias of it); a one-line error listing the choices
-        otherwise."""
+        """The entry called ``name``; a one-line error listing the choices otherwise."""
         key = canonical(name)
-        key = self._aliases.get(key, key)
         if key not in self._entries:
             raise VlmsteerError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}",
                                 self.option.lstrip("-") or None)
@@ -92,8 +73,7 @@ class Registry(Generic[T]):
         return self.entry(name).value
 
     def __contains__(self, name: object) -> bool:
-        key = canonical(str(name))
-        return key in self._entries or key in self._aliases
+        return canonical(str(name)) in self._entries
 
     def entries(self) -> list[Entry[T]]:
         return list(self._entries.values())
@@ -142,8 +122,3 @@ def load_plugins(env: dict[str, str] | None = None) -> list[str]:
                                 f"{type(exc).__name__}: {exc}") from None
         loaded.append(ep.value)
     return loaded
-
-
-def options_of(value: Any) -> dict[str, str]:
-    """The ``OPTIONS`` mapping a registered class declares (option name -> what it does)."""
-    return dict(getattr(value, "OPTIONS", {}) or {})

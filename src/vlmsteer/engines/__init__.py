@@ -4,7 +4,7 @@ and one registry (:data:`ENGINES`): ``transformers`` (the reference, the default
 ``Steering`` values and give the same :class:`Response` records; code outside this package
 asks the registry for an engine and never which one it holds.
 
-A new engine is one file: a class with ``name``, ``one_process``, ``for_model(vlm, **options)``
+A new engine is one file: a class with ``name``, ``for_model(vlm, **options)``
 and ``generate(samples, steering, ...)``, registered with ``ENGINES.add(name, EngineKind(...),
 "one line")``."""
 

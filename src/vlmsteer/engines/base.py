@@ -18,7 +18,6 @@ class Response:
 
 class GenerationEngine(Protocol):
     name: str
-    one_process: bool  # schedules its own batches: never split over torchrun ranks
 
     def generate(self, samples: Sequence[Any], steering: Any = None, *, max_new_tokens: int = 16,
                  progress: bool = False, description: str = "generating") -> list[Response]:

@@ -16,7 +16,6 @@ from vlmsteer.progress import progress_bar
 
 class TransformersEngine:
     name = "transformers"
-    one_process = False
 
     def __init__(self, vlm: VLM, batch_size: int = 16):
         self.vlm, self.batch_size = vlm, batch_size
