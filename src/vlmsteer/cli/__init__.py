@@ -14,11 +14,25 @@ import sys
 
 import typer
 
-from vlmsteer.cli import (concepts, data, demo, diff, eval, extract, finetune, info, organisms, select,  # noqa: F401
-                          separability, shift, store, sweep, vectors)  # (importing a module registers its commands)
+from vlmsteer.cli import (  # noqa: F401
+    concepts,
+    data,
+    demo,
+    diff,
+    eval,
+    extract,
+    finetune,
+    info,
+    organisms,
+    select,
+    separability,  # (importing a module registers its commands)
+    shift,
+    store,
+    sweep,
+    vectors,
+)
 from vlmsteer.cli.common import app, err_console
 from vlmsteer.errors import VlmsteerError
-
 
 __all__ = ["app", "main", "entry"]
 
@@ -100,11 +114,10 @@ def _tidy_help(command) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one ``error: ...`` line and exit code 2;
     Ctrl-C exits with 130 and a line saying how to resume."""
-    from vlmsteer.hooks import PositionError
-
     import signal
     import threading
 
+    from vlmsteer.hooks import PositionError
     from vlmsteer.registry import load_plugins
 
     try:

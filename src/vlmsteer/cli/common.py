@@ -12,7 +12,6 @@ from rich.console import Console
 
 from vlmsteer.errors import VlmsteerError
 
-
 app = typer.Typer(help="Concept-level analysis and training-free steering of multimodal LLMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: generate the shapes world, check dataset files.", no_args_is_help=True)

@@ -8,8 +8,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_PARTIAL, app, _checked_device, _DEVICE_MAP, _DTYPE, err_console, out_console, _OVERWRITE, _SEED)
-from vlmsteer.cli.common import registry_option
+from vlmsteer.cli.common import (
+    _ALLOW_PARTIAL,
+    _DEVICE_MAP,
+    _DTYPE,
+    _OVERWRITE,
+    _SEED,
+    _checked_device,
+    app,
+    err_console,
+    out_console,
+    registry_option,
+)
 from vlmsteer.concepts.methods import CONCEPT_METHODS
 
 

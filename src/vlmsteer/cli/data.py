@@ -7,13 +7,23 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, data_app, _IMAGES,
-                                 _LIMIT, _MAX_PIXELS, out_console, _OVERWRITE, command_identity, _SEED, _SPLIT,
-                                 command_run_json)
-from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.cli.common import registry_argument
+from vlmsteer.cli.common import (
+    _ALLOW_OUTSIDE,
+    _IMAGES,
+    _LIMIT,
+    _MAX_PIXELS,
+    _OVERWRITE,
+    _SEED,
+    _SPLIT,
+    command_identity,
+    command_run_json,
+    data_app,
+    out_console,
+    registry_argument,
+)
 from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.runs.protocol import claim, publish
 
 
 @data_app.command("shapes")

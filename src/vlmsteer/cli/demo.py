@@ -8,11 +8,21 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_BATCH, demo_app, _DEVICE, _DEVICE_MAP, _DTYPE, out_console, _OVERWRITE,
-                                 command_identity, _SEED, command_run_json)
+from vlmsteer.cli.common import (
+    _BATCH,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DTYPE,
+    _OVERWRITE,
+    _SEED,
+    command_identity,
+    command_run_json,
+    demo_app,
+    out_console,
+)
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.models import quiet_transformers
 from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.errors import VlmsteerError
 
 
 @demo_app.callback()

@@ -7,12 +7,23 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_PARTIAL, app, _DEVICE, _DEVICE_MAP, _DTYPE, out_console, _OVERWRITE, command_identity, _SEED, command_run_json)
+from vlmsteer.analysis.diffing_methods import DIFF_METHODS, check_options
+from vlmsteer.cli.common import (
+    _ALLOW_PARTIAL,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DTYPE,
+    _OVERWRITE,
+    _SEED,
+    app,
+    command_identity,
+    command_run_json,
+    out_console,
+    registry_option,
+)
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.models import grounding_identity, load_head, open_store
 from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.analysis.diffing_methods import check_options, DIFF_METHODS
-from vlmsteer.cli.common import registry_option
-from vlmsteer.errors import VlmsteerError
 
 
 @app.command()

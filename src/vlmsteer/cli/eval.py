@@ -8,19 +8,51 @@ from typing import Callable, NamedTuple, Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ADAPTER, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, _BASELINE, _BATCH,
-                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY,
-                                 _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, eval_app, _IMAGES, _LATENT, _LAYERS,
-                                 _LIMIT, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS, _NAME, out_console, _OVERWRITE,
-                                 _REGION, command_identity, _SEED, _SPLIT, _steering, _VALUE, _VECTOR,
-                                 command_run_json)
-from vlmsteer.runs.models import load_model
-from vlmsteer.runs.protocol import claim, publish, rank_and_world
-from vlmsteer.cli.common import registry_option
-from vlmsteer.cli.engine import _engine, _ENGINE
+from vlmsteer.cli.common import (
+    _ACTIVE,
+    _ADAPTER,
+    _ALLOW_OTHER_MODEL,
+    _ALLOW_OUTSIDE,
+    _ALPHA,
+    _BASELINE,
+    _BATCH,
+    _CONCEPT,
+    _CONDITION_STORE,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DICTIONARY,
+    _DTYPE,
+    _EDIT,
+    _EDIT_DICTIONARY,
+    _IMAGES,
+    _LATENT,
+    _LAYERS,
+    _LIMIT,
+    _MAX_NEW_TOKENS,
+    _MAX_PIXELS,
+    _NAME,
+    _OVERWRITE,
+    _REGION,
+    _SEED,
+    _SPLIT,
+    _VALUE,
+    _VECTOR,
+    _condition_spec,
+    _edit_spec,
+    _load_samples,
+    _steering,
+    command_identity,
+    command_run_json,
+    eval_app,
+    out_console,
+    registry_option,
+)
+from vlmsteer.cli.engine import _ENGINE, _engine
 from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.positions import Region
+from vlmsteer.runs.models import load_model
+from vlmsteer.runs.protocol import claim, publish, rank_and_world
 
 
 @eval_app.command("vqa")
@@ -101,8 +133,8 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
                   engine: str = _ENGINE):
     """Caption images greedily (optionally steered): CIDEr, style-keyword counts, changes vs a baseline."""
-    from vlmsteer.runs.captions import evaluate_caption_run
     from vlmsteer.evaluate.cider import resolve_tokenizer
+    from vlmsteer.runs.captions import evaluate_caption_run
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)

@@ -7,16 +7,32 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ADAPTER, _ALLOW_OUTSIDE, app, _BATCH, _DEVICE,
-                                 _DEVICE_MAP, _DTYPE, _IMAGES, _load_samples, _MAX_NEW_TOKENS, _MAX_PIXELS,
-                                 out_console, _parse_layers, _PROMPT, _SEED, _SPLIT, command_run_json)
+from vlmsteer.cli.common import (
+    _ADAPTER,
+    _ALLOW_OUTSIDE,
+    _BATCH,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DTYPE,
+    _IMAGES,
+    _MAX_NEW_TOKENS,
+    _MAX_PIXELS,
+    _PROMPT,
+    _SEED,
+    _SPLIT,
+    _load_samples,
+    _parse_layers,
+    app,
+    command_run_json,
+    out_console,
+    registry_option,
+)
+from vlmsteer.cli.engine import _ENGINE, _engine
+from vlmsteer.data.formats import DATA_FORMATS
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.positions import SELECTORS
 from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import rank_and_world
-from vlmsteer.cli.common import registry_option
-from vlmsteer.cli.engine import _engine, _ENGINE
-from vlmsteer.data.formats import DATA_FORMATS
-from vlmsteer.positions import SELECTORS
-from vlmsteer.errors import VlmsteerError
 
 
 @app.command()

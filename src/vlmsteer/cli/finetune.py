@@ -7,13 +7,29 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_OUTSIDE, app, _BATCH, _DEVICE, _DEVICE_MAP, _DTYPE, _LIMIT,
-                                 _load_samples, _MAX_PIXELS, out_console, _OVERWRITE, _PROMPT, command_identity, _SEED, _SPLIT, command_run_json)
-from vlmsteer.runs.models import load_model
-from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.cli.common import registry_option
+from vlmsteer.cli.common import (
+    _ALLOW_OUTSIDE,
+    _BATCH,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DTYPE,
+    _LIMIT,
+    _MAX_PIXELS,
+    _OVERWRITE,
+    _PROMPT,
+    _SEED,
+    _SPLIT,
+    _load_samples,
+    app,
+    command_identity,
+    command_run_json,
+    out_console,
+    registry_option,
+)
 from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.runs.models import load_model
+from vlmsteer.runs.protocol import claim, publish
 
 
 @app.command()
@@ -35,11 +51,10 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
              overwrite: bool = _OVERWRITE):
     """LoRA fine-tuning of the language model (vision tower frozen), on a dataset or a keyword subset."""
+    from vlmsteer.data.identity import dataset_identity
     from vlmsteer.data.keywords import filter_samples, keyword_set
     from vlmsteer.finetune import FinetuneConfig
     from vlmsteer.finetune import finetune as run_finetune
-
-    from vlmsteer.data.identity import dataset_identity
 
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, save_every=save_every, seed=seed,
                          target=target)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (app, _DEVICE, _DEVICE_MAP, _DTYPE, err_console, out_console)
+from vlmsteer.cli.common import _DEVICE, _DEVICE_MAP, _DTYPE, app, err_console, out_console
 from vlmsteer.runs.models import load_model
 
 

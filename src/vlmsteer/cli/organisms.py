@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_BATCH, _DEVICE, _DTYPE, organisms_app, out_console, _OVERWRITE, command_identity, _SEED, command_run_json)
+from vlmsteer.cli.common import (
+    _BATCH,
+    _DEVICE,
+    _DTYPE,
+    _OVERWRITE,
+    _SEED,
+    command_identity,
+    command_run_json,
+    organisms_app,
+    out_console,
+)
 from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import claim, publish
 

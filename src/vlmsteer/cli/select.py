@@ -8,14 +8,35 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALPHA, app, _BATCH,
-                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY,
-                                 _DTYPE, _load_samples, _MAX_PIXELS,
-                                 out_console, _OVERWRITE, _REGION, command_identity, _SEED, _SPLIT, command_run_json)
+from vlmsteer.cli.common import (
+    _ACTIVE,
+    _ALLOW_OTHER_MODEL,
+    _ALLOW_OUTSIDE,
+    _ALPHA,
+    _BATCH,
+    _CONCEPT,
+    _CONDITION_STORE,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DICTIONARY,
+    _DTYPE,
+    _MAX_PIXELS,
+    _OVERWRITE,
+    _REGION,
+    _SEED,
+    _SPLIT,
+    _VQA_TOKENS,
+    _condition_identity,
+    _condition_spec,
+    _load_samples,
+    app,
+    command_identity,
+    command_run_json,
+    out_console,
+)
+from vlmsteer.cli.engine import _ENGINE, _engine
 from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.cli.engine import _engine, _ENGINE
-from vlmsteer.cli.common import _condition_identity, _VQA_TOKENS
 
 
 @app.command()
@@ -41,10 +62,9 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
            allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE):
     """Rank candidate steering vectors with the paper's selection metric."""
+    from vlmsteer.data.identity import dataset_identity
     from vlmsteer.runs.select import rank_vectors, write_selection
     from vlmsteer.steer.vector import load_vectors
-
-    from vlmsteer.data.identity import dataset_identity
 
     engine = _engine(engine)
     condition = _condition_spec(dictionary, concept, condition_store, active)

@@ -8,8 +8,16 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ALLOW_PARTIAL, app, out_console, _OVERWRITE, _parse_layers, command_identity,
-                                 _SEED, command_run_json)
+from vlmsteer.cli.common import (
+    _ALLOW_PARTIAL,
+    _OVERWRITE,
+    _SEED,
+    _parse_layers,
+    app,
+    command_identity,
+    command_run_json,
+    out_console,
+)
 from vlmsteer.runs.models import open_store
 from vlmsteer.runs.protocol import claim, publish
 

@@ -7,14 +7,25 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_PARTIAL, app, _DEVICE, _DEVICE_MAP, _DTYPE, out_console, _OVERWRITE, _parse_ints,
-                                 command_identity, _SEED, command_run_json)
+from vlmsteer.analysis.shift import MATCHINGS
+from vlmsteer.cli.common import (
+    _ALLOW_PARTIAL,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DTYPE,
+    _OVERWRITE,
+    _SEED,
+    _parse_ints,
+    app,
+    command_identity,
+    command_run_json,
+    out_console,
+    registry_option,
+)
+from vlmsteer.concepts.methods import CONCEPT_METHODS
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.models import grounding_identity, load_head, open_store
 from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.analysis.shift import MATCHINGS
-from vlmsteer.concepts.methods import CONCEPT_METHODS
-from vlmsteer.cli.common import registry_option
-from vlmsteer.errors import VlmsteerError
 
 
 @app.command()
@@ -23,7 +34,8 @@ def shift(original: Path = typer.Option(..., help="Store extracted from the orig
           out: Path = typer.Option(Path("runs/shift"), help="Output folder."),
           layer: Optional[int] = typer.Option(None, help="Model layer (default: the deepest in the original store)."),
           k: int = typer.Option(10, "-k", "--k", min=1, help="Concepts per model."),
-          method: str = registry_option("kmeans", registry=CONCEPT_METHODS, where=lambda e: e.value.family == "clustering"),
+          method: str = registry_option("kmeans", registry=CONCEPT_METHODS,
+                                        where=lambda e: e.value.family == "clustering"),
           matching: str = registry_option("hungarian", registry=MATCHINGS),
           checkpoint: Optional[list[str]] = typer.Option(None, help="STEP=STORE of a checkpoint (repeat)."),
           ks: Optional[str] = typer.Option(None, help="Ablation over K, e.g. '5,10,20'."),

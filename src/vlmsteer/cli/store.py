@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_PARTIAL, out_console, _OVERWRITE, store_app)
-from vlmsteer.runs.models import open_store
+from vlmsteer.cli.common import _ALLOW_PARTIAL, _OVERWRITE, out_console, store_app
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.runs.models import open_store
 
 
 @store_app.command("import")

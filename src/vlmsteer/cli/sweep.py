@@ -9,16 +9,40 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import (_ACTIVE, _ALLOW_OTHER_MODEL, _ALLOW_OUTSIDE, _ALLOW_PARTIAL, app, _BATCH,
-                                 _CONCEPT, _condition_spec, _CONDITION_STORE, _DEVICE, _DEVICE_MAP, _DICTIONARY,
-                                 _DTYPE, _EDIT, _EDIT_DICTIONARY, _edit_spec, _LATENT, _load_samples, _MAX_PIXELS,
-                                 out_console, _OVERWRITE, command_identity, _SEED, _steering,
-                                 _SPLIT, command_run_json)
+from vlmsteer.cli.common import (
+    _ACTIVE,
+    _ALLOW_OTHER_MODEL,
+    _ALLOW_OUTSIDE,
+    _ALLOW_PARTIAL,
+    _BATCH,
+    _CONCEPT,
+    _CONDITION_STORE,
+    _DEVICE,
+    _DEVICE_MAP,
+    _DICTIONARY,
+    _DTYPE,
+    _EDIT,
+    _EDIT_DICTIONARY,
+    _LATENT,
+    _MAX_PIXELS,
+    _OVERWRITE,
+    _SEED,
+    _SPLIT,
+    _VQA_TOKENS,
+    _condition_identity,
+    _condition_spec,
+    _edit_spec,
+    _load_samples,
+    _steering,
+    app,
+    command_identity,
+    command_run_json,
+    out_console,
+)
+from vlmsteer.cli.engine import _ENGINE, _engine
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.models import load_model, open_store
 from vlmsteer.runs.protocol import claim, publish
-from vlmsteer.cli.engine import _engine, _ENGINE
-from vlmsteer.cli.common import _condition_identity, _VQA_TOKENS
-from vlmsteer.errors import VlmsteerError
 
 
 @app.command()
@@ -48,12 +72,11 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE):
     """Sweep a coarse vector over layers × alphas × regions × samples, or a dictionary edit
     (--edit-dictionary) over values × regions; one table and one PNG."""
-    from vlmsteer.runs.sweep import SweepGrid, run_sweep
-    from vlmsteer.report.plots import write_sweep
     from vlmsteer.data.filters import Filter
-    from vlmsteer.positions import Region
-
     from vlmsteer.data.identity import dataset_identity
+    from vlmsteer.positions import Region
+    from vlmsteer.report.plots import write_sweep
+    from vlmsteer.runs.sweep import SweepGrid, run_sweep
     from vlmsteer.steer.vector import check_same_model
 
     engine = _engine(engine)

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import (_ALLOW_PARTIAL, out_console, _OVERWRITE, _parse_layers, _SEED, vectors_app)
-from vlmsteer.runs.models import open_store
+from vlmsteer.cli.common import _ALLOW_PARTIAL, _OVERWRITE, _SEED, _parse_layers, out_console, vectors_app
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.runs.models import open_store
 
 
 @vectors_app.command("coarse")

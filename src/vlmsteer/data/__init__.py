@@ -16,8 +16,8 @@ from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.data.vqav2 import load_vqav2
 from vlmsteer.errors import VlmsteerError
 
-__all__ = ["Sample", "Filter", "DATA_FORMATS", "DatasetFormat", "load_samples", "load_vqav2", "load_coco_captions", "load_jsonl", "load_mm_safetybench",
-           "load_figstep", "subsample"]
+__all__ = ["Sample", "Filter", "DATA_FORMATS", "DatasetFormat", "load_samples", "load_vqav2", "load_coco_captions",
+           "load_jsonl", "load_mm_safetybench", "load_figstep", "subsample"]
 
 
 def load_samples(fmt: str, path: str | Path, *, split: str = "val2014", images: str | Path | None = None,

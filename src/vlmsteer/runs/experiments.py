@@ -29,13 +29,12 @@ from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions
-from vlmsteer.runs.captions import run_captions
 from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
+from vlmsteer.positions import Region, Selector
+from vlmsteer.runs.captions import run_captions
 from vlmsteer.runs.generation import generate_responses
-from vlmsteer.positions import Selector
-from vlmsteer.positions import Region
 from vlmsteer.steer import Steering
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import NearestConceptCondition

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from vlmsteer.engines import ENGINES, Response, start_engine
 from vlmsteer.batching import part_name, rank_slice
-from vlmsteer.data.sample import Sample
-from vlmsteer.model import VLM
-from vlmsteer.errors import VlmsteerError
-from vlmsteer.steer.steerer import Steering
 from vlmsteer.data.identity import dataset_identity
+from vlmsteer.data.sample import Sample
+from vlmsteer.engines import ENGINES, Response, start_engine
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.model import VLM
 from vlmsteer.outputs import atomic_write_json, fingerprint
+from vlmsteer.steer.steerer import Steering
 
 
 def run_fingerprint(vlm: VLM, samples: Sequence[Sample], steering: Steering | None, **settings) -> str:

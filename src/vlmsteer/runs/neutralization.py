@@ -28,10 +28,10 @@ from vlmsteer.concepts.kmeans_concepts import KMeansConcepts
 from vlmsteer.data.keywords import KeywordSet
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.runs.captions import run_captions
-from vlmsteer.runs.experiments import GenerationSettings, generated_store, last_prompt_features
 from vlmsteer.model import VLM
 from vlmsteer.positions import Region
+from vlmsteer.runs.captions import run_captions
+from vlmsteer.runs.experiments import GenerationSettings, generated_store, last_prompt_features
 from vlmsteer.steer import Steering
 from vlmsteer.steer.vector import SteeringVector
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmsteer.data.sample import Sample
-from vlmsteer.runs.generation import generate_grid
-from vlmsteer.model import VLM
-from vlmsteer.positions import Region
-from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.errors import VlmsteerError
+from vlmsteer.model import VLM
 from vlmsteer.outputs import atomic_write_json
+from vlmsteer.positions import Region
+from vlmsteer.runs.generation import generate_grid
+from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.steer.selection import RELATIVE_TO, rank, selection_score
 from vlmsteer.steer.steerer import Steering
 from vlmsteer.steer.vector import SteeringVector

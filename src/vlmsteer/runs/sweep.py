@@ -10,11 +10,10 @@ from typing import Sequence
 from vlmsteer.data.filters import ANSWER_FIELDS, Filter, as_filter
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.evaluate.vqa import compare_runs
-from vlmsteer.runs.generation import generate_grid
-from vlmsteer.evaluate.vqa import require_answers, score_vqa
+from vlmsteer.evaluate.vqa import compare_runs, require_answers, score_vqa
 from vlmsteer.model import VLM
 from vlmsteer.positions import Region
+from vlmsteer.runs.generation import generate_grid
 from vlmsteer.steer.builders import coarse_vector
 from vlmsteer.steer.conditions import ConditionSpec
 from vlmsteer.steer.dictionary_edit import DictionarySteering, EditMode

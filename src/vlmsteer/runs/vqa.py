@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.sample import Sample
-from vlmsteer.errors import VlmsteerError
-from vlmsteer.runs.generation import generate_responses, generate_texts
 from vlmsteer.evaluate.vqa import VQAReport, compare_runs, require_answers, score_vqa
 from vlmsteer.model import VLM
+from vlmsteer.runs.generation import generate_responses, generate_texts
 from vlmsteer.steer.steerer import Steering
 
 
