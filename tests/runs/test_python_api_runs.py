@@ -63,3 +63,25 @@ def test_python_call_writes_the_clis_folder_and_refuses_alike(store, tiny_folder
     assert main(["concepts", str(store.path), "--out", str(api), "-k", "3", "--model", model,
                  "--splice-samples", "4"]) == 0
     concepts(store.path, cli, k=3, model=model, splice_samples=4, progress=False)
+
+
+def test_diff_from_python_writes_the_clis_folder(store, tmp_path, capsys):
+    from vlmsteer.runs.diff import diff
+
+    cli, api = tmp_path / "cli", tmp_path / "api"
+    assert main(["diff", "--original", str(store.path), "--finetuned", str(store.path), "--method", "concepts",
+                 "-k", "3", "--no-words", "--out", str(cli)]) == 0
+    result = diff(str(store.path), str(store.path), str(api), method="concepts", k=3, no_words=True, progress=False)
+    assert result["method"] == "concepts" and result["relative_norm"] == 0.0  # a store against itself
+    assert (cli / "diff.json").read_bytes() == (api / "diff.json").read_bytes()
+    assert (cli / "diff.safetensors").read_bytes() == (api / "diff.safetensors").read_bytes()
+    a, b = _record(cli), _record(api)
+    assert a["identity"] == b["identity"] and a["fingerprint"] == b["fingerprint"]
+    assert a["identity"]["command"] == "vlmsteer diff" and a["identity"]["settings"]["method"] == "concepts"
+    # an option the method does not take: refused by both, before anything is written
+    with pytest.raises(VlmsteerError, match="does not use --l0"):
+        diff(store.path, store.path, tmp_path / "other", method="adl", l0=5)
+    capsys.readouterr()
+    assert main(["diff", "--original", str(store.path), "--finetuned", str(store.path), "--method", "adl",
+                 "--l0", "5", "--out", str(tmp_path / "other")]) == 2
+    assert "does not use --l0" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.analysis.diffing_methods import DIFF_METHODS, check_options
+from vlmsteer.analysis.diffing_methods import DIFF_METHODS
 from vlmsteer.cli.common import (
     _ALLOW_PARTIAL,
     _DEVICE,
@@ -16,14 +16,9 @@ from vlmsteer.cli.common import (
     _OVERWRITE,
     _SEED,
     app,
-    command_identity,
-    command_run_json,
     out_console,
     registry_option,
 )
-from vlmsteer.errors import VlmsteerError
-from vlmsteer.runs.models import grounding_identity, load_head, open_store
-from vlmsteer.runs.protocol import claim, publish
 
 
 @app.command()
@@ -50,24 +45,11 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
     of the features' spread), a ranked readout (words), the differences as steering vectors, an
     HTML report. The stores' selector is the token region (extract with --selector mean_image,
     mean_text or mean_response)."""
-    from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
-    from vlmsteer.runs.diff import run_diff
-    from vlmsteer.store import check_paired
+    from vlmsteer.runs.diff import diff as run
 
-    check_options(method, {"latents": latents, "l0": l0, "epochs": epochs})
-    a, b = open_store(original, allow_partial), open_store(finetuned, allow_partial)
-    absolute = a.layer_index(layer) if layer is not None else max(a.layers)
-    b.layer_index(absolute)
-    check_paired(a, b, "model diffing", same_samples=True)
-    with publish(out, overwrite) as pub:
-        name = model or a.header.get("model_id")
-        if not (name or no_words):
-            raise VlmsteerError(f"{original} names no model to read words with: pass --model or --no-words")
-        vlm = None if no_words else load_head(name, dtype, device, device_map)
-        claim(pub, command_identity(original=a.fingerprint, finetuned=b.fingerprint,
-                                  grounding=grounding_identity(vlm, a)))
-        result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed,
-                          top_images=top_images, options=DictionaryOptions(latents, l0, epochs, seed, progress=True))
-        command_run_json(pub, model_id=a.header.get("model_id"))
+    result = run(original, finetuned, out, method=method, layer=layer, k=k, latents=latents, l0=l0, epochs=epochs,
+                 top_words=top_words, top_images=top_images, model=model, no_words=no_words, seed=seed,
+                 allow_partial=allow_partial, dtype=dtype, device=device, device_map=device_map, overwrite=overwrite)
+    absolute = result["layer"]
     out_console.print(f"{method}, layer {absolute}: readout {result['readout']}, {result['relative_norm']:.3f} of the "
                       f"features' spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")

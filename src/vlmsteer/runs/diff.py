@@ -1,23 +1,28 @@
 """``vlmsteer diff``: a diffing method's readout between two models' stores, published as
-``diff.json``, ``diff.safetensors``, the trained dictionary and ``report.html``."""
+``diff.json``, ``diff.safetensors``, the trained dictionary and ``report.html``. :func:`diff` is
+the command itself, callable from Python."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
 from vlmsteer.analysis.diffing import Readout, change_along, paired_features, top_samples
-from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffSettings
+from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffSettings, check_options
 from vlmsteer.concepts.grounding import ground_text
 from vlmsteer.outputs import atomic_write_json
 from vlmsteer.report.diffing import diff_section
 from vlmsteer.report.plots import decoder_norm_plot
 from vlmsteer.report.section import write_section
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.runs.models import grounding_identity, load_head, open_store
+from vlmsteer.runs.protocol import RunSpec, claim, publish, run_identity, write_run_json
 from vlmsteer.steer.vector import SteeringVector, save_vectors
-from vlmsteer.store import FeatureStore
+from vlmsteer.store import FeatureStore, check_paired
 
 SHOWN_PARTS = 30  # parts grounded in words and listed
 
@@ -71,3 +76,31 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
     return result
 
 
+
+
+def diff(original: str | Path, finetuned: str | Path, out: str | Path = Path("runs/diff"), *, method: str = "adl",
+         layer: Optional[int] = None, k: int = 10, latents: Optional[int] = None, l0: Optional[int] = None,
+         epochs: Optional[int] = None, top_words: int = 15, top_images: int = 8, model: Optional[str] = None,
+         no_words: bool = False, seed: int = 0, allow_partial: bool = False, dtype: str = "auto", device: str = "cpu",
+         device_map: Optional[str] = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """``vlmsteer diff`` from Python: the same options (by the same names and defaults), the same
+    published folder and ``run.json``, the same refusals (an option the method does not take, a
+    rerun with other settings unless ``overwrite``). Returns the ``diff.json`` record."""
+    spec = RunSpec.of_call("vlmsteer diff", {k_: v for k_, v in locals().items() if k_ != "progress"},
+                           paths=("original", "finetuned", "out"))
+    check_options(method, {"latents": latents, "l0": l0, "epochs": epochs})
+    a, b = open_store(Path(original), allow_partial), open_store(Path(finetuned), allow_partial)
+    absolute = a.layer_index(layer) if layer is not None else max(a.layers)
+    b.layer_index(absolute)
+    check_paired(a, b, "model diffing", same_samples=True)
+    with publish(Path(out), overwrite) as pub:
+        name = model or a.header.get("model_id")
+        if not (name or no_words):
+            raise VlmsteerError(f"{original} names no model to read words with: pass --model or --no-words")
+        vlm = None if no_words else load_head(name, dtype, device, device_map)
+        claim(pub, run_identity(spec, original=a.fingerprint, finetuned=b.fingerprint,
+                                grounding=grounding_identity(vlm, a)))
+        result = run_diff(method, a, b, absolute, pub.stage, vlm=vlm, top_words=top_words, k=k, seed=seed,
+                          top_images=top_images, options=DictionaryOptions(latents, l0, epochs, seed, progress=progress))
+        write_run_json(pub, spec, model_id=a.header.get("model_id"))
+    return result
