@@ -21,7 +21,8 @@ from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.outputs import atomic_write, make_folder
 
 
-CONCEPT_SHIFT = "concept_shift"  # the method recorded by a concept-pair vector
+CONCEPT_SHIFT = "concept_shift"  # the method recorded by a concept-pair vector u_j - u_i
+PAIR_METHODS = frozenset({CONCEPT_SHIFT})  # builders whose vectors go from one concept to another
 
 
 @dataclass
@@ -62,7 +63,7 @@ class SteeringVector:
     @property
     def pairs_concepts(self) -> bool:
         """Whether it goes from one concept to another (``u_j − u_i``, built by ``concept_shift``)."""
-        return self.method == CONCEPT_SHIFT
+        return self.method in PAIR_METHODS
 
     def norm(self, layer: int | None = None) -> float:
         layer = self.layers[0] if layer is None else layer
