@@ -83,7 +83,9 @@ def test_registry_refuses_twins_and_names_the_choices():
         reg.get("c")
     with pytest.raises(ValueError):
         reg.add("d", 3, "two\nlines")
-    assert reg.help("Pick one.") == "Pick one. a-b: the first"
+    reg.add("a_b", 2, "a plugin's own", replace=True)  # a plugin may replace a built-in on purpose
+    assert reg.get("a-b") == 2 and reg.names() == ["a_b"]
+    assert reg.help("Pick one.") == "Pick one. a_b: a plugin's own"
 
 
 @pytest.mark.parametrize("command, registry", [
