@@ -18,7 +18,7 @@ a caller asks for them (``progress=True``, which the CLI does).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 __version__ = "0.1.0"
 
@@ -44,11 +44,21 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'vlmsteer' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), name)
+def lazy_exports(package: str, api: dict[str, str], listed: list[str]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` (``listed``: its ``__all__``) for names
+    (``api``: name -> module defining it) imported on first use, so that importing the package
+    stays light."""
+
+    def getattr_(name: str) -> Any:
+        if name not in api:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(api[name]), name)
+
+    def dir_() -> list[str]:
+        return sorted(listed)
+
+    return getattr_, dir_
 
 
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _API, __all__)

@@ -4,8 +4,7 @@
 The names below load their modules on first use, so that importing one submodule (a command's
 registry) does not import every dictionary's dependencies."""
 
-import importlib
-from typing import Any
+from vlmsteer import lazy_exports
 
 _API = {
     "ConceptDictionary": "vlmsteer.concepts.dictionary", "KMeansConcepts": "vlmsteer.concepts.kmeans_concepts",
@@ -17,13 +16,4 @@ _API = {
 }
 
 __all__ = list(_API)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'vlmsteer.concepts' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _API, __all__)
