@@ -15,6 +15,7 @@ from vlmsteer.cli.common import (
     _OVERWRITE,
     _SEED,
     _checked_device,
+    _current_params,
     app,
     err_console,
     out_console,
@@ -68,12 +69,7 @@ def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
     write an HTML report."""
     from vlmsteer.runs.concepts import concepts as run
 
-    result = run(store, out, method=method, k=k, latents=latents, l0=l0, epochs=epochs, batch_size=batch_size, lr=lr,
-                 train_dtype=train_dtype, held_out=held_out, saelens=saelens, report_concepts=report_concepts,
-                 layer=layer, model=model, no_words=no_words, splice_samples=splice_samples, top_words=top_words,
-                 top_images=top_images, seed=seed, backend=backend, dtype=dtype, device=device,
-                 device_map=device_map, allow_partial=allow_partial, overwrite=overwrite,
-                 note=lambda line: err_console.print(line))
+    result = run(**_current_params(), note=lambda line: err_console.print(line))  # (the same option names)
     n, absolute, sae = result["k"], result["layer"], CONCEPT_METHODS.get(method).family == "sae"
     table = Table(title=f"{n} {method} concepts, layer {absolute}"
                         + (f" (the {report_concepts} most used)" if sae and n > report_concepts else ""))

@@ -15,6 +15,7 @@ from vlmsteer.cli.common import (
     _DTYPE,
     _OVERWRITE,
     _SEED,
+    _current_params,
     app,
     out_console,
     registry_option,
@@ -47,9 +48,7 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
     mean_text or mean_response)."""
     from vlmsteer.runs.diff import diff as run
 
-    result = run(original, finetuned, out, method=method, layer=layer, k=k, latents=latents, l0=l0, epochs=epochs,
-                 top_words=top_words, top_images=top_images, model=model, no_words=no_words, seed=seed,
-                 allow_partial=allow_partial, dtype=dtype, device=device, device_map=device_map, overwrite=overwrite)
+    result = run(**_current_params())  # (the same option names)
     absolute = result["layer"]
     out_console.print(f"{method}, layer {absolute}: readout {result['readout']}, {result['relative_norm']:.3f} of the "
                       f"features' spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")
