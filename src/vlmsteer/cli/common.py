@@ -84,9 +84,20 @@ class _RegistryArgument(_RegistryHelp, typer.models.ArgumentInfo):
     pass
 
 
-def registry_option(default, *flags: str, registry, intro: str = "", where=None, **kwargs):
+def registry_option(default, *flags: str, registry, intro: str = "", where=None, refuse_others: bool = False,
+                    **kwargs):
     """A ``typer.Option`` choosing an entry of ``registry``: its help lists every entry (those
-    ``where`` accepts) with its one-line description."""
+    ``where`` accepts) with its one-line description; with ``refuse_others``, an entry ``where``
+    does not accept is a one-line error when the command line is read."""
+
+    def accepted(ctx, param, value):
+        if value is not None and not where(registry.entry(value)):
+            flag = max(param.opts, key=len)
+            raise VlmsteerError(f"{flag} {value}: choose one of {', '.join(registry.names(where))}")
+        return value
+
+    if refuse_others:
+        kwargs["callback"] = accepted
     info = typer.Option(default, *flags, **kwargs)
     info.__class__ = _RegistryOption
     info._help_of = lambda: registry.help(intro, where)

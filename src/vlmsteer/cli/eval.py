@@ -49,7 +49,6 @@ from vlmsteer.cli.common import (
 )
 from vlmsteer.cli.engine import _ENGINE, _engine
 from vlmsteer.data.formats import DATA_FORMATS
-from vlmsteer.errors import VlmsteerError
 from vlmsteer.positions import Region
 from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import claim, publish, rank_and_world
@@ -58,7 +57,7 @@ from vlmsteer.runs.protocol import claim, publish, rank_and_world
 @eval_app.command("vqa")
 def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="VQAv2 folder (official layout), or a dataset of --format."),
-             fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS,
+             fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS, refuse_others=True,
                                         where=lambda e: e.value.reference == "answers"),
              split: str = _SPLIT, images: Optional[Path] = _IMAGES,
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
@@ -84,9 +83,6 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     """Answer VQA questions greedily (optionally steered) and report official VQAv2 accuracy."""
     from vlmsteer.runs.vqa import evaluate_vqa_run
 
-    if DATA_FORMATS.get(fmt).reference != "answers":
-        raise VlmsteerError(f"--format {fmt} holds no reference answers; choose one of "
-                            f"{', '.join(DATA_FORMATS.names(lambda e: e.value.reference == 'answers'))}")
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     metrics = _evaluate(
@@ -158,7 +154,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
 @eval_app.command("safety")
 def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
                 data: Path = typer.Option(..., help="Benchmark folder (or JSONL file)."),
-                fmt: str = registry_option("mm-safetybench", "--format", registry=DATA_FORMATS,
+                fmt: str = registry_option("mm-safetybench", "--format", registry=DATA_FORMATS, refuse_others=True,
                                            where=lambda e: e.value.safety),
                 image_type: str = typer.Option("SD_TYPO", help="MM-SafetyBench image type: SD, SD_TYPO or TYPO."),
                 out: Path = typer.Option(Path("runs/eval-safety"), help="Output folder."),
@@ -184,8 +180,6 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
-    if not DATA_FORMATS.get(fmt).safety:
-        raise VlmsteerError(f"--format {fmt}: choose one of {', '.join(DATA_FORMATS.names(lambda e: e.value.safety))}")
     metrics = _evaluate(
         "safety", out, overwrite,
         lambda: _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,
