@@ -57,6 +57,27 @@ def test_a_preparation_error_surfaces_at_its_batch(mode):
     assert seen == [list(range(0, 5)), list(range(5, 10))]  # the batches before it came through
 
 
+def _tensors(chunk):
+    import torch
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6) + chunk[0]
+    return {"float": base, "strided": base.t()[::2], "long": base.long(), "bool": base > 10,
+            "bfloat16": base.bfloat16(), "empty": base[:0], "text": [str(x) for x in chunk]}
+
+
+def test_tensors_come_back_from_a_worker_process_exactly():
+    """A worker's batch travels pickled whole, its tensors as arrays (bfloat16 as torch
+    pickles it): every dtype, layout and value arrives as prepared."""
+    import torch
+
+    items = list(range(7))
+    for chunk, got in shrinking_batches(items, 3, lambda p: p, prepare=_tensors, prefetch=Prefetch.PROCESS):
+        want = _tensors(chunk)
+        assert got.keys() == want.keys() and got["text"] == want["text"]
+        for key in want.keys() - {"text"}:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
 @pytest.mark.parametrize("mode", [Prefetch.THREAD, Prefetch.PROCESS])
 def test_prefetched_batches_shrink_on_out_of_memory(mode):
     """A batch over 3 items runs out of memory: it is prepared again at the halved size and the

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import ALL_ARCHITECTURES
 from vlmsteer.cli import main
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.errors import VlmsteerError
@@ -331,3 +332,33 @@ def test_torchrun_two_processes_give_the_single_process_store(tiny_folder, tmp_p
     shutil.rmtree(tmp_path / "multi")
     shutil.copytree(tmp_path / "single", tmp_path / "multi")
     assert run().returncode != 0
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
+def test_questions_about_one_image_encode_it_once(arch, tiny_vlm, shapes_data, tmp_path):
+    """Where a batch repeats an image, its vision tower sees each distinct image once (where it
+    takes whole images: LLaVA, Idefics2) and the features equal those of encoding every row."""
+    import dataclasses
+
+    vlm = tiny_vlm(arch)
+    samples = load_vqav2(shapes_data)[:16]
+    distinct = len({s.image_path for s in samples[:8]}) + len({s.image_path for s in samples[8:]})
+    assert distinct < len(samples)
+    encoded: list[int] = []
+    handle = vlm.image_encoder.register_forward_hook(  # sees the inputs after the de-duplicating pre-hook
+        lambda module, args, kwargs, output: encoded.append(len(args[0] if args else kwargs["pixel_values"])),
+        with_kwargs=True)
+    config = ExtractConfig(layers=[1], batch_size=8)
+    try:
+        once, _ = extract(vlm, samples, tmp_path / "once", config, progress=False)
+        rows_once = list(encoded)
+        encoded.clear()
+        every, _ = extract(dataclasses.replace(vlm, image_encoder=None), samples, tmp_path / "every", config,
+                           progress=False)
+    finally:
+        handle.remove()
+    if arch in ("llava", "idefics2", "gemma3"):  # whole images in: each distinct one encoded once
+        assert sum(rows_once) == distinct < sum(encoded)
+    else:  # flattened patches (Qwen2-VL) or tiles: encoded as they come, or fewer where tiles repeat
+        assert sum(rows_once) <= sum(encoded)
+    np.testing.assert_allclose(once.features(1), every.features(1), rtol=1e-4, atol=1e-5)

@@ -23,7 +23,7 @@ from vlmsteer.batching import Prefetch, choose_prefetch, part_name, rank_slice, 
 from vlmsteer.data.identity import dataset_identity
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError, parse_choice
-from vlmsteer.hooks import capture_residual, stop_after
+from vlmsteer.hooks import capture_residual, encode_each_image_once, stop_after
 from vlmsteer.loading import decode_images
 from vlmsteer.model import Batch, VLM
 from vlmsteer.progress import progress_bar
@@ -304,8 +304,10 @@ def _read_with(reader: FeatureReader, images: list, full: Batch, positions, foun
 
 
 def _read_hidden(vlm: VLM, full: Batch, positions, found, layers) -> dict:
-    # the forward stops after the deepest captured layer: later layers and logits are not needed
-    with capture_residual(vlm.layers, layers) as captured, stop_after(vlm.layers[max(layers)]):
+    # the forward stops after the deepest captured layer: later layers and logits are not needed;
+    # questions about one image share its encoding
+    with (capture_residual(vlm.layers, layers) as captured, stop_after(vlm.layers[max(layers)]),
+          encode_each_image_once(vlm.image_encoder)):
         vlm.forward(full)
     hidden = {layer: captured[layer][0] for layer in layers}
     features = {}

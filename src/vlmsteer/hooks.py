@@ -67,6 +67,72 @@ def stop_after(layer: torch.nn.Module) -> Iterator[None]:
 EditFn = Callable[[torch.Tensor, dict], torch.Tensor | None]
 
 
+class _Differ(Exception):
+    pass
+
+
+@contextmanager
+def encode_each_image_once(encoder: torch.nn.Module | None) -> Iterator[None]:
+    """Run the image encoder once per distinct image of a batch: where the pixel tensor it is
+    called with (a batch of whole images, ``(images, channels, height, width)``) repeats an
+    image, e.g. several questions about one picture, only the distinct ones are encoded and
+    every tensor of the output is expanded back to one row per image. Encoders called with
+    another layout (Qwen2-VL's flattened patches) run as they are; ``None``: nothing to do."""
+    if encoder is None:
+        yield
+        return
+    inverse: list[tuple[torch.Tensor, int]] = []  # this call's row per image, and the rows encoded
+
+    def distinct(module, args, kwargs):
+        inverse.clear()
+        pixels = args[0] if args else kwargs.get("pixel_values")
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or len(pixels) < 2:
+            return None
+        n = len(pixels)
+        _, index = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+        first = torch.full((int(index.max()) + 1,), n, dtype=torch.long, device=index.device)
+        first.scatter_reduce_(0, index, torch.arange(n, device=index.device), "amin")  # each one's first row
+        if len(first) == n:
+            return None
+
+        def subset(value):  # every per-image input (Idefics2's patch masks) must repeat with the pixels
+            if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == n):
+                return value
+            if not torch.equal(value[first][index], value):
+                raise _Differ
+            return value[first]
+
+        try:
+            args, kwargs = tuple(subset(a) for a in args), {k: subset(v) for k, v in kwargs.items()}
+        except _Differ:
+            return None
+        inverse.append((index, len(first)))
+        return args, kwargs
+
+    def expand(value):
+        index, n = inverse[0]
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == n:
+            return value[index]
+        if isinstance(value, tuple):
+            return tuple(expand(v) for v in value)
+        return value
+
+    def expanded(module, args, kwargs, output):
+        if not inverse:
+            return None
+        if isinstance(output, dict):  # transformers' ModelOutput
+            return type(output)(**{k: expand(v) for k, v in output.items()})
+        return expand(output)
+
+    handles = [encoder.register_forward_pre_hook(distinct, with_kwargs=True),
+               encoder.register_forward_hook(expanded, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextmanager
 def edit_residual(layers: torch.nn.ModuleList, edits: dict[int, EditFn]) -> Iterator[None]:
     """Replace the output of ``layers[i]`` by ``edits[i](hidden, kwargs)`` (if not None).

@@ -74,6 +74,8 @@ class VLM:
     adapter: dict | None = None  # {"path", "sha256"} of a LoRA adapter loaded on top
     source: dict | None = None  # where the weights came from and their digest (see loading.model_fingerprint)
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused before decoding
+    image_encoder: torch.nn.Module | None = None  # the vision tower (see hooks.encode_each_image_once)
+    _prompts: dict = field(default_factory=dict, repr=False, compare=False)  # see build_prompt
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -132,7 +134,7 @@ class VLM:
         unembed = base.get_output_embeddings()
         return cls(model=model, processor=processor, model_id=model_id, layers=layers, norm=norm,
                    unembed=unembed, image_token_ids=frozenset(_image_token_ids(base, processor)),
-                   revision=revision)
+                   revision=revision, image_encoder=_image_encoder(base))
 
     @classmethod
     def from_parts(cls, model: torch.nn.Module, processor: Any, *, layers: torch.nn.ModuleList,
@@ -213,13 +215,21 @@ class VLM:
 
     # ------------------------------------------------------------------ prompts and batches
     def build_prompt(self, text: str, image: bool = True, answer: str | None = None) -> str:
-        """The chat-template prompt for one (image, text) pair; with ``answer``, the full turn."""
-        if self.format_prompt is not None:
-            prompt = self.format_prompt(text, image)
-        else:
-            content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
-            messages = [{"role": "user", "content": content}]
-            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        """The chat-template prompt for one (image, text) pair; with ``answer``, the full turn.
+        Rendered once per distinct pair (questions repeat: the template is a fifth of preparing
+        a batch)."""
+        key = (text, image, self.format_prompt, getattr(self.processor, "chat_template", None))
+        prompt = self._prompts.get(key)
+        if prompt is None:
+            if self.format_prompt is not None:
+                prompt = self.format_prompt(text, image)
+            else:
+                content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+                messages = [{"role": "user", "content": content}]
+                prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            if len(self._prompts) >= 65536:
+                self._prompts.clear()
+            self._prompts[key] = prompt
         if answer is None:
             return prompt
         return prompt + " " + answer if not prompt.endswith((" ", "\n")) else prompt + answer
@@ -380,6 +390,16 @@ def _image_token_ids(model, processor) -> set[int]:
         if isinstance(tid, int):
             return {tid}
     return ids
+
+
+def _image_encoder(model) -> torch.nn.Module | None:
+    """The vision tower, under the names transformers' image-text-to-text models give it."""
+    for owner in (getattr(model, "model", None), model):
+        for name in ("vision_tower", "visual", "vision_model"):
+            encoder = getattr(owner, name, None)
+            if isinstance(encoder, torch.nn.Module):
+                return encoder
+    return None
 
 
 def _has_own_rope_index(model) -> bool:
