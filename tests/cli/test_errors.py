@@ -229,3 +229,15 @@ def test_ctrl_c_exits_130_and_the_store_resumes(tiny_folder, tmp_path):
     assert "interrupted" in err and "resume" in err and "Traceback" not in err
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0 and "resumed from" in again.stdout
+
+
+def test_a_format_without_reference_answers_is_refused_where_answers_are_needed(capsys, tmp_path):
+    """FigStep and MM-SafetyBench carry prompts only: ``eval vqa`` and ``finetune`` refuse them
+    when the command line is read (their help does not offer them), before any data is read."""
+    missing = str(tmp_path / "nowhere")
+    for fmt in ("figstep", "mm-safetybench"):
+        _one_error(capsys, 2, ["eval", "vqa", "--model", "shapes-llava", "--data", missing, "--format", fmt,
+                               "--out", str(tmp_path / "e")], f"--format {fmt}: choose one of vqav2, jsonl")
+        _one_error(capsys, 2, ["finetune", "--model", "shapes-llava", "--data", missing, "--format", fmt,
+                               "--out", str(tmp_path / "f")], f"--format {fmt}: choose one of")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()

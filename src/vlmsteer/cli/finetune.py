@@ -36,7 +36,8 @@ from vlmsteer.runs.protocol import claim, publish
 def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="Dataset folder or file."),
              out: Path = typer.Option(..., help="Output folder (adapters, loss.jsonl, merged/)."),
-             fmt: str = registry_option("coco", "--format", registry=DATA_FORMATS),
+             fmt: str = registry_option("coco", "--format", registry=DATA_FORMATS, refuse_others=True,
+                                        where=lambda e: e.value.reference != "none"),
              keywords: Optional[str] = typer.Option(None, help="Keep only texts with these keywords: colors, "
                                                                "places, sentiments, gender."),
              steps: int = typer.Option(300, min=1, help="Optimizer steps."), batch_size: int = _BATCH(16),

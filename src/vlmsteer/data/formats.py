@@ -31,7 +31,7 @@ from vlmsteer.registry import Registry
 class DatasetFormat:
     load: Callable[..., list[Sample]]  # (path, *, split, images, limit, seed, prompt, allow_outside_images)
     example: Callable[[Path], Path]  # writes a small dataset of the format into a folder; returns what --data names
-    reference: str = "answers"  # the reference text its samples carry: answers or captions
+    reference: str = "answers"  # the reference text its samples carry: answers, captions or none
     safety: bool = False  # prompts to be graded for refusal (eval safety takes it)
 
 
@@ -103,6 +103,6 @@ DATA_FORMATS.add("vqav2", DatasetFormat(_vqav2, _shapes_world), "official VQAv2 
 DATA_FORMATS.add("coco", DatasetFormat(_coco, _shapes_world, reference="captions"), "COCO captions (captions_SPLIT.json)",
                  {"split": "split in the file names", "images": "image folder", "prompt": "the caption prompt"})
 DATA_FORMATS.add("jsonl", DatasetFormat(_jsonl, _unsafe_jsonl, safety=True), "one JSON object per line (image, prompt, answer)")
-DATA_FORMATS.add("mm-safetybench", DatasetFormat(_mm_safetybench, _mm_safetybench_example, safety=True),
+DATA_FORMATS.add("mm-safetybench", DatasetFormat(_mm_safetybench, _mm_safetybench_example, reference="none", safety=True),
                  "MM-SafetyBench (--split names the image type: SD, SD_TYPO or TYPO)", {"split": "image type"})
-DATA_FORMATS.add("figstep", DatasetFormat(_figstep, _figstep_example, safety=True), "FigStep's SafeBench typographic prompts")
+DATA_FORMATS.add("figstep", DatasetFormat(_figstep, _figstep_example, reference="none", safety=True), "FigStep's SafeBench typographic prompts")
