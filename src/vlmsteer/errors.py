@@ -21,9 +21,10 @@ class VlmsteerError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, every_rank: bool = False):
         super().__init__(" ".join(str(message).split()))
         self.param = param
+        self.every_rank = every_rank  # raised alike by every rank of a launcher: only rank 0 says it
 
 
 def input_error(path: str | Path, problem: str, param: str | None = None) -> VlmsteerError:

@@ -241,3 +241,20 @@ def test_a_format_without_reference_answers_is_refused_where_answers_are_needed(
         _one_error(capsys, 2, ["finetune", "--model", "shapes-llava", "--data", missing, "--format", fmt,
                                "--out", str(tmp_path / "f")], f"--format {fmt}: choose one of")
     assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+
+
+def test_the_interrupted_line_promises_a_resume_only_where_the_command_resumes(tmp_path, capsys, monkeypatch):
+    """A command that resumes says what a rerun picks up (extract: its shards); one that does
+    not (eval) says a rerun starts again."""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("vlmsteer.cli.extract._load_samples", stop)
+    monkeypatch.setattr("vlmsteer.cli.eval._load_samples", stop)
+    assert main(["extract", "--model", "m", "--data", str(tmp_path), "--layer", "0", "--out", str(tmp_path / "s")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: finished outputs are kept")
+    assert "rerun the same command to resume (the store continues from its last complete shard)" in err
+    assert main(["eval", "vqa", "--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to start again" in err and "resume" not in err

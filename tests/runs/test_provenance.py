@@ -490,7 +490,8 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(model, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "terminated: finished work is kept" in err and "Traceback" not in err
+    assert "terminated: finished outputs are kept" in err and "Traceback" not in err
+    assert "rerun the same command to resume (the store continues from its last complete shard)" in err
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr
 

@@ -46,10 +46,13 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def _interrupted(code: int = INTERRUPTED) -> int:
+def _interrupted(code: int = INTERRUPTED, resumes: str | None = None) -> int:
+    """The line a stopped command ends with; ``resumes``: what a rerun of it picks up, for the
+    commands that resume (see ``cli.common.resumes``)."""
     what = "terminated" if code == TERMINATED else "interrupted"
-    err_console.print(f"{what}: finished work is kept; rerun the same command to resume "
-                      "(an extraction store continues from its last complete shard)", highlight=False, soft_wrap=True)
+    again = f"rerun the same command to resume ({resumes})" if resumes else "rerun the same command to start again"
+    err_console.print(f"{what}: finished outputs are kept, nothing partial is published; {again}",
+                      highlight=False, soft_wrap=True)
     return code
 
 
@@ -111,6 +114,72 @@ def _tidy_help(command) -> None:
         _tidy_help(sub)
 
 
+def _invoked(command, argv: list[str]):
+    """The command ``argv`` names (a leaf, or a group where it names none) and its path,
+    read without parsing (errors come when the command line is parsed for real)."""
+    names, cmd, args = [], command, list(argv)
+    while hasattr(cmd, "commands"):
+        takes_value = {opt for p in cmd.params if not getattr(p, "is_flag", False) for opt in p.opts}
+        while args and args[0].startswith("-"):
+            flag = args.pop(0)
+            if flag in takes_value and args:
+                args.pop(0)
+        sub = cmd.commands.get(args[0]) if args else None
+        if sub is None:
+            break
+        names.append(args.pop(0))
+        cmd = sub
+    return cmd, names
+
+
+def _after_rank_0(code: int) -> int:
+    """``code``, a few seconds late: a launcher stops every rank when the first one fails, so a
+    rank that refuses quietly waits for rank 0 to say why."""
+    import time
+
+    time.sleep(RANK_0_FIRST_S)
+    return code
+
+
+RANK_0_FIRST_S = 5.0
+
+
+def _rank() -> int:
+    from vlmsteer.runs.protocol import rank_and_world
+
+    return rank_and_world()[0]
+
+
+def _refused_under_launcher(command, argv: list[str]) -> int | None:
+    """Under torchrun (WORLD_SIZE > 1), a command that does not run data-parallel is refused
+    by every rank before any model or engine starts: rank 0 says so in one line."""
+    from vlmsteer.runs.protocol import rank_and_world
+
+    try:
+        rank, world = rank_and_world()
+    except VlmsteerError as exc:
+        return _error(str(exc))
+    if world <= 1 or any(a in ("--help", "-h") for a in argv):
+        return None
+    leaf, names = _invoked(command, argv)
+    if getattr(leaf.callback, "data_parallel", False) or not names:
+        return None
+    if rank != 0:
+        return _after_rank_0(2)
+    runs = ", ".join(sorted(_data_parallel_names(command)))
+    return _error(f"'vlmsteer {' '.join(names)}' runs in one process: start it without torchrun "
+                  f"(WORLD_SIZE is {world}; data-parallel commands: {runs})")
+
+
+def _data_parallel_names(command, prefix: str = "") -> list[str]:
+    found = []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _data_parallel_names(sub, f"{prefix}{name} ")
+        if getattr(sub.callback, "data_parallel", False):
+            found.append(prefix + name)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one ``error: ...`` line and exit code 2;
     Ctrl-C exits with 130 and a line saying how to resume."""
@@ -127,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     _tidy_help(command)
     _log_to_stderr()
+    args = sys.argv[1:] if argv is None else argv
+    refused = _refused_under_launcher(command, args)
+    if refused is not None:
+        return refused
+    resume_hint = getattr(_invoked(command, args)[0].callback, "resume_hint", None)
     signals: list[int] = []
     pid = os.getpid()
 
@@ -140,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
-    stopped = lambda: _interrupted(TERMINATED if signals else INTERRUPTED)  # noqa: E731
+    stopped = lambda: _interrupted(TERMINATED if signals else INTERRUPTED, resume_hint)  # noqa: E731
     try:
         result = command.main(args=argv, prog_name="vlmsteer", standalone_mode=False)
     except VlmsteerError as exc:
+        if exc.every_rank and _rank() != 0:
+            return _after_rank_0(exc.exit_code)
         flag = _flag_of(command, exc.param)
         return _error(str(exc) + (f" (option {flag})" if flag else ""), exc.exit_code)
     except PositionError as exc:  # steering cannot tell where it is: never a silent no-op

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -82,6 +82,23 @@ class _RegistryOption(_RegistryHelp, typer.models.OptionInfo):
 
 class _RegistryArgument(_RegistryHelp, typer.models.ArgumentInfo):
     pass
+
+
+def data_parallel(command: Callable) -> Callable:
+    """Marks a command that runs data-parallel under torchrun (each rank takes its slice of the
+    samples; the parts merge into the one-process result). Put it below ``@app.command``; every
+    other command is refused under torchrun by every rank before anything starts."""
+    command.data_parallel = True
+    return command
+
+
+def resumes(what: str) -> Callable[[Callable], Callable]:
+    """Marks a command that a rerun resumes after Ctrl-C or SIGTERM: ``what`` it keeps (shown
+    in the interrupted message). Put it below ``@app.command``."""
+    def mark(command: Callable) -> Callable:
+        command.resume_hint = what
+        return command
+    return mark
 
 
 def registry_option(default, *flags: str, registry, intro: str = "", where=None, refuse_others: bool = False,

@@ -20,11 +20,13 @@ from vlmsteer.cli.common import (
     err_console,
     out_console,
     registry_option,
+    resumes,
 )
 from vlmsteer.concepts.methods import CONCEPT_METHODS
 
 
 @app.command()
+@resumes("a sparse autoencoder trains on from its last checkpoint")
 def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              out: Path = typer.Option(..., help="Output folder."),
              method: str = registry_option("kmeans", registry=CONCEPT_METHODS, intro="Clustering methods take -k, "

@@ -43,6 +43,7 @@ from vlmsteer.cli.common import (
     _steering,
     command_identity,
     command_run_json,
+    data_parallel,
     eval_app,
     out_console,
     registry_option,
@@ -55,6 +56,7 @@ from vlmsteer.runs.protocol import claim, publish, rank_and_world
 
 
 @eval_app.command("vqa")
+@data_parallel
 def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="VQAv2 folder (official layout), or a dataset of --format."),
              fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS, refuse_others=True,
@@ -102,6 +104,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
 
 
 @eval_app.command("captions")
+@data_parallel
 def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
                   data: Path = typer.Option(..., help="COCO captions folder or file (official or Karpathy)."),
                   split: str = _SPLIT, images: Optional[Path] = _IMAGES,
@@ -152,6 +155,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
 
 
 @eval_app.command("safety")
+@data_parallel
 def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
                 data: Path = typer.Option(..., help="Benchmark folder (or JSONL file)."),
                 fmt: str = registry_option("mm-safetybench", "--format", registry=DATA_FORMATS, refuse_others=True,

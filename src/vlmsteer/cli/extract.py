@@ -24,8 +24,10 @@ from vlmsteer.cli.common import (
     _parse_layers,
     app,
     command_run_json,
+    data_parallel,
     out_console,
     registry_option,
+    resumes,
 )
 from vlmsteer.cli.engine import _ENGINE, _engine
 from vlmsteer.data.formats import DATA_FORMATS
@@ -36,6 +38,8 @@ from vlmsteer.runs.protocol import rank_and_world
 
 
 @app.command()
+@data_parallel
+@resumes("the store continues from its last complete shard")
 def extract(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
             data: Path = typer.Option(..., help="Dataset folder or file."),
             fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS),

@@ -17,12 +17,14 @@ from vlmsteer.cli.common import (
     command_run_json,
     organisms_app,
     out_console,
+    resumes,
 )
 from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import claim, publish
 
 
 @organisms_app.command("build")
+@resumes("organisms already built are kept")
 def organisms_build(out: Path = typer.Option(..., help="Output folder: the training world, one folder per organism."),
                     seed: int = _SEED(), model: str = typer.Option("shapes-llava", help="The model to fine-tune."),
                     n: int = typer.Option(300, "--n", min=1, help="Scenes of the training world (seed --seed)."),
