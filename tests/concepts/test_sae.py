@@ -106,6 +106,54 @@ def test_sae_settings_are_checked():
         TopKSAE(k=8, l0=9)
     with pytest.raises(VlmsteerError, match="dtype"):
         TopKSAE(k=8, l0=2, dtype="float8")
+    for lr in (float("inf"), 1e30, float("nan"), 0.0, -1.0):
+        with pytest.raises(VlmsteerError, match="learning rate must be a number in"):
+            TopKSAE(k=8, l0=2, lr=lr)
+
+
+@pytest.mark.parametrize("broken", ["loss", "weight"])
+def test_training_stops_at_the_first_non_finite_loss_or_weight(broken, tmp_path, monkeypatch):
+    """Issue 37: a loss or weight that turns non-finite stops training in one line naming the
+    step and the likely cause; the checkpoint left behind holds finite weights only, and a
+    checkpoint holding a NaN (an older or damaged file) is started over, never trained on."""
+    import vlmsteer.concepts.sae_training as training
+
+    z, _ = _sparse_data(n=600)
+    ckpt = tmp_path / "ckpt.safetensors"
+    real = training.written_step
+
+    def step(sae, x, t, train, *args):
+        stats, grads = real(sae, x, t, train, *args)
+        if stats.step == 7:
+            if broken == "loss":
+                stats.loss = float("nan")
+            else:
+                grads["b_dec"] = torch.full_like(grads["b_dec"], float("inf"))
+        return stats, grads
+
+    monkeypatch.setattr(training, "written_step", step)
+    sae = make_dictionary("topk_sae", 32, seed=0, l0=3, epochs=3, batch_size=100, checkpoint=ckpt, checkpoint_every=3)
+    at = 8 if broken == "loss" else 9  # a weight made non-finite at step 8 shows in step 9's loss
+    with pytest.raises(VlmsteerError, match=rf"topk_sae training stopped at step {at} of 18: .*learning rate "
+                                            r"\(.*\) is likely too large.*last checkpoint .* finite weights only"):
+        sae.fit(z)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(ckpt))
+    assert all(bool(torch.isfinite(v).all()) for v in saved.values() if v.is_floating_point())
+    # a checkpoint with a NaN weight: a warning, and training from step 0
+    monkeypatch.setattr(training, "written_step", real)
+    saved["param.b_dec"][0] = float("nan")
+    from safetensors import safe_open
+    from safetensors.torch import save_file as save_torch
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata()
+    save_torch(saved, str(ckpt), metadata=meta)
+    steps = []
+    make_dictionary("topk_sae", 32, seed=0, l0=3, epochs=3, batch_size=100, checkpoint=ckpt,
+                    checkpoint_every=3).fit(z, callback=lambda s: steps.append(s.step))
+    assert steps[0] == 0
 
 
 def _saelens_folder(path, arch, d_in=12, d_sae=20, apply_b_dec=True, seed=0):

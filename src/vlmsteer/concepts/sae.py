@@ -21,6 +21,8 @@ gradients written out (tested equal to autograd).
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -53,6 +55,8 @@ class SparseAutoencoder(ConceptDictionary):
             raise VlmsteerError(f"--l0 must be between 1 and the number of latents ({k}), got {l0}", "l0")
         if batch_size < 1:
             raise VlmsteerError(f"the batch size must be >= 1, got {batch_size}")
+        if lr is not None and not (math.isfinite(lr) and 0 < lr <= 1):
+            raise VlmsteerError(f"the learning rate must be a number in (0, 1], got {lr}", "lr")
         if dtype not in ("float32", "bfloat16"):
             raise VlmsteerError(f"unknown training dtype {dtype!r}; choose float32 or bfloat16")
         self.l0, self.epochs, self.batch_size, self.lr = int(l0), epochs, int(batch_size), lr

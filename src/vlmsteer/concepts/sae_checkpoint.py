@@ -4,12 +4,15 @@ the same result, and only a checkpoint of the same method, settings and data is 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+log = logging.getLogger("vlmsteer")
 
 
 def checkpoint_identity(sae) -> str:
@@ -47,6 +50,10 @@ def resume(sae, t: dict, opt, train: dict) -> int:
                 return 0
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is started over, not trusted
+        return 0
+    bad = [k for k, v in sorted(tensors.items()) if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # (never written so: training stops before saving one; an older or damaged file)
+        log.warning("%s: %s hold non-finite values: training starts over", sae.checkpoint, ", ".join(bad))
         return 0
     with torch.no_grad():
         for k, v in t.items():

@@ -105,6 +105,8 @@ def train(sae, features, callback: Callable[[TrainStats], None] | None = None):
                 group["lr"] = lr_now * group.get("scale", 1.0)
             opt.zero_grad(set_to_none=True)  # the last step's gradients go before this step's
             stats, grads = take_step(sae, x, t, train, dead_rows, aux_k, step, torch_dtype)
+            if not math.isfinite(stats.loss):  # (a float already: no extra synchronisation)
+                raise _diverged(sae, step, total, f"the loss is {stats.loss}", lr)
             for name, grad in grads.items():
                 t[name].grad = grad
             del grads  # (no other name for a gradient: each is freed before the next step's)
@@ -120,11 +122,28 @@ def train(sae, features, callback: Callable[[TrainStats], None] | None = None):
             if callback is not None:
                 callback(stats)
             if sae.checkpoint is not None and (step + 1) % sae.checkpoint_every == 0 and step + 1 < total:
+                _check_finite(sae, t, step, total, lr)  # a checkpoint is never saved with a non-finite weight
                 save_checkpoint(sae, t, opt, train, step + 1)
+    _check_finite(sae, t, total - 1, total, lr)
     sae._finish(t, train, scale)
     if sae.checkpoint is not None:
         Path(sae.checkpoint).unlink(missing_ok=True)
     return sae
+
+
+def _check_finite(sae, t: dict, step: int, total: int, lr: float) -> None:
+    bad = [name for name, v in sorted(t.items()) if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise _diverged(sae, step, total, f"{', '.join(bad)} hold non-finite values", lr)
+
+
+def _diverged(sae, step: int, total: int, what: str, lr: float) -> VlmsteerError:
+    """Training stopped at the first non-finite loss or weight: which step, the likely cause,
+    what is kept (the last checkpoint, all finite); nothing is published."""
+    kept = (f"; its last checkpoint ({sae.checkpoint}) holds finite weights only" if sae.checkpoint is not None
+            and Path(sae.checkpoint).is_file() else "")
+    return VlmsteerError(f"{sae.method} training stopped at step {step + 1} of {total}: {what}; the learning rate "
+                         f"({lr:g}) is likely too large for these features: try a smaller one{kept}", "lr")
 
 
 def _encoder_gain(sae, w_dec: torch.Tensor, sample: torch.Tensor) -> float:
