@@ -1,6 +1,7 @@
 """Sparse autoencoders as concept dictionaries: training, checkpoints, SAELens's format."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -156,8 +157,9 @@ def test_training_stops_at_the_first_non_finite_loss_or_weight(broken, tmp_path,
     assert steps[0] == 0
 
 
-def _saelens_folder(path, arch, d_in=12, d_sae=20, apply_b_dec=True, seed=0):
-    """An SAELens folder written without vlmsteer: weights from numpy, cfg as SAELens 6 writes it."""
+def _saelens_folder(path, arch, d_in=12, d_sae=20, apply_b_dec=True, seed=0, **fields):
+    """An SAELens folder written without vlmsteer: weights from numpy, cfg as SAELens 6 writes it
+    (``fields`` added to it)."""
     rng = np.random.default_rng(seed)
     w = {"W_enc": rng.normal(size=(d_in, d_sae)).astype(np.float32),
          "b_enc": rng.normal(size=d_sae).astype(np.float32) * 0.1,
@@ -169,16 +171,20 @@ def _saelens_folder(path, arch, d_in=12, d_sae=20, apply_b_dec=True, seed=0):
     save_file(w, str(path / "sae_weights.safetensors"))
     cfg = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": apply_b_dec, "normalize_activations": "none", "reshape_activations": "none",
-           "meta": {"model_name": "shapes-llava", "hook_name": "blocks.2.hook_resid_post", "hook_layer": 2}}
+           "metadata": {"model_name": "shapes-llava", "hook_name": "blocks.2.hook_resid_post", "hook_layer": 2,
+                        "sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12"}}
     if arch == "topk":
         cfg["k"] = 5
+    cfg.update(fields)
     (path / "cfg.json").write_text(json.dumps(cfg))
     return w, cfg
 
 
 def _formula(w, cfg, x):
-    """SAELens's documented encode, in numpy."""
+    """SAELens's encode (saes/*_sae.py), in numpy."""
     pre = (x - w["b_dec"] * cfg["apply_b_dec_to_input"]) @ w["W_enc"] + w["b_enc"]
+    if cfg.get("rescale_acts_by_decoder_norm") and cfg["architecture"] == "topk":
+        pre = pre * np.linalg.norm(w["W_dec"], axis=1)
     if cfg["architecture"] == "standard":
         return np.maximum(pre, 0)
     if cfg["architecture"] == "jumprelu":
@@ -188,6 +194,54 @@ def _formula(w, cfg, x):
     rows = np.arange(len(pre))[:, None]
     out[rows, top] = np.maximum(pre[rows, top], 0)
     return out
+
+
+def _decode_formula(w, cfg, codes):
+    """SAELens's decode: TopK with rescale_acts_by_decoder_norm divides the codes by the norms."""
+    if cfg.get("rescale_acts_by_decoder_norm") and cfg["architecture"] == "topk":
+        codes = codes / np.linalg.norm(w["W_dec"], axis=1)
+    return codes @ w["W_dec"] + w["b_dec"]
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_saelens_topk_rescaled_by_decoder_norm_and_its_default_k_read_exactly(tmp_path, rescale):
+    """Issue 37: a TopK folder saved with rescale_acts_by_decoder_norm (its decoder rows not of
+    unit norm) encodes and decodes as SAELens does; a TopK config without k takes SAELens's
+    default of 100."""
+    w, cfg = _saelens_folder(tmp_path / "sae", "topk", d_sae=160, rescale_acts_by_decoder_norm=rescale)
+    w["W_dec"] *= np.random.default_rng(1).uniform(0.1, 5.0, size=(160, 1)).astype(np.float32)
+    save_file(w, str(tmp_path / "sae" / "sae_weights.safetensors"))
+    x = np.random.default_rng(5).normal(size=(60, 12)) * 2
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    sae, _ = load_dictionary(tmp_path / "sae")
+    codes, recon = _formula(w64, cfg, x), _decode_formula(w64, cfg, _formula(w64, cfg, x))
+    # to 1e-5 of each result's scale (float32 weights: sums of terms near 100 cancel)
+    np.testing.assert_allclose(sae.encode(x), codes, atol=1e-5 * np.abs(codes).max())
+    np.testing.assert_allclose(sae.decode(codes), recon, atol=1e-5 * np.abs(recon).max())
+    np.testing.assert_allclose(sae.decode(sae.encode(x)), recon, atol=1e-5 * np.abs(recon).max())
+    del cfg["k"]
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
+    sae, _ = load_dictionary(tmp_path / "sae")
+    assert sae.l0 == 100
+    codes = _formula(w64, {**cfg, "k": 100}, x)
+    np.testing.assert_allclose(sae.encode(x), codes, atol=1e-5 * np.abs(codes).max())
+
+
+def test_a_pre_6_saelens_config_is_read_as_saelens_reads_it(tmp_path):
+    """Before SAELens 6: hook_point, activation_fn 'topk' with activation_fn_kwargs.k, metadata at
+    the top level; read with SAELens 6's renames and defaults."""
+    w, _ = _saelens_folder(tmp_path / "old", "topk")
+    old = {"d_in": 12, "d_sae": 20, "dtype": "float32", "device": "cpu", "activation_fn_str": "topk",
+           "activation_fn_kwargs": {"k": 4}, "hook_point": "blocks.3.hook_resid_post", "hook_layer": 3,
+           "model_name": "gpt2", "normalize_activations": False, "apply_b_dec_to_input": False}
+    (tmp_path / "old" / "cfg.json").write_text(json.dumps(old))
+    sae, meta = load_dictionary(tmp_path / "old")
+    assert meta == {"layer": 3, "model_id": "gpt2", "hook_name": "blocks.3.hook_resid_post",
+                    "source": str(tmp_path / "old")}
+    x = np.random.default_rng(2).normal(size=(40, 12))
+    expected = _formula({k: v.astype(np.float64) for k, v in w.items()},
+                        {"architecture": "topk", "k": 4, "apply_b_dec_to_input": False}, x)
+    np.testing.assert_allclose(sae.encode(x), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
@@ -209,7 +263,10 @@ def test_our_saes_saved_in_saelens_format_load_back_equal(tmp_path, method):
     d = make_dictionary(method, 32, seed=0, l0=3, epochs=2, batch_size=100).fit(z)
     save_saelens(d, tmp_path / "out", layer=3, model_id="shapes-llava")
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
-    assert cfg["architecture"] in ("topk", "jumprelu") and cfg["d_in"] == 32 and cfg["meta"]["hook_layer"] == 3
+    assert cfg["architecture"] in ("topk", "jumprelu") and cfg["d_in"] == 32
+    # SAELens 6's layout: it reads version-6 metadata as is (hook_name and model_name kept)
+    assert cfg["metadata"]["sae_lens_version"] == "6.0.0" and cfg["metadata"]["hook_layer"] == 3
+    assert cfg["metadata"]["hook_name"] == "model.layers.3" and cfg["metadata"]["model_name"] == "shapes-llava"
     back, meta = load_dictionary(tmp_path / "out")
     assert back.method == method and meta["layer"] == 3
     x = np.asarray(z[:100], dtype=np.float32)
@@ -242,6 +299,50 @@ def test_bad_saelens_folders_are_one_line_errors(tmp_path):
     (tmp_path / "scaled" / "cfg.json").write_text(json.dumps({**c, "normalize_activations": "layer_norm"}))
     with pytest.raises(VlmsteerError, match="normalize_activations 'layer_norm'"):
         load_dictionary(tmp_path / "scaled")
+    # every other field that changes encode or decode, named; weights that are not finite floats
+    cases = [({"reshape_activations": "hook_z"}, "reshape_activations 'hook_z' is not supported"),
+             ({"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
+             ({"metadata": {}, "activation_fn_str": "tanh-relu", "architecture": "standard"},
+              "activation_fn 'tanh-relu' is not supported"),
+             ({"metadata": {}, "finetuning_scaling_factor": True}, "finetuning_scaling_factor"),
+             ({"k": 0}, "k must be a positive integer")]
+    for i, (fields, needle) in enumerate(cases):
+        _saelens_folder(tmp_path / f"case{i}", "topk", **fields)
+        with pytest.raises(VlmsteerError, match=needle):
+            load_dictionary(tmp_path / f"case{i}")
+    cfg = json.loads((tmp_path / "case0" / "cfg.json").read_text())
+    (tmp_path / "case0" / "cfg.json").write_text(json.dumps({**cfg, "reshape_activations": "none", "d_in": 13}))
+    with pytest.raises(VlmsteerError, match="says d_in 13 but the weights have 12"):
+        load_dictionary(tmp_path / "case0")
+    w, _ = _saelens_folder(tmp_path / "ints", "topk")
+    save_file({**w, "W_dec": w["W_dec"].astype(np.int32)}, str(tmp_path / "ints" / "sae_weights.safetensors"))
+    with pytest.raises(VlmsteerError, match="W_dec has dtype int32; weights must be floating point"):
+        load_dictionary(tmp_path / "ints")
+    w["b_enc"][3] = np.nan
+    save_file(w, str(tmp_path / "ints" / "sae_weights.safetensors"))
+    with pytest.raises(VlmsteerError, match=r"b_enc holds 1 non-finite value \(NaN or infinite\) of 20"):
+        load_dictionary(tmp_path / "ints")
+    os.mkfifo(tmp_path / "fifo")
+    _saelens_folder(tmp_path / "fifo-weights", "topk")
+    (tmp_path / "fifo-weights" / "sae_weights.safetensors").unlink()
+    os.mkfifo(tmp_path / "fifo-weights" / "sae_weights.safetensors")
+    with pytest.raises(VlmsteerError, match="not a regular file"):  # and never blocks on open()
+        load_dictionary(tmp_path / "fifo-weights")
+
+
+def test_a_saved_dictionary_with_a_non_finite_weight_is_refused(tmp_path):
+    z, _ = _sparse_data(n=300)
+    d = make_dictionary("topk_sae", 16, seed=0, l0=2, epochs=1, batch_size=100).fit(z)
+    path = d.save(tmp_path / "d.safetensors", layer=1)
+    load_dictionary(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    state["W_enc"][0, 0] = np.inf
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(VlmsteerError, match="W_enc holds 1 non-finite value"):
+        load_dictionary(path)
 
 
 def test_sae_encoding_is_chunked_and_torch_equal():

@@ -103,3 +103,30 @@ def test_vectors_concepts_writes_latent_directions_and_chosen_pairs(tmp_path, ca
     assert main(["vectors", "concepts", "--dictionary", str(tmp_path / "km.safetensors"), "--out",
                  str(tmp_path / "k.safetensors")]) == 0
     assert len(load_vectors(tmp_path / "k.safetensors")) == 6
+
+
+def test_a_dictionary_of_another_model_or_adapter_is_refused_and_another_layer_said(tiny_vlm, tmp_path, caplog):
+    """Issue 37: the model a dictionary was trained on (weights and LoRA adapter, as recorded)
+    is checked exactly as for vectors (--allow-other-model lets it through); applied at another
+    layer than its training features', it says so."""
+    import logging
+
+    from vlmsteer.steer.dictionary_edit import load_dictionary_steering
+
+    vlm = tiny_vlm("llava")
+    sae = _sae(vlm.hidden_size)
+    here = vlm.identity
+    cases = {"own": dict(here), "adapter": {**here, "adapter": "f" * 64}, "weights": {**here, "weights": "0" * 64}}
+    for name, model in cases.items():
+        sae.save(tmp_path / f"{name}.safetensors", layer=1, model=model)
+    assert load_dictionary_steering(tmp_path / "own.safetensors", "splice").check(vlm).layer == 1
+    with pytest.raises(VlmsteerError, match="made with adapter ffffffffffff on these weights, but .* no adapter"):
+        load_dictionary_steering(tmp_path / "adapter.safetensors", "splice").check(vlm)
+    with pytest.raises(VlmsteerError, match="the dictionary was made with another model"):
+        load_dictionary_steering(tmp_path / "weights.safetensors", "splice").check(vlm)
+    for name in ("adapter", "weights"):
+        load_dictionary_steering(tmp_path / f"{name}.safetensors", "splice").check(vlm, allow_other_model=True)
+    with caplog.at_level(logging.WARNING, logger="vlmsteer"):
+        moved = load_dictionary_steering(tmp_path / "own.safetensors", "splice", layer=-1).check(vlm)
+    assert moved.layer == vlm.num_layers - 1
+    assert f"trained on layer 1 features; it is applied at layer {vlm.num_layers - 1}, as asked" in caplog.text

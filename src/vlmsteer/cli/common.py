@@ -276,7 +276,7 @@ def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, la
         if layers is not None and len(layers) != 1:
             raise VlmsteerError("a dictionary edit acts at one layer; give one --layer", "layer")
         return load_dictionary_steering(edit.dictionary, edit.mode, edit.latents, edit.value,
-                                        layers[0] if layers else None, region).check(vlm)
+                                        layers[0] if layers else None, region).check(vlm, allow_other_model)
     if vector is None:
         if condition is not None:
             raise VlmsteerError("a steering condition needs a steering vector (--vector)")

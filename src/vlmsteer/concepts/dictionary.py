@@ -42,6 +42,19 @@ def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:
     return z
 
 
+def check_weights(weights: dict[str, np.ndarray], where) -> None:
+    """Weights read from a file: each of a floating dtype and finite, or a one-line error naming
+    the array (an integer array would be cast to a silent zero; a NaN empties every answer)."""
+    for name, value in sorted(weights.items()):
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            raise VlmsteerError(f"{where}: {name} has dtype {value.dtype}; weights must be floating point")
+        bad = int(value.size - np.isfinite(value).sum())
+        if bad:
+            raise VlmsteerError(f"{where}: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
+                                f"infinite) of {value.size}")
+
+
 class ConceptDictionary(ABC):
     """The contract every concept method follows (register a subclass in
     :data:`vlmsteer.concepts.methods.CONCEPT_METHODS`)."""

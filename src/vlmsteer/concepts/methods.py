@@ -15,7 +15,7 @@ from typing import Any
 
 from safetensors.numpy import load_file
 
-from vlmsteer.concepts.dictionary import ConceptDictionary
+from vlmsteer.concepts.dictionary import ConceptDictionary, check_weights
 from vlmsteer.concepts.kmeans_concepts import KMeansConcepts
 from vlmsteer.concepts.nmf import NMFConcepts, SemiNMFConcepts
 from vlmsteer.concepts.pca import PCAConcepts
@@ -97,6 +97,7 @@ def load_dictionary(path: str | Path) -> tuple[ConceptDictionary, dict]:
         d = cls(**header["params"])
     except (TypeError, VlmsteerError) as exc:
         raise input_error(path, f"not a vlmsteer dictionary ({exc})") from None
+    check_weights(state, path)
     components = state.get("components_")
     if components is None or components.ndim != 2 or len(components) != d.k:
         raise input_error(path, f"not a vlmsteer dictionary (expected {d.k} concept rows in 'components_')")

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmsteer.concepts.dictionary import check_weights
 from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.concepts.sae_methods import JumpReLUSAE, ReLUSAE, TopKSAE
+from vlmsteer.data.identity import regular_file
 from vlmsteer.errors import VlmsteerError, input_error
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
+SAELENS_FORMAT = "6.0.0"  # the SAELens version whose layout save_saelens writes
 ARCHITECTURES = {"standard": ReLUSAE, "topk": TopKSAE, "jumprelu": JumpReLUSAE}
 
 
@@ -33,45 +36,50 @@ def load_saelens(folder: str | Path, ours: dict[str, type[SparseAutoencoder]] | 
                  ) -> tuple[SparseAutoencoder, dict]:
     """The SAE in ``folder`` and metadata (``layer`` from ``hook_layer`` where recorded,
     ``model_id``, ``hook_name``). A folder written by :func:`save_saelens` comes back as the
-    vlmsteer class it records, looked up in ``ours`` (saved name -> class)."""
+    vlmsteer class it records, looked up in ``ours`` (saved name -> class). Configs before
+    SAELens 6 are read as SAELens reads them (its renames and defaults); every field that
+    changes encode or decode is honoured or the folder refused in one line naming it."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    cfg = _read_config(folder)
+    arch = cfg["architecture"]
+    if not (folder / WEIGHTS).exists():
+        raise input_error(folder, f"not an SAELens folder (no {WEIGHTS})")
+    regular_file(folder / WEIGHTS, "SAE weights file")  # (a FIFO would block the read for ever)
     try:
-        cfg = json.loads((folder / CFG).read_text())
-    except FileNotFoundError:
-        raise input_error(folder, f"not an SAELens folder (no {CFG})") from None
-    except (OSError, ValueError) as exc:
-        raise input_error(folder / CFG, f"unreadable SAELens config ({type(exc).__name__})") from None
-    if not isinstance(cfg, dict):
-        raise input_error(folder / CFG, "unreadable SAELens config (not a JSON object)")
-    arch = cfg.get("architecture", "standard")
-    if arch not in ARCHITECTURES:
-        raise input_error(folder, f"SAELens architecture {arch!r} is not supported (supported: "
-                                  f"{', '.join(ARCHITECTURES)})")
-    norm = cfg.get("normalize_activations", "none") or "none"
-    if norm != "none":
-        raise input_error(folder, f"SAELens normalize_activations {norm!r} is not supported (fold the scaling "
-                                  "factor into the weights first: normalize_activations 'none')")
-    try:
-        w = {k: v.float().numpy() for k, v in load_file(str(folder / WEIGHTS)).items()}
-    except FileNotFoundError:
-        raise input_error(folder, f"not an SAELens folder (no {WEIGHTS})") from None
+        raw = load_file(str(folder / WEIGHTS))
     except Exception as exc:  # noqa: BLE001 - any unreadable weights file gets one line
         raise input_error(folder / WEIGHTS, f"unreadable SAE weights ({type(exc).__name__})") from None
+    w = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in raw.items()}
     need = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
     missing = [k for k in need if k not in w]
     if missing:
         raise input_error(folder / WEIGHTS, f"missing {', '.join(missing)} for a {arch} SAE")
+    w = {k: w[k] for k in need}
+    check_weights(w, folder / WEIGHTS)
+    if w["W_enc"].ndim != 2:
+        raise input_error(folder / WEIGHTS, f"W_enc has shape {w['W_enc'].shape}, expected (d_in, d_sae)")
     d_in, d_sae = w["W_enc"].shape
-    b_enc = w["b_enc"].astype(np.float64)
+    for field, size in (("d_in", d_in), ("d_sae", d_sae)):
+        if cfg.get(field) is not None and cfg[field] != size:
+            raise input_error(folder, f"{CFG} says {field} {cfg[field]} but the weights have {size}")
+    w_enc, b_enc = w["W_enc"].astype(np.float64), w["b_enc"].astype(np.float64)
+    w_dec = w["W_dec"].astype(np.float64)
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        # SAELens scales the pre-activations by each decoder row's norm and divides the codes
+        # by it before decoding: the same function as unit decoder rows, with W_enc and b_enc
+        # scaled by the norms (SAELens's own fold_W_dec_norm)
+        norms = np.linalg.norm(w_dec, axis=1)
+        if not (norms > 0).all():
+            raise input_error(folder / WEIGHTS, "rescale_acts_by_decoder_norm with a zero decoder row")
+        w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
     if not cfg.get("apply_b_dec_to_input", True):  # pre = x·W_enc + b_enc = (x − b_dec)·W_enc + (b_enc + b_dec·W_enc)
-        b_enc = b_enc + w["b_dec"].astype(np.float64) @ w["W_enc"].astype(np.float64)
+        b_enc = b_enc + w["b_dec"].astype(np.float64) @ w_enc
     sae = _ours(cfg, d_sae, ours or {})
     if sae is None:
-        sae = ARCHITECTURES[arch](k=d_sae, l0=min(d_sae, int(cfg.get("k") or 1)))  # l0: TopK's k
-    state = {"components_": w["W_dec"], "W_enc": np.ascontiguousarray(w["W_enc"].T), "b_enc": b_enc,
-             "b_dec": w["b_dec"]}
+        sae = ARCHITECTURES[arch](k=d_sae, l0=min(d_sae, int(cfg["k"])) if arch == "topk" else 1)
+    state = {"components_": w_dec, "W_enc": np.ascontiguousarray(w_enc.T), "b_enc": b_enc, "b_dec": w["b_dec"]}
     if arch == "jumprelu":
         state["threshold"] = w["threshold"]
     try:
@@ -80,11 +88,74 @@ def load_saelens(folder: str | Path, ours: dict[str, type[SparseAutoencoder]] | 
         raise input_error(folder, str(exc)) from None
     if sae.components_.shape != (d_sae, d_in):
         raise input_error(folder, f"W_dec has shape {sae.components_.shape}, expected {(d_sae, d_in)}")
-    meta = cfg.get("meta") or cfg.get("metadata") or {}
-    layer = meta.get("hook_layer", cfg.get("hook_layer"))
-    return sae, {"layer": int(layer) if layer is not None else None,
-                 "model_id": meta.get("model_name", cfg.get("model_name")),
-                 "hook_name": meta.get("hook_name", cfg.get("hook_name")), "source": str(folder)}
+    meta = cfg["metadata"]
+    layer = meta.get("hook_layer")
+    return sae, {"layer": int(layer) if isinstance(layer, int) else None, "model_id": meta.get("model_name"),
+                 "hook_name": meta.get("hook_name"), "source": str(folder)}
+
+
+# pre-6 names of fields, renamed as SAELens 6 renames them when it loads an older folder
+_RENAMED = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
+            "activation_fn_str": "activation_fn"}
+_METADATA = ("model_name", "hook_name", "hook_layer", "hook_head_index", "model_class_name",
+             "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
+             "context_size", "seqpos_slice", "dataset_path", "sae_lens_version", "sae_lens_training_version")
+
+
+def _read_config(folder: Path) -> dict:
+    """``cfg.json`` as SAELens 6 reads it: the architecture, the encode-changing fields (each one
+    this reader cannot honour refused, named) and ``metadata``."""
+    if not (folder / CFG).exists():
+        raise input_error(folder, f"not an SAELens folder (no {CFG})")
+    regular_file(folder / CFG, "SAELens config")
+    try:
+        cfg = json.loads((folder / CFG).read_text())
+    except (OSError, ValueError) as exc:
+        raise input_error(folder / CFG, f"unreadable SAELens config ({type(exc).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise input_error(folder / CFG, "unreadable SAELens config (not a JSON object)")
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
+    if not _is_6(version):  # before SAELens 6: its renames and defaults
+        cfg = {_RENAMED.get(k, k): v for k, v in cfg.items()}
+        cfg.setdefault("architecture", "standard")
+        kwargs = cfg.get("activation_fn_kwargs") or {}
+        if cfg.get("activation_fn") == "topk" and isinstance(kwargs, dict) and kwargs.get("k") is not None:
+            cfg["architecture"], cfg["k"] = "topk", kwargs["k"]
+        if isinstance(cfg.get("normalize_activations"), bool):
+            cfg["normalize_activations"] = "expected_average_only_in" if cfg["normalize_activations"] else "none"
+        act = cfg.get("activation_fn") or "relu"
+        if cfg["architecture"] == "standard" and act != "relu":
+            raise input_error(folder, f"SAELens activation_fn {act!r} is not supported (relu, or topk with "
+                                      "activation_fn_kwargs.k)")
+        if cfg.get("finetuning_scaling_factor"):
+            raise input_error(folder, "SAELens finetuning_scaling_factor is not supported (fold it into W_dec "
+                                      "first)")
+        meta = {**{k: cfg[k] for k in _METADATA if k in cfg}, **meta}
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise input_error(folder, f"SAELens architecture {arch!r} is not supported (supported: "
+                                  f"{', '.join(ARCHITECTURES)})")
+    for field, hint in (("normalize_activations", "fold the normalisation into the weights first"),
+                        ("reshape_activations", "SAEs of attention heads' outputs (hook_z) are not supported")):
+        value = cfg.get(field) or "none"
+        if value != "none":
+            raise input_error(folder, f"SAELens {field} {value!r} is not supported (only 'none': {hint})")
+    if arch == "topk":
+        k = cfg.get("k", 100)  # SAELens's default
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise input_error(folder / CFG, f"SAELens k must be a positive integer, got {k!r}")
+        cfg["k"] = k
+    cfg["architecture"], cfg["metadata"] = arch, meta
+    return cfg
+
+
+def _is_6(version) -> bool:
+    try:
+        return int(str(version).split(".")[0]) >= 6
+    except ValueError:
+        return False
 
 
 def _ours(cfg: dict, d_sae: int, ours: dict[str, type[SparseAutoencoder]]) -> SparseAutoencoder | None:
@@ -122,11 +193,10 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, layer: int | None =
     hook = f"model.layers.{layer}" if layer is not None else None
     cfg = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-           "meta": {"model_name": model_id, "hook_name": hook, "hook_layer": layer, "model_class_name": None,
-                    "hook_head_index": None, "model_from_pretrained_kwargs": None, "prepend_bos": None,
-                    "exclude_special_tokens": None, "neuronpedia_id": None, "context_size": None,
-                    "seqpos_slice": None, "dataset_path": None, "sae_lens_version": None,
-                    "sae_lens_training_version": None},
+           # SAELens 6's layout: it reads a folder whose metadata says version 6 as is (an older
+           # or missing version goes through its pre-6 path, which drops hook_name and model_name)
+           "metadata": {**dict.fromkeys(_METADATA), "model_name": model_id, "hook_name": hook, "hook_layer": layer,
+                        "sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": None},
            "vlmsteer": {"method": sae.method, "params": sae.params()}}
     if arch == "topk":
         cfg["k"] = sae.l0

@@ -14,10 +14,11 @@ zero take any dictionary.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Iterator, Sequence
 
+import logging
 import math
 
 import numpy as np
@@ -28,6 +29,8 @@ from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.errors import VlmsteerError, parse_choice
 from vlmsteer.model import Batch, VLM
 from vlmsteer.positions import Region
+
+log = logging.getLogger("vlmsteer")
 
 
 class EditMode(str, Enum):
@@ -76,6 +79,8 @@ class DictionarySteering:
     region: Region = Region.PROMPT
     source: str | None = None
     labels: list[str] | None = field(default=None, compare=False)
+    model: dict | None = field(default=None, compare=False)  # the model identity it was trained on, if recorded
+    trained_layer: int | None = field(default=None, compare=False)  # the layer of its training features, if recorded
 
     def __post_init__(self):
         object.__setattr__(self, "mode", parse_choice(EditMode, self.mode, "edit"))
@@ -95,14 +100,20 @@ class DictionarySteering:
             raise VlmsteerError(f"latent {bad[0]} out of range (the dictionary has {self.dictionary.k}: "
                                 f"0..{self.dictionary.k - 1})", "latent")
 
-    def check(self, vlm: VLM) -> "DictionarySteering":
+    def check(self, vlm: VLM, allow_other_model: bool = False) -> "DictionarySteering":
+        """Sizes, the layer and, where recorded, the model it was trained on (as for vectors)."""
+        from vlmsteer.steer.vector import check_same_model
+
         size = self.dictionary.components_.shape[1]
         if size != vlm.hidden_size:
             raise VlmsteerError(f"{self.source or 'the dictionary'}: its concepts have size {size} but "
                                 f"{vlm.model_id} has hidden size {vlm.hidden_size}")
+        check_same_model(self.model, vlm, "dictionary", allow_other_model)
         layer = vlm.layer_index(self.layer)
-        return self if layer == self.layer else DictionarySteering(
-            self.dictionary, layer, self.mode, self.latents, self.value, self.region, self.source, self.labels)
+        if self.trained_layer is not None and vlm.layer_index(self.trained_layer) != layer:
+            log.warning("%s was trained on layer %d features; it is applied at layer %d, as asked",
+                        self.source or "the dictionary", vlm.layer_index(self.trained_layer), layer)
+        return self if layer == self.layer else replace(self, layer=layer)
 
     @contextmanager
     def apply(self, vlm: VLM, batch: Batch) -> Iterator[dict]:
@@ -141,8 +152,9 @@ def load_dictionary_steering(path, mode: EditMode | str, latents: Sequence[int |
 
     dictionary, meta = load_dictionary(path)
     chosen = sorted({i for a in latents for i in concept_indices(a, meta.get("labels"), path)})
-    layer = layer if layer is not None else meta.get("layer")
+    own = meta.get("layer")
+    layer = layer if layer is not None else own
     if layer is None:
         raise VlmsteerError(f"{path}: no layer recorded; pass --layer", "layer")
     return DictionarySteering(dictionary, int(layer), mode, tuple(chosen), value, region, str(path),
-                              meta.get("labels"))
+                              meta.get("labels"), meta.get("model"), int(own) if own is not None else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from vlmsteer.outputs import atomic_write, make_folder
 
 CONCEPT_SHIFT = "concept_shift"  # the method recorded by a concept-pair vector u_j - u_i
 PAIR_METHODS = frozenset({CONCEPT_SHIFT})  # builders whose vectors go from one concept to another
+log = logging.getLogger("vlmsteer")
 
 
 @dataclass
@@ -139,6 +141,8 @@ class SteeringVector:
         missing = [l for l in chosen if l not in self.vectors]
         if missing:
             if len(self.layers) == 1:  # one direction, applied at other layers on request
+                log.warning("the steering vector was made at layer %d; it is applied at layer(s) %s, as asked",
+                            self.layers[0], ", ".join(map(str, chosen)))
                 return chosen
             raise VlmsteerError(f"steering vector has no direction for layer(s) {missing} (has {self.layers})")
         return chosen
@@ -157,14 +161,20 @@ class SteeringVector:
 
 def check_same_model(recorded: dict | None, vlm, what: str, allow_other_model: bool = False) -> None:
     """A one-line error when ``recorded`` (a model identity an input was made with) names other
-    weights than ``vlm``'s; inputs that record none (imported, hand-made) pass."""
+    weights than ``vlm``'s, or another LoRA adapter (one where ``vlm`` has none, or none where it
+    has one); inputs that record none (imported, hand-made) pass."""
     if allow_other_model or not isinstance(recorded, dict) or not recorded.get("weights"):
         return
-    here = vlm.identity["weights"]
-    if recorded["weights"] != here:
+    here = vlm.identity
+    if recorded["weights"] != here["weights"]:
         raise VlmsteerError(f"the {what} was made with another model (weights {recorded['weights'][:12]}, "
-                            f"{vlm.model_id} has {here[:12]}); use it with its own model, or allow another model",
-                            "allow_other_model")
+                            f"{vlm.model_id} has {here['weights'][:12]}); use it with its own model, or allow "
+                            "another model", "allow_other_model")
+    if "adapter" in recorded and recorded["adapter"] != here["adapter"]:
+        made = f"adapter {recorded['adapter'][:12]}" if recorded["adapter"] else "no adapter"
+        has = f"adapter {here['adapter'][:12]}" if here["adapter"] else "no adapter"
+        raise VlmsteerError(f"the {what} was made with {made} on these weights, but {vlm.model_id} is loaded with "
+                            f"{has}; load the model it was made with, or allow another model", "allow_other_model")
 
 
 def save_vectors(path: str | Path, vectors: dict[str, SteeringVector]) -> Path:
