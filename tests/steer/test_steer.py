@@ -41,6 +41,41 @@ def test_alpha_zero_and_zero_vector_are_bit_identical(arch, tiny_vlm):
         assert torch.equal(vlm.forward(batch).logits, ref)
 
 
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_steering_that_overflows_the_model_stops_in_one_line(arch, tiny_vlm, tmp_path):
+    """Issue 37: an alpha that passes the bound on alpha·|v| (it fits the dtype) but overflows
+    the model's own numbers downstream (its norms square the residual) stops generation with one
+    line instead of answering from NaN; a strong but finite steering still answers. A dictionary
+    clamp to 1e38 likewise."""
+    vlm = tiny_vlm(arch)
+    batch = _batch(vlm)
+    vector = _vector(vlm, scale=1.0)
+    with pytest.raises(VlmsteerError, match=r"alpha 1e\+37 times the vector's norm .* which overflows the model's "
+                                            r"float32 residual or the squares its normalisation takes \(largest "
+                                            r"1.84e\+19\)"):
+        with steer(vlm, vector, batch, alpha=1e37):
+            pass
+    with pytest.raises(VlmsteerError, match=r"steering stopped: the residual it wrote is not finite or too large for "
+                                            r"the model's normalisation"):
+        # each within the bound, together their squares overflow
+        with steer(vlm, vector, batch, alpha=2e18), steer(vlm, vector, batch, alpha=2e18):
+            vlm.generate(batch, max_new_tokens=3)
+    with steer(vlm, vector, batch, alpha=50.0):
+        out = vlm.generate(batch, max_new_tokens=3)
+    assert out.tokens.shape[0] == 3
+    import numpy as np
+
+    from vlmsteer.concepts import make_dictionary
+    from vlmsteer.steer.dictionary_edit import DictionarySteering
+
+    z = np.random.default_rng(0).normal(size=(300, vlm.hidden_size)).astype(np.float32)
+    sae = make_dictionary("topk_sae", 12, seed=0, l0=3, epochs=1, batch_size=64).fit(z)
+    clamp = DictionarySteering(sae, 1, "clamp", (2,), 1e38, "prompt").check(vlm)
+    with pytest.raises(VlmsteerError, match="steering stopped"):
+        with clamp.apply(vlm, batch):
+            vlm.forward(batch)
+
+
 def test_context_restores_model_even_after_an_exception(tiny_vlm):
     vlm = tiny_vlm("llava")
     batch = _batch(vlm)

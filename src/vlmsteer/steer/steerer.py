@@ -28,15 +28,22 @@ from vlmsteer.steer.vector import SteeringVector
 SteeringCondition = Callable[[torch.Tensor], torch.Tensor]
 
 
+# the largest residual a model's normalisation can take: it squares the values (in float32 at
+# least), and a square above float32's largest number turns the layer's output into zeros or NaN
+NORM_LIMIT = math.sqrt(torch.finfo(torch.float32).max)
+
+
 def check_scale(vlm: VLM, vector: SteeringVector, alpha: float, layers: Sequence[int]) -> None:
-    """``alpha * |v|`` must be a finite number in the model's dtype (1e40 overflows float32)."""
+    """``alpha * |v|`` must fit the model's dtype (1e40 overflows float32) and its normalisation
+    (above ~1.8e19 the squares the norm takes overflow float32: every answer would be nonsense)."""
     dtype = next(vlm.model.parameters()).dtype
-    top = torch.finfo(dtype).max if dtype.is_floating_point else math.inf
+    top = min(torch.finfo(dtype).max if dtype.is_floating_point else math.inf, NORM_LIMIT)
     for layer in layers:
         size = abs(alpha) * vector.at(layer).norm().item()
         if not math.isfinite(size) or size > top:
             raise VlmsteerError(f"alpha {alpha:g} times the vector's norm ({vector.at(layer).norm().item():.4g}) at "
-                                f"layer {layer} overflows the model's {str(dtype).replace('torch.', '')} "
+                                f"layer {layer} is {size:.3g}, which overflows the model's "
+                                f"{str(dtype).replace('torch.', '')} residual or the squares its normalisation takes "
                                 f"(largest {top:.3g})", "alpha")
 
 
@@ -81,6 +88,12 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
     a ``condition``, only in the rows it accepts: what every kind of steering shares."""
     region = Region.parse(region)
     state: dict = {"rows": None}
+    norms: list[torch.Tensor] = []  # each edited position's norm, as the next layer's norm computes it
+
+    def watched(edited: torch.Tensor) -> torch.Tensor:
+        norms.append(torch.linalg.vector_norm(edited, dim=-1, dtype=torch.float32))  # (no synchronisation)
+        return edited
+
     if batch.answer_spans is not None and region.covers_generated:
         raise VlmsteerError("teacher-forced batches have no generated region; steer the prompt instead")
     with ExitStack() as stack:
@@ -97,11 +110,11 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
                     if not region.covers_generated:
                         return None
                     if condition is None:
-                        return hidden + delta(hidden)
+                        return watched(hidden + delta(hidden))
                     rows = state["rows"]
                     if rows is None:
                         raise VlmsteerError("the steering condition needs the prompt pass first")
-                    return hidden + rows.to(hidden.device)[:, None, None].to(hidden.dtype) * delta(hidden)
+                    return watched(hidden + rows.to(hidden.device)[:, None, None].to(hidden.dtype) * delta(hidden))
                 positions = torch.arange(start, start + t)
                 mask = region_mask(batch.regions, region, positions).to(hidden.device)
                 if condition is not None:
@@ -113,12 +126,17 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
                     mask = mask & state["rows"].to(hidden.device)[:, None]
                 if not bool(mask.any()):
                     return None
-                return hidden + mask[..., None].to(hidden.dtype) * delta(hidden)
+                return watched(hidden + mask[..., None].to(hidden.dtype) * delta(hidden))
 
             return edit
 
         stack.enter_context(edit_residual(vlm.layers, {layer: make_edit(layer) for layer in layers}))
         yield state
+        if norms and not bool(torch.isfinite(torch.cat([n.flatten() for n in norms])).all()):  # one sync per block
+            raise VlmsteerError("steering stopped: the residual it wrote is not finite or too large for the model's "
+                                "normalisation (its sum of squares overflows float32), which would answer from "
+                                "NaN or zeros: the steering is too strong for this model; lower alpha or the edit "
+                                "value", "alpha")
 
 
 @dataclass(frozen=True)
