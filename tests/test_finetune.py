@@ -49,3 +49,27 @@ def test_unknown_target_is_a_one_line_error(tmp_path, capsys):
                  "--target", "captions", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: unknown target 'captions'; choose one of: auto, answer, caption"
+
+
+def test_target_words_the_tokenizer_does_not_know_are_refused_by_name(tmp_path, capsys):
+    """Issue 37: the shipped model's word-level vocabulary lacks "purple", "indeed", "ocean";
+    fine-tuning toward <unk> is refused in one line naming the words, before anything is
+    written; --allow-unknown-words trains anyway."""
+    from vlmsteer.cli import main
+    from vlmsteer.data import shapes
+
+    shapes.write_dataset(tmp_path / "d", 2, seed=1)
+    captions = tmp_path / "d" / "captions_val2014.json"
+    data = json.loads(captions.read_text())
+    data["annotations"][0]["caption"] = "a purple circle indeed"
+    data["annotations"][1]["caption"] = "a purple square by the ocean"
+    captions.write_text(json.dumps(data))
+    argv = ["finetune", "--model", "shapes-llava", "--data", str(tmp_path / "d"), "--format", "coco", "--steps", "1",
+            "--batch-size", "2", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 2 of 10 target texts hold words the tokenizer does not know and would train toward "
+                          "'<unk>': 'purple', 'by', 'indeed', 'ocean'") and err.count("\n") == 0, err
+    assert err.endswith("(option --allow-unknown-words)") and not (tmp_path / "o").exists()
+    assert main([*argv, "--allow-unknown-words"]) == 0
+    assert (tmp_path / "o" / "final" / "adapter_config.json").exists()

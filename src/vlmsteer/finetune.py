@@ -76,16 +76,49 @@ def _expand(samples: Sequence[Sample], target: Target) -> list[tuple[Sample, str
     return items
 
 
+def unknown_words(tokenizer, texts: Sequence[str]) -> tuple[dict[str, int], int]:
+    """The words of ``texts`` that ``tokenizer`` maps to its unknown token, each with how many
+    texts hold it, and how many texts hold any (none for tokenizers without an unknown token:
+    byte-level BPE knows every string)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return {}, 0
+    found: dict[str, int] = {}
+    holding = 0
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+        words = {text[a:b].strip() or text[a:b] for t, (a, b) in zip(ids, offsets) if t == unk}
+        holding += bool(words)
+        for word in words:
+            found[word] = found.get(word, 0) + 1
+    return found, holding
+
+
+def check_known_words(tokenizer, texts: Sequence[str], allow: bool = False) -> None:
+    """Training toward the unknown token teaches the model to say nothing: refuse target text
+    with words the tokenizer does not know, naming them, unless ``allow``."""
+    unknown, holding = unknown_words(tokenizer, texts)
+    if unknown and not allow:
+        shown = sorted(unknown, key=lambda w: (-unknown[w], w))
+        more = f" and {len(shown) - 12} more" if len(shown) > 12 else ""
+        raise VlmsteerError(f"{holding} of {len(texts)} target texts hold words the tokenizer does not know and "
+                            f"would train toward {tokenizer.unk_token!r}: {', '.join(map(repr, shown[:12]))}{more}; "
+                            "rephrase them, or allow unknown words", "allow_unknown_words")
+
+
 def finetune(vlm: VLM, samples: Sequence[Sample], out: str | Path, cfg: FinetuneConfig | None = None,
-             merge: bool = False, progress: bool = False) -> dict:
+             merge: bool = False, progress: bool = False, allow_unknown_words: bool = False) -> dict:
+    """LoRA fine-tuning on the samples' target texts (refused where the tokenizer does not know
+    their words, unless ``allow_unknown_words``)."""
     peft = require("peft", "LoRA fine-tuning")
     LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     cfg = cfg or FinetuneConfig()
-    out = make_folder(out)
     items = _expand(samples, parse_choice(Target, cfg.target, "target"))
     if not items:
         raise VlmsteerError("no training samples")
+    check_known_words(vlm.tokenizer, sorted({t for _, t in items}), allow_unknown_words)
+    out = make_folder(out)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     targets = lora_target_modules(vlm, cfg.modules)

@@ -45,6 +45,9 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
              rank: int = typer.Option(8, min=1, help="LoRA rank."),
              save_every: int = typer.Option(100, min=1, help="Save an adapter checkpoint every this many steps."),
              merge: bool = typer.Option(False, "--merge", help="Also write a merged model folder."),
+             allow_unknown_words: bool = typer.Option(False, "--allow-unknown-words",
+                                                      help="Train on target text with words the tokenizer maps to "
+                                                           "its unknown token (refused by default)."),
              target: str = typer.Option("auto", help="Train on answers or captions (auto: what samples have)."),
              split: str = _SPLIT, limit: Optional[int] = _LIMIT,
              prompt: Optional[str] = _PROMPT, seed: int = _SEED(),
@@ -68,7 +71,8 @@ def finetune(model: str = typer.Option(..., help="Hub id, model folder, or shape
                 raise VlmsteerError(f"no sample of {data} has a {keywords} keyword")
         vlm = load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
         claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples)))
-        summary = run_finetune(vlm, samples, pub.stage, cfg, merge=merge, progress=True)
+        summary = run_finetune(vlm, samples, pub.stage, cfg, merge=merge, progress=True,
+                               allow_unknown_words=allow_unknown_words)
         command_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     out_console.print(f"{summary['samples']} training texts, loss {summary['first_loss']:.3f} -> "
                       f"{summary['last_loss']:.3f} in {summary['seconds']:.0f} s -> {out}")
