@@ -19,7 +19,7 @@ import torch
 
 from vlmsteer.analysis.diffing import Part, Readout
 from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffMethod
-from vlmsteer.concepts.methods import CONCEPT_METHODS
+from vlmsteer.concepts.methods import CONCEPT_METHODS, SAE_OPTIONS
 from vlmsteer.concepts.sae import SparseAutoencoder
 from vlmsteer.data.formats import DATA_FORMATS, DatasetFormat
 from vlmsteer.data.io import dataset_file
@@ -95,7 +95,7 @@ def csv_example(folder: Path) -> Path:
 
 def register() -> None:
     CONCEPT_METHODS.add("toy-autograd-topk", AutogradTopKSAE, "TopK written with autograd alone (a test's toy)",
-                        {"latents": "latents", "l0": "active latents per row"})
+                        SAE_OPTIONS)  # (an SAE takes what every SAE does: latents, l0, epochs, ...)
     DIFF_METHODS.add("toy-median", DiffMethod(median_readout, "the median of the fine-tuned minus the original "
                                                               "features (a test's toy)"), "the median change")
     add_region("after_image", "the text tokens after the last image token (a test's toy)", after_image)

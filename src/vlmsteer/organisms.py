@@ -50,14 +50,15 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
 
 
 def objectives(names: str | None = None) -> list[Objective]:
-    """The objectives named in a comma list (default: all of them)."""
-    if not names:
+    """The objectives named in a comma list (None: all of them; an empty list is an error)."""
+    if names is None:
         return list(OBJECTIVES.values())
     chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise VlmsteerError(f"no organism named in {names!r}; choose from: " + ", ".join(OBJECTIVES), "only")
     unknown = [n for n in chosen if n not in OBJECTIVES]
-    if unknown or not chosen:
-        raise VlmsteerError(f"unknown organism {unknown[0] if unknown else names!r}; choose from: "
-                            + ", ".join(OBJECTIVES), "objective")
+    if unknown:
+        raise VlmsteerError(f"unknown organism {unknown[0]!r}; choose from: " + ", ".join(OBJECTIVES), "only")
     return [OBJECTIVES[n] for n in chosen]
 
 

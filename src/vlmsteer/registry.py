@@ -72,6 +72,17 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         return self.entry(name).value
 
+    def check_options(self, name: str, given: dict[str, object], shared: tuple[str, ...] = ("seed",)) -> None:
+        """Refuse, in one line, options (option name -> value; None: not given) that the entry
+        ``name`` does not take (its ``options``); ``shared`` ones every entry takes."""
+        entry = self.entry(name)
+        unused = [o for o, value in given.items() if value is not None and o not in entry.options and o not in shared]
+        if unused:
+            flag = lambda o: "-k" if o == "k" else "--" + o.replace("_", "-")  # noqa: E731
+            takes = ", ".join(flag(o) for o in entry.options if o not in shared) or f"no {self.kind} options"
+            raise VlmsteerError(f"{self.option} {entry.name} does not use {', '.join(map(flag, unused))} (it takes "
+                                f"{takes})", self.option.lstrip("-") or None)
+
     def __contains__(self, name: object) -> bool:
         return canonical(str(name)) in self._entries
 

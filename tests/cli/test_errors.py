@@ -258,3 +258,59 @@ def test_the_interrupted_line_promises_a_resume_only_where_the_command_resumes(t
     assert main(["eval", "vqa", "--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 130
     err = capsys.readouterr().err
     assert "rerun the same command to start again" in err and "resume" not in err
+
+
+# a value away from each option's default, as typed on the command line
+_OTHER_VALUE = {"k": ["-k", "7"], "latents": ["--latents", "64"], "l0": ["--l0", "3"], "epochs": ["--epochs", "2"],
+                "batch_size": ["--batch-size", "16"], "lr": ["--lr", "0.01"], "train_dtype": ["--train-dtype", "bfloat16"],
+                "saelens": ["--saelens"], "backend": ["--backend", "torch"]}
+
+
+def test_every_method_option_is_applied_or_refused(tmp_path, capsys):
+    """Issue 37, acceptance 1: for concepts and diff, every method-specific option given to a
+    method that does not take it is refused in one line (never accepted and ignored); given to
+    one that takes it, it is not refused for that reason."""
+    from vlmsteer.analysis.diffing_methods import DIFF_METHODS
+    from vlmsteer.concepts.methods import CONCEPT_METHODS
+
+    walked = 0
+    trainable = [e for e in CONCEPT_METHODS if e.value.family != "paired" and not e.value.loads_only]
+    options = {o for e in trainable for o in e.options} - {"seed", "device"}
+    assert options <= _OTHER_VALUE.keys()
+    for entry in trainable:
+        for option in sorted(options):
+            code = main(["concepts", str(tmp_path / "no-store"), "--method", entry.name, *_OTHER_VALUE[option],
+                         "--no-words", "--out", str(tmp_path / "c")])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("error:") == 1, (entry.name, option, err)
+            assert ("does not use" in err) == (option not in entry.options), (entry.name, option, err)
+            walked += 1
+    for entry in DIFF_METHODS:
+        for option in ("k", "latents", "l0", "epochs"):
+            code = main(["diff", "--original", str(tmp_path / "a"), "--finetuned", str(tmp_path / "b"), "--method",
+                         entry.name, *_OTHER_VALUE[option], "--no-words", "--out", str(tmp_path / "d")])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("error:") == 1, (entry.name, option, err)
+            assert ("does not use" in err) == (option not in entry.options), (entry.name, option, err)
+            walked += 1
+    assert walked >= 40 and not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_values_are_never_clamped_in_silence(world, capsys, tmp_path):
+    """A crosscoder asked for more active latents than latents, and more concepts than the
+    stores pair: refused with the bound."""
+    root, _ = world
+    store = str(root / "store")
+    _one_error(capsys, 2, ["diff", "--original", store, "--finetuned", store, "--method", "crosscoder", "--latents",
+                           "8", "--l0", "20", "--no-words", "--out", str(tmp_path / "x")],
+               "20 active latents per sample is more than the dictionary's 8 latents")
+    _one_error(capsys, 2, ["diff", "--original", store, "--finetuned", store, "--method", "concepts", "-k", "500",
+                           "--no-words", "--out", str(tmp_path / "y")], "500 concepts need at least 500 paired samples")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_an_empty_list_is_an_error_not_all(capsys, tmp_path):
+    _one_error(capsys, 2, ["organisms", "build", "--only", "", "--out", str(tmp_path / "o")],
+               "no organism named in ''", "(option --only)")
+    _one_error(capsys, 2, ["organisms", "build", "--only", " , ", "--out", str(tmp_path / "o")], "no organism named")
+    assert not (tmp_path / "o").exists()

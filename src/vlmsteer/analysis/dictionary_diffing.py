@@ -27,6 +27,7 @@ from vlmsteer.analysis.diffing import Paired, Part, Readout, _means_and_spread
 from vlmsteer.concepts import make_dictionary
 from vlmsteer.concepts.quality import dictionary_quality
 from vlmsteer.concepts.sae import ENCODE_ROWS
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.mapped import LazyRows, release_pages, take_rows
 
 FINETUNED_ONLY = 0.9  # relative decoder norm from which a crosscoder latent is the fine-tuned model's alone
@@ -72,6 +73,8 @@ class DictionaryOptions:
 
     def make(self, method: str, n: int, hidden: int, sparser: bool = False):
         latents = self.latents or int(min(4 * hidden, max(16, n // 8)))
+        if self.l0 is not None and self.l0 > latents:  # (the defaults below fit; a given value is never clamped)
+            raise VlmsteerError(f"{self.l0} active latents per sample is more than the dictionary's {latents} latents", "l0")
         l0 = self.l0 or (max(1, min(8, latents // 32)) if sparser else max(1, min(32, latents // 8)))
         batch = min(1024, max(32, n // 8))
         epochs = self.epochs or max(1, min(200, math.ceil(1000 / math.ceil(n / batch))))

@@ -17,6 +17,7 @@ import numpy as np
 
 from vlmsteer.analysis.shift import BLOCK_ROWS, aligned_features, sample_shifts, shift_vectors
 from vlmsteer.concepts import make_dictionary
+from vlmsteer.errors import VlmsteerError
 from vlmsteer.store import FeatureStore
 
 
@@ -94,7 +95,8 @@ class ConceptShifts:
 
 
 def concept_shifts(p: Paired, k: int = 10, seed: int = 0) -> ConceptShifts:
-    k = min(k, len(p.ids))
+    if k > len(p.ids):  # (never clamped in silence: the readout would not be the one asked for)
+        raise VlmsteerError(f"{k} concepts need at least {k} paired samples; the stores pair {len(p.ids)}", "k")
     assign = make_dictionary("kmeans", k, seed=seed).fit(p.a).assign(p.a)
     deltas = shift_vectors(p.a, p.b, assign, k)
     sizes = np.bincount(assign, minlength=k)

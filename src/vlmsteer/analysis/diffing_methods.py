@@ -14,7 +14,6 @@ from typing import Callable
 
 from vlmsteer.analysis.dictionary_diffing import DictionaryOptions, crosscoder_readout, sae_diff_readout
 from vlmsteer.analysis.diffing import Paired, Readout, adl_readout, concepts_readout
-from vlmsteer.errors import VlmsteerError
 from vlmsteer.registry import Registry
 
 
@@ -57,13 +56,3 @@ DIFF_METHODS.add("sae-diff", DiffMethod(
     "a BatchTopK sparse autoencoder on the differences (fine-tuned − original): its decoder bias (what every "
     "sample's change shares) and its latents, ranked by mean size over the samples"),
     "a BatchTopK SAE on the differences (fine-tuned minus original)", DICTIONARY_OPTIONS)
-
-
-def check_options(method: str, given: dict[str, object]) -> None:
-    """Refuse options (name -> value; None: not given) that ``method`` does not take."""
-    entry = DIFF_METHODS.entry(method)
-    unused = [name for name, value in given.items() if value is not None and name not in entry.options]
-    if unused:
-        takes = ", ".join(f"--{o.replace('_', '-')}" for o in entry.options if o != "seed") or "no method options"
-        raise VlmsteerError(f"--method {entry.name} does not use {', '.join('--' + u.replace('_', '-') for u in unused)}"
-                            f" (it takes {takes})", "method")

@@ -85,7 +85,7 @@ def _flag_of(command, param: str | None) -> str | None:
         cmd = stack.pop()
         stack.extend(getattr(cmd, "commands", {}).values())
         for p in getattr(cmd, "params", []):
-            if p.name == param and p.opts and p.opts[0].startswith("--"):
+            if p.name == param and any(o.startswith("--") for o in p.opts):
                 return max(p.opts, key=len)
     return None
 

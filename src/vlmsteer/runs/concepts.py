@@ -5,6 +5,8 @@ measure its quality and splice cost, and publish the folder (``concepts.json``,
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -109,6 +111,10 @@ def run_concepts(store: FeatureStore, out: str | Path, cfg: ConceptRun, vlm=None
     return result
 
 
+def _method_options() -> set[str]:
+    return {o for entry in CONCEPT_METHODS for o in entry.options}
+
+
 def concepts(store: str | Path, out: str | Path, *, method: str = "kmeans", k: int = 20, latents: Optional[int] = None,
              l0: int = 32, epochs: Optional[int] = None, batch_size: int = 1024, lr: Optional[float] = None,
              train_dtype: str = "float32", held_out: float = 0.1, saelens: bool = False, report_concepts: int = 64,
@@ -127,8 +133,11 @@ def concepts(store: str | Path, out: str | Path, *, method: str = "kmeans", k: i
     sae = family == "sae"
     if family == "paired":
         raise VlmsteerError(f"{method} learns from two models' paired features: use vlmsteer diff --method crosscoder")
-    if not sae and (latents is not None or saelens):
-        raise VlmsteerError(f"--latents and --saelens are for sparse autoencoders; {method} takes -k")
+    # an option of another method, set away from its default, is refused, never ignored
+    defaults = {name: p.default for name, p in inspect.signature(concepts).parameters.items()}
+    chosen = {name: value for name, value in spec.options.items() if name in defaults}
+    CONCEPT_METHODS.check_options(method, {name: chosen[name] if chosen[name] != defaults[name] else None
+                                           for name in _method_options() if name in chosen}, shared=("seed", "device"))
     n = (latents or 1024) if sae else k
     with publish(Path(out), overwrite) as pub:
         st = open_store(Path(store), allow_partial)

@@ -12,7 +12,7 @@ import torch
 
 from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
 from vlmsteer.analysis.diffing import Readout, change_along, paired_features, top_samples
-from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffSettings, check_options
+from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffSettings
 from vlmsteer.concepts.grounding import ground_text
 from vlmsteer.outputs import atomic_write_json
 from vlmsteer.report.diffing import diff_section
@@ -88,7 +88,7 @@ def diff(original: str | Path, finetuned: str | Path, out: str | Path = Path("ru
     rerun with other settings unless ``overwrite``). Returns the ``diff.json`` record."""
     spec = RunSpec.of_call("vlmsteer diff", {k_: v for k_, v in locals().items() if k_ != "progress"},
                            paths=("original", "finetuned", "out"))
-    check_options(method, {"latents": latents, "l0": l0, "epochs": epochs})
+    DIFF_METHODS.check_options(method, {"k": k if k != 10 else None, "latents": latents, "l0": l0, "epochs": epochs})
     a, b = open_store(Path(original), allow_partial), open_store(Path(finetuned), allow_partial)
     absolute = a.layer_index(layer) if layer is not None else max(a.layers)
     b.layer_index(absolute)
