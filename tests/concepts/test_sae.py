@@ -417,3 +417,15 @@ def test_training_gradients_equal_autograd_of_the_dense_loss(method, kind, aux_k
     for name, w in zip(leaves, want):
         assert torch.allclose(got[name], w, rtol=1e-4, atol=1e-6), name
     assert abs(stats.loss - float(_reference_loss(sae, leaves, x, train, 100, aux_k).detach())) < 1e-5
+
+
+def test_latents_whose_weights_cannot_fit_are_refused_before_allocating(monkeypatch):
+    import vlmsteer.concepts.sae_training as training
+
+    z, _ = _sparse_data(n=300)
+    monkeypatch.setattr(training, "available_bytes", lambda device: 10 * 2**20)  # 10 MiB free
+    with pytest.raises(VlmsteerError, match=r"20000 latents of 32 dimensions need about 20 MiB for the weights and "
+                                            r"their optimizer state; cpu has 10 MiB available: use fewer latents"):
+        make_dictionary("topk_sae", 20000, seed=0, l0=3, epochs=1, batch_size=100).fit(z)  # 19.5 MiB
+    make_dictionary("topk_sae", 64, seed=0, l0=3, epochs=1, batch_size=100).fit(z)  # 64 × 32: 64 KiB
+    assert training.available_bytes(torch.device("cpu")) == 10 * 2**20

@@ -62,6 +62,7 @@ def train(sae, features, callback: Callable[[TrainStats], None] | None = None):
     torch_dtype = torch.bfloat16 if sae.dtype == "bfloat16" else torch.float32
     device = torch.device(sae.device)
     n, dim = z.shape
+    _check_fits(sae, dim, device)
     batch = min(sae.batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
     epochs = sae.epochs or max(1, min(50, math.ceil(1000 / steps_per_epoch)))
@@ -129,6 +130,32 @@ def train(sae, features, callback: Callable[[TrainStats], None] | None = None):
     if sae.checkpoint is not None:
         Path(sae.checkpoint).unlink(missing_ok=True)
     return sae
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (CPU: the kernel's MemAvailable), or None
+    where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_fits(sae, dim: int, device: torch.device) -> None:
+    """Refuse, before allocating, weights that cannot fit: the encoder and decoder, each with two
+    Adam moments and a gradient (8 float32 matrices of latents × dim)."""
+    need = 8 * 4 * sae.k * dim
+    free = available_bytes(device)
+    if free is not None and need > free:
+        size = lambda b: f"{b / 2**30:.1f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"  # noqa: E731
+        raise VlmsteerError(f"{sae.k} latents of {dim} dimensions need about {size(need)} for the weights and their "
+                            f"optimizer state; {device.type} has {size(free)} available: use fewer latents", "latents")
 
 
 def _check_finite(sae, t: dict, step: int, total: int, lr: float) -> None:
