@@ -86,3 +86,24 @@ def test_negative_layer_needs_the_depth(tmp_path, capsys):
     assert main(["store", "import", "--features", str(tmp_path / "f.npy"), "--records", str(tmp_path / "r.jsonl"),
                  "--layer", "-1", "--out", str(tmp_path / "s")]) == 2
     assert "(option --num-layers)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("empty", "holds no features (shape (0, 8)): nothing to import"),
+    ("one-nan", "row 117 contains NaN or infinite values"),
+    ("three-nan", "row 2 and 2 more rows contain NaN or infinite values"),
+])
+def test_an_import_names_its_bad_rows_or_emptiness(tmp_path, capsys, rows, message):
+    """Issue 37: zero rows are one line, not a traceback; a NaN row is named by its number, not
+    the whole shard's range."""
+    arr = np.random.default_rng(0).normal(size=(0 if rows == "empty" else 120, 8)).astype(np.float32)
+    if rows == "one-nan":
+        arr[117, 3] = np.nan
+    elif rows == "three-nan":
+        arr[[2, 50, 90], 0] = np.inf
+    np.save(tmp_path / "f.npy", arr)
+    (tmp_path / "r.jsonl").write_text("".join(f'{{"id": "{i}"}}\n' for i in range(len(arr))))
+    assert main(["store", "import", "--features", str(tmp_path / "f.npy"), "--records", str(tmp_path / "r.jsonl"),
+                 "--layer", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err and "Traceback" not in err, err

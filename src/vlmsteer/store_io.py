@@ -47,6 +47,8 @@ def _load_array(path: Path) -> np.ndarray:
         raise input_error(path, f"features must be a 2-D (samples, hidden) array, got shape {arr.shape}")
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise input_error(path, f"features must be float16, float32 or float64, got {arr.dtype}")
+    if len(arr) == 0 or arr.shape[1] == 0:
+        raise input_error(path, f"holds no features (shape {arr.shape}): nothing to import")
     return arr
 
 
@@ -92,8 +94,11 @@ def import_features(features: str | Path, records: str | Path, layer: int, out: 
         for a in range(start, len(rows), shard_size):
             b = min(len(rows), a + shard_size)
             chunk = np.asarray(arr[a:b], dtype=dtype)
-            if not np.isfinite(chunk).all():
-                raise input_error(features, f"rows {a}..{b - 1} contain NaN or infinite values")
+            bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+            if len(bad):  # (row numbers from 0, as the array counts them)
+                more = f" and {len(bad) - 1} more row{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ""
+                raise input_error(features, f"row {a + int(bad[0])}{more} contain{'s' if not more else ''} NaN or "
+                                            "infinite values")
             writer.write_shard([{**r, "id": str(r["id"])} for r in rows[a:b]], {absolute: chunk})
             advance(b - a)
         writer.finish(found=len(rows))
