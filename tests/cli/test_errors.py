@@ -314,3 +314,18 @@ def test_an_empty_list_is_an_error_not_all(capsys, tmp_path):
                "no organism named in ''", "(option --only)")
     _one_error(capsys, 2, ["organisms", "build", "--only", " , ", "--out", str(tmp_path / "o")], "no organism named")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_image_that_is_a_folder_or_a_pipe_is_named_as_such(capsys, tmp_path):
+    """Issue 37: where an image should be, a folder or a FIFO is refused saying what it is (not
+    "not found"), and a FIFO is never opened (that would block for ever)."""
+    for kind in ("folder", "fifo"):
+        root = tmp_path / kind
+        root.mkdir()
+        if kind == "folder":
+            (root / "scene.png").mkdir()
+        else:
+            os.mkfifo(root / "scene.png")
+        (root / "d.jsonl").write_text('{"image": "scene.png", "prompt": "what is this?", "answer": "a circle"}\n')
+        what = "is a folder" if kind == "folder" else "is not a regular file (a pipe, socket or device)"
+        _one_error(capsys, 2, ["data", "check", "jsonl", str(root / "d.jsonl")], f"image of line 1 {what}")

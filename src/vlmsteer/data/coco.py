@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from vlmsteer.data.identity import check_unique_ids
+from vlmsteer.data.identity import check_unique_ids, regular_file
 from vlmsteer.data.io import dataset_file, read_json, require_keys, require_string
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import input_error
@@ -55,8 +55,8 @@ def _official(path, split, image_dir, limit, seed, prompt, check_images, allow_o
     samples = []
     for img in subsample(data["images"], limit, seed):
         image = dataset_file(image_dir, img["file_name"], path, f"image {img['id']}", allow_outside)
-        if check_images and not image.exists():
-            raise input_error(image, f"image {img['id']} not found")
+        if check_images:
+            regular_file(image, f"image {img['id']}")
         meta = {"image_id": img["id"], "split": split}
         if any(s is not None for s in styles[img["id"]]):
             meta["caption_styles"] = styles[img["id"]]
@@ -77,8 +77,8 @@ def _karpathy(path, split, image_root, limit, seed, prompt, check_images, allow_
         require_keys(im, ["filename", "sentences"], path, "images[]")
         name = str(Path(im.get("filepath", "")) / str(im["filename"]))
         image = dataset_file(image_root, name, path, f"image {im['filename']!r}", allow_outside)
-        if check_images and not image.exists():
-            raise input_error(image, "image not found")
+        if check_images:
+            regular_file(image, "image")
         image_id = im.get("cocoid", im.get("imgid"))
         captions = [s["raw"] if isinstance(s, dict) else str(s) for s in im["sentences"]]
         samples.append(Sample(id=str(image_id), image=image, prompt=prompt, captions=captions,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmsteer.data.identity import check_unique_ids
+from vlmsteer.data.identity import check_unique_ids, regular_file
 from vlmsteer.data.io import dataset_file, read_jsonl, require_string, require_strings
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import input_error
@@ -31,8 +31,8 @@ def load_jsonl(path: str | Path, limit: int | None = None, seed: int = 0, check_
         image = row.get("image")
         if image is not None:
             image = dataset_file(path.parent, image, path, f"line {n}", allow_outside_images)
-            if check_images and not image.exists():
-                raise input_error(image, f"image of line {n} not found")
+            if check_images:
+                regular_file(image, f"image of line {n}")
         answers = row.get("answers", [row["answer"]] if "answer" in row else [])
         optional = {k: require_string(row[k], path, f"line {n}: {k!r}") if row.get(k) is not None else None
                     for k in ("answer_type", "question_type")}

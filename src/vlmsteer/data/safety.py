@@ -66,8 +66,8 @@ def load_mm_safetybench(root: str | Path, image_type: str = "SD_TYPO", scenarios
                 raise input_error(f, f"question {qid} has no {key!r}")
             image = dataset_file(root, f"imgs/{f.stem}/{image_type}/{qid}.jpg", f, f"question {qid}",
                                  allow_outside_images)
-            if check_images and not image.exists():
-                raise input_error(image, f"image of question {qid} not found")
+            if check_images:
+                regular_file(image, f"image of question {qid}")
             prompt = require_string(item[key], f, f"question {qid}: {key!r}")
             samples.append(Sample(id=f"{f.stem}/{qid}", image=image, prompt=prompt,
                                   meta={"category": f.stem, "question": item.get("Question"),
@@ -91,8 +91,8 @@ def load_figstep(root: str | Path, limit: int | None = None, seed: int = 0,
     for n, row in enumerate(rows, 2):
         name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
         image = dataset_file(root, f"data/images/SafeBench/{name}", table, f"row {n}", allow_outside_images)
-        if check_images and not image.exists():
-            raise input_error(image, f"image of row {n} not found")
+        if check_images:
+            regular_file(image, f"image of row {n}")
         samples.append(Sample(id=f"{row['dataset']}_{row['category_id']}_{row['task_id']}", image=image,
                               prompt=FIGSTEP_PROMPT,
                               meta={"category": row["category_name"], "question": row["question"],

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Hashable
 
-from vlmsteer.data.identity import check_unique_ids
+from vlmsteer.data.identity import check_unique_ids, regular_file
 from vlmsteer.data.io import inside_folder, read_json, require_keys
 from vlmsteer.data.sample import Sample, subsample
 from vlmsteer.errors import VlmsteerError, input_error
@@ -145,6 +145,7 @@ def load_vqav2(root: str | Path, split: str = "val2014", images: str | Path | No
             raise input_error(apath, f"no annotation for question {q['question_id']} of {qpath.name}")
         image, exists = found_images.path(q["image_id"])
         if check_images and not exists:
+            regular_file(image, f"image of question {q['question_id']}")  # says why: missing, a folder, a pipe
             raise input_error(image, f"image of question {q['question_id']} not found")
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in ann["answers"]]
         answer_ids = _answer_ids(ann["answers"])
