@@ -51,6 +51,31 @@ def _means_and_spread(p: Paired) -> tuple[np.ndarray, np.ndarray, float]:
     return mean_a, sum_b / n, float(np.sqrt(max(sq_a / n - float(mean_a @ mean_a), 0.0)))
 
 
+NOISE_SPLITS = 20  # random half-splits the noise floor is the 95th percentile of
+
+
+def noise_floor(p: Paired, seed: int = 0, splits: int = NOISE_SPLITS) -> float:
+    """How far the original's mean features move when the inputs are resampled, in units of
+    their spread: over ``splits`` random halves of the paired samples, the 95th percentile of
+    ‖mean(half) − mean(other half)‖ / spread. A readout below it is within what choosing other
+    inputs does to one and the same model: no change worth the name. One pass of float64 blocks
+    (every split's half-sums at once); it shrinks as 2/√n with the number of samples."""
+    n = len(p.ids)
+    if n < 4:
+        return float("inf")
+    rng = np.random.default_rng(seed)
+    halves = np.stack([rng.permutation(n) < n // 2 for _ in range(splits)]).astype(np.float64)  # (splits, n)
+    first, total = np.zeros((splits, p.a.shape[1])), np.zeros(p.a.shape[1])
+    for i in range(0, n, BLOCK_ROWS):
+        xa = np.asarray(p.a[i:i + BLOCK_ROWS], np.float64)
+        first += halves[:, i:i + len(xa)] @ xa
+        total += xa.sum(0)
+    size = halves.sum(1, keepdims=True)
+    gaps = np.linalg.norm(first / size - (total - first) / (n - size), axis=1)
+    spread = _means_and_spread(p)[2]
+    return float(np.quantile(gaps, 0.95) / max(spread, 1e-12))
+
+
 @dataclass
 class ActivationDifference:
     layer: int

@@ -50,5 +50,6 @@ def diff(original: Path = typer.Option(..., help="Store extracted from the origi
 
     result = run(**_current_params())  # (the same option names)
     absolute = result["layer"]
-    out_console.print(f"{method}, layer {absolute}: readout {result['readout']}, {result['relative_norm']:.3f} of the "
-                      f"features' spread; top words: {', '.join(result['words'][:8])} -> {out}/report.html")
+    out_console.print(f"{method}, layer {absolute}: {'changed' if result['changed'] else 'unchanged'}: readout "
+                      f"{result['readout']}, {result['relative_norm']:.3f} of the features' spread (noise floor "
+                      f"{result['noise_floor']:.3f}); top words: {', '.join(result['words'][:8])} -> {out}/report.html")

@@ -29,9 +29,20 @@ def diff_section(result: dict, figures: list) -> Section:
         examples=examples, examples_title=f"Samples where the readout acts most (by {result['top_samples_by']})",
         intro=[f"Over the same {result['n_samples']} samples ({where}): {what}, read through the final norm and "
                f"unembedding. The readout ({result['readout']}) measures {result['relative_norm']:.3f} of the "
-               f"features' spread ({result['spread']:.3g}): a fine-tune on unchanged data barely moves it.{quality} "
+               f"features' spread ({result['spread']:.3g}). {verdict(result)}.{quality} "
                "`diff.safetensors` holds every part as a steering vector."],
         tables=tables, figures=figures)
+
+
+def verdict(result: dict) -> str:
+    """Whether the model changed, against the noise floor measured from the data."""
+    if "noise_floor" not in result:  # (a diff.json written before the verdict)
+        return "No noise floor recorded"
+    how = "Changed" if result["changed"] else "Unchanged"
+    side = "above" if result["changed"] else "within"
+    return (f"{how}: {result['relative_norm']:.3f} is {side} the noise floor of {result['noise_floor']:.3f} (how far "
+            f"the original's mean moves between random halves of these {result['n_samples']} samples, 95th "
+            "percentile of 20 splits)")
 
 
 def _cell(value) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vlmsteer.analysis.dictionary_diffing import DictionaryOptions
-from vlmsteer.analysis.diffing import Readout, change_along, paired_features, top_samples
+from vlmsteer.analysis.diffing import Readout, change_along, noise_floor, paired_features, top_samples
 from vlmsteer.analysis.diffing_methods import DIFF_METHODS, DiffSettings
 from vlmsteer.concepts.grounding import ground_text
 from vlmsteer.outputs import atomic_write_json
@@ -51,8 +51,10 @@ def run_diff(method: str, original: FeatureStore, finetuned: FeatureStore, layer
     scores = r.scores if r.scores is not None else change_along(paired, r.parts[0].vector)
     parts = [{"name": p.name, "size": p.size, "relative_size": p.size / max(r.spread, 1e-12), **p.info,
               "words": g.words if g else []} for p, g in zip(shown, words)]
+    floor = noise_floor(paired, seed)
     result = {"method": method, "layer": r.layer, "n_samples": r.n_samples, "selector": original.header.get("selector"),
-              "relative_norm": r.relative_norm, "spread": r.spread, "readout": r.parts[0].name,
+              "relative_norm": r.relative_norm, "spread": r.spread, "noise_floor": floor,
+              "changed": bool(r.relative_norm > floor), "readout": r.parts[0].name,
               "words": words[0].words if words[0] else [], "logits": words[0].logits if words[0] else [],
               "parts": parts, "n_parts": len(r.parts), "top_samples": top_samples(paired, scores, top_images),
               "top_samples_by": "activation" if r.scores is not None else "change along the readout",
