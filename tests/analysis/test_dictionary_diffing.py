@@ -152,3 +152,26 @@ def test_diff_crosscoder_and_sae_diff_from_the_command_line(tiny_folder, tmp_pat
     assert main(["concepts", str(a), "--method", "batchtopk-crosscoder", "--no-words",
                  "--out", str(tmp_path / "c")]) == 2
     assert "use vlmsteer diff --method crosscoder" in capsys.readouterr().err
+
+
+def test_the_noise_floor_is_what_resampling_the_inputs_moves_and_the_verdict_follows_it():
+    """Issue 37: diff's verdict compares the readout with a floor measured from the data — how
+    far the original's mean moves between random halves of the samples (2/√n of the spread for
+    independent rows) — not a constant: a change of 2 × the floor is called changed, half of
+    it unchanged."""
+    from vlmsteer.analysis.diffing import adl_readout, noise_floor
+
+    rng = np.random.default_rng(3)
+    for n in (200, 2000):
+        a = rng.standard_normal((n, D))
+        paired = Paired(_Records(), 0, a.astype(np.float32), a.astype(np.float32), [str(i) for i in range(n)])
+        floor = noise_floor(paired)
+        assert 0.9 * 2 / np.sqrt(n) < floor < 1.6 * 2 / np.sqrt(n), (n, floor)
+        assert adl_readout(paired).relative_norm == 0 < floor  # the same model: unchanged
+        direction = rng.standard_normal(D)
+        direction /= np.linalg.norm(direction)
+        spread = np.sqrt(D)  # unit variance in every dimension
+        for factor, changed in ((2.0, True), (0.5, False)):
+            b = a + factor * floor * spread * direction
+            r = adl_readout(Paired(_Records(), 0, a.astype(np.float32), b.astype(np.float32), paired.ids))
+            assert (r.relative_norm > noise_floor(paired)) == changed, (n, factor, r.relative_norm, floor)

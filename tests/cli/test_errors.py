@@ -329,3 +329,13 @@ def test_an_image_that_is_a_folder_or_a_pipe_is_named_as_such(capsys, tmp_path):
         (root / "d.jsonl").write_text('{"image": "scene.png", "prompt": "what is this?", "answer": "a circle"}\n')
         what = "is a folder" if kind == "folder" else "is not a regular file (a pipe, socket or device)"
         _one_error(capsys, 2, ["data", "check", "jsonl", str(root / "d.jsonl")], f"image of line 1 {what}")
+
+
+def test_diff_of_a_model_with_itself_is_called_unchanged(world, capsys, tmp_path):
+    root, _ = world
+    store = str(root / "store")
+    assert main(["diff", "--original", store, "--finetuned", store, "--no-words", "--out", str(tmp_path / "d")]) == 0
+    result = json.loads((tmp_path / "d" / "diff.json").read_text())
+    assert result["changed"] is False and result["relative_norm"] == 0 < result["noise_floor"]
+    assert "unchanged: readout adl, 0.000 of the features' spread (noise floor" in capsys.readouterr().out
+    assert "Unchanged: 0.000 is within the noise floor" in (tmp_path / "d" / "report.html").read_text()
