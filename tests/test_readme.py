@@ -131,6 +131,10 @@ def _check_caption_figures(runs: Path) -> None:
     changed, before, after = int(figures[1]), float(figures[2]), float(figures[3])
     assert abs(vs["captions_changed"] - changed) <= 5
     assert abs(colours["share_before"] - before) <= 2.5 and abs(colours["share_after"] - after) <= 2.5
+    cost = re.search(r"only\s+(\d+)\s+of\s+the\s+(\d+)\s+changed\s+captions\s+still\s+name\s+every\s+shape", README)
+    assert cost, "the README's caption-steering cost moved; update this test's pattern"
+    content = vs["content"]  # the cost beside the effect: what the changed captions kept
+    assert abs(content["kept_every_shape"] - int(cost[1])) <= 5 and abs(content["changed"] - int(cost[2])) <= 5
     for out in ("caps", "base", "colors", "q", "sep", "asr"):
         assert (runs / out / "run.json").exists(), out
     assert (runs / "sep" / "report.html").is_file()

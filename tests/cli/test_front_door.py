@@ -107,7 +107,7 @@ def test_an_eval_run_folder_has_a_report_with_what_changed(steered, tmp_path):
                  "--source", "yes", "--target", "no", "--out", str(steered / "report-run")]) == 0
     html = (steered / "report-run" / "report.html").read_text()
     changed = json.loads((steered / "report-run" / "metrics.json").read_text())["vs_baseline"]["changed"]
-    assert f"Outputs that changed against the baseline (first {min(8, changed)} of {changed})" in html
+    assert f"Outputs that changed against the baseline ({min(8, changed)} of {changed}, drawn at random)" in html
     assert html.count('class="card"') == min(8, changed) and "region last_prompt" in html
     assert "Not steered." in (steered / "base" / "report.html").read_text()
     (page,) = open_pages([steered / "report-run" / "report.html"], tmp_path)

@@ -136,3 +136,20 @@ def test_style_changes_are_counted():
     assert cmp["captions_changed"] == 2
     assert cmp["styles"]["colors"]["gained"] == 1 and cmp["styles"]["colors"]["lost"] == 1
     assert cmp["styles"]["places"]["gained"] == 0 and s.style_counts["places"] == 1
+
+
+def test_the_content_changed_captions_kept_is_counted_against_each_images_shapes():
+    """Issue 37: the cost of caption steering beside its effect — of the captions it changed,
+    how many still name every shape of their image (singular or plural)."""
+    from vlmsteer.evaluate.captions import content_kept, names_every_shape
+
+    assert names_every_shape("two red squares and a circle .", {"square", "circle"})
+    assert not names_every_shape("a red circle .", {"square", "circle"})
+    assert not names_every_shape("squared circles", {"square"})  # whole words only
+    base = ["two squares and a circle .", "a triangle .", "a diamond .", "three circles ."]
+    steered = ["two red squares and a blue circle .", "a red thing .", "a diamond .", "circles ."]
+    kinds = [{"square", "circle"}, {"triangle"}, {"diamond"}, {"circle"}]
+    got = content_kept(base, steered, kinds)
+    assert got == {"changed": 3, "kept_every_shape": 2, "baseline_named_every_shape": 3,
+                   "kept_share": pytest.approx(200 / 3)}
+    assert content_kept(base, base, kinds)["kept_share"] is None  # nothing changed: no cost to show

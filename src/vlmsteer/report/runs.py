@@ -5,6 +5,7 @@ images — the answers that changed when there is a baseline, else the first one
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from vlmsteer.report.section import Example, Section, Table, write_section
@@ -22,9 +23,14 @@ def write_eval_report(folder: str | Path, kind: str, baseline: str | Path | None
     before = {r["id"]: _text(r) for r in _rows(Path(baseline) / "predictions.jsonl")} if baseline else {}
     section = Section(title=_TITLES[kind], intro=[_intro(kind, metrics)], tables=eval_tables(kind, metrics))
     changed = [r for r in rows if r["id"] in before and before[r["id"]] != _text(r)]
+    shown = (changed if before else rows)
+    if before and len(changed) > EXAMPLES:  # a fair sample, not the first ones (seeded: the page is reproducible)
+        picked = sorted(random.Random(0).sample(range(len(changed)), EXAMPLES))
+        shown = [changed[i] for i in picked]
     if before:
-        section.examples_title = f"Outputs that changed against the baseline (first {EXAMPLES} of {len(changed)})"
-    for r in (changed if before else rows)[:EXAMPLES]:
+        section.examples_title = (f"Outputs that changed against the baseline ({min(EXAMPLES, len(changed))} of "
+                                  f"{len(changed)}, drawn at random)")
+    for r in shown[:EXAMPLES]:
         lines = [("prompt:", r.get("prompt") or "")]
         if before:
             lines.append(("baseline:", before[r["id"]]))
@@ -89,6 +95,12 @@ def eval_tables(kind: str, m: dict) -> list[Table]:
                  for st, share in m["style_share"].items()]
         if vs:
             rows.append(["captions changed", vs["captions_changed"], f"of {m['n']}"])
+            content = vs.get("content")
+            if content and content["changed"]:  # the cost beside the effect: what the changed captions kept
+                rows.append(["changed captions still naming every shape of their image (%)",
+                             f"{content['kept_share']:.1f}",
+                             f"{content['kept_every_shape']} of {content['changed']} (baseline captions of the "
+                             f"same images: {content['baseline_named_every_shape']})"])
         return [Table(f"captions ({m['n']} images)", ["metric", "value", "vs baseline" if vs else ""], rows)]
     rows = [[cat, r["n"], f"{r['attack_success_rate']:.1f}"] for cat, r in m["per_category"].items()]
     rows.append(["all", m["n"], f"{m['attack_success_rate']:.1f}"])

@@ -23,6 +23,22 @@ def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_n
     return [r.text for r in responses]
 
 
+def _shape_kinds(samples: list[Sample]) -> list[set[str]] | None:
+    """Each image's shape kinds where the samples come from one shapes world (its
+    ``scenes_val2014.json`` beside the images' folder), else None."""
+    from vlmsteer.organisms import world_scenes
+
+    roots = {Path(s.image_path).parent.parent for s in samples if s.image_path}
+    if len(roots) != 1 or not (next(iter(roots)) / "scenes_val2014.json").is_file() or \
+            any("image_id" not in s.meta for s in samples):
+        return None
+    scenes = world_scenes(next(iter(roots)))
+    try:
+        return [{shape.kind for shape in scenes[int(s.meta["image_id"])].shapes} for s in samples]
+    except KeyError:
+        return None
+
+
 def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
                          baseline: str | Path | None = None, tokenizer: Tokenizer = "auto", batch_size: int = 32,
                          max_new_tokens: int = 32, progress: bool = False,
@@ -47,8 +63,10 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     if steering is not None:
         extra["steering"] = steering.describe()
     if base is not None:
+        kinds = _shape_kinds(samples)
         extra["vs_baseline"] = compare_caption_runs(base, caps, evaluate_captions(samples, base, styles,
-                                                                                  tokenizer=tokenizer), report, styles)
+                                                                                  tokenizer=tokenizer), report, styles,
+                                                    kinds)
     rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
             for s, c, sc in zip(samples, caps, report.per_sample_cider)]
     write_run_outputs(out, rows, {**report.to_dict(), **extra})
