@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 from vlmsteer.data.keywords import STYLE_KEYWORDS, KeywordSet
-from vlmsteer.data.shapes import PLURALS
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.cider import Tokenizer, cider
+from vlmsteer.evaluate.shapes_captions import content_kept
 
 
 @dataclass
@@ -49,28 +48,11 @@ def evaluate_captions(samples: list[Sample], captions: list[str], styles: dict[s
         per_sample_cider=per)
 
 
-def names_every_shape(caption: str, kinds: set[str]) -> bool:
-    """Whether ``caption`` names each shape kind of its image (singular or plural)."""
-    words = set(re.findall(r"[a-z]+", caption.lower()))
-    return all(kind in words or PLURALS[kind] in words for kind in kinds)
-
-
-def content_kept(baseline: list[str], steered: list[str], kinds: list[set[str]]) -> dict:
-    """What steering cost in content, where each image's shapes are known (a shapes world): of
-    the captions it changed, how many still name every shape of their image (and, for reference,
-    how many of the same images' baseline captions did)."""
-    changed = [i for i, (a, b) in enumerate(zip(baseline, steered)) if a != b]
-    kept = sum(names_every_shape(steered[i], kinds[i]) for i in changed)
-    before = sum(names_every_shape(baseline[i], kinds[i]) for i in changed)
-    return {"changed": len(changed), "kept_every_shape": kept, "baseline_named_every_shape": before,
-            "kept_share": 100.0 * kept / len(changed) if changed else None}
-
-
 def compare_caption_runs(baseline: list[str], steered: list[str], base_report: CaptionReport,
                          report: CaptionReport, styles: dict[str, KeywordSet] | None = None,
-                         kinds: list[set[str]] | None = None) -> dict:
+                         scenes: list[dict] | None = None) -> dict:
     """Captions changed, captions gaining / losing each style, keyword and CIDEr deltas; with
-    ``kinds`` (each image's shape kinds), the content the changed captions kept."""
+    ``scenes`` (each image's, in a shapes world), the content the changed captions kept."""
     styles = STYLE_KEYWORDS if styles is None else styles
     if len(baseline) != len(steered):
         raise VlmsteerError(f"baseline has {len(baseline)} captions, steered run {len(steered)}")
@@ -91,6 +73,6 @@ def compare_caption_runs(baseline: list[str], steered: list[str], base_report: C
     out = {"n": len(steered), "captions_changed": sum(a != b for a, b in zip(baseline, steered)),
            "styles": per_style, "cider_before": base_report.cider, "cider_after": report.cider,
            "cider_delta": cider_delta}
-    if kinds is not None:
-        out["content"] = content_kept(baseline, steered, kinds)
+    if scenes is not None:
+        out["content"] = content_kept(baseline, steered, scenes)
     return out

@@ -22,6 +22,16 @@ def mentions_every_shape(caption: str, scene: dict) -> bool:
     return all(s["kind"] in words or shapes.PLURALS[s["kind"]] in words for s in scene["shapes"])
 
 
+def content_kept(baseline: list[str], steered: list[str], scenes: list[dict]) -> dict:
+    """What steering cost in content: of the captions it changed, how many still mention every
+    shape of their image (and, for reference, how many of the same images' baseline captions did)."""
+    changed = [i for i, (a, b) in enumerate(zip(baseline, steered)) if a != b]
+    kept = sum(mentions_every_shape(steered[i], scenes[i]) for i in changed)
+    before = sum(mentions_every_shape(baseline[i], scenes[i]) for i in changed)
+    return {"changed": len(changed), "kept_every_shape": kept, "baseline_named_every_shape": before,
+            "kept_share": 100.0 * kept / len(changed) if changed else None}
+
+
 def style_shares(captions: list[str]) -> dict[str, float]:
     n = max(1, len(captions))
     return {name: 100.0 * STYLE_KEYWORDS[name].count(captions) / n for name in SHAPES_STYLES}

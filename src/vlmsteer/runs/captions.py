@@ -11,6 +11,7 @@ from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions
 from vlmsteer.evaluate.cider import Tokenizer, resolve_tokenizer
+from vlmsteer.evaluate.shapes_captions import load_scenes
 from vlmsteer.model import VLM
 from vlmsteer.runs.generation import generate_responses, generate_texts
 from vlmsteer.steer.steerer import Steering
@@ -23,20 +24,16 @@ def run_captions(vlm: VLM, samples: list[Sample], *, batch_size: int = 32, max_n
     return [r.text for r in responses]
 
 
-def _shape_kinds(samples: list[Sample]) -> list[set[str]] | None:
-    """Each image's shape kinds where the samples come from one shapes world (its
+def _scenes(samples: list[Sample]) -> list[dict] | None:
+    """Each image's scene where the samples come from one shapes world (its
     ``scenes_val2014.json`` beside the images' folder), else None."""
-    from vlmsteer.organisms import world_scenes
-
     roots = {Path(s.image_path).parent.parent for s in samples if s.image_path}
-    if len(roots) != 1 or not (next(iter(roots)) / "scenes_val2014.json").is_file() or \
-            any("image_id" not in s.meta for s in samples):
+    root = next(iter(roots)) if len(roots) == 1 else None
+    if root is None or not (root / "scenes_val2014.json").is_file():
         return None
-    scenes = world_scenes(next(iter(roots)))
-    try:
-        return [{shape.kind for shape in scenes[int(s.meta["image_id"])].shapes} for s in samples]
-    except KeyError:
-        return None
+    scenes = load_scenes(root)
+    found = [scenes.get(s.meta.get("image_id")) for s in samples]
+    return None if any(scene is None for scene in found) else found
 
 
 def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steering: Steering | None = None,
@@ -63,10 +60,9 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     if steering is not None:
         extra["steering"] = steering.describe()
     if base is not None:
-        kinds = _shape_kinds(samples)
         extra["vs_baseline"] = compare_caption_runs(base, caps, evaluate_captions(samples, base, styles,
                                                                                   tokenizer=tokenizer), report, styles,
-                                                    kinds)
+                                                    _scenes(samples))
     rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
             for s, c, sc in zip(samples, caps, report.per_sample_cider)]
     write_run_outputs(out, rows, {**report.to_dict(), **extra})
