@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,6 +56,21 @@ def write_error(path: str | Path, exc: OSError, kept: str = "nothing earlier was
     reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
               errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno)
     return VlmsteerError(f"{path}: cannot write ({reason or exc.strerror or exc}); {kept}")
+
+
+@contextmanager
+def safetensors_writes(path: str | Path, kept: str = "nothing earlier was replaced") -> Iterator[None]:
+    """Around a safetensors ``save_file``: its error (a full disk arrives as a SafetensorError,
+    ``... (os error 28)``) becomes the one line :func:`write_error` gives an OSError, and the
+    half-written file goes."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        _remove_quietly(Path(path))
+        code = re.search(r"os error (\d+)", str(exc))
+        raise write_error(path, OSError(int(code[1]) if code else errno.EIO, str(exc)), kept) from None
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], durable: bool = True,

@@ -429,3 +429,20 @@ def test_latents_whose_weights_cannot_fit_are_refused_before_allocating(monkeypa
         make_dictionary("topk_sae", 20000, seed=0, l0=3, epochs=1, batch_size=100).fit(z)  # 19.5 MiB
     make_dictionary("topk_sae", 64, seed=0, l0=3, epochs=1, batch_size=100).fit(z)  # 64 × 32: 64 KiB
     assert training.available_bytes(torch.device("cpu")) == 10 * 2**20
+
+
+def test_a_full_disk_while_saving_a_dictionary_or_checkpoint_is_one_line(tmp_path, monkeypatch):
+    """Issue 37: safetensors reports a full disk as a SafetensorError (not an OSError): it
+    becomes the one line every other write gives, and the half-written file goes."""
+    import vlmsteer.concepts.dictionary as dictionary
+    from safetensors import SafetensorError
+
+    def full(tensors, path, metadata=None):
+        open(path, "wb").write(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(dictionary, "save_file", full)
+    d = make_dictionary("kmeans", 2, seed=0).fit(np.random.default_rng(0).normal(size=(20, 4)))
+    with pytest.raises(VlmsteerError, match=r"d.safetensors: cannot write \(no space left on the device\)"):
+        d.save(tmp_path / "d.safetensors")
+    assert not (tmp_path / "d.safetensors").exists()

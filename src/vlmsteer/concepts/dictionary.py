@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.mapped import LazyRows
+from vlmsteer.outputs import safetensors_writes
 
 
 def check_features(z: np.ndarray, k: int, dtype=np.float64) -> np.ndarray:
@@ -127,6 +128,7 @@ class ConceptDictionary(ABC):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"method": self.method, "params": self.params(), "meta": meta}
-        save_file({k: np.ascontiguousarray(v) for k, v in self.state().items()}, str(path),
-                  metadata={"vlmsteer_dictionary": json.dumps(header)})
+        with safetensors_writes(path):
+            save_file({k: np.ascontiguousarray(v) for k, v in self.state().items()}, str(path),
+                      metadata={"vlmsteer_dictionary": json.dumps(header)})
         return path

@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vlmsteer.outputs import safetensors_writes
+
 log = logging.getLogger("vlmsteer")
 
 
@@ -35,7 +37,8 @@ def save_checkpoint(sae, t: dict, opt, train: dict, step: int) -> None:
             "train": json.dumps({k: v for k, v in train.items() if not isinstance(v, torch.Tensor)})}
     path = Path(sae.checkpoint)
     partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=meta)
+    with safetensors_writes(partial, "the previous checkpoint is kept"):
+        save_file(tensors, str(partial), metadata=meta)
     os.replace(partial, path)
 
 
