@@ -194,21 +194,25 @@ class Publication:
     and takes its lock (``.lock`` inside it: one writer per output folder); :meth:`claim`
     compares this run's identity with what is already published at ``out`` (refused, unless
     ``overwrite``, when another output is there); :meth:`commit` swaps the staging folder in.
-    On an error the staging folder stays if it holds work (data-parallel parts that a rerun of
-    the same identity reuses) and is removed, with any folder ``begin`` made, if it holds none;
-    the published output is untouched either way.
+    On an error the staging folder stays if it holds work a rerun of the same identity resumes
+    from — the entries named in ``resumable`` (data-parallel ``parts``, a training checkpoint;
+    None: whatever it holds) — and is removed, with any folder ``begin`` made, otherwise: a
+    failed run (a full disk, a refusal midway) leaves no ``.NAME.partial`` behind. The
+    published output is untouched either way.
     """
 
     LOCK = ".lock"
     KEEP = (".lock", ".identity")  # what a staging folder holds before any work
 
-    def __init__(self, out: str | Path, overwrite: bool = False, lock: bool = True):
+    def __init__(self, out: str | Path, overwrite: bool = False, lock: bool = True,
+                 resumable: tuple[str, ...] | None = ()):
         self.out = Path(os.path.abspath(out))  # `.` and `a/..` have a name, and a folder beside them
         if not self.out.name:
             raise VlmsteerError(f"{out}: not a folder an output can be written to; choose a subfolder")
         self.overwrite = overwrite
         self.stage = self.out.with_name(f".{self.out.name}.partial")
         self._want_lock = lock
+        self.resumable = resumable
         self._lock = None
         self._made: list[Path] = []
 
@@ -275,10 +279,12 @@ class Publication:
         return self.out
 
     def abandon(self) -> None:
-        """After a failure: remove the staging folder (and the folders ``begin`` made) if it
-        holds no work; keep it otherwise, for a rerun to resume from."""
+        """After a failure: keep the staging folder if it holds work a rerun resumes from (see
+        the class); remove it, and the folders ``begin`` made, otherwise."""
         try:
-            if self.stage.is_dir() and all(p.name in self.KEEP for p in self.stage.iterdir()):
+            held = {p.name for p in self.stage.iterdir()} - set(self.KEEP) if self.stage.is_dir() else set()
+            keep = bool(held) if self.resumable is None else bool(held & set(self.resumable))
+            if self.stage.is_dir() and not keep:
                 shutil.rmtree(self.stage, ignore_errors=True)
                 for folder in self._made[1:]:
                     folder.rmdir()
@@ -299,11 +305,12 @@ class Publication:
 
 
 @contextmanager
-def published(out: str | Path, overwrite: bool = False, lock: bool = True,
-              commit: bool = True) -> Iterator[Publication]:
+def published(out: str | Path, overwrite: bool = False, lock: bool = True, commit: bool = True,
+              resumable: tuple[str, ...] | None = ()) -> Iterator[Publication]:
     """``with published(out) as pub: pub.claim(identity); write into pub.stage`` — swapped in
-    at the end of the block if it ends normally (and ``commit``); abandoned on an error."""
-    pub = Publication(out, overwrite, lock).begin()
+    at the end of the block if it ends normally (and ``commit``); abandoned on an error
+    (``resumable``: see :class:`Publication`)."""
+    pub = Publication(out, overwrite, lock, resumable).begin()
     try:
         yield pub
     except BaseException:

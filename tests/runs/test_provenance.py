@@ -558,3 +558,30 @@ def test_hostile_vector_and_dictionary_metadata_is_one_line(kind, metadata, tmp_
             else ["vectors", "concepts", "--dictionary", str(path), "--out", str(tmp_path / "o.safetensors")])
     assert main(argv) == 2
     assert str(path) in _errors(capsys)[0]
+
+
+def test_a_failed_run_leaves_its_staging_folder_only_where_a_rerun_resumes_from_it(tmp_path):
+    """Issue 37: a run that fails midway (a full disk, a refusal after work began) leaves no
+    ``.NAME.partial`` behind, unless the staging folder holds what a rerun resumes from (the
+    names the command declares: data-parallel parts, a training checkpoint; all of it for
+    organisms); the published output is never touched."""
+    import errno
+
+    from vlmsteer.outputs import published
+
+    def fail(out, resumable, write):
+        with pytest.raises(OSError):
+            with published(out, resumable=resumable) as pub:
+                pub.claim({"run": 1})
+                for name in write:
+                    target = pub.stage / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text("work")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return out.with_name(f".{out.name}.partial")
+
+    assert not fail(tmp_path / "diff", (), ["diff.json", "diff.safetensors"]).exists()
+    assert fail(tmp_path / "eval", ("parts",), ["parts/rank-0.jsonl", "metrics.json"]).exists()
+    assert not fail(tmp_path / "eval2", ("parts",), ["metrics.json"]).exists()
+    assert fail(tmp_path / "org", None, ["colors/final/x"]).exists()
+    assert not fail(tmp_path / "org2", None, []).exists()

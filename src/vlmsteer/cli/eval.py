@@ -237,7 +237,7 @@ def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callab
     from vlmsteer.report.runs import write_eval_report
 
     _engine(model.engine)
-    with publish(out, overwrite) as pub:
+    with publish(out, overwrite, resumable=("parts",)) as pub:
         samples = load()
         vlm = load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,
                           max_image_pixels=model.max_image_pixels)

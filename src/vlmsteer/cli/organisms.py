@@ -46,7 +46,7 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
 
     chosen = objectives(only)
     cfg = FinetuneConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, seed=seed, save_every=steps)
-    with publish(out, overwrite) as pub:
+    with publish(out, overwrite, resumable=None) as pub:  # organisms already built
         base = load_model(model, None, dtype, device)
         identity, model_id, revision = base.identity, base.model_id, base.revision
         claim(pub, command_identity(model=identity))  # the world and the objectives follow from the options

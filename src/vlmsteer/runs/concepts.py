@@ -139,7 +139,7 @@ def concepts(store: str | Path, out: str | Path, *, method: str = "kmeans", k: i
     CONCEPT_METHODS.check_options(method, {name: chosen[name] if chosen[name] != defaults[name] else None
                                            for name in _method_options() if name in chosen}, shared=("seed", "device"))
     n = (latents or 1024) if sae else k
-    with publish(Path(out), overwrite) as pub:
+    with publish(Path(out), overwrite, resumable=("checkpoint.safetensors",)) as pub:
         st = open_store(Path(store), allow_partial)
         absolute = st.layer_index(layer) if layer is not None else max(st.layers)
         records, why = usable_records(st)

@@ -77,15 +77,16 @@ def device_for_rank(device: str, env: Optional[dict] = None) -> str:
     return device
 
 
-def publish(out: Path, overwrite: bool = False):
+def publish(out: Path, overwrite: bool = False, resumable: tuple[str, ...] | None = ()):
     """An output folder built in a staging folder beside ``out`` and swapped in whole at the end
     (see :func:`vlmsteer.outputs.published`): its lock is taken and writability checked now,
     before any model work. Under torchrun every rank writes its part into the same staging
-    folder and rank 0 alone locks and publishes."""
+    folder and rank 0 alone locks and publishes. ``resumable``: what a failed run's staging
+    folder keeps for a rerun (by name; None: all of it); otherwise it goes."""
     from vlmsteer.outputs import published
 
     rank, _ = rank_and_world()
-    return published(Path(out), overwrite, lock=rank == 0, commit=rank == 0)
+    return published(Path(out), overwrite, lock=rank == 0, commit=rank == 0, resumable=resumable)
 
 
 def claim(pub, identity: dict) -> str:
