@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from vlmsteer.data.filters import Filter, as_filter
+from vlmsteer.data.identity import regular_file
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.layers import resolve_layer
 from vlmsteer.mapped import take_rows
@@ -211,9 +212,17 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _regular(path: Path, what: str) -> Path:
+    """``path``, refused in one line where it exists but is no regular file (a FIFO would block
+    the read for ever); a missing one is left to the caller's own message."""
+    if path.exists():
+        regular_file(path, what)
+    return path
+
+
 def _read_manifest(path: Path) -> dict:
     try:
-        m = json.loads(path.read_text())
+        m = json.loads(_regular(path, "store manifest").read_text())
     except json.JSONDecodeError as exc:
         raise input_error(path, f"malformed store manifest ({exc.msg})") from None
     if not isinstance(m, dict) or not isinstance(m.get("header"), dict) or not isinstance(m.get("shards"), list):
@@ -304,7 +313,7 @@ class FeatureStore:
     def _read_records(self, shard: dict) -> list[dict]:
         f = self.path / shard.get("dir", "") / _records_file(shard["index"])
         try:
-            records = json.loads(f.read_text(encoding="utf-8"))
+            records = json.loads(_regular(f, "store shard").read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise input_error(f, "store shard missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -341,7 +350,7 @@ class FeatureStore:
     def _load_shard(self, shard: dict, layer: int) -> np.ndarray:
         f = self.path / shard.get("dir", "") / _layer_file(shard["index"], layer)
         try:
-            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            arr = np.load(_regular(f, "store shard"), mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             raise input_error(f, "store shard missing") from None
         except (ValueError, OSError, EOFError) as exc:

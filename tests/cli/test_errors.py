@@ -339,3 +339,20 @@ def test_diff_of_a_model_with_itself_is_called_unchanged(world, capsys, tmp_path
     assert result["changed"] is False and result["relative_norm"] == 0 < result["noise_floor"]
     assert "unchanged: readout adl, 0.000 of the features' spread (noise floor" in capsys.readouterr().out
     assert "Unchanged: 0.000 is within the noise floor" in (tmp_path / "d" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("piece", ["manifest.json", "shard-00000.json", "shard-00000.layer-0.npy"])
+def test_a_store_file_that_is_a_pipe_is_refused_not_waited_on(world, tmp_path, piece):
+    """Issue 37: a FIFO where a store's manifest or shard should be blocks open() for ever; it
+    is refused in one line instead (in a subprocess: a regression would hang, not fail)."""
+    import shutil
+
+    root, _ = world
+    store = tmp_path / "store"
+    shutil.copytree(root / "store", store)
+    (store / piece).unlink()
+    os.mkfifo(store / piece)
+    done = subprocess.run([sys.executable, "-m", "vlmsteer", "concepts", str(store), "--layer", "0", "--no-words",
+                           "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr[-1500:]
+    assert "is not a regular file (a pipe, socket or device)" in done.stderr and piece in done.stderr
