@@ -89,7 +89,10 @@ def encode_each_image_once(encoder: torch.nn.Module | None) -> Iterator[None]:
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or len(pixels) < 2:
             return None
         n = len(pixels)
-        _, index = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+        try:
+            _, index = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+        except (RuntimeError, NotImplementedError):  # a device or dtype without it: encode every row
+            return None
         first = torch.full((int(index.max()) + 1,), n, dtype=torch.long, device=index.device)
         first.scatter_reduce_(0, index, torch.arange(n, device=index.device), "amin")  # each one's first row
         if len(first) == n:
