@@ -26,7 +26,7 @@ from vlmsteer.concepts.methods import CONCEPT_METHODS
 
 
 @app.command()
-@resumes("a sparse autoencoder trains on from its last checkpoint")
+@resumes("a sparse autoencoder trains on from its last checkpoint; other methods start again")
 def concepts(store: Path = typer.Argument(..., help="Feature store folder."),
              out: Path = typer.Option(..., help="Output folder."),
              method: str = registry_option("kmeans", registry=CONCEPT_METHODS, intro="Clustering methods take -k, "
