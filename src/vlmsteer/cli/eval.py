@@ -236,8 +236,10 @@ def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callab
     from vlmsteer.outputs import read_run_record
     from vlmsteer.report.runs import write_eval_report
 
+    from vlmsteer.runs.generation import PARTS
+
     _engine(model.engine)
-    with publish(out, overwrite, resumable=("parts",)) as pub:
+    with publish(out, overwrite, resumable=(PARTS,)) as pub:
         samples = load()
         vlm = load_model(model.model, model.adapter, model.dtype, model.device, model.device_map,
                           max_image_pixels=model.max_image_pixels)

@@ -13,7 +13,7 @@ from vlmsteer.evaluate.captions import compare_caption_runs, evaluate_captions
 from vlmsteer.evaluate.cider import Tokenizer, resolve_tokenizer
 from vlmsteer.evaluate.shapes_captions import load_scenes
 from vlmsteer.model import VLM
-from vlmsteer.runs.generation import generate_responses, generate_texts
+from vlmsteer.runs.generation import PARTS, generate_responses, generate_texts
 from vlmsteer.steer.steerer import Steering
 
 
@@ -51,7 +51,7 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
     caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                           progress=progress, description="captioning", part=part,
-                          parts_dir=Path(out) / "parts", engine=engine)
+                          parts_dir=Path(out) / PARTS, engine=engine)
     if caps is None:
         return None
     styles = {**STYLE_KEYWORDS, **{w.strip(): KeywordSet(w.strip(), (w.strip(),)) for w in words}}

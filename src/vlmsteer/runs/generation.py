@@ -16,6 +16,8 @@ from vlmsteer.model import VLM
 from vlmsteer.outputs import atomic_write_json, fingerprint
 from vlmsteer.steer.steerer import Steering
 
+PARTS = "parts"  # the folder of an output where a data-parallel run's ranks leave their answers (resumable)
+
 
 def run_fingerprint(vlm: VLM, samples: Sequence[Sample], steering: Steering | None, **settings) -> str:
     """The fingerprint of a generation run: the model's identity, the samples by content, the

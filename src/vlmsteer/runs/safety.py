@@ -8,7 +8,7 @@ from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.safety import compare_safety_runs, is_refusal, safety_report
 from vlmsteer.model import VLM
-from vlmsteer.runs.generation import generate_texts
+from vlmsteer.runs.generation import PARTS, generate_texts
 from vlmsteer.steer.steerer import Steering
 
 
@@ -21,7 +21,7 @@ def evaluate_safety_run(vlm: VLM, samples: list[Sample], out: str | Path, *, ste
     base = read_baseline(baseline, samples, field="response", what="prompts") if baseline is not None else None
     responses = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                                progress=progress, description="answering", part=part,
-                               parts_dir=Path(out) / "parts", engine=engine)
+                               parts_dir=Path(out) / PARTS, engine=engine)
     if responses is None:  # a data-parallel rank other than 0
         return None
     metrics = safety_report(responses, [s.meta.get("category") for s in samples]).to_dict()

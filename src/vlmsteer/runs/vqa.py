@@ -8,7 +8,7 @@ from vlmsteer.data.io import read_baseline, write_run_outputs
 from vlmsteer.data.sample import Sample
 from vlmsteer.evaluate.vqa import VQAReport, compare_runs, require_answers, score_vqa
 from vlmsteer.model import VLM
-from vlmsteer.runs.generation import generate_responses, generate_texts
+from vlmsteer.runs.generation import PARTS, generate_responses, generate_texts
 from vlmsteer.steer.steerer import Steering
 
 
@@ -34,7 +34,7 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
     base = read_baseline(baseline, samples, what="questions") if baseline is not None else None
     preds = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                            progress=progress, description="answering", part=part,
-                           parts_dir=Path(out) / "parts", engine=engine)
+                           parts_dir=Path(out) / PARTS, engine=engine)
     if preds is None:
         return None
     report = score_vqa(samples, preds)
