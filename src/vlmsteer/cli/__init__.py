@@ -150,9 +150,10 @@ def _rank() -> int:
     return rank_and_world()[0]
 
 
-def _refused_under_launcher(command, argv: list[str]) -> int | None:
-    """Under torchrun (WORLD_SIZE > 1), a command that does not run data-parallel is refused
-    by every rank before any model or engine starts: rank 0 says so in one line."""
+def _refused_under_launcher(command, leaf, names: list[str], argv: list[str]) -> int | None:
+    """Under torchrun (WORLD_SIZE > 1), a command (``leaf``, invoked as ``names``) that does not
+    run data-parallel is refused by every rank before any model or engine starts: rank 0 says
+    so in one line."""
     from vlmsteer.runs.protocol import rank_and_world
 
     try:
@@ -161,7 +162,6 @@ def _refused_under_launcher(command, argv: list[str]) -> int | None:
         return _error(str(exc))
     if world <= 1 or any(a in ("--help", "-h") for a in argv):
         return None
-    leaf, names = _invoked(command, argv)
     if getattr(leaf.callback, "data_parallel", False) or not names:
         return None
     if rank != 0:
@@ -197,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     _tidy_help(command)
     _log_to_stderr()
     args = sys.argv[1:] if argv is None else argv
-    refused = _refused_under_launcher(command, args)
+    leaf, names = _invoked(command, args)
+    refused = _refused_under_launcher(command, leaf, names, args)
     if refused is not None:
         return refused
-    resume_hint = getattr(_invoked(command, args)[0].callback, "resume_hint", None)
+    resume_hint = getattr(leaf.callback, "resume_hint", None)
     signals: list[int] = []
     pid = os.getpid()
 
