@@ -24,6 +24,7 @@ from vlmsteer.cli import (  # noqa: F401
     finetune,
     info,
     organisms,
+    score,
     select,
     separability,  # (importing a module registers its commands)
     shift,

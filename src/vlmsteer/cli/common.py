@@ -22,12 +22,15 @@ store_app = typer.Typer(help="Feature stores: import features extracted by other
 demo_app = typer.Typer(help="The end-to-end demo on the shipped shapes-llava model.", invoke_without_command=True)
 organisms_app = typer.Typer(help="Model organisms: fine-tunes with a known objective, to grade model diffing.",
                             no_args_is_help=True)
+score_app = typer.Typer(help="Score answers or captions made by any tool (POPE, CHAIR), as their references do.",
+                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(store_app, name="store")
 app.add_typer(demo_app, name="demo")
 app.add_typer(organisms_app, name="organisms")
+app.add_typer(score_app, name="score")
 
 @app.callback()
 def _root(threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: the CPUs "

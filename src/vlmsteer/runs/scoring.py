@@ -1,0 +1,102 @@
+"""``vlmsteer score pope`` and ``vlmsteer score chair``: score answers or captions made anywhere
+(a vlmsteer run folder or another tool's file) as POPE's and CHAIR's references do, and write
+``metrics.json`` (CHAIR also ``rows.jsonl``: each caption's mentioned and hallucinated objects)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from vlmsteer.data.io import read_json, read_jsonl
+from vlmsteer.data.pope import PopeQuestion
+from vlmsteer.errors import VlmsteerError, input_error
+from vlmsteer.evaluate.chair import ChairScores, ChairVocabulary, chair_scores, coco_vocabulary, ground_truth
+from vlmsteer.evaluate.pope import PopeScores, pope_scores
+from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
+
+CHAIR_FILES = ("instances_{split}2014.json", "captions_{split}2014.json")
+
+
+def score_pope(questions: Sequence[PopeQuestion], answers: dict) -> PopeScores:
+    """The reference's figures for ``answers`` (question_id -> text) to ``questions``, joined by
+    question id (the reference pairs lines by order, so a reordered answer file is silently
+    scored against the wrong labels there): every question needs exactly one answer."""
+    by_id = {str(k): v for k, v in answers.items()}
+    missing = [q.question_id for q in questions if str(q.question_id) not in by_id]
+    if missing:
+        raise VlmsteerError(f"{len(missing)} of {len(questions)} POPE questions have no answer "
+                            f"(first: question_id {missing[0]!r})")
+    extra = len(by_id) - len(questions)
+    if extra:
+        known = {str(q.question_id) for q in questions}
+        stray = next(k for k in by_id if k not in known)
+        raise VlmsteerError(f"{extra} answer(s) are to questions the question file does not hold "
+                            f"(first: question_id {stray!r})")
+    return pope_scores([by_id[str(q.question_id)] for q in questions], [q.label for q in questions])
+
+
+def read_captions(path: str | Path) -> list[tuple[int | str, str]]:
+    """(image_id, caption) pairs from a JSONL (or JSON list) of ``{"image_id", "caption"}``, or a
+    vlmsteer run folder's ``predictions.jsonl`` (its sample ids are COCO image ids)."""
+    path = Path(path)
+    if path.is_dir():
+        path, id_key, text_key = path / "predictions.jsonl", "id", "prediction"
+    else:
+        id_key, text_key = "image_id", "caption"
+    rows = read_json(path, "captions file") if path.suffix == ".json" else read_jsonl(path)
+    if not isinstance(rows, list):
+        raise input_error(path, "expected a list of {\"image_id\", \"caption\"} objects")
+    pairs = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or id_key not in row or text_key not in row:
+            raise input_error(path, f"entry {n} lacks {id_key!r} or {text_key!r}")
+        image_id, caption = row.get("image_id", row[id_key]), row[text_key]
+        if isinstance(image_id, str) and image_id.isdigit():
+            image_id = int(image_id)  # COCO ids are integers; a run folder writes them as text
+        if not isinstance(caption, str):
+            raise input_error(path, f"entry {n}: the caption must be a string, got {caption!r}"[:200])
+        pairs.append((image_id, caption))
+    if not pairs:
+        raise input_error(path, "holds no captions")
+    return pairs
+
+
+def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict]]:
+    """COCO's instances and captions files of ``folder``, as the reference reads them (train and
+    val 2014); a folder holding only one split's pair is read as that split alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise input_error(folder, "annotations folder not found" if not folder.exists() else "not a folder")
+    splits = [s for s in ("train", "val") if all((folder / f.format(split=s)).exists() for f in CHAIR_FILES)]
+    if not splits:
+        raise input_error(folder, "holds neither instances_val2014.json + captions_val2014.json nor the train2014 pair "
+                                  "(COCO's annotation files, as CHAIR reads them)")
+    instances, captions = [], []
+    for split in splits:
+        for name, into in zip(CHAIR_FILES, (instances, captions)):
+            data = read_json(folder / name.format(split=split), "COCO annotation file")
+            if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+                raise input_error(folder / name.format(split=split), "not a COCO annotation file (no 'annotations' list)")
+            into.append(data)
+    return instances, captions
+
+
+def score_chair(captions: Sequence[tuple], instances: list[dict], coco_captions: list[dict],
+                vocab: ChairVocabulary | None = None) -> ChairScores:
+    vocab = vocab or coco_vocabulary()
+    truth = ground_truth(instances, coco_captions, vocab, image_ids={i for i, _ in captions})
+    return chair_scores(captions, truth, vocab)
+
+
+def write_pope_scores(out: str | Path, scores: PopeScores, **extra) -> None:
+    out = make_folder(out)
+    atomic_write_json(out / "metrics.json", {"pope": scores.to_dict(), **extra}, durable=False, indent=2)
+
+
+def write_chair_scores(out: str | Path, scores: ChairScores, **extra) -> None:
+    from dataclasses import asdict
+
+    out = make_folder(out)
+    atomic_write_text(out / "rows.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in scores.rows))
+    atomic_write_json(out / "metrics.json", {"chair": scores.summary(), **extra}, durable=False, indent=2)
