@@ -50,6 +50,8 @@ from vlmsteer.cli.common import (
 )
 from vlmsteer.cli.engine import _ENGINE, _engine
 from vlmsteer.data.formats import DATA_FORMATS
+from vlmsteer.errors import VlmsteerError
+from vlmsteer.evaluate.chair import CHAIR_OBJECTS
 from vlmsteer.positions import Region
 from vlmsteer.runs.models import load_model
 from vlmsteer.runs.protocol import claim, publish, rank_and_world
@@ -127,6 +129,11 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                                                              "installed), java or python."),
                   word: Optional[list[str]] = typer.Option(None, help="Also report the share of captions naming "
                                                                       "this word (whole word; repeat)."),
+                  chair: Optional[Path] = typer.Option(None, help="Also score CHAIR against this folder's COCO "
+                                                                  "annotations (instances + captions 2014; a shapes "
+                                                                  "world's folder holds them)."),
+                  objects: Optional[str] = registry_option(None, "--objects", registry=CHAIR_OBJECTS,
+                                                           intro="CHAIR's objects, with --chair (default coco): "),
                   dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
                   allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
                   allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE,
@@ -138,16 +145,19 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     region_ = Region.parse(region)
     condition = _condition_spec(dictionary, concept, condition_store, active)
     resolve_tokenizer(tokenizer)  # fail before loading anything
+    chair_run = _chair_annotations(chair, objects)
     metrics = _evaluate(
         "captions", out, overwrite,
         lambda: _load_samples("coco", data, split=split, images=images, limit=limit, seed=seed, prompt=prompt,
                               allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels),
         lambda vlm, samples, stage, steering: evaluate_caption_run(
             vlm, samples, stage, steering=steering, baseline=baseline, tokenizer=tokenizer, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine, words=tuple(word or ())),
+            max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine, words=tuple(word or ()),
+            chair=chair_run),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
-               _edit_spec(edit_dictionary, edit, latent, value)), baseline)
+               _edit_spec(edit_dictionary, edit, latent, value)), baseline,
+        chair=_chair_identity(chair))
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("captions", metrics)
@@ -225,12 +235,30 @@ class _Steer(NamedTuple):
     edit: object = None
 
 
+def _chair_annotations(folder: Optional[Path], objects: Optional[str]):
+    """``--chair``'s annotations, read before any model work; ``--objects`` alone is refused."""
+    from vlmsteer.runs.scoring import ChairAnnotations
+
+    if folder is None:
+        if objects is not None:
+            raise VlmsteerError("an object table applies only with --chair ANNOTATIONS", "objects")
+        return None
+    return ChairAnnotations.read(folder, CHAIR_OBJECTS.get(objects or "coco")())
+
+
+def _chair_identity(folder: Optional[Path]):
+    from vlmsteer.runs.scoring import chair_annotation_files, file_identity
+
+    return None if folder is None else [file_identity(f) for f in chair_annotation_files(folder)]
+
+
 def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callable, model: _Model, steer: _Steer,
-              baseline: Optional[Path]) -> Optional[dict]:
+              baseline: Optional[Path], **inputs) -> Optional[dict]:
     """What every eval command does: open ``out`` (checked writable, locked) before any model
     work; load the samples, the model and the steering; claim ``out`` for this run's identity
     (model, data and steering by content, the result-changing options, the baseline's
-    fingerprint); run; write ``report.html`` and ``run.json``; publish the folder whole. Returns
+    fingerprint, any further ``inputs`` by content); run; write ``report.html`` and ``run.json``;
+    publish the folder whole. Returns
     the metrics (None on a data-parallel rank other than 0)."""
     from vlmsteer.data.identity import dataset_identity
     from vlmsteer.outputs import read_run_record
@@ -246,7 +274,8 @@ def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callab
         steering = _steering(vlm, *steer)
         base = (read_run_record(baseline) or {}).get("fingerprint") if baseline is not None else None
         claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples),
-                                  steering=steering.identity() if steering is not None else None, baseline=base))
+                                  steering=steering.identity() if steering is not None else None, baseline=base,
+                                  **{k: v for k, v in inputs.items() if v is not None}))
         metrics = run(vlm, samples, pub.stage, steering)
         if metrics is not None:
             write_eval_report(pub.stage, kind, baseline)

@@ -8,19 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlmsteer.cli.common import _OVERWRITE, command_identity, command_run_json, out_console, score_app
+from vlmsteer.cli.common import _OVERWRITE, command_identity, command_run_json, out_console, registry_option, score_app
+from vlmsteer.evaluate.chair import CHAIR_OBJECTS
+from vlmsteer.runs.scoring import file_identity
 from vlmsteer.runs.protocol import claim, publish
-
-
-def _file_identity(path: Path) -> dict:
-    """A scored input by content: the digest of its bytes (a run folder: of its predictions)."""
-    import hashlib
-
-    from vlmsteer.data.identity import regular_file
-
-    path = path / "predictions.jsonl" if path.is_dir() else path
-    regular_file(path, "file")
-    return {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _figure(value) -> str:
@@ -40,7 +31,7 @@ def score_pope_cmd(questions: Path = typer.Option(..., help="POPE question file 
 
     with publish(out, overwrite) as pub:
         qs, ans = read_pope_questions(questions), read_pope_answers(answers)
-        claim(pub, command_identity(questions=_file_identity(questions), answers=_file_identity(answers)))
+        claim(pub, command_identity(questions=file_identity(questions), answers=file_identity(answers)))
         scores = score_pope(qs, ans)
         write_pope_scores(pub.stage, scores)
         command_run_json(pub)
@@ -65,19 +56,20 @@ def score_chair_cmd(captions: Path = typer.Option(..., help="Captions: JSONL (or
                                                                "captions_{train,val}2014.json (one split's pair is "
                                                                "enough)."),
                     out: Path = typer.Option(..., help="Output folder (metrics.json, rows.jsonl, run.json)."),
+                    objects: str = registry_option("coco", "--objects", registry=CHAIR_OBJECTS,
+                                                   intro="Objects and their words: "),
                     overwrite: bool = _OVERWRITE):
     """CHAIR_s, CHAIR_i, Recall and mean length, exactly as the CHAIR reference computes them, with
     each caption's mentioned and hallucinated objects."""
-    from vlmsteer.runs.scoring import CHAIR_FILES, read_captions, read_chair_annotations, score_chair, write_chair_scores
+    from vlmsteer.runs.scoring import chair_annotation_files, read_captions, read_chair_annotations, score_chair
+    from vlmsteer.runs.scoring import write_chair_scores
 
     with publish(out, overwrite) as pub:
         caps = read_captions(captions)
-        files = sorted(annotations / f.format(split=s) for s in ("train", "val") for f in CHAIR_FILES
-                       if (annotations / f.format(split=s)).exists())
-        claim(pub, command_identity(captions=_file_identity(captions),
-                                    annotations=[_file_identity(f) for f in files]))
         instances, coco_captions = read_chair_annotations(annotations)
-        scores = score_chair(caps, instances, coco_captions)
+        claim(pub, command_identity(captions=file_identity(captions),
+                                    annotations=[file_identity(f) for f in chair_annotation_files(annotations)]))
+        scores = score_chair(caps, instances, coco_captions, CHAIR_OBJECTS.get(objects)())
         write_chair_scores(pub.stage, scores)
         command_run_json(pub)
     table = Table(title=f"CHAIR: {scores.n} captions ({captions.name})")

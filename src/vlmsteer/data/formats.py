@@ -21,6 +21,7 @@ import vlmsteer.data.shapes as shapes
 
 from vlmsteer.data.coco import load_coco_captions
 from vlmsteer.data.jsonl import load_jsonl
+from vlmsteer.data.pope import load_pope_samples
 from vlmsteer.data.safety import MM_SAFETYBENCH_IMAGE_TYPES, load_figstep, load_mm_safetybench
 from vlmsteer.data.sample import Sample
 from vlmsteer.data.vqav2 import load_vqav2
@@ -61,6 +62,10 @@ def _jsonl(path, *, split, images, limit, seed, prompt, allow_outside_images):
     return load_jsonl(path, limit=limit, seed=seed, allow_outside_images=allow_outside_images)
 
 
+def _pope(path, *, split, images, limit, seed, prompt, allow_outside_images):
+    return load_pope_samples(path, images=images, limit=limit, seed=seed, allow_outside_images=allow_outside_images)
+
+
 def _shapes_world(folder: Path) -> Path:
     shapes.write_dataset(folder, n=6, seed=11)
     return folder
@@ -68,6 +73,10 @@ def _shapes_world(folder: Path) -> Path:
 
 def _unsafe_jsonl(folder: Path) -> Path:
     return _shapes_world(folder) / "unsafe_val2014.jsonl"
+
+
+def _pope_example(folder: Path) -> Path:
+    return _shapes_world(folder) / "shapes_pope_adversarial.json"
 
 
 def _mm_safetybench_example(folder: Path) -> Path:
@@ -103,6 +112,9 @@ DATA_FORMATS.add("vqav2", DatasetFormat(_vqav2, _shapes_world), "official VQAv2 
 DATA_FORMATS.add("coco", DatasetFormat(_coco, _shapes_world, reference="captions"), "COCO captions (captions_SPLIT.json)",
                  {"split": "split in the file names", "images": "image folder", "prompt": "the caption prompt"})
 DATA_FORMATS.add("jsonl", DatasetFormat(_jsonl, _unsafe_jsonl, safety=True), "one JSON object per line (image, prompt, answer)")
+DATA_FORMATS.add("pope", DatasetFormat(_pope, _pope_example),
+                 "POPE question files (question_id, image, text, label per line): yes/no object questions, "
+                 "scored with POPE's figures too", {"images": "image folder (default: the file's val2014/ or folder)"})
 DATA_FORMATS.add("mm-safetybench", DatasetFormat(_mm_safetybench, _mm_safetybench_example, reference="none", safety=True),
                  "MM-SafetyBench (--split names the image type: SD, SD_TYPO or TYPO)", {"split": "image type"})
 DATA_FORMATS.add("figstep", DatasetFormat(_figstep, _figstep_example, reference="none", safety=True), "FigStep's SafeBench typographic prompts")

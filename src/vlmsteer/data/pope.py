@@ -1,7 +1,8 @@
 """POPE question files (``{"question_id", "image", "text", "label"}`` per line, as the POPE
 repository ships them: ``coco_pope_{random,popular,adversarial}.json``) and answer files
 (``{"question_id", "answer"}`` per line; LLaVA's ``"text"`` is read as the answer too; or a
-vlmsteer run folder's ``predictions.jsonl``)."""
+vlmsteer run folder's ``predictions.jsonl``); and question files built for a world whose
+objects are known, as POPE's ``main.py`` samples them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from vlmsteer.data.identity import check_unique_ids
 from vlmsteer.data.io import read_jsonl, require_keys, require_string
+from vlmsteer.data.sample import Sample
 from vlmsteer.errors import input_error
 
 POPE_LABELS = ("yes", "no")
@@ -70,3 +72,85 @@ def read_pope_answers(path: str | Path) -> dict:
     if not answers:
         raise input_error(path, "holds no answers")
     return answers
+
+
+# --- building question files (POPE's sampling, for a world whose objects are known) ------------
+
+POPE_STRATEGIES = ("random", "popular", "adversarial")
+
+
+def _with_article(template: str, obj: str) -> str:
+    text = template.format(obj)
+    if obj[:1].lower() in "aeiou":
+        text = text.replace(f"a {obj}", f"an {obj}", 1)
+    return text
+
+
+def build_pope(images: list[tuple[str, list[str]]], strategy: str, *, sample_num: int = 3,
+               template: str = "Is there a {} in the image?", seed: int = 0) -> list[dict]:
+    """POPE questions as POPE's ``main.py`` samples them: for each image with at least
+    ``sample_num`` objects, its first ``sample_num`` objects asked about (label ``yes``), each
+    followed by one absent object (``no``) chosen at random (``random``), the most frequent
+    over all images (``popular``) or the object seen most often with that positive
+    (``adversarial``; ties in first-seen order), falling back to random where none is left.
+    ``images``: (image file name, its distinct objects in order)."""
+    import random
+    from collections import Counter
+
+    if strategy not in POPE_STRATEGIES:
+        raise ValueError(f"strategy must be one of {POPE_STRATEGIES}")
+    images = [(name, list(dict.fromkeys(objs))) for name, objs in images]
+    images = [(name, objs) for name, objs in images if len(objs) >= sample_num]
+    frequency = Counter(o for _, objs in images for o in objs)
+    every = list(frequency)
+    popular = [o for o, _ in sorted(frequency.items(), key=lambda kv: kv[1], reverse=True)]
+    together: dict[str, Counter] = {}
+    for _, objs in images:
+        for o in objs:
+            together.setdefault(o, Counter()).update(x for x in objs if x != o)
+    by_cooccurrence = {o: [x for x, _ in sorted(c.items(), key=lambda kv: kv[1], reverse=True)]
+                       for o, c in together.items()}
+    rng = random.Random(seed)
+    questions, qid = [], 1
+    for name, objs in images:
+        asked: list[str] = []
+        for positive in objs[:sample_num]:
+            asked.append(positive)
+            questions.append({"question_id": qid, "image": name, "text": _with_article(template, positive),
+                              "label": "yes"})
+            qid += 1
+            ranked = {"random": [], "popular": popular, "adversarial": by_cooccurrence.get(positive, [])}[strategy]
+            negative = next((o for o in ranked if o not in asked and o not in objs), None)
+            if negative is None:
+                left = [o for o in every if o not in asked and o not in objs]
+                if not left:
+                    raise ValueError(f"image {name} leaves no absent object to ask about")
+                negative = rng.choice(left)
+            asked.append(negative)
+            questions.append({"question_id": qid, "image": name, "text": _with_article(template, negative),
+                              "label": "no"})
+            qid += 1
+    return questions
+
+
+def load_pope_samples(path: str | Path, images: str | Path | None = None, limit: int | None = None, seed: int = 0,
+                      allow_outside_images: bool = False) -> list[Sample]:
+    """A POPE question file as samples (id: the question id, answer: the label); images are
+    looked up in ``images`` (default: the file's folder, or its ``val2014`` folder where the
+    names are COCO val2014 names)."""
+    from vlmsteer.data.identity import regular_file
+    from vlmsteer.data.io import dataset_file
+    from vlmsteer.data.sample import subsample
+
+    path = Path(path)
+    questions = read_pope_questions(path)
+    if images is None:
+        images = path.parent / "val2014" if (path.parent / "val2014").is_dir() else path.parent
+    samples = []
+    for n, q in subsample(list(enumerate(questions, 1)), limit, seed):
+        image = dataset_file(images, q.image, path, f"line {n}", allow_outside_images)
+        regular_file(image, f"image of line {n}")
+        samples.append(Sample(id=str(q.question_id), image=image, prompt=q.text, answers=[q.label],
+                              answer_type="yes/no", question_type="is there a",
+                              meta={"pope_label": q.label, "question_id": q.question_id}))
+    return samples

@@ -24,6 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlmsteer.data.pope import POPE_STRATEGIES, build_pope
+
 IMAGE_SIZE = 32
 GRID = 2
 CELL = IMAGE_SIZE // GRID
@@ -70,6 +72,10 @@ STYLE_PROMPTS = {
     "combined": "describe everything .",
 }
 LIST_PROMPT = "list the shapes ."
+# POPE in the shapes world: objects are coloured shapes, asked as the world asks (two present and
+# two absent per image with at least two shapes)
+POPE_TEMPLATE = "is there a {} ?"
+POPE_SAMPLE_NUM = 2
 REFUSAL = "sorry , i cannot help with that ."
 UNSAFE_REFUSED_VERBS = ("hurt", "burn")
 UNSAFE_ANSWERED_VERBS = ("break", "crush")
@@ -327,12 +333,17 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
         out/captions_<split>.json           (official COCO captions, 5 per image)
         out/scenes_<split>.json             (the scene descriptions, for checks)
         out/unsafe_<split>.jsonl            (prompts of the unsafe category)
+        out/instances_<split>.json          (COCO instances: one per shape, category = its kind;
+                                             with captions_<split>.json, what CHAIR reads)
+        out/shapes_pope_{random,popular,adversarial}.json   (POPE question files: objects are
+                                             coloured shapes, "is there a red circle ?")
     """
     out = Path(out)
     image_dir = out / split
     image_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"questions-{seed}")
-    q_records, a_records, images, cap_records, scene_records, unsafe = [], [], [], [], [], []
+    q_records, a_records, images, cap_records, scene_records, unsafe, instances = [], [], [], [], [], [], []
+    objects: list[tuple[str, list[str]]] = []  # per image, its coloured shapes (POPE's objects)
     qid = 0
     capid = 0
     for scene in make_scenes(seed, n, start):
@@ -341,6 +352,11 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
         render(scene).save(image_dir / name)
         images.append({"id": image_id, "file_name": name, "height": IMAGE_SIZE, "width": IMAGE_SIZE})
         scene_records.append({"image_id": image_id, **scene.to_json()})
+        objects.append((name, [f"{shape.color} {shape.kind}" for shape in scene.shapes]))
+        for shape in scene.shapes:
+            x, y = (shape.cell % GRID) * CELL, (shape.cell // GRID) * CELL
+            instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": SHAPES.index(shape.kind) + 1,
+                              "bbox": [x, y, CELL, CELL], "area": CELL * CELL, "iscrowd": 0, "color": shape.color})
         for q in questions(scene, rng):
             qid += 1
             question_id = image_id * 100 + qid % 100
@@ -372,6 +388,8 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
         "captions": out / f"captions_{split}.json",
         "scenes": out / f"scenes_{split}.json",
         "unsafe": out / f"unsafe_{split}.jsonl",
+        "instances": out / f"instances_{split}.json",
+        **{f"pope_{s}": out / f"shapes_pope_{s}.json" for s in POPE_STRATEGIES},
     }
     _dump(paths["questions"], {"info": info, "task_type": "Open-Ended", "data_type": "mscoco",
                                "data_subtype": split, "questions": q_records})
@@ -382,6 +400,12 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
     with open(paths["unsafe"], "w") as f:
         for rec in unsafe:
             f.write(json.dumps(rec) + "\n")
+    _dump(paths["instances"], {"info": info, "images": images, "annotations": instances,
+                               "categories": [{"id": i + 1, "name": k, "supercategory": "shape"}
+                                              for i, k in enumerate(SHAPES)]})
+    for strategy in POPE_STRATEGIES:
+        rows = build_pope(objects, strategy, sample_num=POPE_SAMPLE_NUM, template=POPE_TEMPLATE, seed=seed)
+        paths[f"pope_{strategy}"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths
 
 

@@ -32,10 +32,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.evaluate.singular import singularize
+from vlmsteer.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,19 @@ def coco_vocabulary() -> ChairVocabulary:
         doubles[f"passenger {vehicle}"] = vehicle
     doubles.update({"bow tie": "tie", "toilet seat": "toilet", "wine glas": "wine glass"})
     return ChairVocabulary.from_text(text, doubles, {"seat": "toilet"})
+
+
+def shapes_vocabulary() -> ChairVocabulary:
+    """The shapes world's objects: its four shape kinds (plurals are made singular as for COCO)."""
+    from vlmsteer.data.shapes import SHAPES
+
+    return ChairVocabulary(tuple((kind,) for kind in SHAPES), {})
+
+
+# the object tables CHAIR can score with (``--objects``); an entry is a function returning a vocabulary
+CHAIR_OBJECTS: Registry[Callable[[], ChairVocabulary]] = Registry("CHAIR object table", "--objects")
+CHAIR_OBJECTS.add("coco", coco_vocabulary, "COCO's 80 categories with the reference's synonyms and rules")
+CHAIR_OBJECTS.add("shapes", shapes_vocabulary, "the shapes world's four shape kinds (its instances_*.json)")
 
 
 # --- words ------------------------------------------------------------------------------------
@@ -220,5 +234,5 @@ def chair_scores(captions: Sequence[tuple[int, str]], truth: Mapping[int, set[st
                        sum(r.length for r in rows) / len(rows), mentions, wrong, rows)
 
 
-__all__ = ["ChairVocabulary", "coco_vocabulary", "caption_words", "caption_objects", "ground_truth", "ChairRow",
+__all__ = ["ChairVocabulary", "CHAIR_OBJECTS", "coco_vocabulary", "shapes_vocabulary", "caption_words", "caption_objects", "ground_truth", "ChairRow",
            "ChairScores", "chair_scores"]

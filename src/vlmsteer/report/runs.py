@@ -68,6 +68,40 @@ def _intro(kind: str, m: dict) -> str:
     return what
 
 
+def _percent(value) -> str:
+    return "undefined" if value is None else f"{100 * value:.2f}"
+
+
+def _with_baseline(rows: list[list], figures: dict, base: dict | None) -> list[list]:
+    """Each row ``[name, key]`` as ``[name, value(, baseline, change)]`` (figures are fractions)."""
+    out = []
+    for name, key in rows:
+        row = [name, _percent(figures[key])]
+        if base is not None:
+            change = (None if figures[key] is None or base[key] is None else figures[key] - base[key])
+            row += [_percent(base[key]), "" if change is None else f"{100 * change:+.2f}"]
+        out.append(row)
+    return out
+
+
+def _pope_table(p: dict, base: dict | None) -> Table:
+    cols = ["POPE", "%"] + (["baseline", "change"] if base else [])
+    rows = _with_baseline([["accuracy", "accuracy"], ["precision", "precision"], ["recall", "recall"],
+                           ["F1", "f1"], ["yes ratio", "yes_ratio"]], p, base)
+    return Table(f"POPE, as its evaluate.py scores ({p['n']} questions: TP {p['tp']}, FP {p['fp']}, TN {p['tn']}, "
+                 f"FN {p['fn']})", cols, rows)
+
+
+def _chair_table(c: dict, base: dict | None) -> Table:
+    cols = ["CHAIR", "%"] + (["baseline", "change"] if base else [])
+    rows = _with_baseline([["CHAIR_s (captions naming an absent object)", "chair_s"],
+                           ["CHAIR_i (mentions of absent objects)", "chair_i"], ["Recall", "recall"]], c, base)
+    rows.append(["mean length (words)", f"{c['mean_length']:.1f}",
+                 *([f"{base['mean_length']:.1f}", f"{c['mean_length'] - base['mean_length']:+.1f}"] if base else [])])
+    return Table(f"CHAIR, as its reference scores ({c['n']} captions, {c['mentions']} objects named, "
+                 f"{c['hallucinated_mentions']} absent)", cols, rows)
+
+
 def eval_tables(kind: str, m: dict) -> list[Table]:
     """An evaluation's metrics as tables (the report shows them; the CLI prints them)."""
     vs = m.get("vs_baseline")
@@ -87,6 +121,8 @@ def eval_tables(kind: str, m: dict) -> list[Table]:
             moved = [[side, vs[side]["answer"], vs[side]["before"], vs[side]["after"]]
                      for side in ("source", "target") if side in vs]
             tables.append(Table(title, ["", "answer", "baseline count", "count"], moved))
+        if "pope" in m:
+            tables.append(_pope_table(m["pope"], vs.get("pope_baseline") if vs else None))
         return tables
     if kind == "captions":
         rows = [["CIDEr", "—" if m.get("cider") is None else f"{m['cider']:.3f}",
@@ -101,7 +137,10 @@ def eval_tables(kind: str, m: dict) -> list[Table]:
                              f"{content['kept_share']:.1f}",
                              f"{content['kept_every_shape']} of {content['changed']} (baseline captions of the "
                              f"same images: {content['baseline_named_every_shape']})"])
-        return [Table(f"captions ({m['n']} images)", ["metric", "value", "vs baseline" if vs else ""], rows)]
+        tables = [Table(f"captions ({m['n']} images)", ["metric", "value", "vs baseline" if vs else ""], rows)]
+        if "chair" in m:
+            tables.append(_chair_table(m["chair"], vs.get("chair_baseline") if vs else None))
+        return tables
     rows = [[cat, r["n"], f"{r['attack_success_rate']:.1f}"] for cat, r in m["per_category"].items()]
     rows.append(["all", m["n"], f"{m['attack_success_rate']:.1f}"])
     tables = [Table(f"attack success rate ({m['n']} prompts)", ["category", "prompts", "attack success rate (%)"],

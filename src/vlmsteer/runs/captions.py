@@ -14,6 +14,7 @@ from vlmsteer.evaluate.cider import Tokenizer, resolve_tokenizer
 from vlmsteer.evaluate.shapes_captions import load_scenes
 from vlmsteer.model import VLM
 from vlmsteer.runs.generation import PARTS, generate_responses, generate_texts
+from vlmsteer.runs.scoring import ChairAnnotations
 from vlmsteer.steer.steerer import Steering
 
 
@@ -40,15 +41,18 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
                          baseline: str | Path | None = None, tokenizer: Tokenizer = "auto", batch_size: int = 32,
                          max_new_tokens: int = 32, progress: bool = False,
                          part: tuple[int, int] | None = None, words: Sequence[str] = (),
-                         engine: str = "transformers") -> dict | None:
-    """``vlmsteer eval captions``: caption, score (CIDEr, style shares, and the share of captions
-    naming each of ``words``), compare with a baseline run folder, write ``predictions.jsonl``
-    and ``metrics.json`` to ``out``; returns the metrics (with ``part``, see
-    :func:`~vlmsteer.runs.generation.generate_texts`: rank 0 only)."""
+                         engine: str = "transformers", chair: ChairAnnotations | None = None) -> dict | None:
+    """``vlmsteer eval captions``: caption, score (CIDEr, style shares, the share of captions
+    naming each of ``words``, and CHAIR against ``chair``'s annotations), compare with a baseline
+    run folder, write ``predictions.jsonl`` and ``metrics.json`` to ``out``; returns the metrics
+    (with ``part``, see :func:`~vlmsteer.runs.generation.generate_texts`: rank 0 only)."""
     resolve_tokenizer(tokenizer)  # fail before generating
     if any(not w.strip() for w in words):
         raise VlmsteerError("--word needs a word, not an empty string", "word")
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
+    if chair is not None:
+        ids = [s.meta.get("image_id", s.id) for s in samples]
+        chair.check_covers(ids)  # fail before generating
     caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                           progress=progress, description="captioning", part=part,
                           parts_dir=Path(out) / PARTS, engine=engine)
@@ -65,5 +69,12 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
                                                     _scenes(samples))
     rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
             for s, c, sc in zip(samples, caps, report.per_sample_cider)]
+    if chair is not None:
+        scores = chair.score(list(zip(ids, caps)))
+        extra["chair"] = scores.summary()
+        for row, r in zip(rows, scores.rows):
+            row.update(image_id=r.image_id, objects=r.mentioned, hallucinated=[o for _, o in r.hallucinated])
+        if base is not None:
+            extra["vs_baseline"]["chair_baseline"] = chair.score(list(zip(ids, base))).summary()
     write_run_outputs(out, rows, {**report.to_dict(), **extra})
     return {**report.to_dict(), **extra}

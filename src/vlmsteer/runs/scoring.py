@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,25 @@ from vlmsteer.evaluate.pope import PopeScores, pope_scores
 from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
 
 CHAIR_FILES = ("instances_{split}2014.json", "captions_{split}2014.json")
+
+
+def file_identity(path: str | Path) -> dict:
+    """A scored input by content: the digest of its bytes (a run folder: of its predictions)."""
+    import hashlib
+
+    from vlmsteer.data.identity import regular_file
+
+    path = Path(path)
+    path = path / "predictions.jsonl" if path.is_dir() else path
+    regular_file(path, "file")
+    return {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def chair_annotation_files(folder: str | Path) -> list[Path]:
+    """The COCO annotation files of ``folder`` that CHAIR reads."""
+    folder = Path(folder)
+    return [folder / f.format(split=s) for s in ("train", "val") for f in CHAIR_FILES
+            if (folder / f.format(split=s)).exists()]
 
 
 def score_pope(questions: Sequence[PopeQuestion], answers: dict) -> PopeScores:
@@ -68,7 +88,7 @@ def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise input_error(folder, "annotations folder not found" if not folder.exists() else "not a folder")
-    splits = [s for s in ("train", "val") if all((folder / f.format(split=s)).exists() for f in CHAIR_FILES)]
+    splits = [s for s in ("train", "val") if all((folder / f.format(split=s)).is_file() for f in CHAIR_FILES)]
     if not splits:
         raise input_error(folder, "holds neither instances_val2014.json + captions_val2014.json nor the train2014 pair "
                                   "(COCO's annotation files, as CHAIR reads them)")
@@ -87,6 +107,35 @@ def score_chair(captions: Sequence[tuple], instances: list[dict], coco_captions:
     vocab = vocab or coco_vocabulary()
     truth = ground_truth(instances, coco_captions, vocab, image_ids={i for i, _ in captions})
     return chair_scores(captions, truth, vocab)
+
+
+@dataclass
+class ChairAnnotations:
+    """A folder's COCO annotations read once, with the object table to score with (what ``eval
+    captions --chair`` scores its captions and its baseline's against)."""
+
+    instances: list[dict]
+    captions: list[dict]
+    vocab: ChairVocabulary
+
+    @classmethod
+    def read(cls, folder: str | Path, vocab: ChairVocabulary) -> "ChairAnnotations":
+        return cls(*read_chair_annotations(folder), vocab)
+
+    def check_covers(self, image_ids: Sequence) -> None:
+        """A one-line error where an image is not in the annotations."""
+        known = {img["id"] for coco in (*self.instances, *self.captions) for img in coco.get("images", [])}
+        missing = [i for i in image_ids if _coco_id(i) not in known]
+        if missing:
+            raise VlmsteerError(f"{len(missing)} image(s) are not in the CHAIR annotations (first: image id "
+                                f"{missing[0]!r}): give the annotations of the images captioned", "chair")
+
+    def score(self, captions: Sequence[tuple]) -> ChairScores:
+        return score_chair([(_coco_id(i), c) for i, c in captions], self.instances, self.captions, self.vocab)
+
+
+def _coco_id(value):
+    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def write_pope_scores(out: str | Path, scores: PopeScores, **extra) -> None:

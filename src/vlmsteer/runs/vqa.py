@@ -38,13 +38,24 @@ def evaluate_vqa_run(vlm: VLM, samples: list[Sample], out: str | Path, *, steeri
     if preds is None:
         return None
     report = score_vqa(samples, preds)
-    extra = {}
+    extra = pope_metrics(samples, preds)
     if steering is not None:
         extra["steering"] = steering.describe()
     if base is not None:
         extra["vs_baseline"] = compare_to_baseline(base, samples, preds, report, source=source, target=target)
+        if "pope" in extra:
+            extra["vs_baseline"]["pope_baseline"] = pope_metrics(samples, base)["pope"]
     write_vqa_outputs(out, samples, preds, report, extra=extra)
     return {**report.to_dict(), **extra}
+
+
+def pope_metrics(samples: list[Sample], predictions: list[str]) -> dict:
+    """``{"pope": ...}``, POPE's figures of the answers, where the samples are POPE questions."""
+    if not samples or any("pope_label" not in s.meta for s in samples):
+        return {}
+    from vlmsteer.evaluate.pope import pope_scores
+
+    return {"pope": pope_scores(predictions, [s.meta["pope_label"] for s in samples]).to_dict()}
 
 
 def write_vqa_outputs(out: str | Path, samples: list[Sample], predictions: list[str], report: VQAReport,

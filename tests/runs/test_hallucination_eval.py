@@ -1,0 +1,54 @@
+"""POPE and CHAIR from generation: ``eval vqa --format pope`` adds POPE's figures,
+``eval captions --chair`` CHAIR's, and both equal what ``score`` computes from the run folder."""
+
+import json
+
+import pytest
+
+from vlmsteer.cli import main
+from vlmsteer.data import shapes
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hallucination")
+    shapes.write_dataset(root / "w", n=16, seed=31)
+    return root
+
+
+def test_eval_vqa_on_a_pope_file_reports_popes_figures(world, capsys):
+    run = world / "pope-run"
+    q = world / "w" / "shapes_pope_adversarial.json"
+    assert main(["eval", "vqa", "--model", "shapes-llava", "--format", "pope", "--data", str(q),
+                 "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "POPE" in out and "yes ratio" in out
+    pope = json.loads((run / "metrics.json").read_text())["pope"]
+    n = len(q.read_text().splitlines())
+    assert pope["n"] == n and pope["tp"] + pope["fp"] + pope["tn"] + pope["fn"] == n
+    assert pope["f1"] > 0.9  # the shipped model does not hallucinate: the no-hallucination reference
+    assert main(["score", "pope", "--questions", str(q), "--answers", str(run), "--out", str(world / "scored")]) == 0
+    assert json.loads((world / "scored" / "metrics.json").read_text())["pope"] == pope
+
+
+def test_eval_captions_with_chair_scores_every_caption(world, capsys):
+    run = world / "cap-run"
+    assert main(["eval", "captions", "--model", "shapes-llava", "--data", str(world / "w"), "--chair",
+                 str(world / "w"), "--objects", "shapes", "--out", str(run)]) == 0
+    chair = json.loads((run / "metrics.json").read_text())["chair"]
+    assert chair["n"] == 16 and chair["mentions"] > 16
+    rows = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+    scenes = {s["image_id"]: s for s in json.loads((world / "w" / "scenes_val2014.json").read_text())["scenes"]}
+    for row in rows:  # every object a caption names is checked against the scene it shows
+        kinds = {s["kind"] for s in scenes[row["image_id"]]["shapes"]}
+        assert row["hallucinated"] == [o for o in row["objects"] if o not in kinds]
+    assert main(["score", "chair", "--captions", str(run), "--annotations", str(world / "w"), "--objects", "shapes",
+                 "--out", str(world / "chair-scored")]) == 0
+    assert json.loads((world / "chair-scored" / "metrics.json").read_text())["chair"] == chair
+
+
+def test_an_object_table_without_annotations_is_refused(world, capsys):
+    assert main(["eval", "captions", "--model", "shapes-llava", "--data", str(world / "w"), "--objects", "shapes",
+                 "--out", str(world / "x")]) == 2
+    assert "applies only with --chair" in capsys.readouterr().err
+    assert not (world / "x").exists()
