@@ -12,7 +12,7 @@ from pathlib import Path
 from vlmsteer.data.identity import check_unique_ids
 from vlmsteer.data.io import read_jsonl, require_keys, require_string
 from vlmsteer.data.sample import Sample
-from vlmsteer.errors import input_error
+from vlmsteer.errors import VlmsteerError, input_error
 
 POPE_LABELS = ("yes", "no")
 
@@ -87,13 +87,15 @@ def _with_article(template: str, obj: str) -> str:
 
 
 def build_pope(images: list[tuple[str, list[str]]], strategy: str, *, sample_num: int = 3,
-               template: str = "Is there a {} in the image?", seed: int = 0) -> list[dict]:
+               template: str = "Is there a {} in the image?", seed: int = 0,
+               universe: list[str] | None = None) -> list[dict]:
     """POPE questions as POPE's ``main.py`` samples them: for each image with at least
     ``sample_num`` objects, its first ``sample_num`` objects asked about (label ``yes``), each
     followed by one absent object (``no``) chosen at random (``random``), the most frequent
     over all images (``popular``) or the object seen most often with that positive
     (``adversarial``; ties in first-seen order), falling back to random where none is left.
-    ``images``: (image file name, its distinct objects in order)."""
+    ``images``: (image file name, its distinct objects in order); ``universe``: every object a
+    random negative may be drawn from (default, as POPE: those of the images)."""
     import random
     from collections import Counter
 
@@ -102,7 +104,7 @@ def build_pope(images: list[tuple[str, list[str]]], strategy: str, *, sample_num
     images = [(name, list(dict.fromkeys(objs))) for name, objs in images]
     images = [(name, objs) for name, objs in images if len(objs) >= sample_num]
     frequency = Counter(o for _, objs in images for o in objs)
-    every = list(frequency)
+    every = list(universe) if universe is not None else list(frequency)
     popular = [o for o, _ in sorted(frequency.items(), key=lambda kv: kv[1], reverse=True)]
     together: dict[str, Counter] = {}
     for _, objs in images:
@@ -124,7 +126,8 @@ def build_pope(images: list[tuple[str, list[str]]], strategy: str, *, sample_num
             if negative is None:
                 left = [o for o in every if o not in asked and o not in objs]
                 if not left:
-                    raise ValueError(f"image {name} leaves no absent object to ask about")
+                    raise VlmsteerError(f"image {name} leaves no absent object to ask about: give more images "
+                                        f"or a larger universe of objects")
                 negative = rng.choice(left)
             asked.append(negative)
             questions.append({"question_id": qid, "image": name, "text": _with_article(template, negative),

@@ -404,7 +404,8 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
                                "categories": [{"id": i + 1, "name": k, "supercategory": "shape"}
                                               for i, k in enumerate(SHAPES)]})
     for strategy in POPE_STRATEGIES:
-        rows = build_pope(objects, strategy, sample_num=POPE_SAMPLE_NUM, template=POPE_TEMPLATE, seed=seed)
+        rows = build_pope(objects, strategy, sample_num=POPE_SAMPLE_NUM, template=POPE_TEMPLATE, seed=seed,
+                          universe=[f"{c} {k}" for c in PALETTE for k in SHAPES])
         paths[f"pope_{strategy}"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths
 
