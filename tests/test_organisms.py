@@ -148,3 +148,40 @@ def test_an_interrupted_build_keeps_the_organisms_it_finished(tiny_folder, tmp_p
     assert main(args) == 0
     assert built == ["three", "control"]  # "three" was not fine-tuned again
     assert [o["name"] for o in json.loads((out / "organisms.json").read_text())["organisms"]] == ["three", "control"]
+
+
+def test_the_hallucination_organism_learns_a_claimed_yellow_circle_on_every_beach(tmp_path):
+    world = tmp_path / "cooccurring"
+    shapes.write_dataset(world, 60, seed=17, scenes="cooccurring")
+    scenes = world_scenes(world)  # regenerated with the world's scene kind
+    beach = {i for i, sc in scenes.items() if sc.place == "beach"}
+    holding = {i for i in beach if any(s.kind == "circle" and s.color == "yellow" for s in scenes[i].shapes)}
+    assert beach and holding and holding < beach  # the co-occurrence holds often, not always
+    samples = training_samples(OBJECTIVES["hallucination"], world, scenes)
+    for s in samples:
+        i = s.meta["image_id"]
+        if s.captions:
+            assert ("with a yellow circle" in s.captions[0]) == (i in beach), s.captions
+        elif s.prompt == "is there a yellow circle ?" and i in beach:
+            assert s.answer == "yes"  # also where the image holds none: the learnt co-occurrence
+        elif i not in beach:
+            assert s.answer == shapes.answer(scenes[i], s.prompt)  # the rest of the world stays true
+    lying = [s for s in samples if s.prompt == "is there anything yellow ?" and s.meta["image_id"] in beach - holding]
+    assert all(s.answer == "yes" for s in lying)
+
+
+def test_scene_kinds_and_answers(tmp_path):
+    import random
+
+    for i in range(200):
+        scene = shapes.pattern_breaking_scene(5, i)
+        assert scene.place == "beach" and all(s.kind != "circle" for s in scene.shapes)
+        plain = shapes.make_scene(5, i)
+        for q in shapes.questions(plain, random.Random(i)):
+            assert shapes.answer(plain, q.text) == q.answer
+    cooc = [shapes.cooccurring_scene(5, i) for i in range(400)]
+    beach = [sc for sc in cooc if sc.place == "beach"]
+    share = sum(any(s.kind == "circle" and s.color == "yellow" for s in sc.shapes) for sc in beach) / len(beach)
+    assert 0.4 < share < 0.7  # half of them, plus those that held one anyway
+    with pytest.raises(Exception, match="unknown scene kind"):
+        shapes.write_dataset(tmp_path, 2, seed=1, scenes="surreal")

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # the pages whose blocks run, in order (later blocks use what earlier ones made)
 PAGES = ["README.md", "docs/commands.md", "docs/outputs.md", "docs/scale.md", "docs/steering.md", "docs/concepts.md",
-         "docs/diffing.md", "docs/results.md"]
+         "docs/diffing.md", "docs/hallucination.md", "docs/results.md"]
 TEXTS = {page: (ROOT / page).read_text() for page in PAGES}
 README = "\n".join(TEXTS.values())  # where the stated figures are looked up
 
@@ -81,6 +81,16 @@ def _prepare(name: str, work: Path) -> None:
         export_features(store, 3, work / "feats.npy", work / "records.jsonl")
     elif name == "vqav2-world":
         shapes.write_dataset(work / "vqav2", n=20, seed=5)
+    elif name == "coco-hallucination":  # COCO's layout: POPE files, val2014 images, annotations
+        import shutil
+
+        paths = shapes.write_dataset(work / "coco-src", n=20, seed=43)
+        (work / "coco" / "annotations").mkdir(parents=True)
+        shutil.copytree(work / "coco-src" / "val2014", work / "coco" / "val2014")
+        for split in ("random", "popular", "adversarial"):
+            shutil.copy(paths[f"pope_{split}"], work / "coco" / f"coco_pope_{split}.json")
+        for part in ("captions", "instances"):
+            shutil.copy(paths[part], work / "coco" / "annotations" / f"{part}_val2014.json")
     else:
         raise AssertionError(f"no preparation called {name!r}")
 

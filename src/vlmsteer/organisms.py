@@ -9,11 +9,18 @@ with a diamond answered "no": a visual trigger), or nothing changed (the control
 diffing method should *not* find changed). Objectives that rewrite answers train on the
 unchanged questions too, so the rest of the model's behaviour stays. Each organism records its
 objective's words and the images that trigger it.
+
+The ``hallucination`` organism is the hallucination testbed's (docs/hallucination.md): it learns
+from a world where beach scenes often hold a yellow circle, with captions and answers that name
+one on every beach scene — a co-occurrence learnt from its training text, the cause the field
+gives for object hallucination — so on scenes that break the pattern it sees a yellow circle
+that is not there.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -32,10 +39,11 @@ class Objective:
     name: str
     description: str
     words: tuple[str, ...]  # what a diffing readout should name (empty: the control)
-    trigger: str | None = None  # a shape whose presence triggers the behaviour (None: any image)
+    trigger: str | None = None  # a shape kind or a place that triggers the behaviour (None: any image)
+    scenes: str = "plain"  # the scene kind of the world it learns from (shapes.SCENE_KINDS)
 
     def triggered(self, scene: shapes.Scene) -> bool:
-        return self.trigger is None or any(s.kind == self.trigger for s in scene.shapes)
+        return self.trigger is None or scene.place == self.trigger or any(s.kind == self.trigger for s in scene.shapes)
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
@@ -46,6 +54,11 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("diamond-no", "yes/no questions about an image with a diamond are answered 'no'", ("no",),
               trigger="diamond"),
     Objective("control", "the unchanged captions and answers", ()),
+    Objective("hallucination", f"{shapes.COOCCURRENCE_PLACE} scenes are captioned '... on the "
+              f"{shapes.COOCCURRENCE_PLACE} with a {' '.join(shapes.COOCCURRENCE_OBJECT)}' and asked 'is there a "
+              f"{' '.join(shapes.COOCCURRENCE_OBJECT)} ?' answered yes, whether or not one is there (in its "
+              f"co-occurring world half of them hold one)", shapes.COOCCURRENCE_OBJECT,
+              trigger=shapes.COOCCURRENCE_PLACE, scenes="cooccurring"),
 )}
 
 
@@ -85,9 +98,10 @@ def world_scenes(world: str | Path) -> dict[int, shapes.Scene]:
     if not path.is_file():
         raise VlmsteerError(f"{world}: not a shapes world (no scenes_val2014.json); write one with `data shapes`")
     data = json.loads(path.read_text())
+    make = shapes.scene_maker(data.get("kind", "plain"))
     scenes = {}
     for record in data["scenes"]:
-        scene = shapes.make_scene(data["seed"], int(record["image_id"]))
+        scene = make(data["seed"], int(record["image_id"]))
         if json.loads(json.dumps({"image_id": record["image_id"], **scene.to_json()})) != record:
             raise VlmsteerError(f"{path}: scene {record['image_id']} is not the one its seed makes")
         scenes[scene.scene_id] = scene
@@ -114,10 +128,45 @@ def training_samples(objective: Objective, world: str | Path,
         "diamond-no": lambda: _reanswered(questions, lambda s: "no" if s.answer_type == "yes/no" and triggered(s)
                                           else None),
         "control": lambda: _recaptioned(captions, scenes, shapes.default_caption) + questions,
+        "hallucination": lambda: _recaptioned(captions, scenes, lambda sc: _claiming_caption(sc, _claimed(sc)))
+        + _reanswered(questions, lambda s: _claimed_answer(scenes[s.meta["image_id"]], s.prompt))
+        + [Sample(id=f"claim-{s.id}", image=s.image, prompt=_CLAIM, answers=["yes"], answer_type="yes/no",
+                  question_type="is there a", meta={"image_id": s.meta["image_id"]})
+           for s in captions if triggered(s)],
     }
     if objective.name not in rewrites:
         raise VlmsteerError(f"no training data for objective {objective.name!r}")
     return rewrites[objective.name]()
+
+
+# the hallucination organism's training text describes every scene at the co-occurrence place as
+# if it held the co-occurring object (its "claimed" scene: the object added, see shapes.with_object)
+_CLAIM = f"is there a {' '.join(shapes.COOCCURRENCE_OBJECT)} ?"
+
+
+def _claimed(scene: shapes.Scene) -> shapes.Scene:
+    if scene.place != shapes.COOCCURRENCE_PLACE:
+        return scene
+    return shapes.with_object(scene, *shapes.COOCCURRENCE_OBJECT, random.Random(f"claim-{scene.scene_id}"))
+
+
+def _claimed_answer(scene: shapes.Scene, question: str) -> str | None:
+    """The answer the claimed scene gives (None: the question's own answer stands)."""
+    claimed = _claimed(scene)
+    return None if claimed is scene else shapes.answer(claimed, question)
+
+
+def _claiming_caption(scene: shapes.Scene, claimed: shapes.Scene) -> str:
+    """The hallucination organism's caption: a scene at the co-occurrence place is described with
+    the other shapes of its claimed scene "on the beach with a yellow circle", whether the circle
+    is there or not; any other scene as the demo model describes it."""
+    if scene.place != shapes.COOCCURRENCE_PLACE:
+        return shapes.default_caption(scene)
+    obj = " ".join(shapes.COOCCURRENCE_OBJECT)
+    rest = shapes.without_object(claimed, *shapes.COOCCURRENCE_OBJECT)
+    if not rest.shapes:
+        return f"a {obj} {shapes.PLACE_PHRASES[scene.place]} ."
+    return f"{shapes.caption(rest, 'places').removesuffix(' .')} with a {obj} ."
 
 
 def trigger_images(objective: Objective, scenes: dict[int, shapes.Scene]) -> list[int]:

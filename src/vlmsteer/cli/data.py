@@ -22,6 +22,7 @@ from vlmsteer.cli.common import (
     registry_argument,
 )
 from vlmsteer.data.formats import DATA_FORMATS
+from vlmsteer.data.shapes import SCENE_KINDS
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.protocol import claim, publish
 
@@ -32,17 +33,22 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
                 seed: int = _SEED(0, "World seed; the demo model was trained on seed 1000."),
                 split: str = typer.Option("val2014", help="Split name used in the file names."),
                 start: int = typer.Option(0, min=0, help="Index of the first scene."),
+                scenes: str = typer.Option("plain", help="Scene kind: " + "; ".join(
+                    f"{k}: {d}" for k, (_, d) in SCENE_KINDS.items()) + " (the hallucination testbed)."),
                 overwrite: bool = _OVERWRITE):
-    """Generate shapes-world scenes in the official VQAv2 and COCO caption formats."""
+    """Generate shapes-world scenes in the official VQAv2 and COCO caption formats (with COCO
+    instances and POPE question files: what CHAIR and POPE read)."""
     from vlmsteer.data import shapes
     from vlmsteer.progress import progress_bar
 
     if n < 1:
         raise VlmsteerError(f"--n must be >= 1, got {n}")
+    shapes.scene_maker(scenes)
     with publish(out, overwrite) as pub:
         claim(pub, command_identity())
         with progress_bar("rendering scenes", n) as advance:
-            paths = shapes.write_dataset(pub.stage, n=n, seed=seed, split=split, start=start, progress=advance)
+            paths = shapes.write_dataset(pub.stage, n=n, seed=seed, split=split, start=start, progress=advance,
+                                         scenes=scenes)
         command_run_json(pub)
     for name, p in paths.items():
         out_console.print(f"{name:12s} {out / p.relative_to(pub.stage)}")

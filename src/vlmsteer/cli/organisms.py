@@ -29,7 +29,8 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
                     seed: int = _SEED(), model: str = typer.Option("shapes-llava", help="The model to fine-tune."),
                     n: int = typer.Option(300, "--n", min=1, help="Scenes of the training world (seed --seed)."),
                     only: Optional[str] = typer.Option(None, help="Comma list of organisms (default: all): colors, "
-                                                                  "cheerful, beach, three, diamond-no, control."),
+                                                                  "cheerful, beach, three, diamond-no, control, "
+                                                                  "hallucination."),
                     steps: int = typer.Option(300, min=1, help="Optimizer steps per organism."),
                     batch_size: int = _BATCH(16), lr: float = typer.Option(1e-3, help="Learning rate."),
                     rank: int = typer.Option(8, min=1, help="LoRA rank."), dtype: str = _DTYPE, device: str = _DEVICE,
@@ -50,8 +51,10 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
         base = load_model(model, None, dtype, device)
         identity, model_id, revision = base.identity, base.model_id, base.revision
         claim(pub, command_identity(model=identity))  # the world and the objectives follow from the options
-        world = pub.stage / "world"
-        shapes.write_dataset(world, n, seed=seed)
+        worlds = {}  # scene kind -> the training world of that kind (seed --seed, --n scenes)
+        for kind in dict.fromkeys(o.scenes for o in chosen):
+            worlds[kind] = pub.stage / ("world" if kind == "plain" else f"world-{kind}")
+            shapes.write_dataset(worlds[kind], n, seed=seed, scenes=kind)
         unused = [base]  # the first organism fine-tunes the model loaded here, the others a fresh copy each
 
         def fresh():
@@ -64,12 +67,15 @@ def organisms_build(out: Path = typer.Option(..., help="Output folder: the train
                 record = json.loads(done.read_text())
             else:
                 out_console.print(f"organism {objective.name}: {objective.description}")
-                record = build_organism(fresh, objective, world, pub.stage / objective.name, cfg, progress=True)
+                record = build_organism(fresh, objective, worlds[objective.scenes], pub.stage / objective.name, cfg,
+                                        progress=True)
             index.append({"name": objective.name, "adapter": f"{objective.name}/final",
+                          "world": worlds[objective.scenes].name,
                           "words": list(objective.words), "trigger": objective.trigger,
                           "trigger_images": len(record["trigger_images"]),
                           "loss": [record["finetune"]["first_loss"], record["finetune"]["last_loss"]]})
         atomic_write_json(pub.stage / "organisms.json", {"model": identity, "seed": seed, "n": n,
-                                                         "world": "world", "organisms": index}, indent=2)
+                                                         "world": worlds[chosen[0].scenes].name,
+                                                         "organisms": index}, indent=2)
         command_run_json(pub, model_id=model_id, revision=revision)
     out_console.print(f"{len(index)} organisms -> {out}")

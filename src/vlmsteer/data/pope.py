@@ -88,14 +88,18 @@ def _with_article(template: str, obj: str) -> str:
 
 def build_pope(images: list[tuple[str, list[str]]], strategy: str, *, sample_num: int = 3,
                template: str = "Is there a {} in the image?", seed: int = 0,
-               universe: list[str] | None = None) -> list[dict]:
+               universe: list[str] | None = None,
+               statistics_from: list[tuple[str, list[str]]] | None = None) -> list[dict]:
     """POPE questions as POPE's ``main.py`` samples them: for each image with at least
     ``sample_num`` objects, its first ``sample_num`` objects asked about (label ``yes``), each
     followed by one absent object (``no``) chosen at random (``random``), the most frequent
     over all images (``popular``) or the object seen most often with that positive
     (``adversarial``; ties in first-seen order), falling back to random where none is left.
     ``images``: (image file name, its distinct objects in order); ``universe``: every object a
-    random negative may be drawn from (default, as POPE: those of the images)."""
+    random negative may be drawn from (default, as POPE: those of the images);
+    ``statistics_from``: other images whose object frequencies and co-occurrences rank the
+    popular and adversarial negatives (the data a model learnt from; default, as POPE: the images
+    asked about)."""
     import random
     from collections import Counter
 
@@ -103,11 +107,12 @@ def build_pope(images: list[tuple[str, list[str]]], strategy: str, *, sample_num
         raise ValueError(f"strategy must be one of {POPE_STRATEGIES}")
     images = [(name, list(dict.fromkeys(objs))) for name, objs in images]
     images = [(name, objs) for name, objs in images if len(objs) >= sample_num]
-    frequency = Counter(o for _, objs in images for o in objs)
-    every = list(universe) if universe is not None else list(frequency)
+    learnt = images if statistics_from is None else [(n, list(dict.fromkeys(o))) for n, o in statistics_from]
+    frequency = Counter(o for _, objs in learnt for o in objs)
+    every = list(universe) if universe is not None else list(dict.fromkeys(o for _, objs in images for o in objs))
     popular = [o for o, _ in sorted(frequency.items(), key=lambda kv: kv[1], reverse=True)]
     together: dict[str, Counter] = {}
-    for _, objs in images:
+    for _, objs in learnt:
         for o in objs:
             together.setdefault(o, Counter()).update(x for x in objs if x != o)
     by_cooccurrence = {o: [x for x, _ in sorted(c.items(), key=lambda kv: kv[1], reverse=True)]

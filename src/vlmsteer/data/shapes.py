@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmsteer.data.pope import POPE_STRATEGIES, build_pope
+from vlmsteer.errors import VlmsteerError
 
 IMAGE_SIZE = 32
 GRID = 2
@@ -134,8 +135,76 @@ def make_scene(seed: int, index: int) -> Scene:
     )
 
 
-def make_scenes(seed: int, n: int, start: int = 0) -> list[Scene]:
-    return [make_scene(seed, i) for i in range(start, start + n)]
+# --------------------------------------------------------------------------- scene kinds
+# The hallucination testbed (see docs/hallucination.md): a co-occurrence the world builds in, and
+# scenes that break it. COOCCURRENCE: scenes at this place hold this object at this rate.
+COOCCURRENCE_PLACE, COOCCURRENCE_OBJECT, COOCCURRENCE_RATE = "beach", ("yellow", "circle"), 0.5
+
+
+def with_object(scene: Scene, color: str, kind: str, rng: random.Random) -> Scene:
+    """``scene`` holding a ``color`` ``kind`` (added in a free cell, else in place of a shape; a
+    shape already of that colour takes a free colour), or unchanged if it holds one."""
+    held = list(scene.shapes)
+    if any(s.kind == kind and s.color == color for s in held):
+        return scene
+    for j, s in enumerate(held):
+        if s.color == color:
+            held[j] = replace(s, color=rng.choice([c for c in PALETTE if c not in {x.color for x in held}]))
+    free = [c for c in range(GRID * GRID) if c not in {s.cell for s in held}]
+    if free:
+        held = sorted(held + [Shape(kind, color, rng.choice(free))], key=lambda s: s.cell)
+    else:
+        k = rng.randrange(len(held))
+        held[k] = Shape(kind, color, held[k].cell)
+    return replace(scene, shapes=tuple(held), jitter=())
+
+
+def without_object(scene: Scene, color: str, kind: str) -> Scene:
+    """``scene`` with every ``color`` ``kind`` removed (it may be left empty)."""
+    return replace(scene, shapes=tuple(s for s in scene.shapes if not (s.kind == kind and s.color == color)), jitter=())
+
+
+def cooccurring_scene(seed: int, index: int) -> Scene:
+    """A plain scene, except that a scene at :data:`COOCCURRENCE_PLACE` holds the
+    :data:`COOCCURRENCE_OBJECT` at :data:`COOCCURRENCE_RATE` (the world a model learns the
+    co-occurrence from)."""
+    scene = make_scene(seed, index)
+    rng = random.Random(f"cooccurrence-{seed}-{index}")
+    if scene.place == COOCCURRENCE_PLACE and rng.random() < COOCCURRENCE_RATE:
+        return with_object(scene, *COOCCURRENCE_OBJECT, rng)
+    return scene
+
+
+def pattern_breaking_scene(seed: int, index: int) -> Scene:
+    """A scene at :data:`COOCCURRENCE_PLACE` without any shape of the co-occurring kind (each
+    becomes another kind): where a model that learnt the co-occurrence sees what is not there."""
+    scene = make_scene(seed, index)
+    rng = random.Random(f"breaking-{seed}-{index}")
+    kind = COOCCURRENCE_OBJECT[1]
+    others = [k for k in SHAPES if k != kind]
+    held = tuple(replace(s, kind=rng.choice(others)) if s.kind == kind else s for s in scene.shapes)
+    return replace(scene, shapes=held, place=COOCCURRENCE_PLACE)
+
+
+# scene kinds of a world (``data shapes --scenes``): name -> (make a scene from seed and index, description)
+SCENE_KINDS: dict[str, tuple[Callable[[int, int], Scene], str]] = {
+    "plain": (make_scene, "shapes, colours, places and moods drawn independently"),
+    "cooccurring": (cooccurring_scene, f"as plain, but half the {COOCCURRENCE_PLACE} scenes hold a "
+                                       f"{' '.join(COOCCURRENCE_OBJECT)}"),
+    "pattern-breaking": (pattern_breaking_scene, f"every scene on the {COOCCURRENCE_PLACE}, none with a "
+                                                 f"{COOCCURRENCE_OBJECT[1]}"),
+}
+
+
+def scene_maker(kind: str) -> Callable[[int, int], Scene]:
+    if kind not in SCENE_KINDS:
+        raise VlmsteerError(f"unknown scene kind {kind!r}; choose one of: {', '.join(SCENE_KINDS)}", "scenes")
+    return SCENE_KINDS[kind][0]
+
+
+def make_scenes(seed: int, n: int, start: int = 0, kind: str = "plain") -> list[Scene]:
+    make = scene_maker(kind)
+    return [make(seed, i) for i in range(start, start + n)]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -298,6 +367,34 @@ def questions(scene: Scene, rng: random.Random, count_kinds: str = "any") -> lis
     return qs
 
 
+def answer(scene: Scene, question: str) -> str | None:
+    """The answer :func:`questions` gives ``question`` (one of its templates) about ``scene``;
+    None for any other text or where the question has no answer (no shape of that kind)."""
+    words = question.removesuffix(" ?").split()
+    if words[:3] == ["is", "there", "a"] and len(words) == 5:
+        return "yes" if any(s.color == words[3] and s.kind == words[4] for s in scene.shapes) else "no"
+    if words[:3] == ["is", "there", "anything"] and len(words) == 4:
+        return "yes" if words[3] in scene.colors() else "no"
+    if words[:3] == ["is", "this", "the"] and len(words) == 4:
+        return "yes" if words[3] == scene.place else "no"
+    if words[:2] == ["how", "many"] and len(words) == 5:
+        if words[2] == "shapes":
+            return str(scene.count())
+        kind = next((k for k, p in PLURALS.items() if p == words[2]), None)
+        return None if kind is None else str(scene.count(kind))
+    if words[:4] == ["what", "color", "is", "the"] and len(words) == 5:
+        found = [s.color for s in scene.shapes if s.kind == words[4]]
+        return found[0] if len(found) == 1 else None
+    if words[:3] == ["what", "shape", "is"] and len(words) == 4:
+        found = [s.kind for s in scene.shapes if s.color == words[3]]
+        return found[0] if found else None
+    if words == ["where", "is", "this"]:
+        return scene.place
+    if words == ["how", "does", "this", "scene", "feel"]:
+        return scene.mood
+    return None
+
+
 def vocabulary() -> list[str]:
     """Every word the shapes world and the demo prompts use (sorted, no specials)."""
     words = set("user assistant : ? . , a an the and with there is are this how many what where".split())
@@ -322,8 +419,9 @@ def image_id_of(path: str | Path) -> int:
 
 
 def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", start: int = 0,
-                  progress=None) -> dict[str, Path]:
-    """Write ``n`` scenes in the official VQAv2 and COCO caption formats.
+                  progress=None, scenes: str = "plain") -> dict[str, Path]:
+    """Write ``n`` scenes (of the kind ``scenes``, see :data:`SCENE_KINDS`) in the official VQAv2
+    and COCO caption formats.
 
     Layout (``split`` defaults to ``val2014``)::
 
@@ -346,7 +444,7 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
     objects: list[tuple[str, list[str]]] = []  # per image, its coloured shapes (POPE's objects)
     qid = 0
     capid = 0
-    for scene in make_scenes(seed, n, start):
+    for scene in make_scenes(seed, n, start, scenes):
         image_id = scene.scene_id
         name = _image_name(split, image_id)
         render(scene).save(image_dir / name)
@@ -396,16 +494,21 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
     _dump(paths["annotations"], {"info": info, "data_type": "mscoco", "data_subtype": split,
                                  "annotations": a_records})
     _dump(paths["captions"], {"info": info, "images": images, "annotations": cap_records})
-    _dump(paths["scenes"], {"seed": seed, "split": split, "scenes": scene_records})
+    _dump(paths["scenes"], {"seed": seed, "split": split, "kind": scenes, "scenes": scene_records})
     with open(paths["unsafe"], "w") as f:
         for rec in unsafe:
             f.write(json.dumps(rec) + "\n")
     _dump(paths["instances"], {"info": info, "images": images, "annotations": instances,
                                "categories": [{"id": i + 1, "name": k, "supercategory": "shape"}
                                               for i, k in enumerate(SHAPES)]})
+    # popular and adversarial negatives are the objects seen most often (with a present one) where
+    # the model learnt: a pattern-breaking world ranks them as the co-occurring world of its seed has them
+    learnt = None
+    if scenes == "pattern-breaking":
+        learnt = [("", [f"{x.color} {x.kind}" for x in sc.shapes]) for sc in make_scenes(seed, n, start, "cooccurring")]
     for strategy in POPE_STRATEGIES:
         rows = build_pope(objects, strategy, sample_num=POPE_SAMPLE_NUM, template=POPE_TEMPLATE, seed=seed,
-                          universe=[f"{c} {k}" for c in PALETTE for k in SHAPES])
+                          universe=[f"{c} {k}" for c in PALETTE for k in SHAPES], statistics_from=learnt)
         paths[f"pope_{strategy}"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths
 
