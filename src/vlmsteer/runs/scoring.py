@@ -32,10 +32,11 @@ def file_identity(path: str | Path) -> dict:
 
 
 def chair_annotation_files(folder: str | Path) -> list[Path]:
-    """The COCO annotation files of ``folder`` that CHAIR reads."""
+    """The COCO annotation files of ``folder`` that CHAIR reads: instances and captions of each
+    split (train, val 2014) that has both."""
     folder = Path(folder)
-    return [folder / f.format(split=s) for s in ("train", "val") for f in CHAIR_FILES
-            if (folder / f.format(split=s)).exists()]
+    splits = [s for s in ("train", "val") if all((folder / f.format(split=s)).is_file() for f in CHAIR_FILES)]
+    return [folder / f.format(split=s) for s in splits for f in CHAIR_FILES]
 
 
 def score_pope(questions: Sequence[PopeQuestion], answers: dict) -> PopeScores:
@@ -88,17 +89,16 @@ def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise input_error(folder, "annotations folder not found" if not folder.exists() else "not a folder")
-    splits = [s for s in ("train", "val") if all((folder / f.format(split=s)).is_file() for f in CHAIR_FILES)]
-    if not splits:
+    files = chair_annotation_files(folder)
+    if not files:
         raise input_error(folder, "holds neither instances_val2014.json + captions_val2014.json nor the train2014 pair "
                                   "(COCO's annotation files, as CHAIR reads them)")
     instances, captions = [], []
-    for split in splits:
-        for name, into in zip(CHAIR_FILES, (instances, captions)):
-            data = read_json(folder / name.format(split=split), "COCO annotation file")
-            if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-                raise input_error(folder / name.format(split=split), "not a COCO annotation file (no 'annotations' list)")
-            into.append(data)
+    for path in files:
+        data = read_json(path, "COCO annotation file")
+        if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+            raise input_error(path, "not a COCO annotation file (no 'annotations' list)")
+        (instances if path.name.startswith("instances") else captions).append(data)
     return instances, captions
 
 
