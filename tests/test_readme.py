@@ -125,6 +125,7 @@ def test_every_block_runs_verbatim_in_order_and_gives_the_figures_it_states(tmp_
     _check_yes_no_figures(work / "runs" / "yes-no")
     _check_sae_figures(work / "runs" / "sae")
     _check_diff_figures(work / "runs" / "diff")
+    _check_hallucination_figures(work / "runs" / "hallucination")
     assert (work / "runs" / "big-concepts" / "report.html").is_file()
     manifest = json.loads((work / "runs" / "vqa-features" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["header"]["layers"] == [1, 2, 3] and manifest["summary"]["total"] > 100
@@ -178,6 +179,21 @@ def _check_sae_figures(runs: Path) -> None:
     red = json.loads((runs / "red" / "metrics.json").read_text())["vs_baseline"]["styles"]["red"]
     assert abs(red["share_before"] - red_before) <= 2.5 and abs(red["share_after"] - red_after) <= 5
     assert red["share_after"] - red["share_before"] >= 30  # the clamp had the effect the README claims
+
+
+def _check_hallucination_figures(runs: Path) -> None:
+    text = TEXTS["docs/hallucination.md"]
+    base = re.search(r"here POPE F1 is ([\d.]+) % and CHAIR_s ([\d.]+) %", text)
+    organism = re.search(r"Here CHAIR_s is ([\d.]+) %: the organism names a circle in (\d+) of the 60", text)
+    assert base and organism, "docs/hallucination.md's figures moved; update this test's patterns"
+    pope = json.loads((runs / "pope" / "metrics.json").read_text())["pope"]
+    assert abs(100 * pope["f1"] - float(base[1])) <= 1.0
+    assert pope == json.loads((runs / "pope-scored" / "metrics.json").read_text())["pope"]
+    chair = json.loads((runs / "chair" / "metrics.json").read_text())["chair"]
+    assert abs(100 * chair["chair_s"] - float(base[2])) <= 2.0
+    hallucinating = json.loads((runs / "organism-chair" / "metrics.json").read_text())["chair"]
+    assert abs(100 * hallucinating["chair_s"] - float(organism[1])) <= 5.0  # the organism hallucinates
+    assert hallucinating["chair_s"] >= chair["chair_s"] + 0.2
 
 
 def _check_diff_figures(runs: Path) -> None:
