@@ -12,6 +12,8 @@ beach, no circle at all), each with the three POPE files of its own and its COCO
   untouched VQA accuracy on the world's questions that name neither the colour nor the kind of
             the co-occurring object (the side effect)
 
+and the organism steered by each mitigation of ``METHODS`` (settings chosen on world 30).
+
 Organism seed i (its training world has that seed) is graded on held-out world i; mean ± sd.
 
     python benchmarks/hallucination.py [--seeds 14,15,16] [--worlds 32,33,34] [--scenes 100] [--work DIR]
@@ -36,21 +38,32 @@ from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 from vlmsteer.data import shapes  # noqa: E402
 
 
-def grade(model_args: list[str], world: Path, runs: Path) -> dict:
-    """POPE, CHAIR and untouched VQA accuracy of one model on one pattern-breaking world."""
+# the mitigations graded on the organism, with settings chosen on pattern-breaking world 30 with
+# organisms of seeds 11 and 12 (CHAIR_s 70 -> 28 and 39 -> 18, Recall within 3 points, POPE
+# adversarial F1 unchanged): (name, options of the answers, options of the captions)
+METHODS = [
+    ("visual", ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "all"],
+     ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "generated"]),
+]
+
+
+def grade(model_args: list[str], world: Path, runs: Path, answers: list[str] = (), captions: list[str] = ()) -> dict:
+    """POPE, CHAIR and untouched VQA accuracy of one model (steered with the ``answers`` and
+    ``captions`` options) on one pattern-breaking world."""
     out = {}
     for split in ("random", "popular", "adversarial"):
-        vlmsteer(["eval", "vqa", *model_args, "--format", "pope", "--data", str(world / f"shapes_pope_{split}.json"),
-                  "--max-new-tokens", "3", "--out", str(runs / f"pope-{split}")])
+        vlmsteer(["eval", "vqa", *model_args, *answers, "--format", "pope", "--data",
+                  str(world / f"shapes_pope_{split}.json"), "--max-new-tokens", "3", "--out", str(runs / f"pope-{split}")])
         pope = json.loads((runs / f"pope-{split}" / "metrics.json").read_text())["pope"]
         out[f"pope_{split}_f1"] = 100 * (pope["f1"] or 0.0)
         out[f"pope_{split}_yes"] = 100 * pope["yes_ratio"]
-    vlmsteer(["eval", "captions", *model_args, "--data", str(world), "--chair", str(world), "--objects", "shapes",
-              "--out", str(runs / "captions")])
+    vlmsteer(["eval", "captions", *model_args, *captions, "--data", str(world), "--chair", str(world), "--objects",
+              "shapes", "--out", str(runs / "captions")])
     chair = json.loads((runs / "captions" / "metrics.json").read_text())["chair"]
     out.update(chair_s=100 * chair["chair_s"], chair_i=100 * (chair["chair_i"] or 0.0),
                recall=100 * (chair["recall"] or 0.0), length=chair["mean_length"])
-    vlmsteer(["eval", "vqa", *model_args, "--data", str(world), "--max-new-tokens", "3", "--out", str(runs / "vqa")])
+    vlmsteer(["eval", "vqa", *model_args, *answers, "--data", str(world), "--max-new-tokens", "3",
+              "--out", str(runs / "vqa")])
     rows = [json.loads(x) for x in (runs / "vqa" / "predictions.jsonl").read_text().splitlines()]
     untouched = [r for r in rows if not set(r["prompt"].split()) & set(shapes.COOCCURRENCE_OBJECT)]
     out["untouched_vqa"] = 100 * sum(r["accuracy"] for r in untouched) / len(untouched)
@@ -84,17 +97,20 @@ def main() -> None:
         if not (built / "organisms.json").is_file():
             vlmsteer(["organisms", "build", "--model", args.model, "--out", str(built), "--seed", str(seed),
                       "--n", str(args.n), "--steps", str(args.steps), "--lr", str(args.lr), "--only", "hallucination"])
+        organism = ["--model", args.model, "--adapter", str(built / "hallucination" / "final")]
         row = {"seed": seed, "world": world_seed,
                "base": grade(["--model", args.model], world, work / "runs" / f"base-{world_seed}"),
-               "organism": grade(["--model", args.model, "--adapter", str(built / "hallucination" / "final")], world,
-                                 work / "runs" / f"organism-{seed}-{world_seed}")}
+               "organism": grade(organism, world, work / "runs" / f"organism-{seed}-{world_seed}")}
+        for name, answers, captions in METHODS:
+            row[f"organism+{name}"] = grade(organism, world, work / "runs" / f"{name}-{seed}-{world_seed}", answers,
+                                            captions)
         rows.append(row)
         print(json.dumps(row))
-    summary = {who: mean_sd([r[who] for r in rows]) for who in ("base", "organism")}
-    print(f"{'':24s} {'shipped model':>16s} {'organism':>16s}")
+    who = ["base", "organism", *(f"organism+{name}" for name, _, _ in METHODS)]
+    summary = {w: mean_sd([r[w] for r in rows]) for w in who}
+    print(f"{'':24s}" + "".join(f"{w:>20s}" for w in who))
     for key in summary["base"]:
-        b, o = summary["base"][key], summary["organism"][key]
-        print(f"{key:24s} {b[0]:9.1f} ± {b[1]:4.1f} {o[0]:9.1f} ± {o[1]:4.1f}")
+        print(f"{key:24s}" + "".join(f"{summary[w][key][0]:13.1f} ± {summary[w][key][1]:4.1f}" for w in who))
     write_result(args.json, args, rows=rows, summary=summary)
 
 

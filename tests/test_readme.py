@@ -194,6 +194,12 @@ def _check_hallucination_figures(runs: Path) -> None:
     hallucinating = json.loads((runs / "organism-chair" / "metrics.json").read_text())["chair"]
     assert abs(100 * hallucinating["chair_s"] - float(organism[1])) <= 5.0  # the organism hallucinates
     assert hallucinating["chair_s"] >= chair["chair_s"] + 0.2
+    mended = re.search(r"Here CHAIR_s falls from ([\d.]+) % to ([\d.]+) %", text)
+    assert mended, "docs/hallucination.md's visual-steering figures moved; update this test's pattern"
+    steered = json.loads((runs / "organism-visual" / "metrics.json").read_text())
+    assert abs(100 * steered["vs_baseline"]["chair_baseline"]["chair_s"] - float(mended[1])) <= 5.0
+    assert abs(100 * steered["chair"]["chair_s"] - float(mended[2])) <= 5.0
+    assert steered["chair"]["chair_s"] <= hallucinating["chair_s"] - 0.1  # the mitigation had its effect
 
 
 def _check_diff_figures(runs: Path) -> None:

@@ -203,6 +203,10 @@ _EDIT = typer.Option("clamp", help="With --edit-dictionary: clamp (set --latent 
                                    "or zero.")
 _LATENT = typer.Option(None, help="With --edit clamp|scale: latent(s), by index or top word, repeated or "
                                   "comma-separated.")
+_VISUAL = typer.Option(None, "--visual-alpha",
+                       help="Visual steering (VISTA-style, a hallucination mitigation): add this many times each "
+                            "sample's own vector, the residual at its last prompt token with its image minus with a "
+                            "blank image, at --layer (default every layer) on --region.")
 _VALUE = typer.Option(0.0, help="With --edit clamp: the latent's value; scale: the factor.")
 _CONDITION_STORE = typer.Option(None, help="Fine-grained: a store whose labelled groups are the concepts "
                                            "(centroid = mean feature); use with --active.")
@@ -264,11 +268,22 @@ def _edit_spec(dictionary: Optional[Path], mode: str, latent: Optional[list[str]
 
 
 def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, layer: Optional[list[str]],
-              region: str, condition=None, allow_other_model: bool = False, edit: Optional[EditSpec] = None):
+              region: str, condition=None, allow_other_model: bool = False, edit: Optional[EditSpec] = None,
+              visual: Optional[float] = None):
     """The ``Steering`` the vector options describe (None without ``--vector``), checked against
     the model (sizes, layers, the weights the vector and condition were made with, the
     scale); ``condition`` (a ConditionSpec) is built at the first steered layer. With ``edit``,
-    a :class:`~vlmsteer.steer.dictionary_edit.DictionarySteering` instead."""
+    a :class:`~vlmsteer.steer.dictionary_edit.DictionarySteering` instead; with ``visual``, a
+    :class:`~vlmsteer.steer.visual.VisualSteering`."""
+    if visual is not None:
+        if vector is not None or edit is not None or condition is not None:
+            raise VlmsteerError("visual steering makes its own vector per sample: give it without --vector, "
+                                "--edit-dictionary or a condition", "visual_alpha")
+        if alpha != 1.0:
+            raise VlmsteerError("--alpha scales --vector; visual steering's strength is its own value", "alpha")
+        from vlmsteer.steer.visual import VisualSteering
+
+        return VisualSteering(visual, tuple(_parse_layers(layer)) if layer else None, region).check(vlm)
     if edit is not None:
         if vector is not None or condition is not None:
             raise VlmsteerError("steer with --vector or with --edit-dictionary, not both (a dictionary edit takes "

@@ -221,8 +221,9 @@ class VllmEngine:
 
     def _spec(self, steering: Steering, specs: dict[str, dict]) -> str | None:
         if not isinstance(steering, Steering):
-            raise VlmsteerError(f"the vLLM engine adds steering vectors; {type(steering).__name__} (a dictionary "
-                                "edit) runs on the transformers engine", "engine")
+            what = getattr(steering, "describe", lambda: {})().get("kind", type(steering).__name__)
+            raise VlmsteerError(f"the vLLM engine adds steering vectors; {what} steering runs on the transformers "
+                                "engine", "engine")
         steering = steering.check(self.vlm)
         if steering.alpha == 0 or all(float(steering.vector.at(l).abs().max()) == 0 for l in steering.layers):
             return None  # nothing to add, as the transformers engine leaves the model untouched
