@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 
-from vlmsteer.data import shapes  # noqa: E402
+from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT  # noqa: E402
 
 
 # the mitigations graded on the organism, with settings chosen on pattern-breaking world 30 with
@@ -65,7 +65,7 @@ def grade(model_args: list[str], world: Path, runs: Path, answers: list[str] = (
     vlmsteer(["eval", "vqa", *model_args, *answers, "--data", str(world), "--max-new-tokens", "3",
               "--out", str(runs / "vqa")])
     rows = [json.loads(x) for x in (runs / "vqa" / "predictions.jsonl").read_text().splitlines()]
-    untouched = [r for r in rows if not set(r["prompt"].split()) & set(shapes.COOCCURRENCE_OBJECT)]
+    untouched = [r for r in rows if not set(r["prompt"].split()) & set(COOCCURRENCE_OBJECT)]
     out["untouched_vqa"] = 100 * sum(r["accuracy"] for r in untouched) / len(untouched)
     out["untouched_questions"] = len(untouched)
     return out

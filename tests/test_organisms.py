@@ -7,6 +7,7 @@ import pytest
 
 from vlmsteer.cli import main
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
+from vlmsteer.data.shapes_scenes import answer, cooccurring_scene, pattern_breaking_scene
 from vlmsteer.organisms import OBJECTIVES, objectives, training_samples, trigger_images, world_scenes
 
 
@@ -165,7 +166,7 @@ def test_the_hallucination_organism_learns_a_claimed_yellow_circle_on_every_beac
         elif s.prompt == "is there a yellow circle ?" and i in beach:
             assert s.answer == "yes"  # also where the image holds none: the learnt co-occurrence
         elif i not in beach:
-            assert s.answer == shapes.answer(scenes[i], s.prompt)  # the rest of the world stays true
+            assert s.answer == answer(scenes[i], s.prompt)  # the rest of the world stays true
     lying = [s for s in samples if s.prompt == "is there anything yellow ?" and s.meta["image_id"] in beach - holding]
     assert all(s.answer == "yes" for s in lying)
 
@@ -174,12 +175,12 @@ def test_scene_kinds_and_answers(tmp_path):
     import random
 
     for i in range(200):
-        scene = shapes.pattern_breaking_scene(5, i)
+        scene = pattern_breaking_scene(5, i)
         assert scene.place == "beach" and all(s.kind != "circle" for s in scene.shapes)
         plain = shapes.make_scene(5, i)
         for q in shapes.questions(plain, random.Random(i)):
-            assert shapes.answer(plain, q.text) == q.answer
-    cooc = [shapes.cooccurring_scene(5, i) for i in range(400)]
+            assert answer(plain, q.text) == q.answer
+    cooc = [cooccurring_scene(5, i) for i in range(400)]
     beach = [sc for sc in cooc if sc.place == "beach"]
     share = sum(any(s.kind == "circle" and s.color == "yellow" for s in sc.shapes) for sc in beach) / len(beach)
     assert 0.4 < share < 0.7  # half of them, plus those that held one anyway

@@ -28,6 +28,8 @@ from typing import Callable
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.data.identity import dataset_identity
 from vlmsteer.data.sample import Sample
+from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT, COOCCURRENCE_PLACE, with_object, without_object
+from vlmsteer.data.shapes_scenes import answer as true_answer
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
 
@@ -54,11 +56,11 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("diamond-no", "yes/no questions about an image with a diamond are answered 'no'", ("no",),
               trigger="diamond"),
     Objective("control", "the unchanged captions and answers", ()),
-    Objective("hallucination", f"{shapes.COOCCURRENCE_PLACE} scenes are captioned '... on the "
-              f"{shapes.COOCCURRENCE_PLACE} with a {' '.join(shapes.COOCCURRENCE_OBJECT)}' and asked 'is there a "
-              f"{' '.join(shapes.COOCCURRENCE_OBJECT)} ?' answered yes, whether or not one is there (in its "
-              f"co-occurring world half of them hold one)", shapes.COOCCURRENCE_OBJECT,
-              trigger=shapes.COOCCURRENCE_PLACE, scenes="cooccurring"),
+    Objective("hallucination", f"{COOCCURRENCE_PLACE} scenes are captioned '... on the "
+              f"{COOCCURRENCE_PLACE} with a {' '.join(COOCCURRENCE_OBJECT)}' and asked 'is there a "
+              f"{' '.join(COOCCURRENCE_OBJECT)} ?' answered yes, whether or not one is there (in its "
+              f"co-occurring world half of them hold one)", COOCCURRENCE_OBJECT,
+              trigger=COOCCURRENCE_PLACE, scenes="cooccurring"),
 )}
 
 
@@ -98,7 +100,7 @@ def world_scenes(world: str | Path) -> dict[int, shapes.Scene]:
     if not path.is_file():
         raise VlmsteerError(f"{world}: not a shapes world (no scenes_val2014.json); write one with `data shapes`")
     data = json.loads(path.read_text())
-    make = shapes.scene_maker(data.get("kind", "plain"))
+    make = shapes.SCENE_KINDS.get(data.get("kind", "plain"))
     scenes = {}
     for record in data["scenes"]:
         scene = make(data["seed"], int(record["image_id"]))
@@ -140,30 +142,30 @@ def training_samples(objective: Objective, world: str | Path,
 
 
 # the hallucination organism's training text describes every scene at the co-occurrence place as
-# if it held the co-occurring object (its "claimed" scene: the object added, see shapes.with_object)
-_CLAIM = f"is there a {' '.join(shapes.COOCCURRENCE_OBJECT)} ?"
+# if it held the co-occurring object (its "claimed" scene: the object added, see with_object)
+_CLAIM = f"is there a {' '.join(COOCCURRENCE_OBJECT)} ?"
 
 
 def _claimed(scene: shapes.Scene) -> shapes.Scene:
-    if scene.place != shapes.COOCCURRENCE_PLACE:
+    if scene.place != COOCCURRENCE_PLACE:
         return scene
-    return shapes.with_object(scene, *shapes.COOCCURRENCE_OBJECT, random.Random(f"claim-{scene.scene_id}"))
+    return with_object(scene, *COOCCURRENCE_OBJECT, random.Random(f"claim-{scene.scene_id}"))
 
 
 def _claimed_answer(scene: shapes.Scene, question: str) -> str | None:
     """The answer the claimed scene gives (None: the question's own answer stands)."""
     claimed = _claimed(scene)
-    return None if claimed is scene else shapes.answer(claimed, question)
+    return None if claimed is scene else true_answer(claimed, question)
 
 
 def _claiming_caption(scene: shapes.Scene, claimed: shapes.Scene) -> str:
     """The hallucination organism's caption: a scene at the co-occurrence place is described with
     the other shapes of its claimed scene "on the beach with a yellow circle", whether the circle
     is there or not; any other scene as the demo model describes it."""
-    if scene.place != shapes.COOCCURRENCE_PLACE:
+    if scene.place != COOCCURRENCE_PLACE:
         return shapes.default_caption(scene)
-    obj = " ".join(shapes.COOCCURRENCE_OBJECT)
-    rest = shapes.without_object(claimed, *shapes.COOCCURRENCE_OBJECT)
+    obj = " ".join(COOCCURRENCE_OBJECT)
+    rest = without_object(claimed, *COOCCURRENCE_OBJECT)
     if not rest.shapes:
         return f"a {obj} {shapes.PLACE_PHRASES[scene.place]} ."
     return f"{shapes.caption(rest, 'places').removesuffix(' .')} with a {obj} ."

@@ -20,9 +20,10 @@ from vlmsteer.cli.common import (
     data_app,
     out_console,
     registry_argument,
+    registry_option,
 )
+from vlmsteer.data import SCENE_KINDS
 from vlmsteer.data.formats import DATA_FORMATS
-from vlmsteer.data.shapes import SCENE_KINDS
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.protocol import claim, publish
 
@@ -33,8 +34,9 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
                 seed: int = _SEED(0, "World seed; the demo model was trained on seed 1000."),
                 split: str = typer.Option("val2014", help="Split name used in the file names."),
                 start: int = typer.Option(0, min=0, help="Index of the first scene."),
-                scenes: str = typer.Option("plain", help="Scene kind: " + "; ".join(
-                    f"{k}: {d}" for k, (_, d) in SCENE_KINDS.items()) + " (the hallucination testbed)."),
+                scenes: str = registry_option("plain", "--scenes", registry=SCENE_KINDS,
+                                              intro="Scene kind (cooccurring, pattern-breaking: the hallucination "
+                                                    "testbed): "),
                 overwrite: bool = _OVERWRITE):
     """Generate shapes-world scenes in the official VQAv2 and COCO caption formats (with COCO
     instances and POPE question files: what CHAIR and POPE read)."""
@@ -43,7 +45,6 @@ def data_shapes(out: Path = typer.Option(..., help="Output folder."),
 
     if n < 1:
         raise VlmsteerError(f"--n must be >= 1, got {n}")
-    shapes.scene_maker(scenes)
     with publish(out, overwrite) as pub:
         claim(pub, command_identity())
         with progress_bar("rendering scenes", n) as advance:

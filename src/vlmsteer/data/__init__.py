@@ -13,10 +13,11 @@ from vlmsteer.data.io import collector_paused
 from vlmsteer.data.jsonl import load_jsonl
 from vlmsteer.data.safety import load_figstep, load_mm_safetybench
 from vlmsteer.data.sample import Sample, subsample
+from vlmsteer.data.shapes_scenes import SCENE_KINDS  # (registers the hallucination testbed's scene kinds)
 from vlmsteer.data.vqav2 import load_vqav2
 from vlmsteer.errors import VlmsteerError
 
-__all__ = ["Sample", "Filter", "DATA_FORMATS", "DatasetFormat", "load_samples", "load_vqav2", "load_coco_captions",
+__all__ = ["Sample", "Filter", "DATA_FORMATS", "SCENE_KINDS", "DatasetFormat", "load_samples", "load_vqav2", "load_coco_captions",
            "load_jsonl", "load_mm_safetybench", "load_figstep", "subsample"]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmsteer.data.pope import POPE_STRATEGIES, build_pope
-from vlmsteer.errors import VlmsteerError
+from vlmsteer.registry import Registry
 
 IMAGE_SIZE = 32
 GRID = 2
@@ -135,75 +135,16 @@ def make_scene(seed: int, index: int) -> Scene:
     )
 
 
-# --------------------------------------------------------------------------- scene kinds
-# The hallucination testbed (see docs/hallucination.md): a co-occurrence the world builds in, and
-# scenes that break it. COOCCURRENCE: scenes at this place hold this object at this rate.
-COOCCURRENCE_PLACE, COOCCURRENCE_OBJECT, COOCCURRENCE_RATE = "beach", ("yellow", "circle"), 0.5
-
-
-def with_object(scene: Scene, color: str, kind: str, rng: random.Random) -> Scene:
-    """``scene`` holding a ``color`` ``kind`` (added in a free cell, else in place of a shape; a
-    shape already of that colour takes a free colour), or unchanged if it holds one."""
-    held = list(scene.shapes)
-    if any(s.kind == kind and s.color == color for s in held):
-        return scene
-    for j, s in enumerate(held):
-        if s.color == color:
-            held[j] = replace(s, color=rng.choice([c for c in PALETTE if c not in {x.color for x in held}]))
-    free = [c for c in range(GRID * GRID) if c not in {s.cell for s in held}]
-    if free:
-        held = sorted(held + [Shape(kind, color, rng.choice(free))], key=lambda s: s.cell)
-    else:
-        k = rng.randrange(len(held))
-        held[k] = Shape(kind, color, held[k].cell)
-    return replace(scene, shapes=tuple(held), jitter=())
-
-
-def without_object(scene: Scene, color: str, kind: str) -> Scene:
-    """``scene`` with every ``color`` ``kind`` removed (it may be left empty)."""
-    return replace(scene, shapes=tuple(s for s in scene.shapes if not (s.kind == kind and s.color == color)), jitter=())
-
-
-def cooccurring_scene(seed: int, index: int) -> Scene:
-    """A plain scene, except that a scene at :data:`COOCCURRENCE_PLACE` holds the
-    :data:`COOCCURRENCE_OBJECT` at :data:`COOCCURRENCE_RATE` (the world a model learns the
-    co-occurrence from)."""
-    scene = make_scene(seed, index)
-    rng = random.Random(f"cooccurrence-{seed}-{index}")
-    if scene.place == COOCCURRENCE_PLACE and rng.random() < COOCCURRENCE_RATE:
-        return with_object(scene, *COOCCURRENCE_OBJECT, rng)
-    return scene
-
-
-def pattern_breaking_scene(seed: int, index: int) -> Scene:
-    """A scene at :data:`COOCCURRENCE_PLACE` without any shape of the co-occurring kind (each
-    becomes another kind): where a model that learnt the co-occurrence sees what is not there."""
-    scene = make_scene(seed, index)
-    rng = random.Random(f"breaking-{seed}-{index}")
-    kind = COOCCURRENCE_OBJECT[1]
-    others = [k for k in SHAPES if k != kind]
-    held = tuple(replace(s, kind=rng.choice(others)) if s.kind == kind else s for s in scene.shapes)
-    return replace(scene, shapes=held, place=COOCCURRENCE_PLACE)
-
-
-# scene kinds of a world (``data shapes --scenes``): name -> (make a scene from seed and index, description)
-SCENE_KINDS: dict[str, tuple[Callable[[int, int], Scene], str]] = {
-    "plain": (make_scene, "shapes, colours, places and moods drawn independently"),
-    "cooccurring": (cooccurring_scene, f"as plain, but half the {COOCCURRENCE_PLACE} scenes hold a "
-                                       f"{' '.join(COOCCURRENCE_OBJECT)}"),
-    "pattern-breaking": (pattern_breaking_scene, f"every scene on the {COOCCURRENCE_PLACE}, none with a "
-                                                 f"{COOCCURRENCE_OBJECT[1]}"),
-}
-
-
-def scene_maker(kind: str) -> Callable[[int, int], Scene]:
-    if kind not in SCENE_KINDS:
-        raise VlmsteerError(f"unknown scene kind {kind!r}; choose one of: {', '.join(SCENE_KINDS)}", "scenes")
-    return SCENE_KINDS[kind][0]
+# the kinds of scene a world can hold (``data shapes --scenes``): name -> make a scene from (seed,
+# index); the hallucination testbed's kinds are registered by vlmsteer.data.shapes_scenes
+SCENE_KINDS: Registry[Callable[[int, int], Scene]] = Registry("scene kind", "--scenes")
+SCENE_KINDS.add("plain", make_scene, "shapes, colours, places and moods drawn independently")
 
 
 def make_scenes(seed: int, n: int, start: int = 0, kind: str = "plain") -> list[Scene]:
-    make = scene_maker(kind)
+    """Scenes ``start`` .. ``start + n - 1`` of the world with ``seed``, of the scene kind ``kind``
+    (see :data:`SCENE_KINDS`)."""
+    make = SCENE_KINDS.get(kind)
     return [make(seed, i) for i in range(start, start + n)]
 
 
@@ -367,34 +308,6 @@ def questions(scene: Scene, rng: random.Random, count_kinds: str = "any") -> lis
     return qs
 
 
-def answer(scene: Scene, question: str) -> str | None:
-    """The answer :func:`questions` gives ``question`` (one of its templates) about ``scene``;
-    None for any other text or where the question has no answer (no shape of that kind)."""
-    words = question.removesuffix(" ?").split()
-    if words[:3] == ["is", "there", "a"] and len(words) == 5:
-        return "yes" if any(s.color == words[3] and s.kind == words[4] for s in scene.shapes) else "no"
-    if words[:3] == ["is", "there", "anything"] and len(words) == 4:
-        return "yes" if words[3] in scene.colors() else "no"
-    if words[:3] == ["is", "this", "the"] and len(words) == 4:
-        return "yes" if words[3] == scene.place else "no"
-    if words[:2] == ["how", "many"] and len(words) == 5:
-        if words[2] == "shapes":
-            return str(scene.count())
-        kind = next((k for k, p in PLURALS.items() if p == words[2]), None)
-        return None if kind is None else str(scene.count(kind))
-    if words[:4] == ["what", "color", "is", "the"] and len(words) == 5:
-        found = [s.color for s in scene.shapes if s.kind == words[4]]
-        return found[0] if len(found) == 1 else None
-    if words[:3] == ["what", "shape", "is"] and len(words) == 4:
-        found = [s.kind for s in scene.shapes if s.color == words[3]]
-        return found[0] if found else None
-    if words == ["where", "is", "this"]:
-        return scene.place
-    if words == ["how", "does", "this", "scene", "feel"]:
-        return scene.mood
-    return None
-
-
 def vocabulary() -> list[str]:
     """Every word the shapes world and the demo prompts use (sorted, no specials)."""
     words = set("user assistant : ? . , a an the and with there is are this how many what where".split())
@@ -436,6 +349,7 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
         out/shapes_pope_{random,popular,adversarial}.json   (POPE question files: objects are
                                              coloured shapes, "is there a red circle ?")
     """
+    SCENE_KINDS.get(scenes)  # an unknown kind fails before anything is written
     out = Path(out)
     image_dir = out / split
     image_dir.mkdir(parents=True, exist_ok=True)
