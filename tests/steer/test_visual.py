@@ -21,8 +21,7 @@ def test_each_row_gets_its_own_image_minus_blank_vector(arch, tiny_vlm):
     batch = _batch(vlm)
     got = VisualSteering(1.0).vectors(vlm, batch)
     assert sorted(got) == list(range(vlm.num_layers))
-    pixels = {k: torch.full_like(v, float(v.float().mean())) for k, v in batch.inputs.items()
-              if k.startswith("pixel_values")}
+    pixels = {k: torch.full_like(v, 0.5) for k, v in batch.inputs.items() if k.startswith("pixel_values")}
     blank = type(batch)(inputs={**batch.inputs, **pixels}, regions=batch.regions, prompt_length=batch.prompt_length)
     states = []
     for b in (batch, blank):
@@ -64,3 +63,23 @@ def test_alpha_zero_leaves_the_model_untouched_and_bad_values_are_refused(tiny_v
         with VisualSteering(1.0).check(vlm).apply(vlm, text_only):
             pass
     assert VisualSteering(2.0, (1,)).describe()["kind"] == "visual"
+
+
+def test_the_fixed_visual_shift_summarises_the_per_sample_vectors(tiny_vlm):
+    from vlmsteer.data.sample import Sample
+    from vlmsteer.steer.visual import visual_shift_vector
+
+    vlm = tiny_vlm("llava")
+    samples = [Sample(id=str(i), image=shapes.render(shapes.make_scene(4, i)), prompt="describe the image .")
+               for i in range(6)]
+    per_sample = VisualSteering(1.0, (1,)).vectors(vlm, vlm.prepare([s.image for s in samples],
+                                                                      [s.prompt for s in samples]))[1]
+    mean = visual_shift_vector(vlm, samples, [1], method="mean", batch_size=4)
+    assert torch.allclose(mean.at(1), per_sample.mean(0), atol=1e-5)  # the same in two batches as in one
+    pca = visual_shift_vector(vlm, samples, [1], method="pca", batch_size=4)
+    direction = pca.at(1) / pca.at(1).norm()
+    assert float(direction @ per_sample.mean(0)) > 0
+    assert torch.allclose(pca.at(1).norm(), direction @ per_sample.mean(0), atol=1e-4)  # scaled like the mean
+    assert pca.options["model"] == vlm.identity and pca.method == "visual-pca"
+    with pytest.raises(VlmsteerError, match="mean or pca"):
+        visual_shift_vector(vlm, samples, [1], method="median")

@@ -1,4 +1,4 @@
-"""``vlmsteer vectors coarse|concepts``: steering vectors from stores and dictionaries."""
+"""``vlmsteer vectors coarse|concepts|visual``: steering vectors from stores, dictionaries and images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,21 @@ from typing import Optional
 
 import typer
 
-from vlmsteer.cli.common import _ALLOW_PARTIAL, _OVERWRITE, _SEED, _parse_layers, out_console, vectors_app
+from vlmsteer.cli.common import (
+    _ADAPTER,
+    _ALLOW_PARTIAL,
+    _BATCH,
+    _DEVICE,
+    _DTYPE,
+    _OVERWRITE,
+    _SEED,
+    _load_samples,
+    _parse_layers,
+    out_console,
+    registry_option,
+    vectors_app,
+)
+from vlmsteer.data.formats import DATA_FORMATS
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.runs.models import open_store
 
@@ -63,6 +77,34 @@ def vectors_concepts(dictionary: Path = typer.Option(..., help="dictionary.safet
     save_vectors(out, vecs)
     what = "latent directions" if latent else "concept-pair vectors"
     out_console.print(f"{len(vecs)} {what} (layer {layer}) -> {out}")
+
+
+@vectors_app.command("visual")
+def vectors_visual(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
+                   data: Path = typer.Option(..., help="Dataset with images (of --format)."),
+                   fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS),
+                   out: Path = typer.Option(..., help="Output .safetensors file."),
+                   adapter: Optional[Path] = _ADAPTER,
+                   layer: Optional[list[str]] = typer.Option(None, help="Layers (default: every layer)."),
+                   method: str = typer.Option("pca", help="pca: the differences' first principal direction, "
+                                                          "scaled like their mean (VTI); mean: their mean."),
+                   limit: Optional[int] = typer.Option(50, min=2, help="Samples (a few dozen suffice)."),
+                   seed: int = _SEED(), batch_size: int = _BATCH(16),
+                   name: str = typer.Option("visual", help="Name of the vector in the file."),
+                   dtype: str = _DTYPE, device: str = _DEVICE, overwrite: bool = _OVERWRITE):
+    """A fixed visual shift direction (VTI-style): per sample, the last prompt token's residual with
+    its image minus with a blank image, summarised over the samples; steer with --vector."""
+    from vlmsteer.runs.models import load_model
+    from vlmsteer.steer.visual import visual_shift_vector
+
+    samples = _load_samples(fmt, data, limit=limit, seed=seed)
+    vlm = load_model(model, adapter, dtype, device)
+    vec = visual_shift_vector(vlm, samples, _parse_layers(layer) if layer else None, method=method,
+                              batch_size=batch_size, progress=True)
+    _check_vector_file(out, {name: vec}, overwrite)
+    vec.save(out, name=name)
+    out_console.print(f"{vec.method} vector from {len(samples)} samples, layers {vec.layers}, |v| = {vec.norm():.2f} "
+                      f"-> {out}")
 
 
 def _check_vector_file(out: Path, vectors: dict, overwrite: bool) -> None:

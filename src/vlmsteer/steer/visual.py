@@ -3,10 +3,10 @@ stream at the last prompt token with the image minus the same with a blank image
 ``alpha`` times at chosen layers while the sample generates — to make a model lean on what it
 sees rather than on what its text prior expects (a hallucination mitigation).
 
-The blank image is a uniform one: every pixel input set to the batch's mean pixel value (after
-the processor's normalisation; not zero, which Idefics reads as a padding image). Every
-architecture keeps the same token layout, so the two passes differ only in what the image
-tokens show. VISTA also reweights the logits of early layers
+The blank image is a uniform one: every pixel input set to :data:`BLANK` (after the processor's
+normalisation: a light grey; not zero, which Idefics reads as a padding image; the same for every
+row, so a sample's vector does not depend on its batch). Every architecture keeps the same token
+layout, so the two passes differ only in what the image tokens show. VISTA also reweights the logits of early layers
 (its "self-logits augmentation"); that part is not this. Runners take it like
 :class:`~vlmsteer.steer.steerer.Steering` (``check``, ``apply``, ``identity``, ``describe``); the
 transformers engine runs it (two extra prompt passes per batch), the vLLM engine refuses it.
@@ -25,9 +25,11 @@ from vlmsteer.errors import VlmsteerError
 from vlmsteer.hooks import capture_residual
 from vlmsteer.model import VLM, Batch
 from vlmsteer.positions import Region
+from vlmsteer.steer.vector import SteeringVector
 
 # the inputs that carry pixels, per architecture (video frames included)
 PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
+BLANK = 0.5  # the blank image's every (normalised) pixel input
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class VisualSteering:
         keys = [k for k in PIXEL_INPUTS if isinstance(batch.inputs.get(k), torch.Tensor)]
         if not keys:
             raise VlmsteerError("visual steering needs an image in every prompt (this batch has none)")
-        uniform = {k: torch.full_like(batch.inputs[k], float(batch.inputs[k].float().mean())) for k in keys}
+        uniform = {k: torch.full_like(batch.inputs[k], BLANK) for k in keys}
         blank = replace(batch, inputs={**batch.inputs, **uniform})
         layers = self.check(vlm).layers
         states = []
@@ -101,3 +103,43 @@ class VisualSteering:
                 "reference": "blank image",
                 "summary": f"visual steering (image minus blank image, per sample) x {self.alpha:g} at layers "
                            f"{'all' if layers is None else ', '.join(map(str, layers))}, region {self.region.value}"}
+
+
+def visual_shift_vector(vlm: VLM, samples, layers=None, *, method: str = "pca", batch_size: int = 16,
+                        progress: bool = False) -> SteeringVector:
+    """A fixed visual shift direction (after VTI, Liu et al., ICLR 2025): over ``samples`` (a few
+    dozen suffice), each one's image-minus-blank-image difference at its last prompt token
+    (:meth:`VisualSteering.vectors`), summarised per layer as their mean (``mean``) or as their
+    first principal direction, signed and scaled like the mean (``pca``: the projection of the
+    mean on it). Unlike :class:`VisualSteering` it is one vector for every input: any engine adds
+    it, ``sweep`` grids it. VTI's vision-encoder half is not this."""
+    from vlmsteer.progress import progress_bar
+
+    if method not in ("mean", "pca"):
+        raise VlmsteerError(f"method must be mean or pca, got {method!r}", "method")
+    if len(samples) < 2:
+        raise VlmsteerError(f"a visual shift needs at least 2 samples with images, got {len(samples)}")
+    steering = VisualSteering(1.0, tuple(layers) if layers is not None else None).check(vlm)
+    diffs: dict[int, list[torch.Tensor]] = {l: [] for l in steering.layers}
+    with progress_bar("visual shifts", len(samples), enabled=progress) as advance:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            if any(s.image is None for s in chunk):
+                raise VlmsteerError("a visual shift needs an image for every sample")
+            batch = vlm.prepare([s.image for s in chunk], [s.prompt for s in chunk])
+            for layer, v in steering.vectors(vlm, batch).items():
+                diffs[layer].append(v.cpu())
+            advance(len(chunk))
+    out = {}
+    for layer, parts in diffs.items():
+        d = torch.cat(parts)
+        mean = d.mean(0)
+        if method == "mean":
+            out[layer] = mean
+            continue
+        _, _, v = torch.linalg.svd(d - mean, full_matrices=False)
+        direction = v[0] if float(v[0] @ mean) >= 0 else -v[0]
+        out[layer] = direction * float(direction @ mean)
+    return SteeringVector(out, model_id=vlm.model_id, method=f"visual-{method}", source="blank image",
+                          target="the image", n_source=len(samples), n_target=len(samples),
+                          options={"model": vlm.identity, "reference": f"uniform image ({BLANK} after normalisation)"})
