@@ -44,6 +44,9 @@ from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT  # noqa: E402
 METHODS = [
     ("visual", ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "all"],
      ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "generated"]),
+    # the random-vector control: the same, each sample's vector replaced by a random direction of its norm
+    ("random-control", ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "all", "--visual-control"],
+     ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "generated", "--visual-control"]),
 ]
 
 

@@ -83,3 +83,16 @@ def test_the_fixed_visual_shift_summarises_the_per_sample_vectors(tiny_vlm):
     assert pca.options["model"] == vlm.identity and pca.method == "visual-pca"
     with pytest.raises(VlmsteerError, match="mean or pca"):
         visual_shift_vector(vlm, samples, [1], method="median")
+
+
+def test_the_random_control_keeps_each_norm_and_is_the_same_in_any_batch(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    real = VisualSteering(1.0, (1,)).vectors(vlm, batch)[1]
+    control = VisualSteering(1.0, (1,), control=True).vectors(vlm, batch)[1]
+    assert torch.allclose(control.norm(dim=-1), real.norm(dim=-1), atol=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(control, real, dim=-1)
+    assert bool((cosine.abs() < 0.9).all())  # another direction
+    alone = VisualSteering(1.0, (1,), control=True).vectors(vlm, vlm.prepare([shapes.render(shapes.make_scene(9, 0))],
+                                                                               ["what color is the square ?"]))[1]
+    assert torch.allclose(alone[0], control[0], atol=1e-4)  # the same sample, the same direction

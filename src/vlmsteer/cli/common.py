@@ -207,6 +207,9 @@ _VISUAL = typer.Option(None, "--visual-alpha",
                        help="Visual steering (VISTA-style, a hallucination mitigation): add this many times each "
                             "sample's own vector, the residual at its last prompt token with its image minus with a "
                             "blank image, at --layer (default every layer) on --region.")
+_VISUAL_CONTROL = typer.Option(False, "--visual-control",
+                               help="With --visual-alpha: the random control, each sample's vector replaced by a "
+                                    "random direction of the same norm.")
 _VALUE = typer.Option(0.0, help="With --edit clamp: the latent's value; scale: the factor.")
 _CONDITION_STORE = typer.Option(None, help="Fine-grained: a store whose labelled groups are the concepts "
                                            "(centroid = mean feature); use with --active.")
@@ -269,12 +272,15 @@ def _edit_spec(dictionary: Optional[Path], mode: str, latent: Optional[list[str]
 
 def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, layer: Optional[list[str]],
               region: str, condition=None, allow_other_model: bool = False, edit: Optional[EditSpec] = None,
-              visual: Optional[float] = None):
+              visual: Optional[float] = None, visual_control: bool = False):
     """The ``Steering`` the vector options describe (None without ``--vector``), checked against
     the model (sizes, layers, the weights the vector and condition were made with, the
     scale); ``condition`` (a ConditionSpec) is built at the first steered layer. With ``edit``,
     a :class:`~vlmsteer.steer.dictionary_edit.DictionarySteering` instead; with ``visual``, a
     :class:`~vlmsteer.steer.visual.VisualSteering`."""
+    if visual_control and visual is None:
+        raise VlmsteerError("--visual-control is the random control of visual steering: give --visual-alpha",
+                            "visual_control")
     if visual is not None:
         if vector is not None or edit is not None or condition is not None:
             raise VlmsteerError("visual steering makes its own vector per sample: give it without --vector, "
@@ -283,7 +289,8 @@ def _steering(vlm, vector: Optional[Path], name: Optional[str], alpha: float, la
             raise VlmsteerError("--alpha scales --vector; visual steering's strength is its own value", "alpha")
         from vlmsteer.steer.visual import VisualSteering
 
-        return VisualSteering(visual, tuple(_parse_layers(layer)) if layer else None, region).check(vlm)
+        return VisualSteering(visual, tuple(_parse_layers(layer)) if layer else None, region,
+                              visual_control).check(vlm)
     if edit is not None:
         if vector is not None or condition is not None:
             raise VlmsteerError("steer with --vector or with --edit-dictionary, not both (a dictionary edit takes "

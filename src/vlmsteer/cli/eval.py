@@ -37,6 +37,7 @@ from vlmsteer.cli.common import (
     _SPLIT,
     _VALUE,
     _VISUAL,
+    _VISUAL_CONTROL,
     _VECTOR,
     _condition_spec,
     _edit_spec,
@@ -77,6 +78,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
              edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
              latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
+             visual_control: bool = _VISUAL_CONTROL,
              region: str = _REGION("last_prompt", "the position that predicts the answer"),
              baseline: Optional[Path] = _BASELINE,
              source: Optional[str] = typer.Option(None, help="Answer the vector moves away from (for counts)."),
@@ -99,7 +101,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
             batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
-               _edit_spec(edit_dictionary, edit, latent, value), visual_alpha), baseline)
+               _edit_spec(edit_dictionary, edit, latent, value), visual_alpha, visual_control), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("vqa", metrics)
@@ -124,6 +126,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
                   edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
                   latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
+             visual_control: bool = _VISUAL_CONTROL,
                   region: str = _REGION("generated", "every caption token"),
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "
@@ -157,7 +160,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
             chair=chair_run),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
-               _edit_spec(edit_dictionary, edit, latent, value), visual_alpha), baseline,
+               _edit_spec(edit_dictionary, edit, latent, value), visual_alpha, visual_control), baseline,
         chair=_chair_identity(chair))
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
@@ -184,6 +187,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
              edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
              latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
+             visual_control: bool = _VISUAL_CONTROL,
                 region: str = _REGION("last_prompt", "the position that predicts the answer"),
                 baseline: Optional[Path] = _BASELINE,
                 dtype: str = _DTYPE, device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
@@ -204,7 +208,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
             max_new_tokens=max_new_tokens, progress=True, part=_part(), engine=engine),
         _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
-               _edit_spec(edit_dictionary, edit, latent, value), visual_alpha), baseline)
+               _edit_spec(edit_dictionary, edit, latent, value), visual_alpha, visual_control), baseline)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("safety", metrics)
@@ -235,6 +239,7 @@ class _Steer(NamedTuple):
     allow_other_model: bool
     edit: object = None
     visual: Optional[float] = None
+    visual_control: bool = False
 
 
 def _chair_annotations(folder: Optional[Path], objects: Optional[str]):

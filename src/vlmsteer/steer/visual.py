@@ -37,6 +37,7 @@ class VisualSteering:
     alpha: float
     layers: tuple[int, ...] | None = None  # None: every layer
     region: Region = Region.GENERATED
+    control: bool = False  # the random control: each vector replaced by a random direction of its norm
 
     def __post_init__(self):
         object.__setattr__(self, "region", Region.parse(self.region))
@@ -65,7 +66,8 @@ class VisualSteering:
             with capture_residual(vlm.layers, layers) as seen:
                 vlm.forward(inputs)
             states.append({l: seen[l][0][:, -1].float() for l in layers})  # left padded: the last prompt token
-        return {l: states[0][l] - states[1][l] for l in layers}
+        diffs = {l: states[0][l] - states[1][l] for l in layers}
+        return {l: _random_like(d) for l, d in diffs.items()} if self.control else diffs
 
     @contextmanager
     def apply(self, vlm: VLM, batch: Batch) -> Iterator[dict]:
@@ -99,10 +101,25 @@ class VisualSteering:
 
     def describe(self) -> dict[str, Any]:
         layers = list(self.layers) if self.layers is not None else None
+        what = "a random direction of the norm of" if self.control else ""
         return {"kind": "visual", "alpha": self.alpha, "layers": layers, "region": self.region.value,
-                "reference": "blank image",
-                "summary": f"visual steering (image minus blank image, per sample) x {self.alpha:g} at layers "
-                           f"{'all' if layers is None else ', '.join(map(str, layers))}, region {self.region.value}"}
+                "reference": "blank image", "control": self.control,
+                "summary": f"visual steering ({what} image minus blank image, per sample) x {self.alpha:g} at "
+                           f"layers {'all' if layers is None else ', '.join(map(str, layers))}, "
+                           f"region {self.region.value}".replace("( ", "(")}
+
+
+def _random_like(rows: torch.Tensor) -> torch.Tensor:
+    """Per row, a random direction with that row's norm, drawn from a generator seeded by the row's
+    values (reproducible: the same run draws the same directions)."""
+    import hashlib
+
+    out = torch.empty_like(rows)
+    for i, row in enumerate(rows):
+        seed = int.from_bytes(hashlib.sha256(row.cpu().numpy().tobytes()).digest()[:8], "little")
+        direction = torch.randn(row.shape, generator=torch.Generator().manual_seed(seed))
+        out[i] = direction.to(row.device) / direction.norm() * row.norm()
+    return out
 
 
 def visual_shift_vector(vlm: VLM, samples, layers=None, *, method: str = "pca", batch_size: int = 16,
