@@ -56,7 +56,8 @@ def grade(model_args: list[str], world: Path, runs: Path, answers: list[str] = (
     out = {}
     for split in ("random", "popular", "adversarial"):
         vlmsteer(["eval", "vqa", *model_args, *answers, "--format", "pope", "--data",
-                  str(world / f"shapes_pope_{split}.json"), "--max-new-tokens", "3", "--out", str(runs / f"pope-{split}")])
+                  str(world / f"shapes_pope_{split}.json"), "--max-new-tokens", "3",
+                  "--out", str(runs / f"pope-{split}")])
         pope = json.loads((runs / f"pope-{split}" / "metrics.json").read_text())["pope"]
         out[f"pope_{split}_f1"] = 100 * (pope["f1"] or 0.0)
         out[f"pope_{split}_yes"] = 100 * pope["yes_ratio"]

@@ -17,7 +17,8 @@ from vlmsteer.data.shapes_scenes import SCENE_KINDS  # (registers the hallucinat
 from vlmsteer.data.vqav2 import load_vqav2
 from vlmsteer.errors import VlmsteerError
 
-__all__ = ["Sample", "Filter", "DATA_FORMATS", "SCENE_KINDS", "DatasetFormat", "load_samples", "load_vqav2", "load_coco_captions",
+__all__ = ["Sample", "Filter", "DATA_FORMATS", "SCENE_KINDS", "DatasetFormat", "load_samples", "load_vqav2",
+           "load_coco_captions",
            "load_jsonl", "load_mm_safetybench", "load_figstep", "subsample"]
 
 

@@ -42,7 +42,8 @@ def read_pope_questions(path: str | Path) -> list[PopeQuestion]:
         label = require_string(row["label"], path, f"{where}: label")
         if label not in POPE_LABELS:
             raise input_error(path, f"{where}: label {label!r} is neither 'yes' nor 'no'")
-        questions.append(PopeQuestion(_id(row["question_id"], path, where), require_string(row["image"], path, f"{where}: image"),
+        questions.append(PopeQuestion(_id(row["question_id"], path, where),
+                                      require_string(row["image"], path, f"{where}: image"),
                                       require_string(row["text"], path, f"{where}: text"), label))
     if not questions:
         raise input_error(path, "holds no POPE questions")

@@ -207,7 +207,8 @@ class ChairScores:
         return {k: v for k, v in asdict(self).items() if k != "rows"}
 
 
-def chair_scores(captions: Sequence[tuple[int, str]], truth: Mapping[int, set[str]], vocab: ChairVocabulary) -> ChairScores:
+def chair_scores(captions: Sequence[tuple[int, str]], truth: Mapping[int, set[str]],
+                 vocab: ChairVocabulary) -> ChairScores:
     """CHAIR_s, CHAIR_i, Recall and mean length of ``(image_id, caption)`` pairs against
     :func:`ground_truth`."""
     if not captions:
@@ -234,5 +235,5 @@ def chair_scores(captions: Sequence[tuple[int, str]], truth: Mapping[int, set[st
                        sum(r.length for r in rows) / len(rows), mentions, wrong, rows)
 
 
-__all__ = ["ChairVocabulary", "CHAIR_OBJECTS", "coco_vocabulary", "shapes_vocabulary", "caption_words", "caption_objects", "ground_truth", "ChairRow",
-           "ChairScores", "chair_scores"]
+__all__ = ["ChairVocabulary", "CHAIR_OBJECTS", "coco_vocabulary", "shapes_vocabulary", "caption_words",
+           "caption_objects", "ground_truth", "ChairRow", "ChairScores", "chair_scores"]
