@@ -81,7 +81,7 @@ def test_the_fixed_visual_shift_summarises_the_per_sample_vectors(tiny_vlm):
     assert float(direction @ per_sample.mean(0)) > 0
     assert torch.allclose(pca.at(1).norm(), direction @ per_sample.mean(0), atol=1e-4)  # scaled like the mean
     assert pca.options["model"] == vlm.identity and pca.method == "visual-pca"
-    with pytest.raises(VlmsteerError, match="mean or pca"):
+    with pytest.raises(VlmsteerError, match="one of pca, mean"):
         visual_shift_vector(vlm, samples, [1], method="median")
 
 

@@ -122,6 +122,18 @@ def _random_like(rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _principal_direction(d: torch.Tensor) -> torch.Tensor:
+    """The rows' first principal direction, signed and scaled like their mean (its projection)."""
+    mean = d.mean(0)
+    _, _, v = torch.linalg.svd(d - mean, full_matrices=False)
+    direction = v[0] if float(v[0] @ mean) >= 0 else -v[0]
+    return direction * float(direction @ mean)
+
+
+# how the per-sample differences become one direction per layer (``vectors visual --method``)
+SUMMARIES = {"pca": _principal_direction, "mean": lambda d: d.mean(0)}
+
+
 def visual_shift_vector(vlm: VLM, samples, layers=None, *, method: str = "pca", batch_size: int = 16,
                         progress: bool = False) -> SteeringVector:
     """A fixed visual shift direction (after VTI, Liu et al., ICLR 2025): over ``samples`` (a few
@@ -132,8 +144,8 @@ def visual_shift_vector(vlm: VLM, samples, layers=None, *, method: str = "pca", 
     it, ``sweep`` grids it. VTI's vision-encoder half is not this."""
     from vlmsteer.progress import progress_bar
 
-    if method not in ("mean", "pca"):
-        raise VlmsteerError(f"method must be mean or pca, got {method!r}", "method")
+    if method not in SUMMARIES:
+        raise VlmsteerError(f"method must be one of {', '.join(SUMMARIES)}, got {method!r}", "method")
     if len(samples) < 2:
         raise VlmsteerError(f"a visual shift needs at least 2 samples with images, got {len(samples)}")
     steering = VisualSteering(1.0, tuple(layers) if layers is not None else None).check(vlm)
@@ -147,16 +159,7 @@ def visual_shift_vector(vlm: VLM, samples, layers=None, *, method: str = "pca", 
             for layer, v in steering.vectors(vlm, batch).items():
                 diffs[layer].append(v.cpu())
             advance(len(chunk))
-    out = {}
-    for layer, parts in diffs.items():
-        d = torch.cat(parts)
-        mean = d.mean(0)
-        if method == "mean":
-            out[layer] = mean
-            continue
-        _, _, v = torch.linalg.svd(d - mean, full_matrices=False)
-        direction = v[0] if float(v[0] @ mean) >= 0 else -v[0]
-        out[layer] = direction * float(direction @ mean)
+    out = {layer: SUMMARIES[method](torch.cat(parts)) for layer, parts in diffs.items()}
     return SteeringVector(out, model_id=vlm.model_id, method=f"visual-{method}", source="blank image",
                           target="the image", n_source=len(samples), n_target=len(samples),
                           options={"model": vlm.identity, "reference": f"uniform image ({BLANK} after normalisation)"})
