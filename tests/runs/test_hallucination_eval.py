@@ -52,3 +52,26 @@ def test_an_object_table_without_annotations_is_refused(world, capsys):
                  "--out", str(world / "x")]) == 2
     assert "applies only with --chair" in capsys.readouterr().err
     assert not (world / "x").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--visual-control"], "give --visual-alpha"),
+    (["--visual-alpha", "0.5", "--alpha", "2"], "--alpha scales --vector"),
+    (["--visual-alpha", "0.5", "--vector", "nowhere.safetensors"], "makes its own vector per sample"),
+])
+def test_visual_steering_options_apply_or_are_refused(world, capsys, extra, needle):
+    assert main(["eval", "captions", "--model", "shapes-llava", "--data", str(world / "w"), *extra,
+                 "--out", str(world / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1
+    assert not (world / "refused").exists()
+
+
+def test_visual_steering_runs_from_the_command_line_and_is_recorded(world):
+    run, base = world / "visual", world / "visual-base"
+    assert main(["eval", "captions", "--model", "shapes-llava", "--data", str(world / "w"), "--out", str(base)]) == 0
+    assert main(["eval", "captions", "--model", "shapes-llava", "--data", str(world / "w"), "--visual-alpha", "0.5",
+                 "--layer", "1", "--layer", "2", "--baseline", str(base), "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steering"]["kind"] == "visual" and metrics["steering"]["layers"] == [1, 2]
+    assert metrics["vs_baseline"]["captions_changed"] > 0  # the steering had an effect
