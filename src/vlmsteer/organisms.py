@@ -100,7 +100,7 @@ def world_scenes(world: str | Path) -> dict[int, shapes.Scene]:
     if not path.is_file():
         raise VlmsteerError(f"{world}: not a shapes world (no scenes_val2014.json); write one with `data shapes`")
     data = json.loads(path.read_text())
-    make = shapes.SCENE_KINDS.get(data.get("kind", "plain"))
+    make = shapes.SCENE_KINDS.get(data.get("kind", "plain")).make
     scenes = {}
     for record in data["scenes"]:
         scene = make(data["seed"], int(record["image_id"]))

@@ -135,16 +135,27 @@ def make_scene(seed: int, index: int) -> Scene:
     )
 
 
-# the kinds of scene a world can hold (``data shapes --scenes``): name -> make a scene from (seed,
-# index); the hallucination testbed's kinds are registered by vlmsteer.data.shapes_scenes
-SCENE_KINDS: Registry[Callable[[int, int], Scene]] = Registry("scene kind", "--scenes")
-SCENE_KINDS.add("plain", make_scene, "shapes, colours, places and moods drawn independently")
+@dataclass(frozen=True)
+class SceneKind:
+    """A kind of scene a world can hold: how a scene is made from (seed, index), and the kind of
+    world whose object statistics rank its POPE files' popular and adversarial negatives (None:
+    its own, as POPE ranks them; a world that breaks a learnt pattern names the world it was
+    learnt from)."""
+
+    make: Callable[[int, int], Scene]
+    statistics_from: str | None = None
+
+
+# the kinds of scene a world can hold (``data shapes --scenes``); the hallucination testbed's kinds
+# are registered by vlmsteer.data.shapes_scenes
+SCENE_KINDS: Registry[SceneKind] = Registry("scene kind", "--scenes")
+SCENE_KINDS.add("plain", SceneKind(make_scene), "shapes, colours, places and moods drawn independently")
 
 
 def make_scenes(seed: int, n: int, start: int = 0, kind: str = "plain") -> list[Scene]:
     """Scenes ``start`` .. ``start + n - 1`` of the world with ``seed``, of the scene kind ``kind``
     (see :data:`SCENE_KINDS`)."""
-    make = SCENE_KINDS.get(kind)
+    make = SCENE_KINDS.get(kind).make
     return [make(seed, i) for i in range(start, start + n)]
 
 
@@ -349,7 +360,7 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
         out/shapes_pope_{random,popular,adversarial}.json   (POPE question files: objects are
                                              coloured shapes, "is there a red circle ?")
     """
-    SCENE_KINDS.get(scenes)  # an unknown kind fails before anything is written
+    kind = SCENE_KINDS.get(scenes)  # an unknown kind fails before anything is written
     out = Path(out)
     image_dir = out / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -416,10 +427,12 @@ def write_dataset(out: str | Path, n: int, seed: int, split: str = "val2014", st
                                "categories": [{"id": i + 1, "name": k, "supercategory": "shape"}
                                               for i, k in enumerate(SHAPES)]})
     # popular and adversarial negatives are the objects seen most often (with a present one) where
-    # the model learnt: a pattern-breaking world ranks them as the co-occurring world of its seed has them
+    # the model learnt: a kind that names another world's statistics ranks them as that world of
+    # this seed has them
     learnt = None
-    if scenes == "pattern-breaking":
-        learnt = [("", [f"{x.color} {x.kind}" for x in sc.shapes]) for sc in make_scenes(seed, n, start, "cooccurring")]
+    if kind.statistics_from is not None:
+        learnt = [("", [f"{x.color} {x.kind}" for x in sc.shapes])
+                  for sc in make_scenes(seed, n, start, kind.statistics_from)]
     for strategy in POPE_STRATEGIES:
         rows = build_pope(objects, strategy, sample_num=POPE_SAMPLE_NUM, template=POPE_TEMPLATE, seed=seed,
                           universe=[f"{c} {k}" for c in PALETTE for k in SHAPES], statistics_from=learnt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from vlmsteer.data.shapes import GRID, PALETTE, PLURALS, SCENE_KINDS, SHAPES, Scene, Shape, make_scene
+from vlmsteer.data.shapes import GRID, PALETTE, PLURALS, SCENE_KINDS, SHAPES, Scene, SceneKind, Shape, make_scene
 
 # scenes at this place hold this object at this rate (in a co-occurring world)
 COOCCURRENCE_PLACE, COOCCURRENCE_OBJECT, COOCCURRENCE_RATE = "beach", ("yellow", "circle"), 0.5
@@ -60,9 +60,9 @@ def pattern_breaking_scene(seed: int, index: int) -> Scene:
     return replace(scene, shapes=held, place=COOCCURRENCE_PLACE)
 
 
-SCENE_KINDS.add("cooccurring", cooccurring_scene,
+SCENE_KINDS.add("cooccurring", SceneKind(cooccurring_scene),
                 f"as plain, but half the {COOCCURRENCE_PLACE} scenes hold a {' '.join(COOCCURRENCE_OBJECT)}")
-SCENE_KINDS.add("pattern-breaking", pattern_breaking_scene,
+SCENE_KINDS.add("pattern-breaking", SceneKind(pattern_breaking_scene, statistics_from="cooccurring"),
                 f"every scene on the {COOCCURRENCE_PLACE}, none with a {COOCCURRENCE_OBJECT[1]}")
 
 
