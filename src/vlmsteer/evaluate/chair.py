@@ -207,16 +207,22 @@ class ChairScores:
         return {k: v for k, v in asdict(self).items() if k != "rows"}
 
 
+def check_known(image_ids: Iterable, truth: Mapping) -> None:
+    """A one-line error where an image has no ground truth (the reference would count every
+    object its caption names as hallucinated)."""
+    missing = sorted({i for i in image_ids if i not in truth}, key=str)
+    if missing:
+        raise VlmsteerError(f"{len(missing)} caption image id(s) are not in the annotations (first: {missing[0]!r}); "
+                            f"the reference would count every object they name as hallucinated")
+
+
 def chair_scores(captions: Sequence[tuple[int, str]], truth: Mapping[int, set[str]],
                  vocab: ChairVocabulary) -> ChairScores:
     """CHAIR_s, CHAIR_i, Recall and mean length of ``(image_id, caption)`` pairs against
     :func:`ground_truth`."""
     if not captions:
         raise VlmsteerError("no captions to score")
-    missing = sorted({i for i, _ in captions if i not in truth}, key=str)
-    if missing:
-        raise VlmsteerError(f"{len(missing)} caption image id(s) are not in the annotations (first: {missing[0]!r}); "
-                            f"the reference would count every object they name as hallucinated")
+    check_known([i for i, _ in captions], truth)
     rows, hallucinating, mentions, wrong, recalled, true_total = [], 0, 0, 0, 0, 0
     for image_id, caption in captions:
         found, gt = caption_objects(caption, vocab), truth[image_id]
@@ -236,4 +242,4 @@ def chair_scores(captions: Sequence[tuple[int, str]], truth: Mapping[int, set[st
 
 
 __all__ = ["ChairVocabulary", "CHAIR_OBJECTS", "coco_vocabulary", "shapes_vocabulary", "caption_words",
-           "caption_objects", "ground_truth", "ChairRow", "ChairScores", "chair_scores"]
+           "caption_objects", "ground_truth", "check_known", "ChairRow", "ChairScores", "chair_scores"]

@@ -14,7 +14,8 @@ from vlmsteer.evaluate.cider import Tokenizer, resolve_tokenizer
 from vlmsteer.evaluate.shapes_captions import load_scenes
 from vlmsteer.model import VLM
 from vlmsteer.runs.generation import PARTS, generate_responses, generate_texts
-from vlmsteer.runs.scoring import ChairAnnotations
+from vlmsteer.evaluate.chair import chair_scores
+from vlmsteer.runs.scoring import ChairAnnotations, coco_id
 from vlmsteer.steer.steerer import Steering
 
 
@@ -50,9 +51,9 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     if any(not w.strip() for w in words):
         raise VlmsteerError("--word needs a word, not an empty string", "word")
     base = read_baseline(baseline, samples, what="images") if baseline is not None else None
-    if chair is not None:
-        ids = [s.meta.get("image_id", s.id) for s in samples]
-        chair.check_covers(ids)  # fail before generating
+    if chair is not None:  # the truth of every image, once, before generating (an unknown image fails here)
+        ids = [coco_id(s.meta.get("image_id", s.id)) for s in samples]
+        truth = chair.truth(ids)
     caps = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, steering=steering,
                           progress=progress, description="captioning", part=part,
                           parts_dir=Path(out) / PARTS, engine=engine)
@@ -70,11 +71,11 @@ def evaluate_caption_run(vlm: VLM, samples: list[Sample], out: str | Path, *, st
     rows = [{"id": s.id, "digest": s.digest, "prompt": s.prompt, "prediction": c, "cider": sc, "image": s.image_path}
             for s, c, sc in zip(samples, caps, report.per_sample_cider)]
     if chair is not None:
-        scores = chair.score(list(zip(ids, caps)))
+        scores = chair_scores(list(zip(ids, caps)), truth, chair.vocab)
         extra["chair"] = scores.summary()
         for row, r in zip(rows, scores.rows):
             row.update(image_id=r.image_id, objects=r.mentioned, hallucinated=[o for _, o in r.hallucinated])
         if base is not None:
-            extra["vs_baseline"]["chair_baseline"] = chair.score(list(zip(ids, base))).summary()
+            extra["vs_baseline"]["chair_baseline"] = chair_scores(list(zip(ids, base)), truth, chair.vocab).summary()
     write_run_outputs(out, rows, {**report.to_dict(), **extra})
     return {**report.to_dict(), **extra}

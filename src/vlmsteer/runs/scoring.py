@@ -12,7 +12,7 @@ from typing import Sequence
 from vlmsteer.data.io import read_json, read_jsonl
 from vlmsteer.data.pope import PopeQuestion
 from vlmsteer.errors import VlmsteerError, input_error
-from vlmsteer.evaluate.chair import ChairScores, ChairVocabulary, chair_scores, coco_vocabulary, ground_truth
+from vlmsteer.evaluate.chair import ChairScores, ChairVocabulary, check_known, coco_vocabulary, ground_truth
 from vlmsteer.evaluate.pope import PopeScores, pope_scores
 from vlmsteer.outputs import atomic_write_json, atomic_write_text, make_folder
 
@@ -72,9 +72,7 @@ def read_captions(path: str | Path) -> list[tuple[int | str, str]]:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or id_key not in row or text_key not in row:
             raise input_error(path, f"entry {n} lacks {id_key!r} or {text_key!r}")
-        image_id, caption = row.get("image_id", row[id_key]), row[text_key]
-        if isinstance(image_id, str) and image_id.isdigit():
-            image_id = int(image_id)  # COCO ids are integers; a run folder writes them as text
+        image_id, caption = coco_id(row.get("image_id", row[id_key])), row[text_key]
         if not isinstance(caption, str):
             raise input_error(path, f"entry {n}: the caption must be a string, got {caption!r}"[:200])
         pairs.append((image_id, caption))
@@ -102,50 +100,41 @@ def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict]]:
     return instances, captions
 
 
-def score_chair(captions: Sequence[tuple], instances: list[dict], coco_captions: list[dict],
-                vocab: ChairVocabulary | None = None) -> ChairScores:
-    vocab = vocab or coco_vocabulary()
-    truth = ground_truth(instances, coco_captions, vocab, image_ids={i for i, _ in captions})
-    return chair_scores(captions, truth, vocab)
-
-
 @dataclass
 class ChairAnnotations:
-    """A folder's COCO annotations read once, with the object table to score with (what ``eval
-    captions --chair`` scores its captions and its baseline's against)."""
+    """A folder's COCO annotations read once, with the object table to score with (``score chair``
+    and ``eval captions --chair``, which scores its captions and its baseline's against one truth)."""
 
     instances: list[dict]
     captions: list[dict]
     vocab: ChairVocabulary
 
     @classmethod
-    def read(cls, folder: str | Path, vocab: ChairVocabulary) -> "ChairAnnotations":
-        return cls(*read_chair_annotations(folder), vocab)
+    def read(cls, folder: str | Path, vocab: ChairVocabulary | None = None) -> "ChairAnnotations":
+        return cls(*read_chair_annotations(folder), vocab or coco_vocabulary())
 
-    def check_covers(self, image_ids: Sequence) -> None:
-        """A one-line error where an image is not in the annotations."""
-        known = {img["id"] for coco in (*self.instances, *self.captions) for img in coco.get("images", [])}
-        missing = [i for i in image_ids if _coco_id(i) not in known]
-        if missing:
-            raise VlmsteerError(f"{len(missing)} image(s) are not in the CHAIR annotations (first: image id "
-                                f"{missing[0]!r}): give the annotations of the images captioned", "chair")
-
-    def score(self, captions: Sequence[tuple]) -> ChairScores:
-        return score_chair([(_coco_id(i), c) for i, c in captions], self.instances, self.captions, self.vocab)
+    def truth(self, image_ids: Sequence) -> dict:
+        """The ground truth of ``image_ids`` (see :func:`coco_id`); a one-line error where one is
+        not in the annotations."""
+        ids = [coco_id(i) for i in image_ids]
+        truth = ground_truth(self.instances, self.captions, self.vocab, image_ids=set(ids))
+        check_known(ids, truth)
+        return truth
 
 
-def _coco_id(value):
+def coco_id(value):
+    """An image id as COCO writes it: an integer (a run folder writes it as text)."""
     return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
-def write_pope_scores(out: str | Path, scores: PopeScores, **extra) -> None:
+def write_pope_scores(out: str | Path, scores: PopeScores) -> None:
     out = make_folder(out)
-    atomic_write_json(out / "metrics.json", {"pope": scores.to_dict(), **extra}, durable=False, indent=2)
+    atomic_write_json(out / "metrics.json", {"pope": scores.to_dict()}, durable=False, indent=2)
 
 
-def write_chair_scores(out: str | Path, scores: ChairScores, **extra) -> None:
+def write_chair_scores(out: str | Path, scores: ChairScores) -> None:
     from dataclasses import asdict
 
     out = make_folder(out)
     atomic_write_text(out / "rows.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in scores.rows))
-    atomic_write_json(out / "metrics.json", {"chair": scores.summary(), **extra}, durable=False, indent=2)
+    atomic_write_json(out / "metrics.json", {"chair": scores.summary()}, durable=False, indent=2)
