@@ -63,20 +63,23 @@ def steer(vlm: VLM, vector: SteeringVector, batch: Batch, alpha: float = 1.0,
         yield {"rows": None}  # nothing to add: leave the model untouched, bit for bit
         return
 
-    def make_delta(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        direction = vector.at(layer)
-        cache: dict = {}
-
-        def delta(hidden: torch.Tensor) -> torch.Tensor:
-            key = (hidden.dtype, hidden.device)
-            if key not in cache:
-                cache[key] = (alpha * direction).to(dtype=hidden.dtype, device=hidden.device)
-            return cache[key]
-
-        return delta
-
-    with edit_region(vlm, batch, chosen, region, make_delta, condition) as state:
+    with edit_region(vlm, batch, chosen, region, lambda layer: cast_once(alpha * vector.at(layer)),
+                     condition) as state:
         yield state
+
+
+def cast_once(value: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A delta for :func:`edit_region`: ``value`` in the dtype and on the device of the hidden
+    states it is added to, converted once per (dtype, device)."""
+    cache: dict = {}
+
+    def delta(hidden: torch.Tensor) -> torch.Tensor:
+        key = (hidden.dtype, hidden.device)
+        if key not in cache:
+            cache[key] = value.to(dtype=hidden.dtype, device=hidden.device)
+        return cache[key]
+
+    return delta
 
 
 @contextmanager

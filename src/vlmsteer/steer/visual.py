@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from vlmsteer.errors import VlmsteerError
-from vlmsteer.hooks import capture_residual
+from vlmsteer.hooks import capture_residual, stop_after
 from vlmsteer.model import VLM, Batch
 from vlmsteer.positions import Region
 from vlmsteer.steer.vector import SteeringVector
@@ -63,15 +63,15 @@ class VisualSteering:
         layers = self.check(vlm).layers
         states = []
         for inputs in (batch, blank):
-            with capture_residual(vlm.layers, layers) as seen:
-                vlm.forward(inputs)
+            with capture_residual(vlm.layers, layers) as seen, stop_after(vlm.layers[max(layers)]):
+                vlm.forward(inputs)  # (the layers after the last one steered are not needed)
             states.append({l: seen[l][0][:, -1].float() for l in layers})  # left padded: the last prompt token
         diffs = {l: states[0][l] - states[1][l] for l in layers}
         return {l: _random_like(d) for l, d in diffs.items()} if self.control else diffs
 
     @contextmanager
     def apply(self, vlm: VLM, batch: Batch) -> Iterator[dict]:
-        from vlmsteer.steer.steerer import NORM_LIMIT, edit_region
+        from vlmsteer.steer.steerer import NORM_LIMIT, cast_once, edit_region
 
         if self.alpha == 0:
             yield {"rows": None}
@@ -82,18 +82,8 @@ class VisualSteering:
             raise VlmsteerError(f"visual steering strength {self.alpha:g} makes a vector of norm {size:.3g}, more than "
                                 f"the model's normalisation can square", "alpha")
 
-        def make_delta(layer: int):
-            cache: dict = {}
-
-            def delta(hidden: torch.Tensor) -> torch.Tensor:
-                key = (hidden.dtype, hidden.device)
-                if key not in cache:
-                    cache[key] = (self.alpha * vectors[layer])[:, None, :].to(dtype=hidden.dtype, device=hidden.device)
-                return cache[key]
-
-            return delta
-
-        with edit_region(vlm, batch, list(vectors), self.region, make_delta) as state:
+        with edit_region(vlm, batch, list(vectors), self.region,
+                         lambda layer: cast_once(self.alpha * vectors[layer][:, None, :])) as state:
             yield state
 
     def identity(self) -> dict[str, Any]:
