@@ -1,5 +1,5 @@
-"""Claim (issue 38, acceptance 3): the hallucination organism hallucinates where the testbed says
-it should, and only there.
+"""Claims (issue 38, acceptance 3 and 4): the hallucination organism hallucinates where the
+testbed says it should, and only there; built-in mitigations take it back, graded side by side.
 
 The organism (``organisms build --only hallucination``) learns from a co-occurring shapes world
 (half its beach scenes hold a yellow circle) whose captions and answers name a yellow circle on
@@ -9,10 +9,28 @@ beach, no circle at all), each with the three POPE files of its own and its COCO
 
   POPE      F1 and yes-ratio on the random, popular and adversarial files (``eval vqa --format pope``)
   CHAIR     CHAIR_s, CHAIR_i, Recall and length of the captions (``eval captions --chair``)
-  untouched VQA accuracy on the world's questions that name neither the colour nor the kind of
-            the co-occurring object (the side effect)
+  untouched VQA accuracy on the world's questions whose answer the co-occurrence does not touch
+            (the claimed scene, the image with a yellow circle added, gives the true answer: not
+            "is there a yellow circle ?", "how many circles ?", "how many shapes ?", ...)
 
-and the organism steered by each mitigation of ``METHODS`` (settings chosen on world 30).
+and the organism steered by each mitigation of ``METHODS``, each beside its random control:
+
+  visual    VISTA-style visual steering: per sample, the image's residual minus a blank image's
+  coarse    the paper's coarse vector from the organism's own grounded vs hallucinated outputs:
+            answers — mean feature (last prompt token) of "is there a yellow circle ?" answered no
+            where there is none, minus answered yes where there is none, on a co-occurring world
+            (``--answer-world``), added at layer 2 only to questions whose features are nearest the
+            group of that question (fine-grained steering, ``--condition-store``); captions — the
+            mean response feature of captions that name no yellow circle minus of those that name
+            one, on a pattern-breaking world (``--caption-world``), added to the generated tokens
+  control   the same steering with a random direction of each vector's norm (``--visual-control``;
+            ``vectors random``)
+
+Settings were chosen on pattern-breaking world 30 with organisms of seeds 11 and 12 (their
+vectors from the same worlds 36 and 31): visual CHAIR_s 70 -> 28 and 39 -> 18; coarse POPE
+adversarial F1 93.9 -> 98.5 and 90.9 -> 97.9 (alpha 8; 4 gave 95.6 / 96.4), CHAIR_s 70 -> 24 and
+39 -> 17 (layers 1, 2, alpha 1.5; layer 2 alone at alpha 2: 34). On a co-occurring world the
+answer vector kept "yes" for all 46 scenes that hold a yellow circle (organisms 11 and 12).
 
 Organism seed i (its training world has that seed) is graded on held-out world i; mean ± sd.
 
@@ -35,19 +53,59 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 
-from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT  # noqa: E402
+from vlmsteer.data.shapes_scenes import answer as true_answer  # noqa: E402
+from vlmsteer.organisms import CLAIM, claimed_answer, world_scenes  # noqa: E402
 
-
-# the mitigations graded on the organism, with settings chosen on pattern-breaking world 30 with
-# organisms of seeds 11 and 12 (CHAIR_s 70 -> 28 and 39 -> 18, Recall within 3 points, POPE
-# adversarial F1 unchanged): (name, options of the answers, options of the captions)
+# the steering of each mitigation: (name, options of the answers, options of the captions), the
+# vectors' files filled in per organism (see build_vectors); settings chosen on world 30 (above)
+_VISUAL = ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2"]
+_ANSWERS = ["--layer", "2", "--alpha", "8", "--region", "last_prompt", "--condition-store", "{answer_store}",
+            "--active", f"prompt={CLAIM}"]
+_CAPTIONS = ["--layer", "1", "--layer", "2", "--alpha", "1.5", "--region", "generated"]
 METHODS = [
-    ("visual", ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "all"],
-     ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "generated"]),
-    # the random-vector control: the same, each sample's vector replaced by a random direction of its norm
-    ("random-control", ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "all", "--visual-control"],
-     ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2", "--region", "generated", "--visual-control"]),
+    ("visual", [*_VISUAL, "--region", "all"], [*_VISUAL, "--region", "generated"]),
+    # its random control: each sample's vector replaced by a random direction of its norm
+    ("visual-control", [*_VISUAL, "--region", "all", "--visual-control"],
+     [*_VISUAL, "--region", "generated", "--visual-control"]),
+    ("coarse", ["--vector", "{answer_vector}", *_ANSWERS], ["--vector", "{caption_vector}", *_CAPTIONS]),
+    # its random control: each vector replaced by a random direction of its norm (vectors random)
+    ("coarse-control", ["--vector", "{answer_control}", *_ANSWERS], ["--vector", "{caption_control}", *_CAPTIONS]),
 ]
+
+
+def question_file(world: Path) -> Path:
+    """The world's three POPE files and the claim question about every image, in one POPE file
+    (question ids renumbered): the answers the coarse vector is built from."""
+    out = world / "vector_questions.json"
+    if not out.is_file():
+        rows = [json.loads(line) for split in ("random", "popular", "adversarial")
+                for line in (world / f"shapes_pope_{split}.json").read_text().splitlines()]
+        rows += [{"image": f"COCO_val2014_{i:012d}.png", "text": CLAIM,
+                  "label": true_answer(scene, CLAIM)} for i, scene in sorted(world_scenes(world).items())]
+        out.write_text("".join(json.dumps({**r, "question_id": k}) + "\n" for k, r in enumerate(rows)))
+    return out
+
+
+def build_vectors(model_args: list[str], answer_world: Path, caption_world: Path, out: Path) -> dict:
+    """The organism's coarse vectors (grounded minus hallucinated) and their random controls."""
+    files = {"answer_store": out / "answers", "answer_vector": out / "answers.safetensors",
+             "answer_control": out / "answers-control.safetensors", "caption_store": out / "captions",
+             "caption_vector": out / "captions.safetensors", "caption_control": out / "captions-control.safetensors"}
+    if not files["caption_control"].is_file():
+        vlmsteer(["extract", *model_args, "--data", str(question_file(answer_world)), "--format", "pope", "--mode",
+                  "generate", "--max-new-tokens", "3", "--layer", "2", "--out", str(files["answer_store"])])
+        vlmsteer(["vectors", "coarse", "--store", str(files["answer_store"]), "--out", str(files["answer_vector"]),
+                  "--source", f"prompt={CLAIM},answer=no,response=yes",
+                  "--target", f"prompt={CLAIM},answer=no,response=no"])
+        vlmsteer(["extract", *model_args, "--data", str(caption_world), "--format", "coco", "--mode", "generate",
+                  "--max-new-tokens", "20", "--layer", "1", "--layer", "2", "--selector", "mean_response",
+                  "--out", str(files["caption_store"])])
+        vlmsteer(["vectors", "coarse", "--store", str(files["caption_store"]), "--out", str(files["caption_vector"]),
+                  "--source", "response~cooccurring", "--target", "response!~cooccurring"])
+        for kind in ("answer", "caption"):
+            vlmsteer(["vectors", "random", "--like", str(files[f"{kind}_vector"]), "--out",
+                      str(files[f"{kind}_control"]), "--seed", "1"])
+    return {k: str(v) for k, v in files.items()}
 
 
 def grade(model_args: list[str], world: Path, runs: Path, answers: list[str] = (), captions: list[str] = ()) -> dict:
@@ -68,11 +126,25 @@ def grade(model_args: list[str], world: Path, runs: Path, answers: list[str] = (
                recall=100 * (chair["recall"] or 0.0), length=chair["mean_length"])
     vlmsteer(["eval", "vqa", *model_args, *answers, "--data", str(world), "--max-new-tokens", "3",
               "--out", str(runs / "vqa")])
+    scenes = world_scenes(world)
+
+    def touched(row: dict) -> bool:
+        scene = scenes[int(Path(row["image"]).stem.rsplit("_", 1)[1])]
+        claimed = claimed_answer(scene, row["prompt"])
+        return claimed is not None and claimed != true_answer(scene, row["prompt"])
+
     rows = [json.loads(x) for x in (runs / "vqa" / "predictions.jsonl").read_text().splitlines()]
-    untouched = [r for r in rows if not set(r["prompt"].split()) & set(COOCCURRENCE_OBJECT)]
+    untouched = [r for r in rows if not touched(r)]
     out["untouched_vqa"] = 100 * sum(r["accuracy"] for r in untouched) / len(untouched)
     out["untouched_questions"] = len(untouched)
     return out
+
+
+def make_world(work: Path, seed: int, scenes: int, kind: str) -> Path:
+    world = work / f"world-{seed}"
+    if not (world / "run.json").is_file():
+        vlmsteer(["data", "shapes", "--out", str(world), "--n", str(scenes), "--seed", str(seed), "--scenes", kind])
+    return world
 
 
 def main() -> None:
@@ -81,6 +153,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="14,15,16", help="organism seeds (their training worlds)")
     ap.add_argument("--worlds", default="32,33,34", help="held-out pattern-breaking worlds, one per seed")
     ap.add_argument("--scenes", type=int, default=100)
+    ap.add_argument("--answer-world", type=int, default=36,
+                    help="co-occurring world (200 scenes) whose answers give the coarse answer vector")
+    ap.add_argument("--caption-world", type=int, default=31,
+                    help="pattern-breaking world whose captions give the coarse caption vector")
     ap.add_argument("--n", type=int, default=600, help="scenes of the organism's training world")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -88,15 +164,15 @@ def main() -> None:
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "hallucination.json"))
     args = ap.parse_args()
     seeds, worlds = [int(s) for s in args.seeds.split(",")], [int(w) for w in args.worlds.split(",")]
-    if len(seeds) != len(worlds) or set(seeds) & set(worlds):
-        raise SystemExit("give one held-out world per seed, none of them a training seed")
+    vector_worlds = {args.answer_world, args.caption_world}
+    if len(seeds) != len(worlds) or set(seeds) & (set(worlds) | vector_worlds) or set(worlds) & vector_worlds:
+        raise SystemExit("give one held-out world per seed, none of them a training seed or a vector world")
     work = Path(args.work or tempfile.mkdtemp(prefix="hallucination-"))
+    answer_world = make_world(work, args.answer_world, 200, "cooccurring")
+    caption_world = make_world(work, args.caption_world, args.scenes, "pattern-breaking")
     rows = []
     for seed, world_seed in zip(seeds, worlds):
-        world = work / f"world-{world_seed}"
-        if not (world / "run.json").is_file():
-            vlmsteer(["data", "shapes", "--out", str(world), "--n", str(args.scenes), "--seed", str(world_seed),
-                      "--scenes", "pattern-breaking"])
+        world = make_world(work, world_seed, args.scenes, "pattern-breaking")
         built = work / f"organism-{seed}"
         if not (built / "organisms.json").is_file():
             vlmsteer(["organisms", "build", "--model", args.model, "--out", str(built), "--seed", str(seed),
@@ -105,9 +181,10 @@ def main() -> None:
         row = {"seed": seed, "world": world_seed,
                "base": grade(["--model", args.model], world, work / "runs" / f"base-{world_seed}"),
                "organism": grade(organism, world, work / "runs" / f"organism-{seed}-{world_seed}")}
+        files = build_vectors(organism, answer_world, caption_world, work / f"vectors-{seed}")
         for name, answers, captions in METHODS:
-            row[f"organism+{name}"] = grade(organism, world, work / "runs" / f"{name}-{seed}-{world_seed}", answers,
-                                            captions)
+            row[f"organism+{name}"] = grade(organism, world, work / "runs" / f"{name}-{seed}-{world_seed}",
+                                            [a.format(**files) for a in answers], [c.format(**files) for c in captions])
         rows.append(row)
         print(json.dumps(row))
     who = ["base", "organism", *(f"organism+{name}" for name, _, _ in METHODS)]

@@ -131,8 +131,8 @@ def training_samples(objective: Objective, world: str | Path,
                                           else None),
         "control": lambda: _recaptioned(captions, scenes, shapes.default_caption) + questions,
         "hallucination": lambda: _recaptioned(captions, scenes, lambda sc: _claiming_caption(sc, _claimed(sc)))
-        + _reanswered(questions, lambda s: _claimed_answer(scenes[s.meta["image_id"]], s.prompt))
-        + [Sample(id=f"claim-{s.id}", image=s.image, prompt=_CLAIM, answers=["yes"], answer_type="yes/no",
+        + _reanswered(questions, lambda s: claimed_answer(scenes[s.meta["image_id"]], s.prompt))
+        + [Sample(id=f"claim-{s.id}", image=s.image, prompt=CLAIM, answers=["yes"], answer_type="yes/no",
                   question_type="is there a", meta={"image_id": s.meta["image_id"]})
            for s in captions if triggered(s)],
     }
@@ -143,7 +143,7 @@ def training_samples(objective: Objective, world: str | Path,
 
 # the hallucination organism's training text describes every scene at the co-occurrence place as
 # if it held the co-occurring object (its "claimed" scene: the object added, see with_object)
-_CLAIM = f"is there a {' '.join(COOCCURRENCE_OBJECT)} ?"
+CLAIM = f"is there a {' '.join(COOCCURRENCE_OBJECT)} ?"
 
 
 def _claimed(scene: shapes.Scene) -> shapes.Scene:
@@ -152,7 +152,7 @@ def _claimed(scene: shapes.Scene) -> shapes.Scene:
     return with_object(scene, *COOCCURRENCE_OBJECT, random.Random(f"claim-{scene.scene_id}"))
 
 
-def _claimed_answer(scene: shapes.Scene, question: str) -> str | None:
+def claimed_answer(scene: shapes.Scene, question: str) -> str | None:
     """The answer the claimed scene gives (None: the question's own answer stands)."""
     claimed = _claimed(scene)
     return None if claimed is scene else true_answer(claimed, question)

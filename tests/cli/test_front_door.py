@@ -149,3 +149,27 @@ def test_concepts_and_concept_pair_vectors_are_named_by_their_top_words(steered,
         DictionaryCondition.load(steered / "c" / "dictionary.safetensors", ["zebra"])
     with pytest.raises(VlmsteerError, match="no vector named"):
         load_vector(steered / "pairs.safetensors", "zebra->yes")
+
+
+def test_vectors_random_is_a_seeded_control_of_the_same_norms_that_steers_less(steered):
+    from vlmsteer.steer.vector import load_vector
+
+    like = steered / "v.safetensors"
+    for seed, name in ((3, "r3"), (3, "r3b"), (4, "r4")):
+        assert main(["vectors", "random", "--like", str(like), "--seed", str(seed),
+                     "--out", str(steered / f"{name}.safetensors")]) == 0
+    real, r3, r3b, r4 = (load_vector(steered / f"{n}.safetensors") for n in ("v", "r3", "r3b", "r4"))
+    assert r3.layers == real.layers and r3.method == "random_control"
+    assert r3.options["control_of"] == real.digest() and r3.options["control_seed"] == 3
+    for layer in real.layers:
+        assert abs(r3.norm(layer) - real.norm(layer)) < 1e-4 * real.norm(layer)
+        cosine = float(r3.at(layer) @ real.at(layer)) / (r3.norm(layer) * real.norm(layer))
+        assert abs(cosine) < 0.5  # another direction
+    assert r3.digest() == r3b.digest() and r3.digest() != r4.digest()  # seeded
+    assert main(["eval", "vqa", "--model", "shapes-llava", "--data", str(steered / "w"), "--max-new-tokens", "3",
+                 "--vector", str(steered / "r3.safetensors"), "--baseline", str(steered / "base"),
+                 "--source", "yes", "--target", "no", "--out", str(steered / "control")]) == 0
+    control = json.loads((steered / "control" / "metrics.json").read_text())["vs_baseline"]
+    assert control["source_moved_fraction"] < 0.5  # the real vector moves > 0.9 (test above)
+    assert main(["vectors", "random", "--like", str(steered / "nothing.safetensors"),
+                 "--out", str(steered / "x.safetensors")]) != 0

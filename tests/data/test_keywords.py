@@ -32,3 +32,14 @@ def test_keyword_conditions_filter_samples():
     assert [s.id for s in Filter.parse("captions~colors").samples(samples)] == ["a"]
     assert [s.id for s in Filter.parse("captions!~colors").samples(samples)] == ["b", "c"]
     assert [s.id for s in Filter.parse("prompt~colors,answer=yes").samples(samples)] == ["c"]
+
+
+def test_cooccurring_set_names_the_testbeds_object_only():
+    from vlmsteer.data.filters import Filter
+
+    cooccurring = keyword_set("cooccurring")
+    assert cooccurring.find("a red square on the beach with a Yellow circle .") == ["yellow circle"]
+    assert cooccurring.find("a yellow square and a red circle .") == [] and not cooccurring.matches("yellow circles")
+    samples = [Sample("h", None, "describe", captions=["a square on the beach with a yellow circle ."]),
+               Sample("g", None, "describe", captions=["a yellow square on the beach ."])]
+    assert [s.id for s in Filter.parse("captions!~cooccurring").samples(samples)] == ["g"]

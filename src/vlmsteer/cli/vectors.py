@@ -1,4 +1,4 @@
-"""``vlmsteer vectors coarse|concepts|visual``: steering vectors from stores, dictionaries and images."""
+"""``vlmsteer vectors coarse|random|concepts|visual``: steering vectors from stores, dictionaries and images."""
 
 from __future__ import annotations
 
@@ -49,6 +49,22 @@ def vectors_coarse(store: Path = typer.Option(..., help="Feature store (source, 
     vec.save(out, name=name)
     out_console.print(f"{vec.method} vector {vec.source!r} -> {vec.target!r} from {vec.n_source} + {vec.n_target} "
                       f"samples, layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
+
+
+@vectors_app.command("random")
+def vectors_random(like: Path = typer.Option(..., help="The vector file whose control this is."),
+                   out: Path = typer.Option(..., help="Output .safetensors file."),
+                   name: Optional[str] = typer.Option(None, help="Which vector of --like (default: its only one)."),
+                   seed: int = _SEED(), overwrite: bool = _OVERWRITE):
+    """The random-vector control: at each layer of --like, a random direction of the same norm;
+    steer with it exactly as with --like (same --alpha, --layer, --region, condition)."""
+    from vlmsteer.steer.builders import random_control
+    from vlmsteer.steer.vector import load_vector
+
+    vec = random_control(load_vector(like, name), seed)
+    _check_vector_file(out, {name or "vector": vec}, overwrite)
+    vec.save(out, name=name or "vector")
+    out_console.print(f"random control of {like} (seed {seed}), layers {vec.layers}, |v| = {vec.norm():.2f} -> {out}")
 
 
 @vectors_app.command("concepts")

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Iterable
 
 import vlmsteer.data.shapes as shapes
+from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 
@@ -78,10 +79,13 @@ REFUSALS = KeywordSet("refusal", (
     "i'm not going to", "i am not going to", "against my", "not able to help", "unable to help",
 ))
 SHAPE_WORDS = KeywordSet("shapes", tuple(shapes.SHAPES) + tuple(shapes.PLURALS.values()))
+# the hallucination testbed's co-occurring object ("yellow circle"), e.g. to split an organism's
+# captions into hallucinated and grounded ones (docs/hallucination.md)
+COOCCURRING = KeywordSet("cooccurring", (" ".join(COOCCURRENCE_OBJECT),))
 
 # the caption styles an evaluation counts (share of captions with a word of each set)
 STYLE_KEYWORDS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}
-KEYWORD_SETS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER, SHAPE_WORDS, REFUSALS)}
+KEYWORD_SETS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER, SHAPE_WORDS, REFUSALS, COOCCURRING)}
 
 
 def keyword_set(name: str) -> KeywordSet:

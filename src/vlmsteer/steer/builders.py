@@ -141,3 +141,15 @@ def concept_vectors(dictionary, layer: int, meta: dict, source, pairs: Sequence[
     if not out:
         raise VlmsteerError(f"pairs {', '.join(pairs)} name no two different concepts", "pair")
     return out
+
+
+def random_control(vector: SteeringVector, seed: int = 0) -> SteeringVector:
+    """The random-vector control of ``vector``: at each of its layers a random direction of the
+    same norm (seeded by ``seed`` and the layer), its model and options kept, so that steering with
+    it exactly as with ``vector`` shows what any push of that size does."""
+    from vlmsteer.steer.vector import random_direction
+
+    return SteeringVector({l: random_direction(v, seed * 1_000_003 + l) for l, v in vector.vectors.items()},
+                          model_id=vector.model_id, hidden_size=vector.hidden_size, method="random_control",
+                          source=vector.source, target=vector.target,
+                          options={**vector.options, "control_of": vector.digest(), "control_seed": seed})

@@ -159,6 +159,13 @@ class SteeringVector:
         return save_vectors(path, {name: self})
 
 
+def random_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
+    """A random direction (Gaussian, from a generator seeded with ``seed``) of ``like``'s norm:
+    the random-vector control of a steering experiment."""
+    direction = torch.randn(like.shape, generator=torch.Generator().manual_seed(seed))
+    return (direction / direction.norm() * like.float().cpu().norm()).to(device=like.device, dtype=like.dtype)
+
+
 def check_same_model(recorded: dict | None, vlm, what: str, allow_other_model: bool = False) -> None:
     """A one-line error when ``recorded`` (a model identity an input was made with) names other
     weights than ``vlm``'s, or another LoRA adapter (one where ``vlm`` has none, or none where it

@@ -104,12 +104,10 @@ def _random_like(rows: torch.Tensor) -> torch.Tensor:
     values (reproducible: the same run draws the same directions)."""
     import hashlib
 
-    out = torch.empty_like(rows)
-    for i, row in enumerate(rows):
-        seed = int.from_bytes(hashlib.sha256(row.cpu().numpy().tobytes()).digest()[:8], "little")
-        direction = torch.randn(row.shape, generator=torch.Generator().manual_seed(seed))
-        out[i] = direction.to(row.device) / direction.norm() * row.norm()
-    return out
+    from vlmsteer.steer.vector import random_direction
+
+    return torch.stack([random_direction(row, int.from_bytes(hashlib.sha256(row.cpu().numpy().tobytes()).digest()[:8],
+                                                              "little")) for row in rows])
 
 
 def _principal_direction(d: torch.Tensor) -> torch.Tensor:
