@@ -27,10 +27,15 @@ and the organism steered by each mitigation of ``METHODS``, each beside its rand
             ``vectors random``)
 
 Settings were chosen on pattern-breaking world 30 with organisms of seeds 11 and 12 (their
-vectors from the same worlds 36 and 31): visual CHAIR_s 70 -> 28 and 39 -> 18; coarse POPE
-adversarial F1 93.9 -> 98.5 and 90.9 -> 97.9 (alpha 8; 4 gave 95.6 / 96.4), CHAIR_s 70 -> 24 and
-39 -> 17 (layers 1, 2, alpha 1.5; layer 2 alone at alpha 2: 34). On a co-occurring world the
-answer vector kept "yes" for all 46 scenes that hold a yellow circle (organisms 11 and 12).
+vectors from worlds 36 and 31, as here; ``--seeds 11,12 --worlds 30,30``): visual CHAIR_s 70 -> 29
+and 39 -> 18; coarse POPE adversarial F1 93.9 -> 96.4 and 90.9 -> 97.6 (layer 2, alpha 8; at
+alpha 4 95.6 and 96.4 with the condition below; with the condition read from world 31's POPE
+answers instead, 98.5 and 97.9; a vector from world 31's own answers did as well for these two,
+but the organism of seed 15 says yes to every yellow circle there, leaving no grounded answer), CHAIR_s 70 -> 24 and 39 -> 17 (layers 1 and 2, alpha
+1.5; for organism 11, layer 2 alone at alpha 2: 70 -> 34). On a co-occurring world (200 scenes,
+seed 35) the answer vector (its condition then read from world 31's POPE answers) kept "yes" for
+all 46 scenes that hold a yellow circle, organisms 11 and 12: it takes back the hallucinated yes,
+not every yes.
 
 Organism seed i (its training world has that seed) is graded on held-out world i; mean ± sd.
 
