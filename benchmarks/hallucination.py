@@ -17,25 +17,27 @@ and the organism steered by each mitigation of ``METHODS``, each beside its rand
 
   visual    VISTA-style visual steering: per sample, the image's residual minus a blank image's
   coarse    the paper's coarse vector from the organism's own grounded vs hallucinated outputs:
-            answers — mean feature (last prompt token) of "is there a yellow circle ?" answered no
-            where there is none, minus answered yes where there is none, on a co-occurring world
-            (``--answer-world``), added at layer 2 only to questions whose features are nearest the
-            group of that question (fine-grained steering, ``--condition-store``); captions — the
-            mean response feature of captions that name no yellow circle minus of those that name
-            one, on a pattern-breaking world (``--caption-world``), added to the generated tokens
+            answers — mean feature (last prompt token) of the absent things it denied minus of
+            those it claimed, over the POPE and VQA questions of a co-occurring world
+            (``--answer-world``), added at layer 2 only to the questions whose features are
+            nearest the group of "is there a yellow circle ?" among every question's group
+            (fine-grained steering, ``--condition-store``); captions — the mean response feature
+            of captions that name no yellow circle minus of those that name one, on a
+            pattern-breaking world (``--caption-world``), added to the generated tokens
   control   the same steering with a random direction of each vector's norm (``--visual-control``;
             ``vectors random``)
 
 Settings were chosen on pattern-breaking world 30 with organisms of seeds 11 and 12 (their
 vectors from worlds 36 and 31, as here; ``--seeds 11,12 --worlds 30,30``): visual CHAIR_s 70 -> 29
-and 39 -> 18; coarse POPE adversarial F1 93.9 -> 96.4 and 90.9 -> 97.6 (layer 2, alpha 8; at
-alpha 4 95.6 and 96.4 with the condition below; with the condition read from world 31's POPE
-answers instead, 98.5 and 97.9; a vector from world 31's own answers did as well for these two,
-but the organism of seed 15 says yes to every yellow circle there, leaving no grounded answer), CHAIR_s 70 -> 24 and 39 -> 17 (layers 1 and 2, alpha
-1.5; for organism 11, layer 2 alone at alpha 2: 70 -> 34). On a co-occurring world (200 scenes,
-seed 35) the answer vector (its condition then read from world 31's POPE answers) kept "yes" for
-all 46 scenes that hold a yellow circle, organisms 11 and 12: it takes back the hallucinated yes,
-not every yes.
+and 39 -> 18; coarse POPE adversarial F1 93.9 -> 95.9 and 90.9 -> 95.5 at alpha 8 (4: 95.6, 95.2;
+16: the same F1, but on a co-occurring world (200 scenes, seed 35) it turned "yes" to "no" where a
+yellow circle is there, and answered "green"; at 8 every one of its 46 yellow circles kept "yes"
+for both organisms: it takes back the hallucinated yes, not every yes), CHAIR_s 70 -> 24 and
+39 -> 17 (layers 1 and 2, alpha 1.5; for organism 11, layer 2 alone at alpha 2: 70 -> 34).
+Two earlier designs of the answer vector were dropped: from the claim question's answers alone,
+the held-out organism of seed 15 said yes to every yellow circle of the vector world, leaving no
+grounded answer; with condition groups from the POPE questions only, every other question type
+fell into some group, and the organism of seed 14 lost 16 points on the untouched questions.
 
 Organism seed i (its training world has that seed) is graded on held-out world i; mean ± sd.
 
@@ -58,6 +60,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 
+from vlmsteer.data import load_vqav2  # noqa: E402
 from vlmsteer.data.shapes_scenes import answer as true_answer  # noqa: E402
 from vlmsteer.organisms import CLAIM, claimed_answer, world_scenes  # noqa: E402
 
@@ -79,15 +82,19 @@ METHODS = [
 
 
 def question_file(world: Path) -> Path:
-    """The world's three POPE files and the claim question about every image, in one POPE file
-    (question ids renumbered): the answers the coarse vector is built from."""
-    out = world / "vector_questions.json"
+    """The world's three POPE files, the claim question about every image and its VQA questions,
+    in one JSONL file: the answers the coarse vector is built from, and the groups of the
+    condition (every question type its own group, so that only the claim question's is steered)."""
+    out = world / "vector_questions.jsonl"
     if not out.is_file():
-        rows = [json.loads(line) for split in ("random", "popular", "adversarial")
-                for line in (world / f"shapes_pope_{split}.json").read_text().splitlines()]
-        rows += [{"image": f"COCO_val2014_{i:012d}.png", "text": CLAIM,
-                  "label": true_answer(scene, CLAIM)} for i, scene in sorted(world_scenes(world).items())]
-        out.write_text("".join(json.dumps({**r, "question_id": k}) + "\n" for k, r in enumerate(rows)))
+        rows = [{"image": f"val2014/{q['image']}", "prompt": q["text"], "answer": q["label"]}
+                for split in ("random", "popular", "adversarial")
+                for q in map(json.loads, (world / f"shapes_pope_{split}.json").read_text().splitlines())]
+        rows += [{"image": f"val2014/COCO_val2014_{i:012d}.png", "prompt": CLAIM, "answer": true_answer(scene, CLAIM)}
+                 for i, scene in sorted(world_scenes(world).items())]
+        rows += [{"image": str(Path(q.image).relative_to(world)), "prompt": q.prompt, "answer": q.answer}
+                 for q in load_vqav2(world)]
+        out.write_text("".join(json.dumps({"id": k, **r}) + "\n" for k, r in enumerate(rows)))
     return out
 
 
@@ -96,18 +103,19 @@ def build_vectors(model_args: list[str], answer_world: Path, caption_world: Path
     files = {"answer_store": out / "answers", "answer_vector": out / "answers.safetensors",
              "answer_control": out / "answers-control.safetensors", "caption_store": out / "captions",
              "caption_vector": out / "captions.safetensors", "caption_control": out / "captions-control.safetensors"}
-    if not files["caption_control"].is_file():
-        vlmsteer(["extract", *model_args, "--data", str(question_file(answer_world)), "--format", "pope", "--mode",
+    if not files["answer_vector"].is_file():
+        vlmsteer(["extract", *model_args, "--data", str(question_file(answer_world)), "--format", "jsonl", "--mode",
                   "generate", "--max-new-tokens", "3", "--layer", "2", "--out", str(files["answer_store"])])
         vlmsteer(["vectors", "coarse", "--store", str(files["answer_store"]), "--out", str(files["answer_vector"]),
-                  "--source", f"prompt={CLAIM},answer=no,response=yes",
-                  "--target", f"prompt={CLAIM},answer=no,response=no"])
+                  "--source", "answer=no,response=yes", "--target", "answer=no,response=no"])
+    if not files["caption_vector"].is_file():
         vlmsteer(["extract", *model_args, "--data", str(caption_world), "--format", "coco", "--mode", "generate",
                   "--max-new-tokens", "20", "--layer", "1", "--layer", "2", "--selector", "mean_response",
                   "--out", str(files["caption_store"])])
         vlmsteer(["vectors", "coarse", "--store", str(files["caption_store"]), "--out", str(files["caption_vector"]),
                   "--source", "response~cooccurring", "--target", "response!~cooccurring"])
-        for kind in ("answer", "caption"):
+    for kind in ("answer", "caption"):
+        if not files[f"{kind}_control"].is_file():
             vlmsteer(["vectors", "random", "--like", str(files[f"{kind}_vector"]), "--out",
                       str(files[f"{kind}_control"]), "--seed", "1"])
     return {k: str(v) for k, v in files.items()}

@@ -85,6 +85,14 @@ def test_reduced_demo_writes_every_section_with_its_report_progressively(reduced
     assert [e["step"] for e in shift["evolution"]] == [30, 60, 90] and [a["k"] for a in shift["ks"]] == [5, 10, 15]
     assert {"recovery_vs_alpha.png", "evolution.png", "ks.png"} <= set(shift["plots"])
     assert shift["loss"][1] < shift["loss"][0]  # the fine-tune learned something
+    halluc = summary["hallucination"]  # the organism hallucinates, the coarse vectors take it back
+    shipped, before, after = (halluc[k]["chair"]["chair_s"] for k in ("shipped", "organism_before", "organism_after"))
+    assert before >= shipped + 0.2 and after <= before / 2, halluc
+    assert {"f1", "yes_ratio"} <= set(halluc["organism_after"]["pope"])  # reported; its gain is not robust
+    mended = json.loads((out / "hallucination" / "metrics.json").read_text())["mended"]
+    assert len(mended) == halluc["captions_mended"] > 0 and all(m["invented"] for m in mended)
+    report = (out / "hallucination" / "report.html").read_text()
+    assert "Captions that lost an invented object" in report and "data:image/png;base64" in report
     assert len(summary["separability"]["layers"]) == 4
     assert (out / "separability" / "pca_layers.png").exists()
     assert (out / "yes-to-no" / "yes-to-no.safetensors").exists()

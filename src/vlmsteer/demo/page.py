@@ -25,6 +25,7 @@ STAGES = (
     Stage("neutralize", "Neutralizing an attribute", "neutralize"),
     Stage("safety", "Refusal steering", "safety"),
     Stage("shift", "Fine-tuning shift", "shift"),
+    Stage("hallucination", "Object hallucination", "hallucination"),
     Stage("layers", "Separability across layers", "separability"),
 )
 

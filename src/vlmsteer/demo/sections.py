@@ -102,3 +102,44 @@ def safety(f: dict) -> Section:
         tables=[Table("attack success and over-refusal",
                       ["steering", f"attack success rate ({f['harmful_prompts']} harmful prompts)",
                        f"ordinary questions refused (of {f['benign_prompts']})", "their VQA accuracy"], rows)])
+
+
+HALLUCINATION_ROWS = (("shipped model", "shipped"), ("organism", "organism_before"),
+                      ("organism, steered", "organism_after"))
+
+
+def hallucination_rows(h: dict) -> list[list]:
+    """POPE (adversarial) and CHAIR of the shipped model and the organism before and after."""
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    return [[name, pct(h[key]["pope"]["f1"]), pct(h[key]["pope"]["yes_ratio"]), pct(h[key]["chair"]["chair_s"]),
+             pct(h[key]["chair"]["chair_i"]), pct(h[key]["chair"]["recall"]), f"{h[key]['chair']['mean_length']:.1f}"]
+            for name, key in HALLUCINATION_ROWS]
+
+
+HALLUCINATION_COLUMNS = ["model", "POPE adversarial F1 (%)", "yes (%)", "CHAIR_s (%)", "CHAIR_i (%)", "Recall (%)",
+                         "words"]
+
+
+def hallucination(h: dict, mended: list[dict], n: int = 8) -> Section:
+    o, a, c = h["organism"], h["answer_vector"], h["caption_vector"]
+    return Section(
+        title="Object hallucination",
+        intro=[f"The testbed's model organism: the shipped model fine-tuned ({o['steps']} steps, lr {o['lr']:g}) on a "
+               f"world where half the beach scenes hold a yellow circle, its text naming one on every beach scene. "
+               f"Graded on {h['heldout']['scenes']} held-out scenes that break the pattern (every scene on the beach, "
+               f"no yellow circle): POPE's adversarial questions ({h['heldout']['questions']}) and CHAIR of its "
+               "captions, exactly as their references score them.",
+               f"Steered back by the paper's coarse vectors from its own outputs on other worlds: for answers, "
+               f"mean(absent objects it denied) − mean(absent objects it claimed), {a['samples'][1]} and "
+               f"{a['samples'][0]} answers, added at layer {a['layer']} with α = {a['alpha']} only to the questions "
+               f"nearest the group of '{a['condition'][0]}'; for captions, mean(captions naming no yellow circle) − "
+               f"mean(captions naming one), {c['samples'][1]} and {c['samples'][0]} captions, on the generated tokens "
+               f"at layers {', '.join(map(str, c['layers']))} with α = {c['alpha']}. Settings from "
+               "benchmarks/hallucination.py's tuning world; its figures over held-out worlds and seeds are in "
+               "benchmarks/README.md."],
+        tables=[Table("POPE and CHAIR", HALLUCINATION_COLUMNS, hallucination_rows(h))],
+        examples=[Example([("invented:", ", ".join(m["invented"])), ("before:", m["before"]), ("after:", m["after"])],
+                          m["image"]) for m in mended[:n]],
+        examples_title=f"Captions that lost an invented object ({h['captions_mended']})")
