@@ -75,3 +75,23 @@ def test_visual_steering_runs_from_the_command_line_and_is_recorded(world):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steering"]["kind"] == "visual" and metrics["steering"]["layers"] == [1, 2]
     assert metrics["vs_baseline"]["captions_changed"] > 0  # the steering had an effect
+
+
+def test_sweep_sweeps_visual_steering_and_each_point_equals_eval(world, capsys):
+    common = ["--model", "shapes-llava", "--data", str(world / "w"), "--limit", "60"]
+    assert main(["sweep", *common, "--visual", "--source", "answer=yes", "--target", "answer=no", "--layers", "1,2",
+                 "--alphas", "0,4", "--regions", "all", "--out", str(world / "vsweep")]) == 0
+    result = json.loads((world / "vsweep" / "sweep.json").read_text())
+    rows = {(r["layer"], r["alpha"]): r for r in result["rows"]}
+    assert len(rows) == 4 and result["visual"] is True
+    assert rows[(1, 0.0)]["changed"] == rows[(2, 0.0)]["changed"] == 0  # α 0 changes nothing
+    assert main(["eval", "vqa", *common, "--out", str(world / "vbase")]) == 0
+    assert main(["eval", "vqa", *common, "--visual-alpha", "4", "--layer", "1", "--region", "all",
+                 "--baseline", str(world / "vbase"), "--out", str(world / "vone")]) == 0
+    one = json.loads((world / "vone" / "metrics.json").read_text())["vs_baseline"]
+    assert one["changed"] == rows[(1, 4.0)]["changed"] > 0  # the same answers as eval, and an effect
+    for extra, needle in ((["--store", str(world / "vbase")], "one of them"),
+                          (["--n-samples", "5"], "builds no vector")):
+        assert main(["sweep", *common, "--visual", "--source", "answer=yes", "--target", "answer=no", *extra,
+                     "--out", str(world / "vrefused")]) == 2
+        assert needle in capsys.readouterr().err

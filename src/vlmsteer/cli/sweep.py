@@ -69,9 +69,13 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           latent: Optional[list[str]] = _LATENT, dtype: str = _DTYPE,
           device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
           allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
-          allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE):
-    """Sweep a coarse vector over layers × alphas × regions × samples, or a dictionary edit
-    (--edit-dictionary) over values × regions; one table and one PNG."""
+          allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE,
+          visual: bool = typer.Option(False, "--visual", help="Sweep visual steering (per sample, the image's "
+                                                              "residual minus a blank image's; see eval "
+                                                              "--visual-alpha) over layers × alphas × regions.")):
+    """Sweep a coarse vector over layers × alphas × regions × samples, a dictionary edit
+    (--edit-dictionary) over values × regions, or visual steering (--visual) over layers × alphas ×
+    regions; one table and one PNG."""
     from vlmsteer.data.filters import Filter
     from vlmsteer.data.identity import dataset_identity
     from vlmsteer.positions import Region
@@ -83,8 +87,11 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
     condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial)
     edit_spec = _edit_spec(edit_dictionary, edit, latent, 0.0)
-    if (store is None) == (edit_spec is None):
-        raise VlmsteerError("sweep a coarse vector (--store) or a dictionary edit (--edit-dictionary): one of them")
+    if [store is not None, edit_spec is not None, visual].count(True) != 1:
+        raise VlmsteerError("sweep a coarse vector (--store), a dictionary edit (--edit-dictionary) or visual "
+                            "steering (--visual): one of them")
+    if visual and (condition is not None or n_samples != "all"):
+        raise VlmsteerError("--visual builds no vector: it takes neither a condition nor --n-samples")
     alpha_values = _sweep_values(alphas, "--alphas", float)
     sample_counts = _sweep_values(n_samples, "--n-samples", lambda x: None if x == "all" else int(x))
     if any(n is not None and n < 1 for n in sample_counts):
@@ -107,11 +114,11 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
                                 allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
         claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples),
                                   store=st.fingerprint if st is not None else None,
-                                  edit=edit_steering.identity() if edit_steering else None,
+                                  edit=edit_steering.identity() if edit_steering else None, visual=visual,
                                   condition=_condition_identity(condition, vlm, grid.layers, allow_other_model)))
         result = run_sweep(vlm, st, source_filter, target_filter, samples, grid, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, seed=seed, condition=condition, progress=True,
-                           edit=edit_steering, engine=engine)
+                           edit=edit_steering, engine=engine, visual=visual)
         write_sweep(result, pub.stage)
         command_run_json(pub, model_id=vlm.model_id, revision=vlm.revision)
     types = list(result["baseline_accuracy"])

@@ -85,7 +85,8 @@ COOCCURRING = KeywordSet("cooccurring", (" ".join(COOCCURRENCE_OBJECT),))
 
 # the caption styles an evaluation counts (share of captions with a word of each set)
 STYLE_KEYWORDS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}
-KEYWORD_SETS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER, SHAPE_WORDS, REFUSALS, COOCCURRING)}
+KEYWORD_SETS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER, SHAPE_WORDS, REFUSALS,
+                                                            COOCCURRING)}
 
 
 def keyword_set(name: str) -> KeywordSet:

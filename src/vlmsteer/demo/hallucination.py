@@ -89,8 +89,8 @@ def run_hallucination(demo) -> tuple[dict, list[dict]]:
 
 
 def _vectors(demo, organism, paths: dict, out):
-    """The organism's coarse vectors from its own outputs on the two vector worlds, and the
-    condition of the answer vector (saved beside the stage's results)."""
+    """The organism's coarse vectors from its own outputs on the two vector worlds (saved beside
+    the stage's results) and the condition of the answer vector."""
     s = demo.s
     world = paths["answer-vectors"]  # its POPE and VQA questions: every question its own condition group
     answers = [replace(q, id=f"{split}-{q.id}", digest=None) for split in ("random", "popular", "adversarial")

@@ -132,7 +132,7 @@ def hallucination(h: dict, mended: list[dict], n: int = 8) -> Section:
                f"no yellow circle): POPE's adversarial questions ({h['heldout']['questions']}) and CHAIR of its "
                "captions, exactly as their references score them.",
                f"Steered back by the paper's coarse vectors from its own outputs on other worlds: for answers, "
-               f"mean(absent objects it denied) − mean(absent objects it claimed), {a['samples'][1]} and "
+               f"mean(absent things it denied) − mean(absent things it claimed), {a['samples'][1]} and "
                f"{a['samples'][0]} answers, added at layer {a['layer']} with α = {a['alpha']} only to the questions "
                f"nearest the group of '{a['condition'][0]}'; for captions, mean(captions naming no yellow circle) − "
                f"mean(captions naming one), {c['samples'][1]} and {c['samples'][0]} captions, on the generated tokens "

@@ -1,5 +1,6 @@
-"""Sweeps of a coarse vector over layers × alphas × regions × number of samples, or of a
-dictionary edit (clamp / scale values) over values × regions."""
+"""Sweeps of a coarse vector over layers × alphas × regions × number of samples, of a
+dictionary edit (clamp / scale values) over values × regions, or of visual steering over
+layers × alphas × regions."""
 
 from __future__ import annotations
 
@@ -35,16 +36,20 @@ class SweepGrid:
 def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target: Filter | str,
               samples: list[Sample], grid: SweepGrid, batch_size: int = 64, max_new_tokens: int = 3, seed: int = 0,
               condition: ConditionSpec | None = None, progress: bool = False,
-              edit: DictionarySteering | None = None, engine: str = "transformers") -> dict:
+              edit: DictionarySteering | None = None, engine: str = "transformers", visual: bool = False) -> dict:
     """VQA answers steered by the coarse vector ``mean(target) - mean(source)`` of ``store`` at
     every grid point: answers changed, share of ``source`` answers moved to the ``target``
     answer (when the filters name one answer each), accuracy deltas per answer type. With
     ``condition``, steering applies only where it holds (built at each swept layer). With
     ``edit`` (no store), the dictionary edit at its own layer, its value swept over
     ``grid.alphas`` (clamp values or scale factors; splice and zero take none) and the regions.
-    ``engine="vllm"`` answers the whole grid in one vLLM pass."""
+    ``engine="vllm"`` answers the whole grid in one vLLM pass. With ``visual`` (no store, no
+    edit), VISTA-style visual steering (:class:`~vlmsteer.steer.visual.VisualSteering`) at each
+    layer, strength and region."""
     source, target = as_filter(source), as_filter(target)
-    if edit is None:
+    if visual and (edit is not None or store is not None or condition is not None):
+        raise VlmsteerError("a visual sweep takes no store, dictionary edit or condition")
+    if edit is None and not visual:
         if store is None:
             raise VlmsteerError("a vector sweep needs a feature store to build the vector from")
         missing = [l for l in grid.layers if l not in store.layers]
@@ -55,7 +60,14 @@ def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target
                 raise VlmsteerError(f"{store.path}: no samples match the {name} filter ({flt})")
     source_answer, target_answer = (f.value_of(*ANSWER_FIELDS) for f in (source, target))
     points: list[tuple[object, dict]] = []  # (steering, what the row says of it)
-    if edit is not None:
+    if visual:
+        from vlmsteer.steer.visual import VisualSteering
+
+        for layer, alpha, region in itertools.product(grid.layers, grid.alphas, grid.regions):
+            points.append((VisualSteering(alpha, (layer,), region),
+                           {"layer": layer, "alpha": alpha, "region": region.value, "n_samples": None,
+                            "vector_samples": None}))
+    elif edit is not None:
         values = grid.alphas if edit.mode in (EditMode.CLAMP, EditMode.SCALE) else [edit.value]
         for value, region in itertools.product(values, grid.regions):
             points.append((replace(edit, value=value, region=region),
@@ -80,8 +92,9 @@ def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target
         rows.append({**row, "changed": cmp["changed"], "moved_fraction": cmp.get("source_moved_fraction"),
                      "target_after": cmp.get("target", {}).get("after"), "accuracy": rep.per_type,
                      "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
-    if edit is not None:
-        return _sweep_result(source, target, None, edit.describe(), base, base_rep, samples, rows, target_answer)
+    if edit is not None or visual:
+        return _sweep_result(source, target, None, edit.describe() if edit else None, base, base_rep, samples, rows,
+                             target_answer) | {"visual": visual}
     return _sweep_result(source, target, condition and vars(condition), None, base, base_rep, samples, rows,
                          target_answer)
 
