@@ -149,7 +149,7 @@ def compare_with_reference(reference: str, pattern_module, seed: int, n_images: 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             theirs = ref.CHAIR(str(folder)).compute_chair(str(folder / "caps.jsonl"), "image_id", "caption")
         vocab = coco_vocabulary()
-        instances, coco_captions = read_chair_annotations(folder)
+        instances, coco_captions, _ = read_chair_annotations(folder)
         ours = chair_scores(caps, ground_truth(instances, coco_captions, vocab, {i for i, _ in caps}), vocab)
     differ = 0
     for row, sent in zip(ours.rows, theirs["sentences"]):

@@ -123,3 +123,21 @@ def test_score_chair_needs_coco_annotation_files(tmp_path, capsys):
     assert main(["score", "chair", "--captions", str(caps), "--annotations", str(tmp_path / "empty"),
                  "--out", str(tmp_path / "c")]) == 2
     assert "holds neither instances_val2014.json" in capsys.readouterr().err
+
+
+def test_score_chair_knows_its_annotations_by_content(tmp_path, coco_annotations, capsys):
+    import hashlib
+
+    caps = _lines(tmp_path / "caps.jsonl", [{"image_id": 42, "caption": "A dog."}])
+    args = ["score", "chair", "--captions", str(caps), "--annotations", str(coco_annotations),
+            "--out", str(tmp_path / "c")]
+    assert main(args) == 0
+    recorded = json.dumps(json.loads((tmp_path / "c" / "run.json").read_text()))
+    for name in ("instances_val2014.json", "captions_val2014.json"):  # each file's bytes, read once with the parse
+        assert hashlib.sha256((coco_annotations / name).read_bytes()).hexdigest() in recorded
+    assert main(args) == 0  # the same inputs: the same run
+    captions = coco_annotations / "captions_val2014.json"
+    captions.write_bytes(captions.read_bytes().replace(b"A puppy", b"A dog").replace(b"}", b"}\r\n"))
+    capsys.readouterr()
+    assert main(args) == 2  # other annotations: the old run is not reused
+    assert "other inputs" in capsys.readouterr().err

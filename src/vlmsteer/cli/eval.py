@@ -161,7 +161,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
         _Model(model, adapter, dtype, device, device_map, max_image_pixels, engine),
         _Steer(vector, name, alpha, layer, region_, condition, allow_other_model,
                _edit_spec(edit_dictionary, edit, latent, value), visual_alpha, visual_control), baseline,
-        chair=_chair_identity(chair))
+        chair=chair_run.files if chair_run is not None else None)
     if metrics is None:  # a data-parallel rank other than 0: rank 0 scores and reports
         return
     _print_tables("captions", metrics)
@@ -251,12 +251,6 @@ def _chair_annotations(folder: Optional[Path], objects: Optional[str]):
             raise VlmsteerError("an object table applies only with --chair ANNOTATIONS", "objects")
         return None
     return ChairAnnotations.read(folder, CHAIR_OBJECTS.get(objects or "coco")())
-
-
-def _chair_identity(folder: Optional[Path]):
-    from vlmsteer.runs.scoring import chair_annotation_files, file_identity
-
-    return None if folder is None else [file_identity(f) for f in chair_annotation_files(folder)]
 
 
 def _evaluate(kind: str, out: Path, overwrite: bool, load: Callable, run: Callable, model: _Model, steer: _Steer,

@@ -62,13 +62,12 @@ def score_chair_cmd(captions: Path = typer.Option(..., help="Captions: JSONL (or
     """CHAIR_s, CHAIR_i, Recall and mean length, exactly as the CHAIR reference computes them, with
     each caption's mentioned and hallucinated objects."""
     from vlmsteer.evaluate.chair import chair_scores
-    from vlmsteer.runs.scoring import ChairAnnotations, chair_annotation_files, read_captions, write_chair_scores
+    from vlmsteer.runs.scoring import ChairAnnotations, read_captions, write_chair_scores
 
     with publish(out, overwrite) as pub:
         caps = read_captions(captions)
         chair = ChairAnnotations.read(annotations, CHAIR_OBJECTS.get(objects)())
-        claim(pub, command_identity(captions=file_identity(captions),
-                                    annotations=[file_identity(f) for f in chair_annotation_files(annotations)]))
+        claim(pub, command_identity(captions=file_identity(captions), annotations=chair.files))
         scores = chair_scores(caps, chair.truth([i for i, _ in caps]), chair.vocab)
         write_chair_scores(pub.stage, scores)
         command_run_json(pub)

@@ -29,7 +29,7 @@ def collector_paused():
             gc.enable()
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read_bytes(path: Path, what: str) -> bytes:
     if not path.exists():
         raise input_error(path, f"{what} not found")
     if path.is_dir():
@@ -37,20 +37,42 @@ def _read_text(path: Path, what: str) -> str:
     if not path.is_file():  # a FIFO or a device would block or stream forever
         raise input_error(path, f"not a regular file; a {what} must be one")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise input_error(path, f"not a UTF-8 text file (a {what} must be UTF-8)") from None
+        return path.read_bytes()
     except OSError as exc:
         raise input_error(path, f"cannot read {what} ({exc.strerror or exc})") from None
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    path = Path(path)
-    text = _read_text(path, what)
+def _decode(data: bytes, path: Path, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise input_error(path, f"not a UTF-8 text file (a {what} must be UTF-8)") from None
+
+
+def _read_text(path: Path, what: str) -> str:
+    return _decode(_read_bytes(path, what), path, what)
+
+
+def _parse_json(text: str, path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise input_error(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    return _parse_json(_read_text(path, what), path)
+
+
+def read_json_and_digest(path: str | Path, what: str = "JSON file") -> tuple[Any, str]:
+    """:func:`read_json` and the SHA-256 of the file's bytes, from one read (a run's identity
+    names its inputs by content without reading a large file twice)."""
+    import hashlib
+
+    path = Path(path)
+    data = _read_bytes(path, what)
+    return _parse_json(_decode(data, path, what), path), hashlib.sha256(data).hexdigest()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

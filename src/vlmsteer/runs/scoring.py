@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from vlmsteer.data.io import read_json, read_jsonl
+from vlmsteer.data.io import read_json, read_json_and_digest, read_jsonl
 from vlmsteer.data.pope import PopeQuestion
 from vlmsteer.errors import VlmsteerError, input_error
 from vlmsteer.evaluate.chair import ChairScores, ChairVocabulary, check_known, coco_vocabulary, ground_truth
@@ -82,9 +82,10 @@ def read_captions(path: str | Path) -> list[tuple[int | str, str]]:
     return pairs
 
 
-def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict]]:
+def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
     """COCO's instances and captions files of ``folder``, as the reference reads them (train and
-    val 2014); a folder holding only one split's pair is read as that split alone."""
+    val 2014; a folder holding only one split's pair is read as that split alone), and each file
+    by content (:func:`file_identity`'s record, from the same read)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise input_error(folder, "annotations folder not found" if not folder.exists() else "not a folder")
@@ -92,22 +93,25 @@ def read_chair_annotations(folder: str | Path) -> tuple[list[dict], list[dict]]:
     if not files:
         raise input_error(folder, "holds neither instances_val2014.json + captions_val2014.json nor the train2014 pair "
                                   "(COCO's annotation files, as CHAIR reads them)")
-    instances, captions = [], []
+    instances, captions, identities = [], [], []
     for path in files:
-        data = read_json(path, "COCO annotation file")
+        data, digest = read_json_and_digest(path, "COCO annotation file")
         if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
             raise input_error(path, "not a COCO annotation file (no 'annotations' list)")
         (instances if path.name.startswith("instances") else captions).append(data)
-    return instances, captions
+        identities.append({"name": path.name, "sha256": digest})
+    return instances, captions, identities
 
 
 @dataclass
 class ChairAnnotations:
     """A folder's COCO annotations read once, with the object table to score with (``score chair``
-    and ``eval captions --chair``, which scores its captions and its baseline's against one truth)."""
+    and ``eval captions --chair``, which scores its captions and its baseline's against one truth)
+    and the files by content (for the run's identity)."""
 
     instances: list[dict]
     captions: list[dict]
+    files: list[dict]
     vocab: ChairVocabulary
 
     @classmethod
