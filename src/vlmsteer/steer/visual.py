@@ -129,7 +129,7 @@ def visual_shift_vector(vlm: VLM, samples, layers=None, *, method: str = "pca", 
     (:meth:`VisualSteering.vectors`), summarised per layer as their mean (``mean``) or as their
     first principal direction, signed and scaled like the mean (``pca``: the projection of the
     mean on it). Unlike :class:`VisualSteering` it is one vector for every input: any engine adds
-    it, ``sweep`` grids it. VTI's vision-encoder half is not this."""
+    it. VTI's vision-encoder half is not this."""
     from vlmsteer.progress import progress_bar
 
     if method not in SUMMARIES:
