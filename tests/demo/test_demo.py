@@ -274,11 +274,12 @@ def test_every_report_renders_in_a_browser_without_broken_images_or_script_error
 
     out, _ = reduced_demo
     pages = [out / "index.html", *sorted(out.glob("*/report.html"))]
-    assert len(pages) == 9
+    assert len(pages) == 10
     for page in open_pages(pages, tmp_path):
         assert not page.errors, (page.path, page.errors)
         assert not page.broken_images, (page.path, page.broken_images)
-        if page.path.parent.name in ("demo", "vqa-baseline", "concepts", "yes-to-no", "shift", "separability"):
+        if page.path.parent.name in ("demo", "vqa-baseline", "concepts", "yes-to-no", "shift", "hallucination",
+                                     "separability"):
             assert page.images > 0, page.path  # its figures and example images are there
         missing = [h for h in page.local_links if not (page.path.parent / h.split("#")[0]).exists()]
         assert not missing, (page.path, missing)
