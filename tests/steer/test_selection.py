@@ -94,7 +94,7 @@ def test_sweep_cli(tiny_folder, tmp_path):
                  "--regions", "last_prompt,prompt", "--n-samples", "2,all", "--limit", "20",
                  "--out", str(tmp_path / "sweep")]) == 0
     result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert len(result["rows"]) == 2 * 2 * 2 * 2
+    assert len(result["rows"]) == 2 * 2 * 2 * 2 and result["visual"] is False
     assert {r["vector_samples"] for r in result["rows"] if r["n_samples"] == 2} == {4}
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
 

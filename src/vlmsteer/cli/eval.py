@@ -126,7 +126,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
                   edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
                   latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
-             visual_control: bool = _VISUAL_CONTROL,
+                  visual_control: bool = _VISUAL_CONTROL,
                   region: str = _REGION("generated", "every caption token"),
                   baseline: Optional[Path] = _BASELINE,
                   tokenizer: str = typer.Option("auto", help="CIDEr tokenizer: auto (Java PTB if java is "

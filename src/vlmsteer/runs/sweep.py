@@ -94,13 +94,13 @@ def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target
                      "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
     if edit is not None or visual:
         return _sweep_result(source, target, None, edit.describe() if edit else None, base, base_rep, samples, rows,
-                             target_answer) | {"visual": visual}
+                             target_answer, visual)
     return _sweep_result(source, target, condition and vars(condition), None, base, base_rep, samples, rows,
-                         target_answer)
+                         target_answer, visual)
 
 
-def _sweep_result(source, target, condition, edit, base, base_rep, samples, rows, target_answer) -> dict:
-    return {"source": str(source), "target": str(target), "condition": condition, "edit": edit,
+def _sweep_result(source, target, condition, edit, base, base_rep, samples, rows, target_answer, visual) -> dict:
+    return {"source": str(source), "target": str(target), "condition": condition, "edit": edit, "visual": visual,
             "baseline_accuracy": base_rep.per_type, "n": len(samples), "rows": rows,
             "target_before": compare_runs(base, base, target=target_answer).get("target", {}).get("before")}
 
