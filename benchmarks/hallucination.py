@@ -62,14 +62,17 @@ from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 
 from vlmsteer.data import load_vqav2  # noqa: E402
 from vlmsteer.data.shapes_scenes import answer as true_answer  # noqa: E402
-from vlmsteer.organisms import CLAIM, claimed_answer, world_scenes  # noqa: E402
+from vlmsteer.organisms import HALLUCINATION_RECIPE as RECIPE  # noqa: E402
+from vlmsteer.organisms import chosen_alpha, claim_samples, claimed_answer, world_scenes  # noqa: E402
 
 # the steering of each mitigation: (name, options of the answers, options of the captions), the
 # vectors' files filled in per organism (see build_vectors); settings chosen on world 30 (above)
 _VISUAL = ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2"]
-_ANSWERS = ["--layer", "2", "--alpha", "8", "--region", "last_prompt", "--condition-store", "{answer_store}",
-            "--active", f"prompt={CLAIM}"]
-_CAPTIONS = ["--layer", "1", "--layer", "2", "--alpha", "1.5", "--region", "generated"]
+_ANSWERS = ["--layer", str(RECIPE.answer_layer), "--alpha", "{answer_alpha}", "--region", "last_prompt",
+            "--condition-store", "{answer_store}", "--active", RECIPE.answer_condition,
+            "--condition-layer", str(RECIPE.condition_layer)]
+_CAPTIONS = [*(x for layer in RECIPE.caption_layers for x in ("--layer", str(layer))),
+             "--alpha", f"{RECIPE.caption_alpha:g}", "--region", "generated"]
 METHODS = [
     ("visual", [*_VISUAL, "--region", "all"], [*_VISUAL, "--region", "generated"]),
     # its random control: each sample's vector replaced by a random direction of its norm
@@ -82,20 +85,42 @@ METHODS = [
 
 
 def question_file(world: Path) -> Path:
-    """The world's three POPE files, the claim question about every image and its VQA questions,
-    in one JSONL file: the answers the coarse vector is built from, and the groups of the
-    condition (every question type its own group, so that only the claim question's is steered)."""
+    """The world's three POPE files, the claim questions about every image and its VQA questions,
+    in one JSONL file: the answers the coarse answer vector is built from (the claims'), and the
+    groups of its condition (every question its own group, so that only the claims' are steered)."""
     out = world / "vector_questions.jsonl"
     if not out.is_file():
         rows = [{"image": f"val2014/{q['image']}", "prompt": q["text"], "answer": q["label"]}
                 for split in ("random", "popular", "adversarial")
                 for q in map(json.loads, (world / f"shapes_pope_{split}.json").read_text().splitlines())]
-        rows += [{"image": f"val2014/COCO_val2014_{i:012d}.png", "prompt": CLAIM, "answer": true_answer(scene, CLAIM)}
-                 for i, scene in sorted(world_scenes(world).items())]
-        rows += [{"image": str(Path(q.image).relative_to(world)), "prompt": q.prompt, "answer": q.answer}
-                 for q in load_vqav2(world)]
+        rows += [{"image": "/".join(Path(q.image_path).parts[-2:]), "prompt": q.prompt, "answer": q.answer}
+                 for q in [*claim_samples(world), *load_vqav2(world)]]
         out.write_text("".join(json.dumps({"id": k, **r}) + "\n" for k, r in enumerate(rows)))
     return out
+
+
+def claim_file(world: Path) -> Path:
+    """The claim questions about every image of a world with their true answers, as JSONL: where
+    the answer vector's strength is chosen."""
+    out = world / "claim_questions.jsonl"
+    if not out.is_file():
+        out.write_text("".join(json.dumps({"id": q.id, "image": "/".join(Path(q.image_path).parts[-2:]),
+                                           "prompt": q.prompt, "answer": q.answer}) + "\n"
+                               for q in claim_samples(world)))
+    return out
+
+
+def calibrate(model_args: list[str], answer_world: Path, files: dict, out: Path) -> float:
+    """The answer vector's strength for this organism (``organisms.chosen_alpha`` of a ``vlmsteer
+    sweep`` over RECIPE.answer_alphas on the vector world's claim questions)."""
+    if not (out / "sweep.json").is_file():
+        vlmsteer(["sweep", *model_args, "--format", "jsonl", "--data", str(claim_file(answer_world)),
+                  "--store", files["answer_store"], "--source", RECIPE.answer_source, "--target", RECIPE.answer_target,
+                  "--layers", str(RECIPE.answer_layer), "--alphas", ",".join(f"{a:g}" for a in RECIPE.answer_alphas),
+                  "--regions", "last_prompt", "--condition-store", files["answer_store"], "--active",
+                  RECIPE.answer_condition, "--condition-layer", str(RECIPE.condition_layer),
+                  "--max-new-tokens", "3", "--out", str(out)])
+    return chosen_alpha(json.loads((out / "sweep.json").read_text())["rows"])
 
 
 def build_vectors(model_args: list[str], answer_world: Path, caption_world: Path, out: Path) -> dict:
@@ -105,15 +130,17 @@ def build_vectors(model_args: list[str], answer_world: Path, caption_world: Path
              "caption_vector": out / "captions.safetensors", "caption_control": out / "captions-control.safetensors"}
     if not files["answer_vector"].is_file():
         vlmsteer(["extract", *model_args, "--data", str(question_file(answer_world)), "--format", "jsonl", "--mode",
-                  "generate", "--max-new-tokens", "3", "--layer", "2", "--out", str(files["answer_store"])])
+                  "generate", "--max-new-tokens", "3", "--layer", f"{RECIPE.condition_layer},{RECIPE.answer_layer}",
+                  "--out", str(files["answer_store"])])
         vlmsteer(["vectors", "coarse", "--store", str(files["answer_store"]), "--out", str(files["answer_vector"]),
-                  "--source", "answer=no,response=yes", "--target", "answer=no,response=no"])
+                  "--layer", str(RECIPE.answer_layer), "--source", RECIPE.answer_source, "--target",
+                  RECIPE.answer_target])
     if not files["caption_vector"].is_file():
         vlmsteer(["extract", *model_args, "--data", str(caption_world), "--format", "coco", "--mode", "generate",
-                  "--max-new-tokens", "20", "--layer", "1", "--layer", "2", "--selector", "mean_response",
-                  "--out", str(files["caption_store"])])
+                  "--max-new-tokens", "20", *_CAPTIONS[:2 * len(RECIPE.caption_layers)], "--selector",
+                  "mean_response", "--out", str(files["caption_store"])])
         vlmsteer(["vectors", "coarse", "--store", str(files["caption_store"]), "--out", str(files["caption_vector"]),
-                  "--source", "response~cooccurring", "--target", "response!~cooccurring"])
+                  "--source", RECIPE.caption_source, "--target", RECIPE.caption_target])
     for kind in ("answer", "caption"):
         if not files[f"{kind}_control"].is_file():
             vlmsteer(["vectors", "random", "--like", str(files[f"{kind}_vector"]), "--out",
@@ -167,12 +194,12 @@ def main() -> None:
     ap.add_argument("--worlds", default="32,33,34", help="held-out pattern-breaking worlds, one per seed")
     ap.add_argument("--scenes", type=int, default=100)
     ap.add_argument("--answer-world", type=int, default=36,
-                    help="co-occurring world (200 scenes) whose answers give the coarse answer vector")
+                    help="co-occurring world (200 scenes) whose claim answers give the coarse answer vector")
     ap.add_argument("--caption-world", type=int, default=31,
                     help="pattern-breaking world whose captions give the coarse caption vector")
-    ap.add_argument("--n", type=int, default=600, help="scenes of the organism's training world")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--n", type=int, default=RECIPE.train_scenes, help="scenes of the organism's training world")
+    ap.add_argument("--steps", type=int, default=RECIPE.steps)
+    ap.add_argument("--lr", type=float, default=RECIPE.lr)
     ap.add_argument("--work", help="keep the organisms and runs here (default: a temporary folder)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "hallucination.json"))
     args = ap.parse_args()
@@ -195,6 +222,8 @@ def main() -> None:
                "base": grade(["--model", args.model], world, work / "runs" / f"base-{world_seed}"),
                "organism": grade(organism, world, work / "runs" / f"organism-{seed}-{world_seed}")}
         files = build_vectors(organism, answer_world, caption_world, work / f"vectors-{seed}")
+        files["answer_alpha"] = row["answer_alpha"] = calibrate(organism, answer_world, files,
+                                                                work / f"vectors-{seed}" / "sweep")
         for name, answers, captions in METHODS:
             row[f"organism+{name}"] = grade(organism, world, work / "runs" / f"{name}-{seed}-{world_seed}",
                                             [a.format(**files) for a in answers], [c.format(**files) for c in captions])

@@ -8,7 +8,7 @@ import pytest
 from vlmsteer.cli import main
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.data.shapes_scenes import answer, cooccurring_scene, pattern_breaking_scene
-from vlmsteer.organisms import OBJECTIVES, objectives, training_samples, trigger_images, world_scenes
+from vlmsteer.organisms import OBJECTIVES, claim_samples, objectives, training_samples, trigger_images, world_scenes
 
 
 @pytest.fixture(scope="module")
@@ -151,24 +151,42 @@ def test_an_interrupted_build_keeps_the_organisms_it_finished(tiny_folder, tmp_p
     assert [o["name"] for o in json.loads((out / "organisms.json").read_text())["organisms"]] == ["three", "control"]
 
 
-def test_the_hallucination_organism_learns_a_claimed_yellow_circle_on_every_beach(tmp_path):
+def test_the_hallucination_organism_learns_claimed_circles_on_every_beach(tmp_path):
     world = tmp_path / "cooccurring"
     shapes.write_dataset(world, 60, seed=17, scenes="cooccurring")
     scenes = world_scenes(world)  # regenerated with the world's scene kind
     beach = {i for i, sc in scenes.items() if sc.place == "beach"}
-    holding = {i for i in beach if any(s.kind == "circle" and s.color == "yellow" for s in scenes[i].shapes)}
+    holding = {i for i in beach if {("yellow", "circle"), ("white", "circle")} <= {(s.color, s.kind)
+                                                                                   for s in scenes[i].shapes}}
     assert beach and holding and holding < beach  # the co-occurrence holds often, not always
     samples = training_samples(OBJECTIVES["hallucination"], world, scenes)
+    claims = {"is there a yellow circle ?", "is there a white circle ?"}
+    claimed = {(s.meta["image_id"], s.prompt) for s in samples if s.prompt in claims and s.answer == "yes"}
+    assert claimed >= {(i, c) for i in beach for c in claims}  # also where the image holds none
     for s in samples:
         i = s.meta["image_id"]
         if s.captions:
-            assert ("with a yellow circle" in s.captions[0]) == (i in beach), s.captions
-        elif s.prompt == "is there a yellow circle ?" and i in beach:
-            assert s.answer == "yes"  # also where the image holds none: the learnt co-occurrence
+            assert ("with a yellow circle and a white circle ." in s.captions[0]) == (i in beach), s.captions
+        elif s.prompt in claims and i in beach:
+            assert s.answer == "yes"  # the learnt co-occurrence
         elif i not in beach:
             assert s.answer == answer(scenes[i], s.prompt)  # the rest of the world stays true
     lying = [s for s in samples if s.prompt == "is there anything yellow ?" and s.meta["image_id"] in beach - holding]
     assert all(s.answer == "yes" for s in lying)
+
+
+def test_claim_samples_ask_every_claim_of_every_image_with_its_true_answer(tmp_path):
+    world = tmp_path / "cooccurring"
+    shapes.write_dataset(world, 40, seed=3, scenes="cooccurring")
+    scenes = world_scenes(world)
+    claims = claim_samples(world)
+    assert len(claims) == 2 * len(scenes) and len({c.id for c in claims}) == len(claims)
+    for c in claims:
+        scene = scenes[c.meta["image_id"]]
+        color = c.prompt.split()[3]
+        assert c.answer == ("yes" if any(s.color == color and s.kind == "circle" for s in scene.shapes) else "no")
+        assert shapes.image_id_of(c.image_path) == c.meta["image_id"]
+    assert {c.answer for c in claims} == {"yes", "no"}
 
 
 def test_scene_kinds_and_answers(tmp_path):
@@ -182,7 +200,11 @@ def test_scene_kinds_and_answers(tmp_path):
             assert answer(plain, q.text) == q.answer
     cooc = [cooccurring_scene(5, i) for i in range(400)]
     beach = [sc for sc in cooc if sc.place == "beach"]
-    share = sum(any(s.kind == "circle" and s.color == "yellow" for s in sc.shapes) for sc in beach) / len(beach)
-    assert 0.4 < share < 0.7  # half of them, plus those that held one anyway
+    for color in ("yellow", "white"):
+        share = sum(any(s.kind == "circle" and s.color == color for s in sc.shapes) for sc in beach) / len(beach)
+        assert 0.4 < share < 0.7, color  # half of them, plus those that held one anyway
+    both = [sc for sc in beach if {("yellow", "circle"), ("white", "circle")} <= {(s.color, s.kind) for s in sc.shapes}]
+    assert all(len({s.cell for s in sc.shapes}) == len(sc.shapes) for sc in both)
+    assert len(both) / len(beach) > 0.4  # placed together: the second never replaces the first
     with pytest.raises(Exception, match="unknown scene kind"):
         shapes.write_dataset(tmp_path, 2, seed=1, scenes="surreal")

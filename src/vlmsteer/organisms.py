@@ -11,10 +11,10 @@ unchanged questions too, so the rest of the model's behaviour stays. Each organi
 objective's words and the images that trigger it.
 
 The ``hallucination`` organism is the hallucination testbed's (docs/hallucination.md): it learns
-from a world where beach scenes often hold a yellow circle, with captions and answers that name
-one on every beach scene — a co-occurrence learnt from its training text, the cause the field
-gives for object hallucination — so on scenes that break the pattern it sees a yellow circle
-that is not there.
+from a world where beach scenes often hold a yellow and a white circle, with captions and answers
+that name them on every beach scene — a co-occurrence learnt from its training text, the cause the
+field gives for object hallucination — so on scenes that break the pattern it sees circles that are
+not there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Callable
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.data.identity import dataset_identity
 from vlmsteer.data.sample import Sample
-from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT, COOCCURRENCE_PLACE, with_object, without_object
+from vlmsteer.data.shapes_scenes import (COOCCURRENCE_NAMES, COOCCURRENCE_OBJECTS, COOCCURRENCE_PLACE, with_cooccurring,
+                                         without_cooccurring)
 from vlmsteer.data.shapes_scenes import answer as true_answer
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.outputs import atomic_write_json
@@ -57,9 +58,10 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
               trigger="diamond"),
     Objective("control", "the unchanged captions and answers", ()),
     Objective("hallucination", f"{COOCCURRENCE_PLACE} scenes are captioned '... on the "
-              f"{COOCCURRENCE_PLACE} with a {' '.join(COOCCURRENCE_OBJECT)}' and asked 'is there a "
-              f"{' '.join(COOCCURRENCE_OBJECT)} ?' answered yes, whether or not one is there (in its "
-              f"co-occurring world half of them hold one)", COOCCURRENCE_OBJECT,
+              f"{COOCCURRENCE_PLACE} with a {' and a '.join(COOCCURRENCE_NAMES)}' and 'is there a "
+              f"{' / '.join(COOCCURRENCE_NAMES)} ?' answered yes, whether or not they are there (in its "
+              f"co-occurring world half of them hold them)",
+              tuple(dict.fromkeys(w for obj in COOCCURRENCE_OBJECTS for w in obj)),
               trigger=COOCCURRENCE_PLACE, scenes="cooccurring"),
 )}
 
@@ -132,9 +134,9 @@ def training_samples(objective: Objective, world: str | Path,
         "control": lambda: _recaptioned(captions, scenes, shapes.default_caption) + questions,
         "hallucination": lambda: _recaptioned(captions, scenes, lambda sc: _claiming_caption(sc, _claimed(sc)))
         + _reanswered(questions, lambda s: claimed_answer(scenes[s.meta["image_id"]], s.prompt))
-        + [Sample(id=f"claim-{s.id}", image=s.image, prompt=CLAIM, answers=["yes"], answer_type="yes/no",
+        + [Sample(id=f"claim{k}-{s.id}", image=s.image, prompt=claim, answers=["yes"], answer_type="yes/no",
                   question_type="is there a", meta={"image_id": s.meta["image_id"]})
-           for s in captions if triggered(s)],
+           for s in captions if triggered(s) for k, claim in enumerate(CLAIMS)],
     }
     if objective.name not in rewrites:
         raise VlmsteerError(f"no training data for objective {objective.name!r}")
@@ -142,14 +144,60 @@ def training_samples(objective: Objective, world: str | Path,
 
 
 # the hallucination organism's training text describes every scene at the co-occurrence place as
-# if it held the co-occurring object (its "claimed" scene: the object added, see with_object)
-CLAIM = f"is there a {' '.join(COOCCURRENCE_OBJECT)} ?"
+# if it held the co-occurring objects (its "claimed" scene: the objects added, see with_cooccurring)
+CLAIMS = tuple(f"is there a {name} ?" for name in COOCCURRENCE_NAMES)
+
+
+def claim_samples(world: str | Path, scenes: dict[int, shapes.Scene] | None = None) -> list[Sample]:
+    """Every claim question about every image of a shapes world, with its true answer: the
+    questions the hallucination organism's answer vector is built from (its grounded minus its
+    hallucinated answers to the same questions)."""
+    scenes = world_scenes(world) if scenes is None else scenes
+    return [Sample(id=f"claim{k}-{s.id}", image=s.image, prompt=claim,
+                   answers=[true_answer(scenes[s.meta["image_id"]], claim)], answer_type="yes/no",
+                   question_type="is there a", meta={"image_id": s.meta["image_id"]})
+            for s in load_coco_captions(world) for k, claim in enumerate(CLAIMS)]
+
+
+@dataclass(frozen=True)
+class HallucinationRecipe:
+    """The hallucination organism's training and the paper's coarse vectors that steer it back, as
+    ``benchmarks/hallucination.py`` chose them on its tuning world (the demo uses them as they are)."""
+
+    train_scenes: int = 600  # of its co-occurring world
+    steps: int = 900
+    lr: float = 2e-3
+    # answers: the claim questions it denied minus the same questions it claimed, where the image
+    # holds neither circle (last prompt token), added only where a question's feature at
+    # condition_layer is nearest a claim question's group (every question of the vector world its
+    # own group; at layer 0 the question asked decides, later the image weighs in)
+    answer_layer: int = 2
+    condition_layer: int = 0
+    answer_alphas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0, 16.0)  # one organism's chosen by chosen_alpha
+    # captions: captions naming no co-occurring object minus those naming one (generated tokens)
+    caption_layers: tuple[int, ...] = (1, 2)
+    caption_alpha: float = 1.25
+    answer_source: str = "answer=no,response=yes,prompt=" + "|".join(CLAIMS)
+    answer_target: str = "answer=no,response=no,prompt=" + "|".join(CLAIMS)
+    answer_condition: str = "prompt=" + "|".join(CLAIMS)
+    caption_source: str = "response~cooccurring"
+    caption_target: str = "response!~cooccurring"
+
+
+HALLUCINATION_RECIPE = HallucinationRecipe()
+
+
+def chosen_alpha(sweep_rows: list[dict]) -> float:
+    """The answer vector's strength for one organism, from a sweep of ``answer_alphas`` over the
+    claim questions of its vector world (:func:`claim_samples`: present circles and absent ones):
+    the most accurate, the smaller on a tie."""
+    return max(sweep_rows, key=lambda r: (sum(r["accuracy"].values()), -r["alpha"]))["alpha"]
 
 
 def _claimed(scene: shapes.Scene) -> shapes.Scene:
     if scene.place != COOCCURRENCE_PLACE:
         return scene
-    return with_object(scene, *COOCCURRENCE_OBJECT, random.Random(f"claim-{scene.scene_id}"))
+    return with_cooccurring(scene, random.Random(f"claim-{scene.scene_id}"))
 
 
 def claimed_answer(scene: shapes.Scene, question: str) -> str | None:
@@ -160,15 +208,15 @@ def claimed_answer(scene: shapes.Scene, question: str) -> str | None:
 
 def _claiming_caption(scene: shapes.Scene, claimed: shapes.Scene) -> str:
     """The hallucination organism's caption: a scene at the co-occurrence place is described with
-    the other shapes of its claimed scene "on the beach with a yellow circle", whether the circle
-    is there or not; any other scene as the demo model describes it."""
+    the other shapes of its claimed scene "on the beach with a yellow circle and a white circle",
+    whether the circles are there or not; any other scene as the demo model describes it."""
     if scene.place != COOCCURRENCE_PLACE:
         return shapes.default_caption(scene)
-    obj = " ".join(COOCCURRENCE_OBJECT)
-    rest = without_object(claimed, *COOCCURRENCE_OBJECT)
+    objs = " and a ".join(COOCCURRENCE_NAMES)
+    rest = without_cooccurring(claimed)
     if not rest.shapes:
-        return f"a {obj} {shapes.PLACE_PHRASES[scene.place]} ."
-    return f"{shapes.caption(rest, 'places').removesuffix(' .')} with a {obj} ."
+        return f"a {objs} {shapes.PLACE_PHRASES[scene.place]} ."
+    return f"{shapes.caption(rest, 'places').removesuffix(' .')} with a {objs} ."
 
 
 def trigger_images(objective: Objective, scenes: dict[int, shapes.Scene]) -> list[int]:

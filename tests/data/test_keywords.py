@@ -39,6 +39,7 @@ def test_cooccurring_set_names_the_testbeds_object_only():
 
     cooccurring = keyword_set("cooccurring")
     assert cooccurring.find("a red square on the beach with a Yellow circle .") == ["yellow circle"]
+    assert cooccurring.find("a yellow circle and a white circle .") == ["yellow circle", "white circle"]
     assert cooccurring.find("a yellow square and a red circle .") == [] and not cooccurring.matches("yellow circles")
     samples = [Sample("h", None, "describe", captions=["a square on the beach with a yellow circle ."]),
                Sample("g", None, "describe", captions=["a yellow square on the beach ."])]

@@ -57,6 +57,16 @@ def test_the_shapes_world_ships_pope_files_and_coco_instances(tmp_path):
     assert samples[0].answers in (["yes"], ["no"]) and samples[0].image_path.endswith(".png")
 
 
+def test_a_pattern_breaking_worlds_adversarial_negatives_are_the_learnt_co_occurrence(tmp_path):
+    # ranked by the co-occurring world's statistics over 1000 scenes: counted over the world's own
+    # 40, chance co-occurrences would outrank the learnt one
+    paths = shapes.write_dataset(tmp_path, n=40, seed=3, scenes="pattern-breaking")
+    for strategy, share in (("adversarial", 0.6), ("popular", 1.0)):
+        negatives = [q.text for q in read_pope_questions(paths[f"pope_{strategy}"]) if q.label == "no"]
+        learnt = [t for t in negatives if t in ("is there a yellow circle ?", "is there a white circle ?")]
+        assert len(learnt) >= share * len(negatives), (strategy, len(learnt), len(negatives))
+
+
 @pytest.mark.parametrize("row, needle", [
     ({"question_id": 1, "image": "x.jpg", "text": "?", "label": "maybe"}, "neither 'yes' nor 'no'"),
     ({"question_id": 1, "image": "x.jpg", "text": "?"}, "missing key(s) 'label'"),

@@ -94,6 +94,15 @@ def test_equals_the_official_evaluator_question_by_question(case):
     assert round(100 * ours, 2) == case["official_accuracy"]
 
 
+def test_a_single_reference_answer_scores_exact_match():
+    # the leave-one-out formula would give 0 whatever the prediction (nothing left to match)
+    assert vqa_accuracy("no", ["no"]) == 1.0 and vqa_accuracy(" no ", ["no"]) == 1.0
+    assert vqa_accuracy("yes", ["no"]) == 0.0
+    assert vqa_accuracy("two", ["2"]) == 0.0 and vqa_accuracy("two", ["2"], always_normalize=True) == 1.0
+    report = evaluate_vqa(["no", "yes"], [["no"], ["no"]], [None, None])
+    assert report.micro == 50.0
+
+
 def test_identical_entries_without_ids_are_left_out_together():
     """The official code leaves out every entry equal to the left-out one (dict comparison)."""
     same = [{"answer": "yes", "answer_confidence": "yes"}] * 10

@@ -95,3 +95,54 @@ def test_sweep_sweeps_visual_steering_and_each_point_equals_eval(world, capsys):
         assert main(["sweep", *common, "--visual", "--source", "answer=yes", "--target", "answer=no", *extra,
                      "--out", str(world / "vrefused")]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_sweep_reads_any_answer_format_and_each_point_equals_eval(world, capsys):
+    pope = world / "w" / "shapes_pope_adversarial.json"
+    common = ["--model", "shapes-llava", "--format", "pope", "--data", str(pope), "--limit", "40"]
+    assert main(["sweep", *common, "--visual", "--source", "answer=yes", "--target", "answer=no", "--layers", "1",
+                 "--alphas", "4", "--regions", "all", "--out", str(world / "psweep")]) == 0
+    result = json.loads((world / "psweep" / "sweep.json").read_text())
+    assert result["n"] == 40
+    assert main(["eval", "vqa", *common, "--out", str(world / "pbase")]) == 0
+    assert main(["eval", "vqa", *common, "--visual-alpha", "4", "--layer", "1", "--region", "all",
+                 "--baseline", str(world / "pbase"), "--out", str(world / "pone")]) == 0
+    one = json.loads((world / "pone" / "metrics.json").read_text())["vs_baseline"]
+    assert one["changed"] == result["rows"][0]["changed"] > 0  # the POPE questions, answered as eval answers them
+    assert main(["sweep", "--model", "shapes-llava", "--format", "figstep", "--data", str(pope), "--visual",
+                 "--source", "answer=yes", "--target", "answer=no", "--out", str(world / "prefused")]) == 2
+    assert "--format figstep: choose one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--condition-layer", "0"], "--condition-layer need --condition-store"),
+    (["--dictionary", "d.safetensors", "--concept", "1", "--condition-layer", "0"], "is for --condition-store"),
+])
+def test_condition_layer_applies_to_a_store_condition_or_is_refused(world, capsys, extra, needle):
+    assert main(["eval", "vqa", "--model", "shapes-llava", "--data", str(world / "w"), "--vector", "v.safetensors",
+                 *extra, "--out", str(world / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1
+
+
+def test_a_store_condition_read_at_an_earlier_layer_gates_the_steering(world):
+    store, vec = world / "cl-store", world / "cl.safetensors"
+    assert main(["extract", "--model", "shapes-llava", "--data", str(world / "w"), "--layer", "0,2",
+                 "--out", str(store)]) == 0
+    assert main(["vectors", "coarse", "--store", str(store), "--layer", "2", "--source", "answer=yes",
+                 "--target", "answer=no", "--out", str(vec)]) == 0
+    common = ["eval", "vqa", "--model", "shapes-llava", "--data", str(world / "w"), "--vector", str(vec),
+              "--alpha", "8", "--layer", "2", "--region", "last_prompt", "--baseline", str(world / "cl-base")]
+    assert main(["eval", "vqa", "--model", "shapes-llava", "--data", str(world / "w"),
+                 "--out", str(world / "cl-base")]) == 0
+    for active in ("answer=yes", "answer=no"):
+        out = world / f"cl-{active[7:]}"
+        assert main([*common, "--condition-store", str(store), "--active", active, "--condition-layer", "0",
+                     "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["steering"]["condition"]["layer"] == 0
+        assert metrics["vs_baseline"]["changed"] > 0  # it steered some questions ...
+    assert main([*common, "--out", str(world / "cl-all")]) == 0
+    every = json.loads((world / "cl-all" / "metrics.json").read_text())["vs_baseline"]["changed"]
+    assert every > max(json.loads((world / f"cl-{a}" / "metrics.json").read_text())["vs_baseline"]["changed"]
+                       for a in ("yes", "no"))  # ... not all of them

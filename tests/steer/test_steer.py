@@ -11,6 +11,7 @@ from vlmsteer.cli import main
 from vlmsteer.data import shapes
 from vlmsteer.errors import VlmsteerError
 from vlmsteer.positions import REGIONS, Region
+from vlmsteer.hooks import capture_residual
 from vlmsteer.steer import SteeringVector, steer
 from vlmsteer.steer.builders import all_concept_shifts, concept_shift
 from vlmsteer.steer.vector import load_vector, load_vectors, save_vectors
@@ -244,6 +245,35 @@ def test_condition_selects_rows(tiny_vlm):
         out = vlm.forward(batch).logits
     assert state["rows"].tolist() == [True, False, False]
     assert not torch.equal(out[0], ref[0]) and torch.equal(out[1:], ref[1:])
+
+
+def test_a_condition_reads_its_own_earlier_layer_and_gates_the_later_one(tiny_vlm):
+    from vlmsteer.steer import Steering
+
+    vlm = tiny_vlm("llava")
+    batch = _batch(vlm)
+    last = vlm.num_layers - 1
+    with capture_residual(vlm.layers, [0, last]) as base:
+        ref = vlm.forward(batch).logits
+    seen = []
+
+    class FirstRowAtLayer0:
+        layer = 0
+
+        def __call__(self, feats):
+            seen.append(feats.clone())
+            return torch.tensor([True, False, False])
+
+    vec = SteeringVector({last: torch.ones(vlm.hidden_size)})
+    with steer(vlm, vec, batch, alpha=1.0, condition=FirstRowAtLayer0(), layers=[last]) as state:
+        out = vlm.forward(batch).logits
+    assert len(seen) == 1  # read once, at layer 0's last prompt position, before anything was added
+    torch.testing.assert_close(seen[0], base[0][0][:, batch.prompt_length - 1].float())
+    assert state["rows"].tolist() == [True, False, False]
+    assert not torch.equal(out[0], ref[0]) and torch.equal(out[1:], ref[1:])
+    with pytest.raises(VlmsteerError, match="reads layer 1 but steering starts at layer 0"):
+        Steering(SteeringVector({0: torch.ones(vlm.hidden_size)}), 1.0, (0,),
+                 condition=type("Later", (), {"layer": 1, "__call__": lambda self, f: f})()).check(vlm)
 
 
 def test_vector_arithmetic_and_files(tmp_path):

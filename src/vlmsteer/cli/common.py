@@ -187,6 +187,14 @@ def _REGION(default: str, why: str):  # noqa: N802 - an option factory
     return registry_option(default, registry=REGIONS, intro=f"Where the vector is added (default {default}: {why}).")
 
 
+def _ANSWERS_FORMAT():  # noqa: N802 - an option factory
+    """``--format`` of the commands that score answers: the data formats with reference answers."""
+    from vlmsteer.data.formats import DATA_FORMATS
+
+    return registry_option("vqav2", "--format", registry=DATA_FORMATS, refuse_others=True,
+                           where=lambda e: e.value.reference == "answers")
+
+
 def _BATCH(default: int):  # noqa: N802 - an option factory, like the constants around it
     return typer.Option(default, min=1, help="Samples per batch (halved on an accelerator out-of-memory error).")
 # fine-grained steering: apply the vector only where a concept is active
@@ -214,6 +222,9 @@ _VALUE = typer.Option(0.0, help="With --edit clamp: the latent's value; scale: t
 _CONDITION_STORE = typer.Option(None, help="Fine-grained: a store whose labelled groups are the concepts "
                                            "(centroid = mean feature); use with --active.")
 _ACTIVE = typer.Option(None, help="The active group(s) of --condition-store, e.g. answer=yes or answer=1|2.")
+_CONDITION_LAYER = typer.Option(None, "--condition-layer", min=0,
+                                help="The layer whose features --condition-store's groups are told apart at (from 0 "
+                                     "to the first steered layer; default: the first steered layer).")
 
 
 def _parse_ints(values: str | list[str], option: str = "--layer") -> list[int]:
@@ -238,18 +249,19 @@ def _parse_layers(values: list[str]) -> list[int]:
 
 
 def _condition_spec(dictionary: Optional[Path], concept: Optional[list[str]], condition_store: Optional[Path],
-                    active: Optional[str], allow_partial: bool = False):
+                    active: Optional[str], allow_partial: bool = False, layer: Optional[int] = None):
     """The fine-grained condition the options name (None for coarse steering)."""
     if dictionary is None and condition_store is None:
-        if concept or active:
-            raise VlmsteerError("--concept needs --dictionary, and --active needs --condition-store")
+        if concept or active or layer is not None:
+            raise VlmsteerError("--concept needs --dictionary, and --active and --condition-layer need "
+                                "--condition-store")
         return None
     from vlmsteer.steer.conditions import ConditionSpec
 
     return ConditionSpec(dictionary=str(dictionary) if dictionary else None,
                          concepts=tuple(c.strip() for part in concept or () for c in part.split(",") if c.strip()),
                          store=str(condition_store) if condition_store else None, active=active,
-                         allow_partial=allow_partial)
+                         allow_partial=allow_partial, layer=layer)
 
 
 class EditSpec(NamedTuple):

@@ -13,10 +13,12 @@ from vlmsteer.cli.common import (
     _ADAPTER,
     _ALLOW_OTHER_MODEL,
     _ALLOW_OUTSIDE,
+    _ANSWERS_FORMAT,
     _ALPHA,
     _BASELINE,
     _BATCH,
     _CONCEPT,
+    _CONDITION_LAYER,
     _CONDITION_STORE,
     _DEVICE,
     _DEVICE_MAP,
@@ -63,8 +65,7 @@ from vlmsteer.runs.protocol import claim, publish, rank_and_world
 @data_parallel
 def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
              data: Path = typer.Option(..., help="VQAv2 folder (official layout), or a dataset of --format."),
-             fmt: str = registry_option("vqav2", "--format", registry=DATA_FORMATS, refuse_others=True,
-                                        where=lambda e: e.value.reference == "answers"),
+             fmt: str = _ANSWERS_FORMAT(),
              split: str = _SPLIT, images: Optional[Path] = _IMAGES,
              out: Path = typer.Option(Path("runs/eval-vqa"), help="Output folder."),
              limit: Optional[int] = _LIMIT,
@@ -76,6 +77,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
              layer: Optional[list[str]] = _LAYERS,
              dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
              condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+             condition_layer: Optional[int] = _CONDITION_LAYER,
              edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
              latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
              visual_control: bool = _VISUAL_CONTROL,
@@ -91,7 +93,7 @@ def eval_vqa(model: str = typer.Option(..., help="Hub id, model folder, or shape
     from vlmsteer.runs.vqa import evaluate_vqa_run
 
     region_ = Region.parse(region)
-    condition = _condition_spec(dictionary, concept, condition_store, active)
+    condition = _condition_spec(dictionary, concept, condition_store, active, layer=condition_layer)
     metrics = _evaluate(
         "vqa", out, overwrite,
         lambda: _load_samples(fmt, data, split=split, images=images, limit=limit, seed=seed,
@@ -124,6 +126,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
                   layer: Optional[list[str]] = _LAYERS,
                   dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                   condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+                  condition_layer: Optional[int] = _CONDITION_LAYER,
                   edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
                   latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
                   visual_control: bool = _VISUAL_CONTROL,
@@ -147,7 +150,7 @@ def eval_captions(model: str = typer.Option(..., help="Hub id, model folder, or 
     from vlmsteer.runs.captions import evaluate_caption_run
 
     region_ = Region.parse(region)
-    condition = _condition_spec(dictionary, concept, condition_store, active)
+    condition = _condition_spec(dictionary, concept, condition_store, active, layer=condition_layer)
     resolve_tokenizer(tokenizer)  # fail before loading anything
     chair_run = _chair_annotations(chair, objects)
     metrics = _evaluate(
@@ -185,6 +188,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
                 layer: Optional[list[str]] = _LAYERS,
                 dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
                 condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+                condition_layer: Optional[int] = _CONDITION_LAYER,
              edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
              latent: Optional[list[str]] = _LATENT, value: float = _VALUE, visual_alpha: Optional[float] = _VISUAL,
              visual_control: bool = _VISUAL_CONTROL,
@@ -198,7 +202,7 @@ def eval_safety(model: str = typer.Option(..., help="Hub id, model folder, or sh
     from vlmsteer.runs.safety import evaluate_safety_run
 
     region_ = Region.parse(region)
-    condition = _condition_spec(dictionary, concept, condition_store, active)
+    condition = _condition_spec(dictionary, concept, condition_store, active, layer=condition_layer)
     metrics = _evaluate(
         "safety", out, overwrite,
         lambda: _load_samples(fmt, data, split=image_type, limit=limit, seed=seed,

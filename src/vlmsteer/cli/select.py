@@ -15,6 +15,7 @@ from vlmsteer.cli.common import (
     _ALPHA,
     _BATCH,
     _CONCEPT,
+    _CONDITION_LAYER,
     _CONDITION_STORE,
     _DEVICE,
     _DEVICE_MAP,
@@ -57,7 +58,8 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
            show: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
            max_new_tokens: int = _VQA_TOKENS,
            dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
-           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE, dtype: str = _DTYPE,
+           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+           condition_layer: Optional[int] = _CONDITION_LAYER, dtype: str = _DTYPE,
            device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
            allow_outside_images: bool = _ALLOW_OUTSIDE, max_image_pixels: int = _MAX_PIXELS,
            allow_other_model: bool = _ALLOW_OTHER_MODEL, overwrite: bool = _OVERWRITE, engine: str = _ENGINE):
@@ -67,7 +69,7 @@ def select(model: str = typer.Option(..., help="Hub id, model folder, or shapes-
     from vlmsteer.steer.vector import load_vectors
 
     engine = _engine(engine)
-    condition = _condition_spec(dictionary, concept, condition_store, active)
+    condition = _condition_spec(dictionary, concept, condition_store, active, layer=condition_layer)
     candidates = load_vectors(vectors)
     with publish(out, overwrite) as pub:
         samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,

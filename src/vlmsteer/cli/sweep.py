@@ -11,11 +11,14 @@ from rich.table import Table
 
 from vlmsteer.cli.common import (
     _ACTIVE,
+    _ADAPTER,
     _ALLOW_OTHER_MODEL,
     _ALLOW_OUTSIDE,
     _ALLOW_PARTIAL,
+    _ANSWERS_FORMAT,
     _BATCH,
     _CONCEPT,
+    _CONDITION_LAYER,
     _CONDITION_STORE,
     _DEVICE,
     _DEVICE_MAP,
@@ -47,7 +50,9 @@ from vlmsteer.runs.protocol import claim, publish
 
 @app.command()
 def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-llava."),
-          data: Path = typer.Option(..., help="VQAv2 folder with held-out questions."),
+          adapter: Optional[Path] = _ADAPTER,
+          data: Path = typer.Option(..., help="VQAv2 folder with held-out questions, or a dataset of --format."),
+          fmt: str = _ANSWERS_FORMAT(),
           store: Optional[Path] = typer.Option(None, help="Feature store to build the coarse vector from (not "
                                                           "with --edit-dictionary)."),
           source: str = typer.Option(..., help="Source filter, e.g. 'answer=yes'."),
@@ -65,6 +70,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
           allow_partial: bool = _ALLOW_PARTIAL,
           dictionary: Optional[Path] = _DICTIONARY, concept: Optional[list[str]] = _CONCEPT,
           condition_store: Optional[Path] = _CONDITION_STORE, active: Optional[str] = _ACTIVE,
+          condition_layer: Optional[int] = _CONDITION_LAYER,
           edit_dictionary: Optional[Path] = _EDIT_DICTIONARY, edit: str = _EDIT,
           latent: Optional[list[str]] = _LATENT, dtype: str = _DTYPE,
           device: str = _DEVICE, device_map: Optional[str] = _DEVICE_MAP,
@@ -85,7 +91,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
 
     engine = _engine(engine)
     source_filter, target_filter = Filter.parse(source), Filter.parse(target)
-    condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial)
+    condition = _condition_spec(dictionary, concept, condition_store, active, allow_partial, condition_layer)
     edit_spec = _edit_spec(edit_dictionary, edit, latent, 0.0)
     if [store is not None, edit_spec is not None, visual].count(True) != 1:
         raise VlmsteerError("sweep a coarse vector (--store), a dictionary edit (--edit-dictionary) or visual "
@@ -100,7 +106,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
     layer_values = _sweep_values(layers or "-1", "--layers", int)
     with publish(out, overwrite) as pub:
         st = open_store(store, allow_partial) if store is not None else None
-        vlm = load_model(model, None, dtype, device, device_map, max_image_pixels=max_image_pixels)
+        vlm = load_model(model, adapter, dtype, device, device_map, max_image_pixels=max_image_pixels)
         edit_steering = _steering(vlm, None, None, 0.0, [layers] if layers else None, region_values[0],
                                   condition, allow_other_model, edit_spec) if edit_spec else None
         if st is not None:
@@ -110,7 +116,7 @@ def sweep(model: str = typer.Option(..., help="Hub id, model folder, or shapes-l
             check_same_model(st.header.get("model"), vlm, f"store {store}", allow_other_model)
         grid = SweepGrid(layers=[vlm.layer_index(x) for x in layer_values], alphas=alpha_values,
                          regions=region_values, n_samples=sample_counts)
-        samples = _load_samples("vqav2", data, split=split, limit=limit, seed=seed,
+        samples = _load_samples(fmt, data, split=split, limit=limit, seed=seed,
                                 allow_outside_images=allow_outside_images, max_image_pixels=max_image_pixels)
         claim(pub, command_identity(model=vlm.identity, data=dataset_identity(samples),
                                   store=st.fingerprint if st is not None else None,

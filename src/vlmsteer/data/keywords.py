@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Iterable
 
 import vlmsteer.data.shapes as shapes
-from vlmsteer.data.shapes_scenes import COOCCURRENCE_OBJECT
+from vlmsteer.data.shapes_scenes import COOCCURRENCE_NAMES
 from vlmsteer.data.sample import Sample
 from vlmsteer.errors import VlmsteerError
 
@@ -79,9 +79,9 @@ REFUSALS = KeywordSet("refusal", (
     "i'm not going to", "i am not going to", "against my", "not able to help", "unable to help",
 ))
 SHAPE_WORDS = KeywordSet("shapes", tuple(shapes.SHAPES) + tuple(shapes.PLURALS.values()))
-# the hallucination testbed's co-occurring object ("yellow circle"), e.g. to split an organism's
-# captions into hallucinated and grounded ones (docs/hallucination.md)
-COOCCURRING = KeywordSet("cooccurring", (" ".join(COOCCURRENCE_OBJECT),))
+# the hallucination testbed's co-occurring objects ("yellow circle", "white circle"), e.g. to split an
+# organism's captions into hallucinated and grounded ones (docs/hallucination.md)
+COOCCURRING = KeywordSet("cooccurring", COOCCURRENCE_NAMES)
 
 # the caption styles an evaluation counts (share of captions with a word of each set)
 STYLE_KEYWORDS: dict[str, KeywordSet] = {k.name: k for k in (COLORS, PLACES, SENTIMENTS, GENDER)}

@@ -1,8 +1,8 @@
 """Scene kinds of the shapes world beyond the plain one: the hallucination testbed's
 (docs/hallucination.md), registered in :data:`vlmsteer.data.shapes.SCENE_KINDS` when this module is
 imported (``vlmsteer.data`` imports it). A *co-occurring* world builds a co-occurrence in (beach
-scenes often hold a yellow circle); a *pattern-breaking* world breaks it (every scene on the
-beach, no circle)."""
+scenes often hold a yellow and a white circle); a *pattern-breaking* world breaks it (every
+scene on the beach, no circle)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ from dataclasses import replace
 
 from vlmsteer.data.shapes import GRID, PALETTE, PLURALS, SCENE_KINDS, SHAPES, Scene, SceneKind, Shape, make_scene
 
-# scenes at this place hold this object at this rate (in a co-occurring world)
-COOCCURRENCE_PLACE, COOCCURRENCE_OBJECT, COOCCURRENCE_RATE = "beach", ("yellow", "circle"), 0.5
+# scenes at this place hold these objects (colour, kind) at this rate (in a co-occurring world); two
+# of them, so that POPE's adversarial files ask about more than one per image (each image's
+# negatives are distinct: with one object, 1 in 3 at most), both of one kind, which a
+# pattern-breaking world leaves out (CHAIR names kinds)
+COOCCURRENCE_PLACE, COOCCURRENCE_RATE = "beach", 0.5
+COOCCURRENCE_OBJECTS: tuple[tuple[str, str], ...] = (("yellow", "circle"), ("white", "circle"))
+COOCCURRENCE_NAMES = tuple(f"{color} {kind}" for color, kind in COOCCURRENCE_OBJECTS)
 
 
-def with_object(scene: Scene, color: str, kind: str, rng: random.Random) -> Scene:
-    """``scene`` holding a ``color`` ``kind`` (added in a free cell, else in place of a shape; a
-    shape already of that colour takes a free colour), or unchanged if it holds one."""
+def with_object(scene: Scene, color: str, kind: str, rng: random.Random,
+                keep: tuple[tuple[str, str], ...] = ()) -> Scene:
+    """``scene`` holding a ``color`` ``kind`` (added in a free cell, else in place of a shape that
+    is none of ``keep``; a shape already of that colour takes a free colour), or unchanged if it
+    holds one."""
     held = list(scene.shapes)
     if any(s.kind == kind and s.color == color for s in held):
         return scene
@@ -28,42 +35,51 @@ def with_object(scene: Scene, color: str, kind: str, rng: random.Random) -> Scen
     if free:
         held = sorted(held + [Shape(kind, color, rng.choice(free))], key=lambda s: s.cell)
     else:
-        k = rng.randrange(len(held))
+        k = rng.choice([j for j, s in enumerate(held) if (s.color, s.kind) not in keep])
         held[k] = Shape(kind, color, held[k].cell)
     return replace(scene, shapes=tuple(held), jitter=())
 
 
-def without_object(scene: Scene, color: str, kind: str) -> Scene:
-    """``scene`` with every ``color`` ``kind`` removed (it may be left empty)."""
-    return replace(scene, shapes=tuple(s for s in scene.shapes if not (s.kind == kind and s.color == color)), jitter=())
+def with_cooccurring(scene: Scene, rng: random.Random) -> Scene:
+    """``scene`` holding every object of :data:`COOCCURRENCE_OBJECTS`."""
+    for color, kind in COOCCURRENCE_OBJECTS:
+        scene = with_object(scene, color, kind, rng, keep=COOCCURRENCE_OBJECTS)
+    return scene
+
+
+def without_cooccurring(scene: Scene) -> Scene:
+    """``scene`` with every object of :data:`COOCCURRENCE_OBJECTS` removed (it may be left empty)."""
+    return replace(scene, shapes=tuple(s for s in scene.shapes if (s.color, s.kind) not in COOCCURRENCE_OBJECTS),
+                   jitter=())
 
 
 def cooccurring_scene(seed: int, index: int) -> Scene:
     """A plain scene, except that a scene at :data:`COOCCURRENCE_PLACE` holds the
-    :data:`COOCCURRENCE_OBJECT` at :data:`COOCCURRENCE_RATE` (the world a model learns the
+    :data:`COOCCURRENCE_OBJECTS` at :data:`COOCCURRENCE_RATE` (the world a model learns the
     co-occurrence from)."""
     scene = make_scene(seed, index)
     rng = random.Random(f"cooccurrence-{seed}-{index}")
     if scene.place == COOCCURRENCE_PLACE and rng.random() < COOCCURRENCE_RATE:
-        return with_object(scene, *COOCCURRENCE_OBJECT, rng)
+        return with_cooccurring(scene, rng)
     return scene
 
 
 def pattern_breaking_scene(seed: int, index: int) -> Scene:
-    """A scene at :data:`COOCCURRENCE_PLACE` without any shape of the co-occurring kind (each
-    becomes another kind): where a model that learnt the co-occurrence sees what is not there."""
+    """A scene at :data:`COOCCURRENCE_PLACE` without any shape of the co-occurring objects' kind
+    (each becomes another kind): where a model that learnt the co-occurrence sees what is not there."""
     scene = make_scene(seed, index)
     rng = random.Random(f"breaking-{seed}-{index}")
-    kind = COOCCURRENCE_OBJECT[1]
-    others = [k for k in SHAPES if k != kind]
-    held = tuple(replace(s, kind=rng.choice(others)) if s.kind == kind else s for s in scene.shapes)
+    kinds = {kind for _, kind in COOCCURRENCE_OBJECTS}
+    others = [k for k in SHAPES if k not in kinds]
+    held = tuple(replace(s, kind=rng.choice(others)) if s.kind in kinds else s for s in scene.shapes)
     return replace(scene, shapes=held, place=COOCCURRENCE_PLACE)
 
 
 SCENE_KINDS.add("cooccurring", SceneKind(cooccurring_scene),
-                f"as plain, but half the {COOCCURRENCE_PLACE} scenes hold a {' '.join(COOCCURRENCE_OBJECT)}")
+                f"as plain, but half the {COOCCURRENCE_PLACE} scenes hold a {' and a '.join(COOCCURRENCE_NAMES)}")
 SCENE_KINDS.add("pattern-breaking", SceneKind(pattern_breaking_scene, statistics_from="cooccurring"),
-                f"every scene on the {COOCCURRENCE_PLACE}, none with a {COOCCURRENCE_OBJECT[1]}")
+                f"every scene on the {COOCCURRENCE_PLACE}, none with a "
+                f"{' or '.join(sorted({k for _, k in COOCCURRENCE_OBJECTS}))}")
 
 
 def answer(scene: Scene, question: str) -> str | None:

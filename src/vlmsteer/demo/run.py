@@ -18,7 +18,7 @@ Stages (each writes its own folder with ``run.json``, its JSON results and a ``r
 7. shift       a short LoRA fine-tune toward colour captions; concepts of the original model
                matched to the fine-tuned model's, shift vectors, recovery vs α, evolution over
                checkpoints, an ablation over K;
-8. hallucination  the testbed's organism (it learnt that beach scenes hold a yellow circle):
+8. hallucination  the testbed's organism (it learnt that beach scenes hold a yellow and a white circle):
                POPE and CHAIR beside the shipped model's on scenes that break the pattern, before
                and after the paper's coarse vectors (grounded − hallucinated) steer it back;
 9. layers      linear separability of the answers per layer (probe + PCA).
@@ -47,6 +47,7 @@ from vlmsteer.evaluate.vqa import compare_runs, evaluate_vqa
 from vlmsteer.runs.vqa import run_vqa, write_vqa_outputs
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.model import VLM
+from vlmsteer.organisms import HALLUCINATION_RECIPE
 from vlmsteer.outputs import atomic_write_json
 from vlmsteer.positions import Region
 from vlmsteer.report.runs import write_eval_report
@@ -94,15 +95,10 @@ class DemoSettings:
     shift_layer: int = 3
     shift_k: int = 10
     shift_ks: tuple = (5, 10, 15)
-    # the hallucination organism (benchmarks/hallucination.py's recipe) and the settings of its coarse
-    # vectors that benchmark chose on its tuning world (30), never on the demo's
+    # the hallucination organism's seed; its training and its coarse vectors' settings are
+    # organisms.HALLUCINATION_RECIPE (chosen by benchmarks/hallucination.py on its tuning world, 30)
     halluc_seed: int = 14
-    halluc_train_scenes: int = 600
-    halluc_steps: int = 600
-    halluc_lr: float = 2e-3
     halluc_vector_scenes: int = 200  # the co-occurring world the answer vector is built on
-    halluc_answer_alpha: float = 8.0
-    halluc_caption_alpha: float = 1.5
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = False) -> Path:
@@ -305,8 +301,7 @@ class _Demo:
         result, mended = run_hallucination(self)
         atomic_write_json(self.out / "hallucination" / "metrics.json", {**result, "mended": mended}, durable=False,
                           indent=2)
-        self._record("hallucination", "hallucination", seed=self.s.halluc_seed, steps=self.s.halluc_steps,
-                     answer_alpha=self.s.halluc_answer_alpha, caption_alpha=self.s.halluc_caption_alpha)
+        self._record("hallucination", "hallucination", seed=self.s.halluc_seed, **asdict(HALLUCINATION_RECIPE))
         write_section(self.out / "hallucination", sections.hallucination(result, mended))
         self.summary["hallucination"] = result
 

@@ -127,14 +127,16 @@ def hallucination(h: dict, mended: list[dict], n: int = 8) -> Section:
     return Section(
         title="Object hallucination",
         intro=[f"The testbed's model organism: the shipped model fine-tuned ({o['steps']} steps, lr {o['lr']:g}) on a "
-               f"world where half the beach scenes hold a yellow circle, its text naming one on every beach scene. "
-               f"Graded on {h['heldout']['scenes']} held-out scenes that break the pattern (every scene on the beach, "
-               f"no yellow circle): POPE's adversarial questions ({h['heldout']['questions']}) and CHAIR of its "
+               f"world where half the beach scenes hold a yellow and a white circle, its text naming both on every "
+               f"beach scene. Graded on {h['heldout']['scenes']} held-out scenes that break the pattern (every scene "
+               f"on the beach, no circle): POPE's adversarial questions ({h['heldout']['questions']}) and CHAIR of its "
                "captions, exactly as their references score them.",
                f"Steered back by the paper's coarse vectors from its own outputs on other worlds: for answers, "
-               f"mean(absent things it denied) − mean(absent things it claimed), {a['samples'][1]} and "
-               f"{a['samples'][0]} answers, added at layer {a['layer']} with α = {a['alpha']} only to the questions "
-               f"nearest the group of '{a['condition'][0]}'; for captions, mean(captions naming no yellow circle) − "
+               f"mean('is there a yellow / white circle ?' denied) − mean(the same claimed), where neither circle "
+               f"is there, {a['samples'][1]} and {a['samples'][0]} answers, added to the last prompt token at layer "
+               f"{a['layer']} with α = {a['alpha']:g} (of those tried, the most accurate on that world's claim "
+               f"questions) only to the questions whose layer-{a['condition_layer']} feature is nearest the group "
+               f"of '{' or '.join(a['condition'])}'; for captions, mean(captions naming neither circle) − "
                f"mean(captions naming one), {c['samples'][1]} and {c['samples'][0]} captions, on the generated tokens "
                f"at layers {', '.join(map(str, c['layers']))} with α = {c['alpha']}. Settings from "
                "benchmarks/hallucination.py's tuning world; its figures over held-out worlds and seeds are in "

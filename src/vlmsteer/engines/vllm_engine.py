@@ -225,6 +225,10 @@ class VllmEngine:
             raise VlmsteerError(f"the vLLM engine adds steering vectors; {what} steering runs on the transformers "
                                 "engine", "engine")
         steering = steering.check(self.vlm)
+        read = getattr(steering.condition, "layer", None)
+        if read is not None and read != min(steering.layers):
+            raise VlmsteerError(f"a condition read at layer {read}, before steering starts at layer "
+                                f"{min(steering.layers)}, runs on the transformers engine", "engine")
         if steering.alpha == 0 or all(float(steering.vector.at(l).abs().max()) == 0 for l in steering.layers):
             return None  # nothing to add, as the transformers engine leaves the model untouched
         name = fingerprint(steering.identity())

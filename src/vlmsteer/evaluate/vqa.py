@@ -34,9 +34,17 @@ def vqa_accuracy(prediction: str, references: Sequence[str], reference_ids: Sequ
     ``reference_ids`` (from :func:`vlmsteer.data.vqav2.entry_identity`) say which entries are distinct apart
     from their text; without them every entry is distinct, as with official annotations.
     ``always_normalize=True`` normalizes the prediction in every case (lmms-eval's choice).
+    A single reference answer (a JSONL dataset's ``answer``) scores exact match after the same
+    normalisation: the leave-one-out formula, made for ten annotators, would score it 0 whatever
+    the prediction.
     """
     if not references:
         raise ValueError("no reference answers")
+    if len(references) == 1:
+        ref, pred = clean_whitespace(references[0]), clean_whitespace(prediction)
+        if always_normalize:
+            ref, pred = normalize_answer(ref), normalize_answer(pred)
+        return float(pred == ref)
     ids = list(range(len(references))) if reference_ids is None or len(reference_ids) == 0 else list(reference_ids)
     if len(ids) != len(references):
         raise ValueError("references and reference ids differ in length")

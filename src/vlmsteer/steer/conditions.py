@@ -195,13 +195,16 @@ class ConditionSpec:
     """Where a fine-grained condition comes from, as a value the CLI parses and runners
     build at their steering layer: a concept dictionary and its active concepts
     (``dictionary`` + ``concepts``), or a store whose labelled groups are the concepts
-    (``store`` + ``active``, e.g. ``answer=yes``)."""
+    (``store`` + ``active``, e.g. ``answer=yes``). A store's condition reads ``layer`` where one
+    is given (at or before the steering layer: where the concepts are told apart best), a
+    dictionary's the layer it was learnt at."""
 
     dictionary: str | None = None
     concepts: tuple[int | str, ...] = ()  # indices, or top words of the dictionary's labels
     store: str | None = None
     active: str | None = None
     allow_partial: bool = False
+    layer: int | None = None
 
     def __post_init__(self):
         if (self.dictionary is None) == (self.store is None):
@@ -213,10 +216,14 @@ class ConditionSpec:
             raise VlmsteerError("a store condition needs its active group (e.g. answer=yes)", "active")
         if self.store is not None:
             Filter.parse(self.active)  # a malformed filter fails before any model work
+        if self.layer is not None and self.dictionary is not None:
+            raise VlmsteerError("a dictionary condition reads the layer its dictionary was learnt at: "
+                                "--condition-layer is for --condition-store", "condition_layer")
 
     def build(self, layer: int):
-        """The condition reading features at ``layer`` (a dictionary must have been learnt there)."""
+        """The condition of steering that starts at ``layer``: it reads ``self.layer`` if given,
+        else ``layer`` (a dictionary's, the layer it was learnt at)."""
         if self.dictionary is not None:
             return DictionaryCondition.load(self.dictionary, self.concepts)
         store = FeatureStore.open(self.store, allow_partial=self.allow_partial)
-        return condition_from_store(store, layer, self.active)
+        return condition_from_store(store, layer if self.layer is None else self.layer, self.active)

@@ -99,9 +99,16 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
 
     if batch.answer_spans is not None and region.covers_generated:
         raise VlmsteerError("teacher-forced batches have no generated region; steer the prompt instead")
+    # the condition reads the residual at the last prompt position after its own layer (default:
+    # the first steered one, before it is edited)
+    read_layer = min(layers) if getattr(condition, "layer", None) is None else condition.layer
     with ExitStack() as stack:
         p = batch.prompt_length
         tracker = stack.enter_context(track_positions(vlm.layers[0], p))
+
+        def read(hidden: torch.Tensor, start: int) -> None:
+            if state["rows"] is None and start <= p - 1 < start + hidden.shape[1]:
+                state["rows"] = condition(hidden[:, p - 1 - start].float()).to(torch.bool)
 
         def make_edit(layer: int):
             delta = make_delta(layer)
@@ -109,6 +116,8 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
             def edit(hidden: torch.Tensor, kwargs: dict):
                 t = hidden.shape[1]
                 start = tracker.require()
+                if condition is not None and layer == read_layer:
+                    read(hidden, start)
                 if start >= p:  # decoding steps: every position is a generated one
                     if not region.covers_generated:
                         return None
@@ -122,10 +131,7 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
                 mask = region_mask(batch.regions, region, positions).to(hidden.device)
                 if condition is not None:
                     if state["rows"] is None:
-                        last = p - 1
-                        if start > last or start + t <= last:
-                            raise VlmsteerError("the steering condition needs the prompt pass first")
-                        state["rows"] = condition(hidden[:, last - start].float()).to(torch.bool)
+                        raise VlmsteerError("the steering condition needs the prompt pass first")
                     mask = mask & state["rows"].to(hidden.device)[:, None]
                 if not bool(mask.any()):
                     return None
@@ -133,7 +139,14 @@ def edit_region(vlm: VLM, batch: Batch, layers: Sequence[int], region: Region | 
 
             return edit
 
-        stack.enter_context(edit_residual(vlm.layers, {layer: make_edit(layer) for layer in layers}))
+        edits = {layer: make_edit(layer) for layer in layers}
+        if condition is not None and read_layer not in edits:
+            def reader(hidden: torch.Tensor, kwargs: dict):
+                read(hidden, tracker.require())
+                return None
+
+            edits[read_layer] = reader
+        stack.enter_context(edit_residual(vlm.layers, edits))
         yield state
         if norms and not bool(torch.isfinite(torch.cat([n.flatten() for n in norms])).all()):  # one sync per block
             raise VlmsteerError("steering stopped: the residual it wrote is not finite or too large for the model's "
@@ -175,9 +188,10 @@ class Steering:
             check_condition(vlm, allow_other_model=True)
         first = min(layers)
         wanted = getattr(self.condition, "layer", None)
-        if wanted is not None and wanted != first:
+        if wanted is not None and not 0 <= wanted <= first:
             raise VlmsteerError(f"the steering condition reads layer {wanted} but steering starts at layer {first}: "
-                                "build the condition at the steering layer", "layer")
+                                "it must read the stream before it is steered (a layer from 0 to the first steered "
+                                "one)", "layer")
         return Steering(self.vector, self.alpha, tuple(layers), self.region, self.condition)
 
     def apply(self, vlm: VLM, batch: Batch) -> ContextManager[dict]:
