@@ -2,51 +2,62 @@
 testbed says it should, and only there; built-in mitigations take it back, graded side by side.
 
 The organism (``organisms build --only hallucination``) learns from a co-occurring shapes world
-(half its beach scenes hold a yellow circle) whose captions and answers name a yellow circle on
+(half its beach scenes hold a yellow and a white circle) whose captions and answers name both on
 every beach scene. It is graded, beside the shipped model (the no-hallucination reference), on
 held-out pattern-breaking worlds (``data shapes --scenes pattern-breaking``: every scene on the
-beach, no circle at all), each with the three POPE files of its own and its COCO annotations:
+beach, no circle at all), each with the three POPE files of its own (negatives ranked by the
+co-occurring world's statistics, where the model learnt them) and its COCO annotations:
 
   POPE      F1 and yes-ratio on the random, popular and adversarial files (``eval vqa --format pope``)
   CHAIR     CHAIR_s, CHAIR_i, Recall and length of the captions (``eval captions --chair``)
   untouched VQA accuracy on the world's questions whose answer the co-occurrence does not touch
-            (the claimed scene, the image with a yellow circle added, gives the true answer: not
+            (the claimed scene, the image with both circles added, gives the true answer: not
             "is there a yellow circle ?", "how many circles ?", "how many shapes ?", ...)
 
 and the organism steered by each mitigation of ``METHODS``, each beside its random control:
 
   visual    VISTA-style visual steering: per sample, the image's residual minus a blank image's
-  coarse    the paper's coarse vector from the organism's own grounded vs hallucinated outputs:
-            answers — mean feature (last prompt token) of the absent things it denied minus of
-            those it claimed, over the POPE and VQA questions of a co-occurring world
-            (``--answer-world``), added at layer 2 only to the questions whose features are
-            nearest the group of "is there a yellow circle ?" among every question's group
-            (fine-grained steering, ``--condition-store``); captions — the mean response feature
-            of captions that name no yellow circle minus of those that name one, on a
-            pattern-breaking world (``--caption-world``), added to the generated tokens
+  coarse    the paper's coarse vector from the organism's own grounded vs hallucinated outputs
+            (``organisms.HALLUCINATION_RECIPE``): answers — mean feature (last prompt token) of
+            the claim questions ("is there a yellow / white circle ?") it denied minus of those it
+            claimed, where the image holds neither, on a co-occurring world (``--answer-world``),
+            added at layer 2 only to the questions whose layer-0 feature is nearest a claim
+            question's group among every question's group of that world (fine-grained steering,
+            ``--condition-store … --condition-layer 0``), at the strength of 4, 6, 8, 12, 16 whose
+            steered claim answers on that world are most accurate (``vlmsteer sweep``; present
+            circles and absent ones); captions — the mean response feature of captions that name
+            neither circle minus of those that name one, on a pattern-breaking world
+            (``--caption-world``), added to the generated tokens at layers 1 and 2, at the smallest
+            of 1, 1.25, 1.5, 2, 3 that halves CHAIR_s on that world with Recall down at most 5
+            points (else the lowest CHAIR_s within that Recall)
   control   the same steering with a random direction of each vector's norm (``--visual-control``;
             ``vectors random``)
-
-Settings were chosen on pattern-breaking world 30 with organisms of seeds 11 and 12 (their
-vectors from worlds 36 and 31, as here; ``--seeds 11,12 --worlds 30,30``): visual CHAIR_s 70 -> 29
-and 39 -> 18; coarse POPE adversarial F1 93.9 -> 95.9 and 90.9 -> 95.5 at alpha 8 (4: 95.6, 95.2;
-16: the same F1, but on a co-occurring world (200 scenes, seed 35) it turned "yes" to "no" where a
-yellow circle is there, and answered "green"; at 8 every one of its 46 yellow circles kept "yes"
-for both organisms: it takes back the hallucinated yes, not every yes), CHAIR_s 70 -> 24 and
-39 -> 17 (layers 1 and 2, alpha 1.5; for organism 11, layer 2 alone at alpha 2: 70 -> 34).
-Two earlier designs of the answer vector were dropped: from the claim question's answers alone,
-the held-out organism of seed 15 said yes to every yellow circle of the vector world, leaving no
-grounded answer; with condition groups from the POPE questions only, every other question type
-fell into some group, and the organism of seed 14 lost 16 points on the untouched questions.
 
 Organism seed i (its training world has that seed) is graded on held-out world i; mean ± sd.
 
     python benchmarks/hallucination.py [--seeds 14,15,16] [--worlds 32,33,34] [--scenes 100] [--work DIR]
+    python benchmarks/hallucination.py --seeds 20,21,22 --worlds 45,46,47 \
+        --json benchmarks/results/hallucination-unseen.json      # organisms and worlds no choice saw
 
-The organisms train on 600 scenes for 600 steps at lr 2e-3 (``--n``, ``--steps``, ``--lr``),
-chosen with organisms of seeds 11, 12, 13 on pattern-breaking world 30: with the organisms'
-default 300/300/1e-3 the share of "is there a yellow circle ?" answered yes varied from 10 to 87 %
-across seeds. The defaults grade other seeds on other worlds.
+How the recipe was chosen, and what saw what. Settings are chosen on pattern-breaking world 30
+with organisms of seeds 11, 12, 13 (``--seeds 11,12,13 --worlds 30,30,30``; vectors from worlds
+36 and 31 as here). There, with the recipe above: organisms POPE adversarial F1 76.9, 75.3, 74.0
+(shipped 100), CHAIR_s 67, 47, 87; coarse: answer strengths chosen 16, 8, 8, F1 -> 94.9, 97.0,
+99.4; caption strengths 1, 1.25, 1, CHAIR_s -> 20, 11, 27, Recall 94.6 -> 97.8, 93.0 -> 91.4,
+89.2 -> 90.3; untouched accuracy unchanged. The training (900 steps; 600 scenes, lr 2e-3) was
+chosen there too: at 1200 steps the organisms hallucinate more (CHAIR_s 69, 45, 87) but
+fixed-strength steering broke seed 11's answers (F1 68.4 -> 63.1).
+Earlier designs were dropped after their figures on held-out worlds 32-34 were seen (those worlds
+have thus informed the design): one co-occurring object (the adversarial file asks about it at
+most once per image, capping the F1 drop near 14 points); 600 training steps (seed 14's captions
+named a circle in 11 % only); an answer vector from every absent-object question (F1 +3 on world
+30); the claim vector on every question (F1 +12 to +21, but 6 to 14 points lost on the untouched
+questions); gated at layer 2 (world 33's claim questions fell nearest "is there a green circle ?":
+F1 +3); a fixed answer strength of 6 (seed 16: F1 +6). Organisms 17-19 on worlds 37-39 were then
+graded with a fixed caption strength 1.25: answers +21.7, +14.7, +8.2, but CHAIR_s halved on one
+of three (67 -> 62, 71 -> 52, 56 -> 18), which is why the caption strength is now chosen per
+organism. Organisms 20-22 on worlds 45-47 were graded once, with the recipe as it stands
+(``results/hallucination-unseen.json``; benchmarks/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -63,7 +74,8 @@ from _common import mean_sd, vlmsteer, write_result  # noqa: E402
 from vlmsteer.data import load_vqav2  # noqa: E402
 from vlmsteer.data.shapes_scenes import answer as true_answer  # noqa: E402
 from vlmsteer.organisms import HALLUCINATION_RECIPE as RECIPE  # noqa: E402
-from vlmsteer.organisms import chosen_alpha, claim_samples, claimed_answer, world_scenes  # noqa: E402
+from vlmsteer.organisms import (chosen_alpha, chosen_caption_alpha, claim_samples, claimed_answer,  # noqa: E402
+                                world_scenes)
 
 # the steering of each mitigation: (name, options of the answers, options of the captions), the
 # vectors' files filled in per organism (see build_vectors); settings chosen on world 30 (above)
@@ -71,8 +83,8 @@ _VISUAL = ["--visual-alpha", "0.5", "--layer", "1", "--layer", "2"]
 _ANSWERS = ["--layer", str(RECIPE.answer_layer), "--alpha", "{answer_alpha}", "--region", "last_prompt",
             "--condition-store", "{answer_store}", "--active", RECIPE.answer_condition,
             "--condition-layer", str(RECIPE.condition_layer)]
-_CAPTIONS = [*(x for layer in RECIPE.caption_layers for x in ("--layer", str(layer))),
-             "--alpha", f"{RECIPE.caption_alpha:g}", "--region", "generated"]
+_CAPTION_LAYERS = [x for layer in RECIPE.caption_layers for x in ("--layer", str(layer))]
+_CAPTIONS = [*_CAPTION_LAYERS, "--alpha", "{caption_alpha}", "--region", "generated"]
 METHODS = [
     ("visual", [*_VISUAL, "--region", "all"], [*_VISUAL, "--region", "generated"]),
     # its random control: each sample's vector replaced by a random direction of its norm
@@ -123,6 +135,22 @@ def calibrate(model_args: list[str], answer_world: Path, files: dict, out: Path)
     return chosen_alpha(json.loads((out / "sweep.json").read_text())["rows"])
 
 
+def calibrate_captions(model_args: list[str], caption_world: Path, files: dict, out: Path) -> float:
+    """The caption vector's strength for this organism (``organisms.chosen_caption_alpha`` of its
+    CHAIR on the caption vector's own world, unsteered and at each of RECIPE.caption_alphas)."""
+
+    def chair(alpha: float | None) -> dict:
+        run = out / ("unsteered" if alpha is None else f"alpha-{alpha:g}")
+        if not (run / "metrics.json").is_file():
+            steer = [] if alpha is None else ["--vector", files["caption_vector"], *_CAPTION_LAYERS, "--alpha",
+                                              f"{alpha:g}", "--region", "generated"]
+            vlmsteer(["eval", "captions", *model_args, *steer, "--data", str(caption_world), "--chair",
+                      str(caption_world), "--objects", "shapes", "--out", str(run)])
+        return json.loads((run / "metrics.json").read_text())["chair"]
+
+    return chosen_caption_alpha(chair(None), {a: chair(a) for a in RECIPE.caption_alphas})
+
+
 def build_vectors(model_args: list[str], answer_world: Path, caption_world: Path, out: Path) -> dict:
     """The organism's coarse vectors (grounded minus hallucinated) and their random controls."""
     files = {"answer_store": out / "answers", "answer_vector": out / "answers.safetensors",
@@ -137,7 +165,7 @@ def build_vectors(model_args: list[str], answer_world: Path, caption_world: Path
                   RECIPE.answer_target])
     if not files["caption_vector"].is_file():
         vlmsteer(["extract", *model_args, "--data", str(caption_world), "--format", "coco", "--mode", "generate",
-                  "--max-new-tokens", "20", *_CAPTIONS[:2 * len(RECIPE.caption_layers)], "--selector",
+                  "--max-new-tokens", "20", *_CAPTION_LAYERS, "--selector",
                   "mean_response", "--out", str(files["caption_store"])])
         vlmsteer(["vectors", "coarse", "--store", str(files["caption_store"]), "--out", str(files["caption_vector"]),
                   "--source", RECIPE.caption_source, "--target", RECIPE.caption_target])
@@ -224,6 +252,8 @@ def main() -> None:
         files = build_vectors(organism, answer_world, caption_world, work / f"vectors-{seed}")
         files["answer_alpha"] = row["answer_alpha"] = calibrate(organism, answer_world, files,
                                                                 work / f"vectors-{seed}" / "sweep")
+        files["caption_alpha"] = row["caption_alpha"] = calibrate_captions(organism, caption_world, files,
+                                                                           work / f"vectors-{seed}" / "captions-alpha")
         for name, answers, captions in METHODS:
             row[f"organism+{name}"] = grade(organism, world, work / "runs" / f"{name}-{seed}-{world_seed}",
                                             [a.format(**files) for a in answers], [c.format(**files) for c in captions])

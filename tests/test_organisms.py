@@ -8,7 +8,8 @@ import pytest
 from vlmsteer.cli import main
 from vlmsteer.data import load_coco_captions, load_vqav2, shapes
 from vlmsteer.data.shapes_scenes import answer, cooccurring_scene, pattern_breaking_scene
-from vlmsteer.organisms import OBJECTIVES, claim_samples, objectives, training_samples, trigger_images, world_scenes
+from vlmsteer.organisms import (OBJECTIVES, chosen_alpha, chosen_caption_alpha, claim_samples, objectives,
+                                training_samples, trigger_images, world_scenes)
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,19 @@ def test_claim_samples_ask_every_claim_of_every_image_with_its_true_answer(tmp_p
         assert c.answer == ("yes" if any(s.color == color and s.kind == "circle" for s in scene.shapes) else "no")
         assert shapes.image_id_of(c.image_path) == c.meta["image_id"]
     assert {c.answer for c in claims} == {"yes", "no"}
+
+
+def test_the_mitigations_strength_rules():
+    rows = [{"alpha": 4.0, "accuracy": {"yes/no": 80.0}}, {"alpha": 8.0, "accuracy": {"yes/no": 90.0}},
+            {"alpha": 12.0, "accuracy": {"yes/no": 90.0}}]
+    assert chosen_alpha(rows) == 8.0  # the most accurate, the smaller on a tie
+    before = {"chair_s": 0.6, "recall": 0.9}
+    at = {1.0: {"chair_s": 0.5, "recall": 0.9}, 1.5: {"chair_s": 0.3, "recall": 0.88},
+          2.0: {"chair_s": 0.1, "recall": 0.8}}
+    assert chosen_caption_alpha(before, at) == 1.5  # the smallest that halves CHAIR_s within 5 points of Recall
+    at[1.5]["chair_s"] = 0.4
+    assert chosen_caption_alpha(before, at) == 1.5  # none halves it: the lowest CHAIR_s within the Recall bound
+    assert chosen_caption_alpha(before, {2.0: at[2.0], 3.0: {"chair_s": 0.0, "recall": 0.5}}) == 2.0
 
 
 def test_scene_kinds_and_answers(tmp_path):

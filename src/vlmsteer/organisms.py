@@ -176,7 +176,7 @@ class HallucinationRecipe:
     answer_alphas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0, 16.0)  # one organism's chosen by chosen_alpha
     # captions: captions naming no co-occurring object minus those naming one (generated tokens)
     caption_layers: tuple[int, ...] = (1, 2)
-    caption_alpha: float = 1.25
+    caption_alphas: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0)  # one organism's chosen by chosen_caption_alpha
     answer_source: str = "answer=no,response=yes,prompt=" + "|".join(CLAIMS)
     answer_target: str = "answer=no,response=no,prompt=" + "|".join(CLAIMS)
     answer_condition: str = "prompt=" + "|".join(CLAIMS)
@@ -185,6 +185,20 @@ class HallucinationRecipe:
 
 
 HALLUCINATION_RECIPE = HallucinationRecipe()
+
+
+def chosen_caption_alpha(unsteered: dict, steered: dict[float, dict]) -> float:
+    """The caption vector's strength for one organism, from its CHAIR figures (``chair_s``,
+    ``recall``) on the pattern-breaking world its vector was built on, unsteered and at each of
+    ``caption_alphas``: the smallest that halves CHAIR_s with Recall down at most 5 points; else,
+    within that Recall, the one with the lowest CHAIR_s; else the smallest."""
+    kept = {a: m for a, m in sorted(steered.items()) if m["recall"] >= unsteered["recall"] - 0.05}
+    halving = [a for a, m in kept.items() if m["chair_s"] <= unsteered["chair_s"] / 2]
+    if halving:
+        return halving[0]
+    if kept:
+        return min(kept, key=lambda a: (kept[a]["chair_s"], a))
+    return min(steered)
 
 
 def chosen_alpha(sweep_rows: list[dict]) -> float:

@@ -11,7 +11,8 @@ it back, with the settings that benchmark chose on its tuning world
   nearest a claim question's group (every question of that world its own group), at the strength
   most accurate on that world's claim questions;
 * captions: mean response feature of its captions that name neither circle minus of those that
-  name one (on another pattern-breaking world), added to the generated tokens at layers 1 and 2.
+  name one (on another pattern-breaking world), added to the generated tokens at layers 1 and 2,
+  at the smallest strength that halves CHAIR_s on that world.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vlmsteer.evaluate.chair import chair_scores, shapes_vocabulary
 from vlmsteer.evaluate.pope import pope_scores
 from vlmsteer.extract import ExtractConfig, extract
 from vlmsteer.organisms import HALLUCINATION_RECIPE as RECIPE
-from vlmsteer.organisms import OBJECTIVES, build_organism, chosen_alpha, claim_samples
+from vlmsteer.organisms import OBJECTIVES, build_organism, chosen_alpha, chosen_caption_alpha, claim_samples
 from vlmsteer.positions import Region, Selector
 from vlmsteer.runs.generation import generate_responses
 from vlmsteer.runs.scoring import ChairAnnotations
@@ -69,10 +70,10 @@ def run_hallucination(demo) -> tuple[dict, list[dict]]:
     shipped, _ = grade(demo.vlm)
     before, rows_before = grade(organism)
     answer_vector, condition, alpha, caption_vector = _vectors(demo, organism, paths, out)
+    caption_alpha = _caption_alpha(demo, organism, caption_vector, paths["caption-vectors"])
     after, rows_after = grade(organism, Steering(answer_vector, alpha, layers=(RECIPE.answer_layer,),
                                                  region=Region.parse("last_prompt"), condition=condition),
-                              Steering(caption_vector, RECIPE.caption_alpha, layers=RECIPE.caption_layers,
-                                       region=Region.parse("generated")))
+                              _caption_steering(caption_vector, caption_alpha))
     lost = [{"image": c.image_path, "before": b.caption, "after": a.caption,
              "invented": sorted({w for w, _ in b.hallucinated})}
             for c, b, a in zip(captions, rows_before, rows_after) if b.hallucinated and not a.hallucinated]
@@ -84,7 +85,7 @@ def run_hallucination(demo) -> tuple[dict, list[dict]]:
                                 "condition_layer": RECIPE.condition_layer,
                                 "samples": [answer_vector.n_source, answer_vector.n_target],
                                 "condition": condition.describe()["active"]},
-              "caption_vector": {"layers": list(RECIPE.caption_layers), "alpha": RECIPE.caption_alpha,
+              "caption_vector": {"layers": list(RECIPE.caption_layers), "alpha": caption_alpha,
                                  "samples": [caption_vector.n_source, caption_vector.n_target]},
               "shipped": shipped, "organism_before": before, "organism_after": after,
               "captions_mended": len(lost)}
@@ -124,3 +125,24 @@ def _vectors(demo, organism, paths: dict, out):
     answer_vector.save(out / "answers.safetensors")
     caption_vector.save(out / "captions.safetensors")
     return answer_vector, spec.build(RECIPE.answer_layer), chosen_alpha(swept["rows"]), caption_vector
+
+
+def _caption_steering(vector, alpha: float | None) -> Steering | None:
+    return None if alpha is None else Steering(vector, alpha, layers=RECIPE.caption_layers,
+                                               region=Region.parse("generated"))
+
+
+def _caption_alpha(demo, organism, vector, world) -> float:
+    """The caption vector's strength: of the recipe's, the one its CHAIR on the vector's own world
+    chooses (:func:`vlmsteer.organisms.chosen_caption_alpha`)."""
+    s, vocab = demo.s, shapes_vocabulary()
+    caps = load_coco_captions(world, prompt=shapes.CAPTION_PROMPT)
+    truth = ChairAnnotations.read(world, vocab).truth([c.meta["image_id"] for c in caps])
+
+    def chair(alpha: float | None) -> dict:
+        texts = generate_responses(organism, caps, batch_size=s.batch_size, max_new_tokens=s.caption_tokens,
+                                   steering=_caption_steering(vector, alpha), progress=demo.progress,
+                                   description="choosing the caption strength")
+        return chair_scores([(c.meta["image_id"], r.text) for c, r in zip(caps, texts)], truth, vocab).summary()
+
+    return chosen_caption_alpha(chair(None), {a: chair(a) for a in RECIPE.caption_alphas})

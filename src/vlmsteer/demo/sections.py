@@ -138,7 +138,8 @@ def hallucination(h: dict, mended: list[dict], n: int = 8) -> Section:
                f"questions) only to the questions whose layer-{a['condition_layer']} feature is nearest the group "
                f"of '{' or '.join(a['condition'])}'; for captions, mean(captions naming neither circle) − "
                f"mean(captions naming one), {c['samples'][1]} and {c['samples'][0]} captions, on the generated tokens "
-               f"at layers {', '.join(map(str, c['layers']))} with α = {c['alpha']}. Settings from "
+               f"at layers {', '.join(map(str, c['layers']))} with α = {c['alpha']:g} (of those tried, the smallest "
+               "that halves CHAIR_s on that world). Settings from "
                "benchmarks/hallucination.py's tuning world; its figures over held-out worlds and seeds are in "
                "benchmarks/README.md."],
         tables=[Table("POPE and CHAIR", HALLUCINATION_COLUMNS, hallucination_rows(h))],
