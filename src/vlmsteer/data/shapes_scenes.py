@@ -12,9 +12,9 @@ from dataclasses import replace
 from vlmsteer.data.shapes import GRID, PALETTE, PLURALS, SCENE_KINDS, SHAPES, Scene, SceneKind, Shape, make_scene
 
 # scenes at this place hold these objects (colour, kind) at this rate (in a co-occurring world); two
-# of them, so that POPE's adversarial files ask about more than one per image (each image's
-# negatives are distinct: with one object, 1 in 3 at most), both of one kind, which a
-# pattern-breaking world leaves out (CHAIR names kinds)
+# of them, so that POPE's adversarial files can ask about one with every positive (an image's
+# negatives are distinct: with one object, one of its POPE_SAMPLE_NUM at most), both of one kind,
+# which a pattern-breaking world leaves out (CHAIR names kinds)
 COOCCURRENCE_PLACE, COOCCURRENCE_RATE = "beach", 0.5
 COOCCURRENCE_OBJECTS: tuple[tuple[str, str], ...] = (("yellow", "circle"), ("white", "circle"))
 COOCCURRENCE_NAMES = tuple(f"{color} {kind}" for color, kind in COOCCURRENCE_OBJECTS)
