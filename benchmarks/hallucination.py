@@ -96,6 +96,12 @@ METHODS = [
 ]
 
 
+def _rows(samples) -> list[dict]:
+    """Samples of a shapes world as JSONL rows (image relative to the world)."""
+    return [{"image": "/".join(Path(q.image_path).parts[-2:]), "prompt": q.prompt, "answer": q.answer}
+            for q in samples]
+
+
 def question_file(world: Path) -> Path:
     """The world's three POPE files, the claim questions about every image and its VQA questions,
     in one JSONL file: the answers the coarse answer vector is built from (the claims'), and the
@@ -105,8 +111,7 @@ def question_file(world: Path) -> Path:
         rows = [{"image": f"val2014/{q['image']}", "prompt": q["text"], "answer": q["label"]}
                 for split in ("random", "popular", "adversarial")
                 for q in map(json.loads, (world / f"shapes_pope_{split}.json").read_text().splitlines())]
-        rows += [{"image": "/".join(Path(q.image_path).parts[-2:]), "prompt": q.prompt, "answer": q.answer}
-                 for q in [*claim_samples(world), *load_vqav2(world)]]
+        rows += _rows([*claim_samples(world), *load_vqav2(world)])
         out.write_text("".join(json.dumps({"id": k, **r}) + "\n" for k, r in enumerate(rows)))
     return out
 
@@ -116,9 +121,8 @@ def claim_file(world: Path) -> Path:
     the answer vector's strength is chosen."""
     out = world / "claim_questions.jsonl"
     if not out.is_file():
-        out.write_text("".join(json.dumps({"id": q.id, "image": "/".join(Path(q.image_path).parts[-2:]),
-                                           "prompt": q.prompt, "answer": q.answer}) + "\n"
-                               for q in claim_samples(world)))
+        claims = claim_samples(world)
+        out.write_text("".join(json.dumps({"id": q.id, **r}) + "\n" for q, r in zip(claims, _rows(claims))))
     return out
 
 
@@ -142,8 +146,8 @@ def calibrate_captions(model_args: list[str], caption_world: Path, files: dict, 
     def chair(alpha: float | None) -> dict:
         run = out / ("unsteered" if alpha is None else f"alpha-{alpha:g}")
         if not (run / "metrics.json").is_file():
-            steer = [] if alpha is None else ["--vector", files["caption_vector"], *_CAPTION_LAYERS, "--alpha",
-                                              f"{alpha:g}", "--region", "generated"]
+            steer = [] if alpha is None else ["--vector", files["caption_vector"],
+                                              *(a.format(caption_alpha=f"{alpha:g}") for a in _CAPTIONS)]
             vlmsteer(["eval", "captions", *model_args, *steer, "--data", str(caption_world), "--chair",
                       str(caption_world), "--objects", "shapes", "--out", str(run)])
         return json.loads((run / "metrics.json").read_text())["chair"]

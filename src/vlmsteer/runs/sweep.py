@@ -92,11 +92,9 @@ def run_sweep(vlm: VLM, store: FeatureStore | None, source: Filter | str, target
         rows.append({**row, "changed": cmp["changed"], "moved_fraction": cmp.get("source_moved_fraction"),
                      "target_after": cmp.get("target", {}).get("after"), "accuracy": rep.per_type,
                      "accuracy_delta": {t: rep.per_type[t] - base_rep.per_type[t] for t in rep.per_type}})
-    if edit is not None or visual:
-        return _sweep_result(source, target, None, edit.describe() if edit else None, base, base_rep, samples, rows,
-                             target_answer, visual)
-    return _sweep_result(source, target, condition and vars(condition), None, base, base_rep, samples, rows,
-                         target_answer, visual)
+    return _sweep_result(source, target, None if edit is not None else condition and vars(condition),
+                         edit.describe() if edit is not None else None, base, base_rep, samples, rows, target_answer,
+                         visual)
 
 
 def _sweep_result(source, target, condition, edit, base, base_rep, samples, rows, target_answer, visual) -> dict:
